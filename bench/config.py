@@ -1,0 +1,219 @@
+"""The suite schema: frozen pydantic models with the defaults in code, loading, and one-line errors.
+
+A suite file only overrides these defaults. Every key a suite may set is a field below; the README's
+key reference is written from them. Validation that needs a registry (architectures, optimizers, ...)
+happens here too, so that `bench plan` catches every mistake before anything trains.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bench.errors import UserError, did_you_mean
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(Strict):
+    """The embedded generator: species-like classes that differ by shape and texture, long-tailed."""
+
+    classes: int = Field(10, ge=2, le=200)
+    images: int = Field(1500, ge=10)  # in all classes together
+    imbalance: float = Field(6.0, ge=1.0)  # images in the largest class / in the smallest (the long tail)
+    size: int = Field(64, ge=16, le=1024)  # side of the generated JPEGs, px
+    seed: int = 0  # seeds the data itself; the suite's seeds drive split, init and training
+
+
+class DataConfig(Strict):
+    """Where the images come from, how they are curated (in the order of the fields below), split and sized."""
+
+    source: Literal["synthetic", "folder", "csv", "inat"] = "synthetic"
+    root: str | None = None  # the dataset folder; synthetic: where to write it (default: the cache)
+    manifest: str = "labels.csv"  # csv: path,label[,split] rows, relative to root
+    annotations: dict[Literal["train", "val", "test"], str] = Field(default_factory=dict)  # inat: split -> JSON
+    image_size: int = Field(32, ge=8, le=1024)  # px the model sees (shorter side resized, centre crop)
+    cache_size: int | None = Field(None, ge=8, le=2048)  # px side kept in the decoded cache; > image_size leaves room for crops
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train/val/test, stratified per class
+    workers: int = Field(0, ge=0)  # DataLoader worker processes; 0 reads batches in the main process
+    # curation, applied in this order (see README, "Curation")
+    modes: Literal["convert", "drop"] = "convert"  # images that are not RGB (L, P, RGBA, CMYK, ...)
+    min_side: int = Field(0, ge=0)  # drop images whose shorter side is below this, px
+    max_aspect: float | None = Field(None, ge=1.0)  # drop images with long side / short side above this
+    modal_size: bool = False  # keep only images of the most common width x height (study 004)
+    min_per_class: int = Field(0, ge=0)  # prune classes with fewer training images (study 001: 100)
+    top_classes: int | None = Field(None, ge=2)  # keep the K most frequent classes (study 000: 100)
+    max_per_class: int | None = Field(None, ge=1)  # cap each class, a random subset
+    fraction: float = Field(1.0, gt=0, le=1)  # a stratified random fraction of what is left
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 for r in v) or v[0] <= 0 or v[1] <= 0 or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError("train, val and test ratios must be >= 0 (train and val > 0) and sum to 1")
+        return v
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> DataConfig:
+        if self.source != "synthetic" and not self.root:
+            raise ValueError(f"source '{self.source}' needs data.root, the folder that holds the images")
+        if self.source == "inat" and "train" not in self.annotations:
+            raise ValueError('source "inat" needs data.annotations.train (e.g. "train2019.json") and usually .val')
+        if self.cache_size is not None and self.cache_size < self.image_size:
+            raise ValueError(f"cache_size ({self.cache_size}) must be >= image_size ({self.image_size})")
+        return self
+
+    @property
+    def stored_size(self) -> int:
+        return self.cache_size or self.image_size
+
+
+FREEZE_PATTERN = re.compile(r"^(none|all_but_head|(first|last):\d+)$")
+
+
+class ModelConfig(Strict):
+    arch: str = "bench:small_cnn"  # prefix:name, see `bench models`
+    pretrained: bool | str = False  # false | true (hub weights) | path to a .safetensors/.pt state dict
+    freeze: str = "none"  # none | all_but_head | first:N | last:N (N counts layers with weights)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from bench.models import check_arch
+
+        check_arch(v)
+        return v
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_syntax(cls, v: str) -> str:
+        if not FREEZE_PATTERN.match(v):
+            raise ValueError(f"'{v}' is not a freeze mode; use none, all_but_head, first:N or last:N")
+        return v
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    optimizer: str = "sgd"  # sgd | adam | adamw | rmsprop
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0)  # sgd and rmsprop
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: str = "constant"  # constant | step | cosine, stepped every batch
+    step_size: int = Field(3, ge=1)  # epochs between decays, step schedule
+    gamma: float = Field(0.1, gt=0)  # decay factor, step schedule
+    augment: str = "none"  # none | flip | crop_flip (presets; applied to the training split only)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    max_steps: int | None = Field(None, ge=1)  # cap on training batches per epoch (smoke runs)
+
+    @field_validator("optimizer", "schedule", "augment")
+    @classmethod
+    def _registered(cls, v: str, info) -> str:
+        from bench.techniques import REGISTRIES
+
+        registry = REGISTRIES[info.field_name]
+        if v not in registry:
+            raise ValueError(f"unknown {info.field_name} '{v}'; {did_you_mean(v, registry)}")
+        return v
+
+
+class CellConfig(Strict):
+    """Everything that decides a cell's numbers; its hash is the cell id."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+
+
+class SuiteMeta(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+
+SECTIONS = ("data", "model", "train")
+
+
+class Suite(Strict):
+    path: Path
+    suite: SuiteMeta
+    base: dict[str, Any]  # the [data], [model], [train] tables as written
+    grid: dict[str, list[Any]]
+    cells: list[dict[str, Any]]
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file; every cell it expands to is validated too (see bench.suite)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("no such suite file", file=path, hint="give the path to a .toml suite, e.g. suites/quickstart.toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"not valid TOML ({e})", file=path) from None
+    known = ("suite", *SECTIONS, "grid", "cells")
+    for key in raw:
+        if key not in known:
+            raise UserError("unknown table", file=path, key=key, hint=did_you_mean(key, known))
+    for key in ("suite", *SECTIONS, "grid"):
+        if key in raw and not isinstance(raw[key], dict):
+            raise UserError("must be a table", file=path, key=key, hint=f"write it as [{key}]")
+    if "suite" not in raw:
+        raise UserError("missing [suite] table", file=path, hint='add [suite] with name = "..."')
+    try:
+        meta = SuiteMeta.model_validate(raw["suite"])
+    except ValidationError as e:
+        raise _to_user_error(e, path, prefix="suite") from None
+    grid = flatten(raw.get("grid", {}))  # `model.arch = [...]` unquoted nests in TOML: same as quoted
+    cells = raw.get("cells", [])
+    if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
+        raise UserError("must be an array of tables", file=path, key="cells", hint="write each as [[cells]]")
+    return Suite(path=path, suite=meta, base={k: raw.get(k, {}) for k in SECTIONS}, grid=grid, cells=cells)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'arch': x}} and {'model.arch': x} both become {'model.arch': x}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def _to_user_error(e: ValidationError, path: Path, prefix: str = "", model: type[BaseModel] | None = None) -> UserError:
+    """Turn pydantic's first error into one line: file, dotted key, reason, and a 'did you mean'."""
+    err = e.errors()[0]
+    loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+    key = ".".join(([prefix] if prefix else []) + loc)
+    hint = None
+    if err["type"] == "extra_forbidden":
+        reason = "unknown key"
+        fields = _fields_at(model or SuiteMeta, loc[:-1]) if model or prefix == "suite" else []
+        hint = did_you_mean(loc[-1], fields) if fields else None
+    else:
+        reason = err["msg"].removeprefix("Value error, ")
+        if err["type"] not in ("value_error",) and "input" in err and not isinstance(err["input"], dict):
+            reason += f" (got {err['input']!r})"
+    return UserError(reason, file=path, key=key, hint=hint)
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(model.model_fields)

@@ -1,0 +1,84 @@
+"""Data: read a source's index, curate it, decode the kept images once, split, and serve uint8 batches.
+
+`prepare` is the one entry point the runner uses; each step lives in the module named for it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.config import DataConfig
+from bench.data import cache, curate, split
+from bench.data.cachedir import cache_root, key_of
+from bench.data.loaders import ArrayDataset
+from bench.data.sources import SOURCES, Samples, read_source
+
+__all__ = ["Curated", "Prepared", "cache_root", "curated", "prepare", "SOURCES"]
+
+
+@dataclass
+class Curated:
+    samples: Samples  # what is left after every curation step, decodable
+    decoded: cache.Decoded
+    rows: np.ndarray  # row of each kept sample in decoded.images
+    steps: list[dict]
+    bad: dict[str, str]  # relative path -> why it was excluded
+    modes: dict[str, int]  # image modes among the source's readable images
+
+
+def curated(cfg: DataConfig) -> Curated:
+    """Source -> probe -> curation -> decoded cache (undecodable images dropped), all cached on disk."""
+    samples = read_source(cfg)
+    probe = cache.probe(samples.root, samples.paths)
+    keep, steps, bad = curate.curate(samples, probe, cfg)
+    kept = samples.subset(keep)
+    dec = cache.decoded(kept.root, kept.paths, cfg.stored_size)
+    ok = np.ones(len(kept.paths), dtype=bool)
+    ok[list(dec.bad)] = False
+    before = (len(kept.paths), len(kept.classes))
+    final = kept.subset(ok)
+    steps.append({"step": "undecodable", "detail": "", "images": [before[0], len(final.paths)],
+                  "classes": [before[1], len(final.classes)]})
+    bad_paths = {samples.paths[i]: why for i, why in bad.items()}
+    bad_paths.update({kept.paths[i]: why for i, why in dec.bad.items()})
+    modes = Counter(m for m in probe.modes.tolist() if m)
+    return Curated(final, dec, np.flatnonzero(ok), steps, bad_paths, dict(sorted(modes.items())))
+
+
+@dataclass
+class Prepared:
+    datasets: dict[str, ArrayDataset]
+    classes: list[str]
+    split_key: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def split_key(cfg: DataConfig, seed: int) -> str:
+    """Everything that decides which image lands in which split, and nothing else (not sizes or workers)."""
+    spec = cfg.model_dump(mode="json", exclude={"image_size", "cache_size", "workers"})
+    return key_of({**spec, "seed": seed})
+
+
+def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None) -> Prepared:
+    cur = curated(cfg)
+    s = cur.samples
+    key = split_key(cfg, seed)
+    parts = split.load_or_make(s, cfg.split, seed, Path(split_dir) / f"{key}.json")
+    file = cur.decoded.folder / "images.npy"
+    datasets = {name: ArrayDataset(file, cur.rows[idx], s.labels[idx], cfg.image_size,
+                                   augment_transform if name == "train" else None)
+                for name, idx in parts.items()}
+    info = {"source": cfg.source, "root": str(s.root), "images": {k: len(v) for k, v in parts.items()},
+            "classes": len(s.classes), "curation": cur.steps, "modes": cur.modes,
+            "bad_images": {"count": len(cur.bad), "files": dict(list(sorted(cur.bad.items()))[:100])},
+            "train_class_counts": np.bincount(s.labels[parts["train"]], minlength=len(s.classes)).tolist()}
+    return Prepared(datasets, s.classes, key, info)

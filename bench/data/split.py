@@ -1,0 +1,74 @@
+"""Train/val/test splits: stratified per class, from one seed, persisted as file lists and reused.
+
+A source's own splits win (iNat's official val, a folder's val/ subfolder, a manifest's split column);
+what the source lacks is carved out of its train part, stratified. The saved JSON is the record: every
+cell with the same data config and seed reads the same file, so no image can move between splits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bench.data.sources import SPLITS, Samples
+
+
+def stratified(labels: np.ndarray, ratios: tuple[float, float, float], seed: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train, val, test: per class, shuffled, cut by ratio (rounded), train never empty."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n = len(idx)
+        n_val = int(round(n * ratios[1]))
+        n_test = int(round(n * ratios[2]))
+        if n >= 3:  # a class with 3+ images appears in every split that has a non-zero ratio
+            n_val = max(n_val, 1 if ratios[1] > 0 else 0)
+            n_test = max(n_test, 1 if ratios[2] > 0 else 0)
+        while n_val + n_test >= n and (n_val or n_test):
+            if n_test >= n_val and n_test:
+                n_test -= 1
+            else:
+                n_val -= 1
+        parts[1].append(idx[:n_val])
+        parts[2].append(idx[n_val:n_val + n_test])
+        parts[0].append(idx[n_val + n_test:])
+    return tuple(np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64) for p in parts)
+
+
+def make(samples: Samples, ratios: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
+    n = len(samples.paths)
+    if samples.given is None or not (samples.given == "train").any():
+        train, val, test = stratified(samples.labels, ratios, seed)
+        return {"train": train, "val": val, "test": test}
+    given = {s: np.flatnonzero(samples.given == s) for s in SPLITS}
+    pool = given["train"]
+    carve_val = 0.0 if len(given["val"]) else ratios[1]
+    carve_test = 0.0 if len(given["test"]) else ratios[2]
+    # the carved share is the ratio of the missing split to the part it is carved from
+    share = carve_val + carve_test
+    sub = (1 - share, carve_val, carve_test) if share else (1.0, 0.0, 0.0)
+    train, val, test = stratified(samples.labels[pool], sub, seed)
+    out = {"train": pool[train], "val": np.sort(np.concatenate([given["val"], pool[val]])),
+           "test": np.sort(np.concatenate([given["test"], pool[test]]))}
+    assert sum(len(v) for v in out.values()) == n
+    return out
+
+
+def load_or_make(samples: Samples, ratios: tuple[float, float, float], seed: int, path: Path
+                 ) -> dict[str, np.ndarray]:
+    """The saved split at `path` if it covers exactly these images, else a new one, saved there."""
+    index = {p: i for i, p in enumerate(samples.paths)}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if sorted(p for s in SPLITS for p in saved.get(s, [])) == sorted(samples.paths):
+            return {s: np.array(sorted(index[p] for p in saved[s]), dtype=np.int64) for s in SPLITS}
+    parts = make(samples, ratios, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({s: [samples.paths[i] for i in parts[s]] for s in SPLITS}))
+    tmp.replace(path)
+    return parts

@@ -1,0 +1,221 @@
+"""Runs cells: seeding, shared initial weights, resume, failure isolation, cost accounting, results."""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import platform
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_model
+
+import bench
+from bench.data import prepare
+from bench.data.loaders import make_loader
+from bench.models import apply_freeze, count_params
+from bench.progress import LogProgress
+from bench.store import atomic_write_bytes, atomic_write_text, read_json, write_json, write_npz
+from bench.suite import Cell
+from bench.techniques import AUGMENTS
+from bench.train import fit
+from bench.weights import file_digest, initial_model
+
+
+@dataclass
+class RunSummary:
+    suite_dir: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (cell id, one-line error)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from bench.errors import UserError
+
+        raise UserError("--device cuda, but torch sees no CUDA device", hint="use --device auto or cpu")
+    return torch.device(name)
+
+
+def select(cells: list[Cell], only: str | None) -> list[Cell]:
+    """--only GLOB matches a cell's id or label."""
+    if not only:
+        return cells
+    return [c for c in cells if fnmatch.fnmatch(c.id, only) or fnmatch.fnmatch(c.label, only)]
+
+
+def is_done(cell_dir: Path) -> bool:
+    try:
+        return read_json(cell_dir / "result.json").get("status") == "ok"
+    except (OSError, ValueError):
+        return False
+
+
+def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, device: str = "auto",
+              force: bool = False, progress: LogProgress | None = None) -> RunSummary:
+    progress = progress or LogProgress()
+    suite_dir = Path(results) / name
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(suite_dir / "suite.toml", suite_text)
+    dev = resolve_device(device)
+    summary = RunSummary(suite_dir)
+    with progress:
+        progress.start_run(len(cells), name)
+        for index, cell in enumerate(cells, 1):
+            cell_dir = suite_dir / cell.id
+            if is_done(cell_dir) and not force:
+                summary.skipped.append(cell.id)
+                progress.start_cell(index, len(cells), cell.label, cell.id, 1, 1)
+                progress.end_cell("skipped", "finished earlier (--force reruns it)")
+                continue
+            try:
+                result = run_cell(cell, suite_dir, dev, progress, index, len(cells))
+                summary.ran.append(cell.id)
+                test = result["metrics"].get("test", {})
+                progress.end_cell("ok", f"val_error {result['metrics']['val']['top1_error']:.4f}"
+                                  + (f" test_error {test['top1_error']:.4f}" if test else ""))
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one cell's failure is a record, and the suite goes on
+                line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                error = f"{type(e).__name__}: {line}"
+                summary.failed.append((cell.id, error))
+                cell_dir.mkdir(parents=True, exist_ok=True)
+                write_json(cell_dir / "cell.json", cell_record(cell))
+                write_json(cell_dir / "result.json", {
+                    "schema_version": bench.SCHEMA_VERSION, "status": "failed", "error": error,
+                    "traceback": traceback.format_exc(), "env": environment(dev)})
+                progress.end_cell("FAILED", error)
+    return summary
+
+
+def cell_record(cell: Cell) -> dict[str, Any]:
+    return {"id": cell.id, "group": cell.group, "label": cell.label, "axes": cell.axes,
+            "config": cell.config.model_dump(mode="json")}
+
+
+def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProgress,
+             index: int = 1, total: int = 1) -> dict[str, Any]:
+    cfg = cell.config
+    cell_dir = suite_dir / cell.id
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    write_json(cell_dir / "cell.json", cell_record(cell))
+    (cell_dir / "result.json").unlink(missing_ok=True)  # a rerun is not done until it writes a new one
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    data = prepare(cfg.data, cfg.seed, suite_dir / "splits", AUGMENTS[cfg.train.augment](cfg.data.image_size))
+    loaders = {split: make_loader(ds, cfg.train.batch_size if split == "train" else cfg.train.eval_batch_size,
+                                  train=split == "train", seed=cfg.seed, workers=cfg.data.workers)
+               for split, ds in data.datasets.items()}
+    model, init_key = initial_model(cfg, data.num_classes, suite_dir / "init")
+    apply_freeze(model, cfg.model.freeze)
+    params_total, params_trainable = count_params(model)
+    model.to(device)
+
+    steps = len(loaders["train"]) if cfg.train.max_steps is None else min(len(loaders["train"]), cfg.train.max_steps)
+    progress.start_cell(index, total, cell.label, cell.id, cfg.train.epochs, steps)
+    torch.manual_seed(cfg.seed)  # training randomness (shuffling, augmentation) starts from the seed alone
+    exact_rss = reset_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    result = fit(model, loaders, cfg.train, device, on_epoch=progress.epoch, on_step=progress.step)
+    wall = time.perf_counter() - start
+
+    buf = io.StringIO()
+    pd.DataFrame(result.history).to_csv(buf, index=False)
+    atomic_write_text(cell_dir / "history.csv", buf.getvalue())
+    arrays = {}
+    for split, (logits, labels) in result.predictions.items():
+        arrays[f"{split}_logits"] = logits.numpy().astype(np.float32)
+        arrays[f"{split}_labels"] = labels.numpy().astype(np.int64)
+    write_npz(cell_dir / "predictions.npz", **arrays)
+    model.load_state_dict(result.best_state)
+    tmp = cell_dir / ".best.safetensors.tmp"
+    save_model(model.cpu(), str(tmp))
+    tmp.replace(cell_dir / "best.safetensors")
+
+    record = {
+        "schema_version": bench.SCHEMA_VERSION,
+        "status": "ok",
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "metrics": result.metrics,
+        "cost": {
+            **result.timing,
+            "wall_time_s": wall,
+            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_scope": "cell" if exact_rss else "process",
+            "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "params_total": params_total,
+            "params_trainable": params_trainable,
+        },
+        "data": {**data.info, "split_key": data.split_key, "class_names": data.classes},
+        "init": {"key": init_key, "sha256": file_digest(suite_dir / "init" / f"{init_key}.safetensors")},
+        "env": environment(device),
+    }
+    write_json(cell_dir / "result.json", record)  # last: its presence with status ok marks the cell done
+    return record
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's RSS (Linux >= 4.0), so the peak is per cell."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import timm
+    import torchvision
+
+    return {
+        "bench": bench.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "timm": timm.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+__all__ = ["run_suite", "run_cell", "RunSummary", "resolve_device", "select", "atomic_write_bytes"]

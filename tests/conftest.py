@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache(tmp_path_factory):
+    """Generated data and decoded caches go to a throwaway folder, never the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+TINY = """
+[suite]
+name = "tiny"
+seeds = [0]
+
+[data]
+image_size = 16
+
+[data.synthetic]
+classes = 4
+images = 120
+size = 16
+
+[train]
+epochs = 2
+batch_size = 16
+optimizer = "adam"
+lr = 0.003
+"""
+
+
+@pytest.fixture
+def write_suite(tmp_path):
+    """write_suite(extra_toml, base=TINY) -> path of a suite file in tmp_path."""
+    def write(extra: str = "", base: str = TINY, name: str = "suite.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(base) + "\n" + textwrap.dedent(extra))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """cli(*args) -> (exit code, stdout, stderr), running `bench` in this process."""
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["bench", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

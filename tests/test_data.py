@@ -1,0 +1,109 @@
+"""Synthetic generator, folder source, stratified splits and their persistence, the decoded cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench.config import DataConfig, SyntheticConfig
+from bench.data import cache, prepare, synthetic
+from bench.data.sources import scan_folder
+from bench.data.split import load_or_make, stratified
+from bench.errors import UserError
+from bench.techniques import AUGMENTS
+
+
+def test_synthetic_is_deterministic_long_tailed_jpeg(tmp_path):
+    cfg = SyntheticConfig(classes=5, images=100, size=24, imbalance=4.0)
+    a = synthetic.generate(cfg, tmp_path / "a")
+    b = synthetic.generate(cfg, tmp_path / "b")
+    files = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*.jpg"))
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files[:20])
+    sizes = [len(list(d.glob("*.jpg"))) for d in sorted(a.iterdir()) if d.is_dir()]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] >= 3.5 * sizes[-1]
+    with Image.open(a / files[0]) as im:
+        assert im.format == "JPEG" and im.size == (24, 24)
+
+
+def test_synthetic_classes_differ_in_structure_not_mean_colour(tmp_path):
+    root = synthetic.generate(SyntheticConfig(classes=4, images=1200, size=16, imbalance=1.0), tmp_path / "s")
+    samples = scan_folder(root)
+    images = np.stack([cache.load_image(root / p, 16) for p in samples.paths]).astype(float)
+    means = np.stack([images[samples.labels == c].mean(axis=(0, 1, 2)) for c in range(4)])
+    assert np.ptp(means, axis=0).max() < 20  # per-class mean colours within a few grey levels
+
+
+def test_folder_with_split_subfolders(tmp_path):
+    for split, n in (("train", 6), ("val", 2)):
+        for cls in ("ant", "bee"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / split / cls / f"{i}.jpg")
+    samples = scan_folder(tmp_path)
+    assert samples.classes == ["ant", "bee"] and len(samples.paths) == 16
+    parts = load_or_make(samples, (0.7, 0.15, 0.15), 0, tmp_path / "split.json")
+    assert len(parts["val"]) == 4  # the folder's own val split is kept
+    assert len(parts["test"]) > 0  # test carved from train, stratified
+    assert set(np.unique(samples.labels[parts["test"]])) == {0, 1}
+
+
+def test_stratified_split_is_disjoint_complete_and_per_class():
+    labels = np.repeat(np.arange(5), [50, 30, 20, 10, 3])
+    train, val, test = stratified(labels, (0.7, 0.15, 0.15), seed=3)
+    together = np.concatenate([train, val, test])
+    assert len(together) == len(labels) == len(set(together.tolist()))
+    for c in range(5):
+        n = (labels == c).sum()
+        assert abs((labels[train] == c).sum() - 0.7 * n) <= 1.5
+        assert (labels[val] == c).sum() >= 1 and (labels[test] == c).sum() >= 1
+    assert [a.tolist() for a in stratified(labels, (0.7, 0.15, 0.15), 3)] == [train.tolist(), val.tolist(), test.tolist()]
+    assert stratified(labels, (0.7, 0.15, 0.15), 4)[0].tolist() != train.tolist()
+
+
+def test_split_is_saved_and_reused(tmp_path):
+    root = synthetic.generate(SyntheticConfig(classes=3, images=60, size=16), tmp_path / "s")
+    samples = scan_folder(root)
+    path = tmp_path / "splits" / "k.json"
+    first = load_or_make(samples, (0.6, 0.2, 0.2), 0, path)
+    saved = json.loads(path.read_text())
+    assert set(saved) == {"train", "val", "test"} and saved["val"][0].endswith(".jpg")
+    # a saved split wins over recomputation, even with another seed: the file is the record
+    again = load_or_make(samples, (0.6, 0.2, 0.2), 99, path)
+    assert all(np.array_equal(first[s], again[s]) for s in first)
+
+
+def test_prepare_gives_uint8_batches_and_train_only_augmentation(tmp_path):
+    cfg = DataConfig(image_size=16, synthetic=SyntheticConfig(classes=3, images=60, size=16))
+    data = prepare(cfg, 0, tmp_path / "splits", AUGMENTS["crop_flip"](16))
+    x, y = data.datasets["train"].__getitems__([0, 1, 2])
+    assert x.dtype == torch.uint8 and tuple(x.shape) == (3, 3, 16, 16) and y.dtype == torch.int64
+    assert data.datasets["train"].transform is not None
+    assert data.datasets["val"].transform is None and data.datasets["test"].transform is None
+    assert sum(data.info["images"].values()) == 60
+
+
+def test_decoded_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
+    root = synthetic.generate(SyntheticConfig(classes=2, images=20, size=16), tmp_path / "s")
+    samples = scan_folder(root)
+    first = cache.decoded(root, samples.paths, 16)
+    calls = []
+    monkeypatch.setattr(cache, "load_image", lambda *a: calls.append(a) or np.zeros((16, 16, 3), np.uint8))
+    again = cache.decoded(root, samples.paths, 16)
+    assert calls == [] and again.folder == first.folder  # second use: no decoding
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(root / samples.paths[0])  # a source changes
+    cache.decoded(root, samples.paths, 16)
+    assert len(calls) == len(samples.paths)
+    assert first.images.shape == (len(samples.paths), 16, 16, 3) and first.bad == {}
+
+
+def test_missing_and_empty_folders_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        scan_folder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no class subfolders"):
+        scan_folder(tmp_path / "empty")

@@ -1,0 +1,153 @@
+"""Running cells: determinism, shared initial weights, resume, failure isolation, records on disk, smoke."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bench import runner
+from bench.config import load_suite
+from bench.progress import LogProgress
+from bench.suite import expand
+
+
+def run(path, results, **kw):
+    suite = load_suite(path)
+    return runner.run_suite(path.read_text(), suite.suite.name, expand(suite), results, device="cpu",
+                            progress=LogProgress(), **kw)
+
+
+def test_cell_records_on_disk(write_suite, tmp_path):
+    summary = run(write_suite(), tmp_path / "r")
+    assert len(summary.ran) == 1 and not summary.failed
+    cell_dir = summary.suite_dir / summary.ran[0]
+    result = json.loads((cell_dir / "result.json").read_text())
+    assert result["status"] == "ok" and result["schema_version"] == 1
+    for split in ("val", "test"):
+        assert set(result["metrics"][split]) == {"top1_error", "top5_error", "loss"}
+        assert 0 <= result["metrics"][split]["top1_error"] <= 1
+    cost = result["cost"]
+    assert cost["params_total"] == cost["params_trainable"] > 0
+    assert cost["train_time_s"] > 0 and cost["train_images_per_s"] > 0 and cost["peak_rss_mb"] > 50
+    assert {"torch", "torchvision", "timm", "bench", "device", "device_name"} <= set(result["env"])
+    history = pd.read_csv(cell_dir / "history.csv")
+    assert list(history["epoch"]) == [1, 2] and result["best_epoch"] in (1, 2)
+    assert history.loc[result["best_epoch"] - 1, "val_error"] == pytest.approx(result["metrics"]["val"]["top1_error"])
+    import numpy as np
+
+    preds = np.load(cell_dir / "predictions.npz")
+    assert preds["test_logits"].shape == (len(preds["test_labels"]), 4)
+    # the saved test predictions reproduce the recorded test error
+    err = float((preds["test_logits"].argmax(1) != preds["test_labels"]).mean())
+    assert err == pytest.approx(result["metrics"]["test"]["top1_error"], abs=1e-6)
+    assert (summary.suite_dir / "suite.toml").read_text().startswith("\n[suite]")
+    assert list((summary.suite_dir / "splits").glob("*.json")) and list((summary.suite_dir / "init").glob("*.safetensors"))
+
+
+def test_same_cell_twice_gives_identical_metrics(write_suite, tmp_path):
+    path = write_suite()  # with augmentation: its randomness must be seeded too
+    path.write_text(path.read_text().replace('lr = 0.003', 'lr = 0.003\naugment = "crop_flip"'))
+    a = run(path, tmp_path / "a")
+    b = run(path, tmp_path / "b")
+    ra = json.loads((a.suite_dir / a.ran[0] / "result.json").read_text())
+    rb = json.loads((b.suite_dir / b.ran[0] / "result.json").read_text())
+    assert ra["metrics"] == rb["metrics"]
+    ha = pd.read_csv(a.suite_dir / a.ran[0] / "history.csv")
+    hb = pd.read_csv(b.suite_dir / b.ran[0] / "history.csv")
+    assert ha["train_loss"].tolist() == hb["train_loss"].tolist()
+
+
+def test_cells_differing_in_technique_start_from_identical_weights(write_suite, tmp_path, monkeypatch):
+    path = write_suite('[grid]\n"train.lr" = [0.003, 0.0003]\n"train.augment" = ["none", "flip"]\n')
+    seen = []
+    real_fit = runner.fit
+
+    def spy(model, *a, **k):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return real_fit(model, *a, **k)
+
+    monkeypatch.setattr(runner, "fit", spy)
+    summary = run(path, tmp_path / "r")
+    assert len(summary.ran) == 4 and len(seen) == 4
+    for other in seen[1:]:
+        assert all(torch.equal(seen[0][k], other[k]) for k in seen[0])
+    results = [json.loads((summary.suite_dir / c / "result.json").read_text()) for c in summary.ran]
+    assert len({r["init"]["sha256"] for r in results}) == 1
+    saved = load_file(str(next((summary.suite_dir / "init").glob("*.safetensors"))))
+    assert all(torch.equal(saved[k], seen[0][k]) for k in saved)
+    # ... and the techniques did make a difference
+    assert len({json.dumps(r["metrics"]) for r in results}) == 4
+
+
+def test_another_seed_or_arch_gets_other_initial_weights(write_suite, tmp_path):
+    path = write_suite('[grid]\n"model.arch" = ["bench:small_cnn", "bench:mlp"]\n')
+    path.write_text(path.read_text().replace("seeds = [0]", "seeds = [0, 1]"))
+    summary = run(path, tmp_path / "r")
+    assert len(list((summary.suite_dir / "init").glob("*.safetensors"))) == 4
+
+
+def test_resume_skips_finished_cells_and_force_reruns(write_suite, tmp_path, monkeypatch):
+    path = write_suite('[grid]\n"train.lr" = [0.01, 0.003, 0.001]\n')
+    real = runner.run_cell
+    calls = []
+
+    def stop_at_third(cell, *a, **k):
+        calls.append(cell.id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user hits Ctrl-C during the third cell
+        return real(cell, *a, **k)
+
+    monkeypatch.setattr(runner, "run_cell", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(path, tmp_path / "r")
+    monkeypatch.setattr(runner, "run_cell", real)
+    first_two = calls[:2]
+    mtimes = {c: (tmp_path / "r" / "tiny" / c / "result.json").stat().st_mtime_ns for c in first_two}
+    summary = run(path, tmp_path / "r")
+    assert summary.skipped == first_two and summary.ran == [calls[2]]
+    assert all((tmp_path / "r" / "tiny" / c / "result.json").stat().st_mtime_ns == t for c, t in mtimes.items())
+    forced = run(path, tmp_path / "r", force=True)
+    assert len(forced.ran) == 3 and not forced.skipped
+
+
+def test_a_failing_cell_is_recorded_and_the_others_run(write_suite, tmp_path, cli):
+    # first:99 cannot be checked before the model exists: it fails at run time, in its cell only
+    path = write_suite('[grid]\n"model.freeze" = ["none", "first:99", "all_but_head"]\n')
+    code, _, err = cli("run", path, "--results", tmp_path / "r")
+    assert code == 1
+    records = [json.loads(p.read_text()) for p in (tmp_path / "r" / "tiny").glob("*/result.json")]
+    assert sorted(r["status"] for r in records) == ["failed", "ok", "ok"]
+    failed = next(r for r in records if r["status"] == "failed")
+    assert "first:99" in failed["error"] and "backbone has 6" in failed["error"]
+    assert "FAILED" in err
+    code, out, _ = cli("report", tmp_path / "r" / "tiny")
+    assert code == 0 and "failed:" in out and "first:99" in out
+
+
+def test_smoke_runs_every_cell_of_a_folder_suite_without_its_data(write_suite, tmp_path, cli):
+    path = write_suite("""
+        [data]
+        source = "folder"
+        root = "does/not/exist"
+        image_size = 224
+
+        [model]
+        pretrained = true
+        freeze = "all_but_head"
+
+        [grid]
+        "model.arch" = ["tv:alexnet", "bench:mlp"]
+    """, base="[suite]\nname = \"fold\"\n")
+    code, _, err = cli("run", path, "--results", tmp_path / "r")
+    assert code == 2 and "does/not/exist" in err  # without --smoke, the missing data is the user's error
+    code, _, err = cli("run", path, "--smoke", "--results", tmp_path / "r")
+    assert code == 0, err
+    records = [json.loads(p.read_text()) for p in (tmp_path / "r" / "fold-smoke").glob("*/result.json")]
+    assert len(records) == 2 and all(r["status"] == "ok" for r in records)
+    assert all(r["data"]["source"] == "folder" for r in records)  # same source type as the suite
+    cells = [json.loads(p.read_text()) for p in (tmp_path / "r" / "fold-smoke").glob("*/cell.json")]
+    assert {c["config"]["data"]["image_size"] for c in cells} == {64}  # AlexNet's smallest accepted size
