@@ -19,7 +19,7 @@ from PIL import Image
 from bench.config import SyntheticConfig
 from bench.data.cachedir import cache_root, key_of
 
-GENERATOR = 4  # bump when the pictures change, so old caches are not reused
+GENERATOR = 5  # bump when the pictures change, so old caches are not reused
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond", "bar", "star")
 PATTERNS = ("solid", "stripes", "checker", "dots", "rings")
 
@@ -102,7 +102,10 @@ def render(c: int, size: int, rng: np.random.Generator) -> np.ndarray:
     u = np.cos(theta) * xr + np.sin(theta) * yr
     v = -np.sin(theta) * xr + np.cos(theta) * yr
     mask = _shape_mask(shape, u, v)
-    fg1, fg2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    # the organism contrasts with its background (complementary colour), as a photographed one mostly does;
+    # both are uniform over the colour cube, so every class has the same mean colour
+    fg1 = np.clip(255 - bg + rng.normal(0, 25, 3), 0, 255)
+    fg2 = rng.uniform(0, 255, 3)
     fg = np.where(_pattern(pattern, u, v, freq)[..., None], fg2, fg1)
     img = np.where(mask[..., None], fg, img)
     img += rng.normal(0, 8, img.shape)
