@@ -27,6 +27,8 @@ class Format(str, Enum):
     markdown = "markdown"
     csv = "csv"
     json = "json"
+    latex = "latex"
+    html = "html"
     table = "table"
 
 
@@ -80,29 +82,60 @@ def plan(suite: Path = typer.Argument(..., help="suite file"),
     """Expand and validate a suite without training; print its cells."""
     from tabulate import tabulate
 
+    from bench.suite import link
+
     spec, cells = _cells(suite, only, smoke)
+    cells = link(cells)  # in run order, parents first, with the ids `bench run` uses
     rows = [[c.id, c.label, c.config.model.arch, c.config.data.image_size, c.config.train.epochs, c.seed]
             for c in cells]
+    headers = ["id", "label", "arch", "px", "epochs", "seed"]
+    if any(c.parent for c in cells):  # staged cells: which cell's best weights each starts from
+        labels = {c.id: c.label for c in cells}
+        for row, c in zip(rows, cells, strict=True):
+            row.append(f"{c.parent} ({labels[c.parent]})" if c.parent in labels else c.parent or "")
+        headers.append("starts from")
     print(f"{spec.suite.name}: {len(cells)} cell(s). {spec.suite.description}".rstrip())
-    print(tabulate(rows, headers=["id", "label", "arch", "px", "epochs", "seed"], tablefmt="github"))
+    print(tabulate(rows, headers=headers, tablefmt="github"))
 
 
 @app.command()
 def report(
-    target: Path | None = typer.Argument(None, help="a results/<suite> folder, a suite file, or a results folder"),
-    fmt: Format = typer.Option(Format.markdown, "--format", help="markdown, csv, json or table"),
+    targets: list[Path] | None = typer.Argument(
+        None, help="results/<suite> folders, suite files, or a results folder (its latest run); several at once"),
+    fmt: Format = typer.Option(Format.markdown, "--format", help="markdown, csv, json, latex, html or table"),
     out: Path | None = typer.Option(None, help="write to this file instead of standard output"),
     results: Path = typer.Option(Path("results"), help="where to look for runs"),
+    metrics: str | None = typer.Option(None, help="columns, comma-separated, e.g. val_error,test_f1_macro,gflops"),
+    filter_: list[str] | None = typer.Option(None, "--filter",
+                                             help="KEY=GLOB or KEY!=GLOB, e.g. 'model.arch=tv:*'; repeat to AND"),
+    rows: str | None = typer.Option(None, help="pivot: keys whose values make the rows, e.g. model.arch"),
+    cols: str | None = typer.Option(None, help="pivot: keys whose values make the columns, e.g. model.freeze"),
+    value: str = typer.Option("val_error", help="pivot: the metric in each pivot cell"),
+    sort: str | None = typer.Option(None, help="sort by this column, in its own direction (default val_error)"),
+    recompute: bool = typer.Option(False, help="recompute every metric from predictions.npz"),
+    target_error: float | None = typer.Option(None, help="add a time-to-target column: train seconds until "
+                                                          "validation error <= this"),
+    plots: Path | None = typer.Option(None, help="also write PNG plots to this folder"),
 ) -> None:
-    """Leaderboard of a run (default: the most recent one under results/)."""
+    """Leaderboard or pivot table of one or more runs (default: the most recent one under results/)."""
     from bench.report import render
     from bench.store import is_suite_dir
 
-    suite_dir = _suite_dir(target, results)
-    if suite_dir is None or not is_suite_dir(suite_dir):
-        where = target or results
-        raise UserError(f"no run found at '{where}'", hint="run `bench run SUITE` first, or name a results/<suite> folder")
-    text = render(suite_dir, fmt.value)
+    suite_dirs = []
+    for target in targets or [None]:
+        suite_dir = _suite_dir(target, results)
+        if suite_dir is None or not is_suite_dir(suite_dir):
+            where = target or results
+            raise UserError(f"no run found at '{where}'",
+                            hint="run `bench run SUITE` first, or name a results/<suite> folder")
+        suite_dirs.append(suite_dir)
+
+    def split(text: str | None) -> list[str]:
+        return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+    text = render(suite_dirs, fmt.value, metrics=split(metrics) if metrics else None, filters=filter_ or [],
+                  rows=split(rows), cols=split(cols), value=value, sort=sort, recompute=recompute,
+                  target_error=target_error)
     if out:
         from bench.store import atomic_write_text
 
@@ -110,6 +143,44 @@ def report(
         err.print(f"[bench] wrote {out}", highlight=False)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if plots:
+        from bench.plots import write_plots
+
+        written = write_plots(suite_dirs, plots, filters=filter_ or [])
+        err.print(f"[bench] wrote {len(written)} plot(s) to {plots}", highlight=False)
+
+
+@app.command()
+def compare(
+    a: str = typer.Argument(..., help="a cell folder, or a cell id or label within --suite"),
+    b: str = typer.Argument(..., help="the other cell, the same way"),
+    suite: Path | None = typer.Option(None, help="the results/<suite> folder that A and B are ids or labels in"),
+    split: str = typer.Option("test", help="which saved predictions to compare"),
+    resamples: int = typer.Option(10_000, help="bootstrap resamples"),
+    seed: int = typer.Option(0, help="bootstrap seed"),
+) -> None:
+    """Paired comparison of two cells on the same images: McNemar's test and a bootstrap CI."""
+    from bench.compare import compare_cells, resolve_cell
+
+    result = compare_cells(resolve_cell(a, suite), resolve_cell(b, suite), split=split, resamples=resamples,
+                           seed=seed)
+    print(result.summary())
+
+
+@app.command()
+def export(
+    cell: str = typer.Argument(..., help="a cell folder, or a cell id or label within --suite"),
+    out: Path = typer.Option(..., help="the CSV to write"),
+    suite: Path | None = typer.Option(None, help="the results/<suite> folder that CELL is an id or label in"),
+    split: str = typer.Option("test", help="which saved predictions to export"),
+    k: int = typer.Option(5, help="predicted classes per image, best first"),
+) -> None:
+    """A cell's predictions as a Kaggle submission CSV: id,predicted (top-k classes, space-separated)."""
+    from bench.compare import resolve_cell
+    from bench.export import export_submission
+
+    n = export_submission(resolve_cell(cell, suite), out, split=split, k=k)
+    err.print(f"[bench] wrote {n} predictions to {out}", highlight=False)
 
 
 def _suite_dir(target: Path | None, results: Path) -> Path | None:
@@ -134,6 +205,38 @@ def models(pattern: str = typer.Argument("*", help="glob over prefix:name, e.g. 
     names = list_archs(pattern if ":" in pattern or pattern == "*" else f"*{pattern}")
     print("\n".join(names))
     err.print(f"[bench] {len(names)} architecture(s)", highlight=False)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Look at a data set before training on it.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    target: Path = typer.Argument(..., help="a suite file (its data, curated as the suite says) or an image folder"),
+    plot: Path | None = typer.Option(None, help="write a class-histogram PNG here"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+) -> None:
+    """Images, modes, resolutions, bad files, curation and images per class (study 001's Table 1)."""
+    import json
+
+    from bench.config import DataConfig
+    from bench.data.inspect import describe, plot_histogram, render
+
+    if target.suffix == ".toml":
+        suite, cells = _cells(target, None, smoke=False)
+        configs = list({c.config.data.model_dump_json(): c.config.data for c in cells}.values())
+    else:
+        configs = [DataConfig(source="folder", root=str(target))]
+    for i, cfg in enumerate(configs):
+        info = describe(cfg)
+        if as_json:
+            sys.stdout.write(json.dumps(info, indent=1) + "\n")
+        else:
+            print(render(info) + "\n")
+        if plot:
+            out = plot if len(configs) == 1 else plot.with_stem(f"{plot.stem}-{i}")
+            err.print(f"[bench] wrote {plot_histogram(info, out)}", highlight=False)
 
 
 def main() -> None:

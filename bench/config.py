@@ -41,6 +41,7 @@ class DataConfig(Strict):
     image_size: int = Field(32, ge=8, le=1024)  # px the model sees (shorter side resized, centre crop)
     cache_size: int | None = Field(None, ge=8, le=2048)  # px side kept in the decoded cache; > image_size leaves room for crops
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train/val/test, stratified per class
+    source_split: bool = True  # use the source's own splits; false pools everything and splits by ratio
     workers: int = Field(0, ge=0)  # DataLoader worker processes; 0 reads batches in the main process
     # curation, applied in this order (see README, "Curation")
     modes: Literal["convert", "drop"] = "convert"  # images that are not RGB (L, P, RGBA, CMYK, ...)
@@ -75,13 +76,22 @@ class DataConfig(Strict):
         return self.cache_size or self.image_size
 
 
-FREEZE_PATTERN = re.compile(r"^(none|all_but_head|(first|last):\d+)$")
+FREEZE_PATTERN = re.compile(r"^(none|all_but_head|features|(first|last|last_conv):\d+)$")
 
 
 class ModelConfig(Strict):
+    """The network: architecture, starting weights, the classifier head, and what trains."""
+
     arch: str = "bench:small_cnn"  # prefix:name, see `bench models`
     pretrained: bool | str = False  # false | true (hub weights) | path to a .safetensors/.pt state dict
-    freeze: str = "none"  # none | all_but_head | first:N | last:N (N counts layers with weights)
+    # none | all_but_head | features | first:N | last:N (N layers with weights) | last_conv:N (convolutions)
+    freeze: str = "none"
+    init_from: str | None = None  # label of a [[cells]] entry whose best weights this cell starts from
+    # the head, replacing the architecture's classifier (README, "Models, heads, freezing and staged cells")
+    pool: Literal["avg", "max", "avgmax"] | None = None  # global pooling; unset: the architecture's own
+    head_hidden: tuple[int, ...] = ()  # widths of dense layers between the pooled features and the classes
+    head_activation: Literal["relu", "gelu", "silu", "tanh", "elu", "leaky_relu"] = "relu"  # after each hidden
+    head_dropout: float = Field(0.0, ge=0, lt=1)  # dropout before each linear layer of the head
 
     @field_validator("arch")
     @classmethod
@@ -95,27 +105,70 @@ class ModelConfig(Strict):
     @classmethod
     def _freeze_syntax(cls, v: str) -> str:
         if not FREEZE_PATTERN.match(v):
-            raise ValueError(f"'{v}' is not a freeze mode; use none, all_but_head, first:N or last:N")
+            raise ValueError(f"'{v}' is not a freeze mode; use none, all_but_head, features, first:N, last:N "
+                             "or last_conv:N")
+        return v
+
+    @field_validator("head_hidden")
+    @classmethod
+    def _positive_widths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(w < 1 for w in v):
+            raise ValueError("head_hidden widths must be >= 1, e.g. [256]")
         return v
 
 
 class TrainConfig(Strict):
+    """How a cell trains; every technique is one key (see README, "Techniques")."""
+
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
+    # optimisation
     optimizer: str = "sgd"  # sgd | adam | adamw | rmsprop
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.01, gt=0)  # peak lr; the head's lr when backbone_lr is set
+    backbone_lr: float | None = Field(None, ge=0)  # lr of everything but the classifier head (study 000)
     momentum: float = Field(0.9, ge=0)  # sgd and rmsprop
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
-    schedule: str = "constant"  # constant | step | cosine, stepped every batch
+    schedule: str = "constant"  # constant | step | multistep | cosine | onecycle | cyclical, stepped every batch
     step_size: int = Field(3, ge=1)  # epochs between decays, step schedule
-    gamma: float = Field(0.1, gt=0)  # decay factor, step schedule
-    augment: str = "none"  # none | flip | crop_flip (presets; applied to the training split only)
+    gamma: float = Field(0.1, gt=0)  # decay factor, step and multistep
+    milestones: list[int] = Field(default_factory=list)  # epochs at which multistep multiplies by gamma
+    min_lr: float = Field(0.0, ge=0)  # cosine's end, cyclical's bottom
+    cycle_epochs: float = Field(4.0, gt=0)  # cyclical: epochs per full triangle (up and down)
+    cycle_mode: Literal["triangular", "triangular2"] = "triangular"  # triangular2 halves the height each cycle
+    pct_start: float = Field(0.3, gt=0, lt=1)  # onecycle: fraction of the run spent rising
+    warmup_epochs: float = Field(0.0, ge=0)  # linear warmup, multiplies any schedule
+    # loss
+    loss: str = "ce"  # ce | weighted_ce | focal | complement
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["inverse", "sqrt_inverse", "effective"] = "inverse"  # weighted_ce
+    effective_beta: float = Field(0.999, ge=0, lt=1)  # class_weights = "effective"
+    focal_gamma: float = Field(2.0, ge=0)
+    focal_alpha: float | None = Field(None, gt=0)  # a constant factor, as Keras' categorical focal loss
+    complement_weight: float = Field(1.0, ge=0)  # complement: weight of the complement entropy term
+    head_l1: float = Field(0.0, ge=0)  # penalty on the head's weights, added to the loss (study 002)
+    head_l2: float = Field(0.0, ge=0)
+    # data seen in training
+    augment: str | list[str | dict[str, Any]] = "none"  # preset, op, or list (README, "Techniques")
+    offline: int = Field(0, ge=0)  # K >= 2: fixed K-times training set (original + K-1 augmented copies)
+    mix: str = "none"  # none | mixup | cutmix | cutmix_mixup, on the batch
+    mix_alpha: float = Field(1.0, gt=0)  # Beta(alpha, alpha) for the mixing ratio
+    mix_prob: float = Field(1.0, ge=0, le=1)  # fraction of batches mixed
+    sampler: str = "uniform"  # uniform | balanced | sqrt
+    # evaluation and stopping
+    tta: list[str] = Field(default_factory=list)  # test-time views, e.g. ["hflip", "rotate:10", "shift:3"]
+    patience: int | None = Field(None, ge=1)  # early stopping: epochs without improvement (study 004: 3)
+    monitor: Literal["val_error", "val_loss", "val_top5_error", "val_accuracy"] = "val_error"
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: max for val_accuracy, min otherwise
+    min_delta: float = Field(0.0, ge=0)  # smaller changes of the monitor do not count as improvement
+    # precision and layout
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 (with a GradScaler) on CUDA only
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
     max_steps: int | None = Field(None, ge=1)  # cap on training batches per epoch (smoke runs)
 
-    @field_validator("optimizer", "schedule", "augment")
+    @field_validator("optimizer", "schedule", "loss", "sampler", "mix")
     @classmethod
     def _registered(cls, v: str, info) -> str:
         from bench.techniques import REGISTRIES
@@ -124,6 +177,34 @@ class TrainConfig(Strict):
         if v not in registry:
             raise ValueError(f"unknown {info.field_name} '{v}'; {did_you_mean(v, registry)}")
         return v
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_ops(cls, v: str | list) -> str | list:
+        from bench.techniques.augment import check_augment
+
+        check_augment(v)
+        return v
+
+    @field_validator("tta")
+    @classmethod
+    def _tta_views(cls, v: list[str]) -> list[str]:
+        from bench.techniques import build_tta
+
+        build_tta(v)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must be <= lr ({self.lr})")
+        if self.schedule == "multistep" and not self.milestones:
+            raise ValueError("schedule 'multistep' needs milestones, e.g. milestones = [5, 8] (epochs)")
+        if self.offline == 1:
+            raise ValueError("offline = 1 is the original set alone; use 0 (online augmentation) or K >= 2")
+        if self.offline and self.augment in ("none", []):
+            raise ValueError("offline augmentation needs train.augment, e.g. augment = [\"hflip\", \"rotate:15\"]")
+        return self
 
 
 class CellConfig(Strict):

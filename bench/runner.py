@@ -19,15 +19,18 @@ import torch
 from safetensors.torch import save_model
 
 import bench
+from bench.cost import forward_gflops
 from bench.data import prepare
-from bench.data.loaders import make_loader
+from bench.errors import UserError
+from bench.features import feature_setup
+from bench.metrics import full_metrics
 from bench.models import apply_freeze, count_params
 from bench.progress import LogProgress
 from bench.store import atomic_write_bytes, atomic_write_text, read_json, write_json, write_npz
-from bench.suite import Cell
-from bench.techniques import AUGMENTS
-from bench.train import fit
-from bench.weights import file_digest, initial_model
+from bench.suite import Cell, link
+from bench.techniques import build_augment
+from bench.train import fit, make_loaders
+from bench.weights import file_digest, initial_model, load_parent
 
 
 @dataclass
@@ -70,6 +73,13 @@ def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, d
               force: bool = False, progress: LogProgress | None = None) -> RunSummary:
     progress = progress or LogProgress()
     suite_dir = Path(results) / name
+    cells = link(cells)  # parents first; --smoke's cells get their parents' smoke ids
+    chosen = {c.id for c in cells}
+    for c in cells:
+        if c.parent and c.parent not in chosen and not is_done(suite_dir / c.parent):
+            raise UserError(f"cell '{c.label}' starts from cell {c.parent} (model.init_from = "
+                            f"'{c.config.model.init_from}'), which has not finished", key="model.init_from",
+                            hint="run the parent cell first, or widen --only to include it")
     suite_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(suite_dir / "suite.toml", suite_text)
     dev = resolve_device(device)
@@ -105,7 +115,7 @@ def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, d
 
 
 def cell_record(cell: Cell) -> dict[str, Any]:
-    return {"id": cell.id, "group": cell.group, "label": cell.label, "axes": cell.axes,
+    return {"id": cell.id, "group": cell.group, "label": cell.label, "axes": cell.axes, "parent": cell.parent,
             "config": cell.config.model_dump(mode="json")}
 
 
@@ -119,14 +129,23 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    data = prepare(cfg.data, cfg.seed, suite_dir / "splits", AUGMENTS[cfg.train.augment](cfg.data.image_size))
-    loaders = {split: make_loader(ds, cfg.train.batch_size if split == "train" else cfg.train.eval_batch_size,
-                                  train=split == "train", seed=cfg.seed, workers=cfg.data.workers)
-               for split, ds in data.datasets.items()}
+    online = None if cfg.train.offline else build_augment(cfg.train.augment, cfg.data.image_size)
+    data = prepare(cfg.data, cfg.seed, suite_dir / "splits", online)
+    loaders = make_loaders(data.datasets, cfg.train, cfg.seed, cfg.data.image_size, cfg.data.workers)
     model, init_key = initial_model(cfg, data.num_classes, suite_dir / "init")
+    parent = None
+    if cell.parent:  # a staged cell (model.init_from) starts from its parent's best weights
+        if not is_done(suite_dir / cell.parent):
+            raise UserError(f"parent cell {cell.parent} did not finish", key="model.init_from",
+                            hint="see its result.json; the child runs once the parent has")
+        parent = {"id": cell.parent, "sha256": load_parent(model, suite_dir / cell.parent)}
     apply_freeze(model, cfg.model.freeze)
     params_total, params_trainable = count_params(model)
+    gflops = forward_gflops(model, cfg.data.image_size)  # of the whole network, outside the timed region
     model.to(device)
+    features = None
+    if cfg.model.freeze == "features":  # the head alone trains, on the backbone's cached features
+        model, loaders, features = feature_setup(model, cfg, data, loaders, device)
 
     steps = len(loaders["train"]) if cfg.train.max_steps is None else min(len(loaders["train"]), cfg.train.max_steps)
     progress.start_cell(index, total, cell.label, cell.id, cfg.train.epochs, steps)
@@ -135,7 +154,8 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    result = fit(model, loaders, cfg.train, device, on_epoch=progress.epoch, on_step=progress.step)
+    result = fit(model, loaders, cfg.train, device, on_epoch=progress.epoch, on_step=progress.step,
+                 class_counts=data.info["train_class_counts"])
     wall = time.perf_counter() - start
 
     buf = io.StringIO()
@@ -156,7 +176,10 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         "status": "ok",
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
-        "metrics": result.metrics,
+        # the loop's metrics (incl. TTA) plus F1, AUC and mAP of the best weights' predictions
+        "metrics": {**result.metrics, **{split: full_metrics(logits, labels)
+                                         for split, (logits, labels) in result.predictions.items()}},
+        "train": result.info,
         "cost": {
             **result.timing,
             "wall_time_s": wall,
@@ -165,9 +188,11 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
             "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
             "params_total": params_total,
             "params_trainable": params_trainable,
+            "gflops_forward": gflops,
         },
         "data": {**data.info, "split_key": data.split_key, "class_names": data.classes},
         "init": {"key": init_key, "sha256": file_digest(suite_dir / "init" / f"{init_key}.safetensors")},
+        **({"parent": parent} if parent else {}), **({"features": features} if features else {}),
         "env": environment(device),
     }
     write_json(cell_dir / "result.json", record)  # last: its presence with status ok marks the cell done

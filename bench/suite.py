@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -12,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bench.config import SECTIONS, CellConfig, Suite, _to_user_error, flatten
-from bench.errors import UserError
+from bench.errors import UserError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -22,10 +23,14 @@ class Cell:
     axes: dict[str, Any]  # the dotted keys that vary across the suite, with this cell's values
     explicit_label: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    grid_values: str = ""  # this cell's [grid] combination (JSON); with label and seed it finds a parent
+    parent: str | None = None  # id of the cell whose best weights it starts from (model.init_from), see link()
 
     @property
     def id(self) -> str:
-        return config_hash(self.config.model_dump(mode="json"))
+        spec = self.config.model_dump(mode="json")
+        # A staged cell's numbers depend on its parent's weights: another parent makes another cell.
+        return config_hash(spec if self.parent is None else {**spec, "parent": self.parent})
 
     @property
     def group(self) -> str:
@@ -76,7 +81,9 @@ def expand(suite: Suite) -> list[Cell]:
                 overrides = {**cell_over, **grid_over}
                 config = _resolve(suite, overrides, seed, cell_over, grid_over, ci if suite.cells else None)
                 resolved.append((config, label, cell_over, grid_over))
-    return _label(suite, resolved)
+    cells = _label(suite, resolved)
+    _check_features(suite, cells)
+    return link(cells, suite)
 
 
 def _resolve(suite: Suite, overrides: dict[str, Any], seed: int, cell_over: dict, grid_over: dict,
@@ -116,15 +123,92 @@ def _label(suite: Suite, resolved: list[tuple[CellConfig, str | None, dict, dict
     for (config, label, cell_over, grid_over), flat in zip(resolved, dumps, strict=True):
         axes = {k: flat[k] for k in varying}
         parts = [label] if label else []
-        parts += [f"{k.split('.')[-1]}={_short(flat[k])}" for k in varying if not (label and k in cell_over)]
+        # model.init_from is shown by `bench plan` as the parent, not in the label
+        parts += [f"{k.split('.')[-1]}={_short(flat[k])}" for k in varying
+                  if not (label and k in cell_over) and k != "model.init_from"]
         cell = Cell(config=config, label=" ".join(parts) or "default", axes=axes, explicit_label=label,
-                    overrides={**cell_over, **grid_over})
+                    overrides={**cell_over, **grid_over}, grid_values=json.dumps(grid_over, sort_keys=True))
         if cell.id in seen:  # two entries resolving to the same config would share one results folder
             raise UserError(f"two cells resolve to the same config ({cell.label})", file=suite.path, key="cells",
                             hint="remove the duplicate [[cells]] entry or grid value")
         seen.add(cell.id)
         cells.append(cell)
     return cells
+
+
+def _where(suite: Suite | None, cell: Cell, key: str) -> str:
+    """The place in the suite file that set `key` for this cell: a [[cells]] entry, the grid, or [model]."""
+    if suite is None:
+        return key
+    if key in suite.grid:
+        return f'grid."{key}"'
+    for i, entry in enumerate(suite.cells):
+        if entry.get("label") == cell.explicit_label and key in flatten(entry):
+            return f"cells[{i}].{key}"
+    return key
+
+
+def _check_features(suite: Suite, cells: list[Cell]) -> None:
+    """freeze = "features" trains on features computed once from the un-augmented images: a technique that
+    changes the images the backbone sees would silently not happen."""
+    for cell in cells:
+        t = cell.config.train
+        if cell.config.model.freeze != "features":
+            continue
+        for key, used in (("augment", t.augment not in ("none", [])), ("mix", t.mix != "none"), ("tta", bool(t.tta))):
+            if used:
+                raise UserError(f'freeze = "features" computes the features once, from un-augmented images, so '
+                                f"train.{key} cannot apply", file=suite.path, key=_where(suite, cell, "model.freeze"),
+                                hint=f'use freeze = "all_but_head" with train.{key}, or drop train.{key}')
+
+
+def link(cells: list[Cell], suite: Suite | None = None) -> list[Cell]:
+    """Staged cells (model.init_from = "<label>"): each child gets the id of its parent, the cell with that
+    [[cells]] label, the same seed and the same grid values; the list comes back parents first, otherwise in
+    order. A parent missing from `cells` (run with --only) keeps the id found when the suite was expanded."""
+    path = suite.path if suite else None
+    labels = sorted({c.explicit_label for c in cells if c.explicit_label})
+    index: dict[tuple, Cell] = {}
+    for c in cells:
+        if c.explicit_label:
+            k = (c.explicit_label, c.seed, c.grid_values)
+            if k in index and any(x.config.model.init_from == c.explicit_label for x in cells):
+                raise UserError(f"label '{c.explicit_label}' names more than one [[cells]] entry, so "
+                                "model.init_from cannot tell which to start from", file=path, key="cells",
+                                hint="give each [[cells]] entry its own label")
+            index[k] = c
+    out: list[Cell] = []
+    done: dict[int, Cell] = {}
+
+    def visit(orig: Cell, trail: tuple[str, ...]) -> Cell:
+        if id(orig) in done:
+            return done[id(orig)]
+        c, src = orig, orig.config.model.init_from
+        if src is not None:
+            where = _where(suite, c, "model.init_from")
+            if suite is not None and src not in labels:
+                raise UserError(f"'{src}' is not the label of a [[cells]] entry", file=path, key=where,
+                                hint=did_you_mean(src, labels) if labels else "add label = \"...\" to the parent entry")
+            name = c.explicit_label or c.label
+            if src in trail + (name,):
+                chain = " -> ".join((*trail, name, src))
+                raise UserError(f"model.init_from forms a cycle ({chain})", file=path, key=where,
+                                hint="a cell cannot start from itself or from a cell that starts from it")
+            parent = index.get((src, c.seed, c.grid_values))
+            if parent is not None:
+                p, m = parent.config.model, c.config.model
+                if (p.arch, p.head_hidden) != (m.arch, m.head_hidden):
+                    raise UserError(f"cell '{c.label}' ({m.arch}, head {list(m.head_hidden)}) cannot start from "
+                                    f"'{parent.label}' ({p.arch}, head {list(p.head_hidden)})", file=path, key=where,
+                                    hint="a staged cell keeps its parent's model.arch and model.head_hidden")
+                c = dataclasses.replace(c, parent=visit(parent, (*trail, name)).id)
+        done[id(orig)] = c
+        out.append(c)
+        return c
+
+    for c in cells:
+        visit(c, ())
+    return out
 
 
 def _short(v: Any) -> str:

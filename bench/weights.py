@@ -1,6 +1,7 @@
 """Initial weights: created once per (architecture, pretrained source, classes, head, seed), saved under
 results/<suite>/init/, and loaded by every cell that shares the key, so that cells which differ only in a
-technique start from byte-identical weights. Also: loading a local pretrained weights file."""
+technique start from byte-identical weights. Also: loading a local pretrained weights file, and a staged
+cell's start from its parent's best weights."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from bench.config import CellConfig
 from bench.errors import UserError
-from bench.models import accepts_image_size, create_model, head_name
+from bench.models import accepts_image_size, build_head, create_model, head_name
 from bench.suite import config_hash
 
 
@@ -49,10 +50,12 @@ def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: Path
     """Load every weight of `state`; only the classifier may differ in shape (another class count)."""
     own = model.state_dict()
     head = head_name(model)
-    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    in_head = [k for k in state if k.startswith(head + ".")]  # another class count or another head: ours stays
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape] + \
+        [k for k in in_head if k not in own]
     bad = [k for k in skipped if not k.startswith(head + ".")]
     missing = [k for k in own if k not in state and not k.startswith(head + ".")]
-    unexpected = [k for k in state if k not in own]
+    unexpected = [k for k in state if k not in own and k not in in_head]
     if bad or missing or unexpected:
         detail = (f"shape mismatch at {bad[:3]}" if bad else f"missing {missing[:3]}" if missing
                   else f"unexpected {unexpected[:3]}")
@@ -68,22 +71,35 @@ def init_key(cfg: CellConfig, num_classes: int) -> str:
     parts = {"arch": cfg.model.arch, "pretrained": pretrained, "classes": num_classes, "seed": cfg.seed}
     if accepts_image_size(cfg.model.arch):
         parts["image_size"] = cfg.data.image_size
+    m = cfg.model
+    if m.pool is not None or m.head_hidden or m.head_dropout > 0:
+        # What decides the head's weights: its layers (dropout > 0 adds a Dropout module, which renames
+        # them) and, for timm, the pool (reset_classifier draws a new classifier). Not the dropout rate.
+        parts["head"] = {"pool": m.pool, "hidden": list(m.head_hidden), "dropout": m.head_dropout > 0,
+                         "activation": m.head_activation if m.head_hidden else None}
     return config_hash(parts, n=16)
+
+
+def _seed(cfg: CellConfig, num_classes: int) -> int:
+    # From the key without the head: cells that differ only in their head start from the same backbone.
+    return int(init_key(cfg.model_copy(update={"model": cfg.model.model_copy(
+        update={"pool": None, "head_hidden": (), "head_dropout": 0.0})}), num_classes)[:8], 16)
 
 
 def initial_model(cfg: CellConfig, num_classes: int, init_dir: Path) -> tuple[nn.Module, str]:
     """The cell's model with its shared initial weights, and the key they are stored under."""
     key = init_key(cfg, num_classes)
     path = init_dir / f"{key}.safetensors"
-    # The random head (and any random backbone) is drawn under a seed derived from the key alone, so a
-    # cell's initial weights do not depend on which cells ran before it in the process.
     exists = path.exists()
     # The random head (and any random backbone) is drawn under a seed derived from the key alone, so a
     # cell's initial weights do not depend on which cells ran before it in the process.
+    m = cfg.model
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(key[:8], 16))
-        hub = cfg.model.pretrained is True and not exists  # once saved, the hub is never asked again
-        model = create_model(cfg.model.arch, num_classes, cfg.data.image_size, pretrained=hub)
+        torch.manual_seed(_seed(cfg, num_classes))
+        hub = m.pretrained is True and not exists  # once saved, the hub is never asked again
+        model = create_model(m.arch, num_classes, cfg.data.image_size, pretrained=hub)
+        build_head(model, m.arch, num_classes, pool=m.pool, hidden=m.head_hidden,
+                   activation=m.head_activation, dropout=m.head_dropout)
     if exists:
         load_model(model, str(path))
         return model, key
@@ -94,3 +110,23 @@ def initial_model(cfg: CellConfig, num_classes: int, init_dir: Path) -> tuple[nn
     save_model(model, str(tmp))  # handles tied tensors, unlike save_file
     tmp.replace(path)
     return model, key
+
+
+def load_parent(model: nn.Module, parent_dir: Path) -> str:
+    """Start a staged cell (model.init_from) from its parent's best weights, in place; returns their sha256.
+    A parent trained on cached features (freeze = "features") saved its head only: that goes into this
+    model's head, and the backbone stays the shared initial weights, which the features came from."""
+    path = parent_dir / "best.safetensors"
+    if not path.is_file():
+        raise UserError(f"parent cell {parent_dir.name} has no best weights (it has not finished)",
+                        key="model.init_from", hint="run the parent cell first; `bench plan` shows the order")
+    state = load_file(str(path))
+    head = head_name(model)
+    target = model.get_submodule(head) if set(state) == set(model.get_submodule(head).state_dict()) else model
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"parent cell {parent_dir.name}'s weights do not fit this cell ({first})",
+                        key="model.init_from", hint="parent and child need the same model.arch and head") from None
+    return file_digest(path)

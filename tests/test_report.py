@@ -9,6 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,10 @@ def test_markdown_leaderboard_sorted_by_val_error_with_seed_spread(finished):
     assert table[0].split("|")[1].strip() == "arch" and "val err" in table[0] and "test err" in table[0]
     assert len(table) == 2 + 2  # header, rule, one row per arch (seeds averaged)
     assert all("± " in row and "(2)" in row for row in table[2:])
-    vals = [float(row.split("|")[2].split("±")[0]) for row in table[2:]]
+    cells = [row.split("|")[2].strip() for row in table[2:]]
+    vals = [float(c.strip("*").split("±")[0]) for c in cells]
     assert vals == sorted(vals)
+    assert [c.startswith("**") for c in cells] == [v == vals[0] for v in vals]  # the best is bold, ties too
 
 
 def test_csv_and_json_parse_back_with_mean_and_std(finished):
@@ -80,4 +83,280 @@ def test_cli_end_to_end_in_a_fresh_process(tmp_path, write_suite):
                          capture_output=True, text=True, timeout=120)
     assert rep.returncode == 0 and "val err" in rep.stdout
     models = subprocess.run([sys.executable, "-m", "bench", "models", "bench:*"], capture_output=True, text=True)
-    assert models.stdout.split() == ["bench:mlp", "bench:cifar_cnn", "bench:small_cnn"]
+    names = models.stdout.split()
+    assert {"bench:mlp", "bench:cifar_cnn", "bench:small_cnn"} <= set(names) and all(n.startswith("bench:") for n in names)
+
+
+# ---------------------------------------------------------------- synthetic records (no training)
+
+ENV_A = {"device_name": "AMD EPYC", "torch": "2.14.1", "torchvision": "0.29.1", "timm": "1.0.31"}
+ENV_B = {"device_name": "NVIDIA H100", "torch": "2.14.1", "torchvision": "0.29.1", "timm": "1.0.31"}
+
+
+def make_cell(suite_dir, cell_id, *, arch="bench:mlp", freeze="none", seed=0, val_error=0.5, test_error=0.5,
+              train_time_s=10.0, env=None, metrics=None, cost=None, status="ok", predictions=None,
+              split_key="k0", group=None, history=None):
+    """Write one cell folder by hand: cell.json, result.json and optionally predictions.npz/history.csv."""
+    import numpy as np
+
+    from bench.store import write_json, write_npz
+
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    (suite_dir / "suite.toml").write_text('[suite]\nname = "x"\n')
+    d = suite_dir / cell_id
+    config = {"seed": seed, "model": {"arch": arch, "freeze": freeze, "pretrained": False},
+              "data": {"image_size": 32, "min_per_class": 0}, "train": {"lr": 0.01}}
+    write_json(d / "cell.json", {"id": cell_id, "group": group or f"{arch}|{freeze}", "config": config,
+                                 "label": f"arch={arch} freeze={freeze}",
+                                 "axes": {"model.arch": arch, "model.freeze": freeze}})
+    result = {"status": status, "env": env or ENV_A, "data": {"split_key": split_key, "class_names": ["a", "b", "c"],
+                                                              "train_class_counts": [30, 20, 10]}}
+    if status == "ok":
+        result["metrics"] = metrics or {"val": {"top1_error": val_error}, "test": {"top1_error": test_error}}
+        result["cost"] = {"train_time_s": train_time_s, "params_total": 1000, "train_images_per_s": 100.0,
+                          **(cost or {})}
+    else:
+        result["error"] = "RuntimeError: boom"
+    write_json(d / "result.json", result)
+    if predictions is not None:
+        logits, labels = predictions
+        write_npz(d / "predictions.npz", test_logits=np.asarray(logits, np.float32),
+                  test_labels=np.asarray(labels, np.int64), val_logits=np.asarray(logits, np.float32),
+                  val_labels=np.asarray(labels, np.int64))
+    if history is not None:
+        pd.DataFrame(history).to_csv(d / "history.csv", index=False)
+    return d
+
+
+@pytest.fixture
+def grid(tmp_path):
+    """Study 001's Table 3 shape: three archs x two freeze settings, two seeds each, one CPU."""
+    s = tmp_path / "grid"
+    errors = {("tv:alexnet", "none"): 0.88, ("tv:alexnet", "all_but_head"): 0.86,
+              ("tv:densenet121", "none"): 0.75, ("tv:densenet121", "all_but_head"): 0.71,
+              ("timm:resnext", "none"): 0.70, ("timm:resnext", "all_but_head"): 0.68}
+    for i, ((arch, freeze), err) in enumerate(errors.items()):
+        for seed in (0, 1):
+            make_cell(s, f"c{i}s{seed}", arch=arch, freeze=freeze, seed=seed, val_error=err + (0.01 if seed else -0.01),
+                      test_error=err, train_time_s=10.0 * (i + 1))
+    return s
+
+
+def _md_rows(text):
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+
+
+def test_every_format_parses_back(grid):
+    from html.parser import HTMLParser
+
+    from bench.report import render
+
+    md = _md_rows(render(grid, "markdown"))
+    assert md[0][:2] == ["arch", "freeze"] and len(md) == 2 + 6 and all(len(r) == len(md[0]) for r in md)
+    df = pd.read_csv(io.StringIO(render(grid, "csv")))
+    assert len(df) == 6 and set(df["n"]) == {2} and df["val_error"].tolist() == sorted(df["val_error"])
+    assert df["val_error"].iloc[0] == pytest.approx(0.68) and df["val_error_std"].iloc[0] == pytest.approx(0.01414, abs=1e-4)
+    assert [r["model.arch"] for r in json.loads(render(grid, "json"))] == df["model.arch"].tolist()
+
+    tex = render(grid, "latex").splitlines()
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    body = tex[tex.index(r"\midrule") + 1:tex.index(r"\bottomrule")]
+    spec = next(line for line in tex if line.startswith(r"\begin{tabular}"))
+    ncols = len(spec.split("{")[2].rstrip("}"))
+    assert len(body) == 6 and all(row.count(" & ") == ncols - 1 and row.endswith(r"\\") for row in body)
+    assert r"\textbf{0.680 $\pm$ 0.014 (2)}" in body[0] and r"timm:resnext" in body[0]
+
+    class Cells(HTMLParser):  # collects each <tr>'s cell texts and the bold ones
+        def __init__(self):
+            super().__init__()
+            self.rows, self.bold, self.tags = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.rows[-1].append("")
+
+        def handle_endtag(self, tag):
+            self.tags.pop()
+
+        def handle_data(self, data):
+            if self.tags and self.tags[-1] in ("td", "th", "b"):
+                self.rows[-1][-1] += data
+                if self.tags[-1] == "b":
+                    self.bold.append(data)
+
+    parser = Cells()
+    parser.feed(render(grid, "html"))
+    assert parser.rows[0] == [h for h in md[0]] and len(parser.rows) == 7
+    assert [r[:2] for r in parser.rows[1:]] == [r[:2] for r in md[2:]] and "0.680 ± 0.014 (2)" in parser.bold
+
+
+def test_best_value_is_bold_in_each_columns_own_direction(tmp_path):
+    from bench.report import render
+
+    s = tmp_path / "s"
+    make_cell(s, "a", arch="x", metrics={"val": {"top1_error": 0.2, "map": 0.5}, "test": {"top1_error": 0.3}})
+    make_cell(s, "b", arch="y", metrics={"val": {"top1_error": 0.1, "map": 0.4}, "test": {"top1_error": 0.4}})
+    rows = _md_rows(render(s, "markdown", metrics=["val_error", "val_map"]))
+    assert rows[0][2:] == ["val err", "val mAP"]
+    assert rows[2][2:] == ["**0.100**", "0.400"] and rows[3][2:] == ["0.200", "**0.500**"]
+    # sorting follows the metric's own direction: mAP descending
+    rows = _md_rows(render(s, "markdown", metrics=["val_map"], sort="val_map"))
+    assert [r[0] for r in rows[2:]] == ["x", "y"]
+
+
+def test_pivot_reproduces_study_001_tables(grid, tmp_path):
+    from bench.report import render
+
+    # Table 3: one row per architecture, one column of validation error
+    rows = _md_rows(render(grid, "markdown", rows=["model.arch"], filters=["model.freeze=all_but_head"]))
+    assert rows[0] == ["arch", "val err"]
+    assert [r[0] for r in rows[2:]] == ["timm:resnext", "tv:densenet121", "tv:alexnet"]
+    assert rows[2][1].startswith("**0.680") and rows[4][1].startswith("0.860")
+    # Table 2: one row ("val err"), one column per setting of the key
+    rows = _md_rows(render(grid, "markdown", cols=["model.freeze"], filters=["model.arch=tv:alexnet"]))
+    assert rows[0] == ["", "all_but_head", "none"] and len(rows) == 3
+    assert rows[2][0] == "val err" and rows[2][1].startswith("**0.860") and rows[2][2].startswith("0.880")
+    # both: archs x freeze, best per column
+    rows = _md_rows(render(grid, "markdown", rows=["model.arch"], cols=["model.freeze"]))
+    assert rows[0] == ["arch", "all_but_head", "none"] and len(rows) == 2 + 3
+    assert [r[1].startswith("**") for r in rows[2:]] == [True, False, False]
+    df = pd.read_csv(io.StringIO(render(grid, "csv", rows=["model.arch"], cols=["model.freeze"])))
+    assert list(df.columns) == ["model.arch", "all_but_head", "none"] and df["none"].max() == pytest.approx(0.88)
+
+
+def test_pivot_refuses_to_average_different_cells(grid):
+    from bench.errors import UserError
+    from bench.report import render
+
+    with pytest.raises(UserError, match="different cells fall in one pivot cell"):
+        render(grid, "markdown", rows=["model.arch"])
+
+
+def test_filters_globs_negation_and_typos(grid):
+    from bench.errors import UserError
+    from bench.report import render
+
+    df = pd.read_csv(io.StringIO(render(grid, "csv", filters=["model.arch=tv:*"])))
+    assert set(df["model.arch"]) == {"tv:alexnet", "tv:densenet121"}
+    df = pd.read_csv(io.StringIO(render(grid, "csv", filters=["model.arch=tv:*", "model.freeze!=none"])))
+    assert df["model.arch"].tolist() == ["tv:densenet121", "tv:alexnet"]
+    df = pd.read_csv(io.StringIO(render(grid, "csv", filters=["seed=1"])))
+    assert set(df["n"]) == {1}
+    with pytest.raises(UserError, match="unknown key 'model.frezze'.*did you mean 'model.freeze'"):
+        render(grid, "csv", filters=["model.frezze=none"])
+    with pytest.raises(UserError, match="no cell record matches"):
+        render(grid, "csv", filters=["model.arch=nothing"])
+    with pytest.raises(UserError, match="not KEY=GLOB"):
+        render(grid, "csv", filters=["model.arch"])
+
+
+def test_other_devices_are_marked_and_never_ranked_on_time(tmp_path):
+    from bench.report import render
+
+    s = tmp_path / "s"
+    make_cell(s, "a", arch="cpu1", val_error=0.3, train_time_s=100.0)
+    make_cell(s, "b", arch="cpu2", val_error=0.4, train_time_s=50.0)
+    make_cell(s, "c", arch="gpu", val_error=0.2, train_time_s=5.0, env=ENV_B)
+    text = render(s, "markdown", metrics=["val_error", "train_time_s"])
+    rows = _md_rows(text)
+    assert rows[2][:2] == ["gpu", "none†"] and rows[3][:2] == ["cpu1", "none"]  # the mark ends the row's name
+    assert "† measured on NVIDIA H100" in text
+    assert rows[2][2] == "**0.200**"  # errors still rank across devices
+    assert not any("**" in r[3] for r in rows[2:])  # times do not
+    # sorted by time: within one environment only
+    rows = _md_rows(render(s, "markdown", metrics=["train_time_s"], sort="train_time_s"))
+    assert [r[0] for r in rows[2:]] == ["cpu2", "cpu1", "gpu"]
+    # one device: the fastest is bold
+    rows = _md_rows(render(s, "markdown", metrics=["train_time_s"], filters=["device=AMD*"]))
+    assert rows[-1][2] != rows[2][2] and "**50.0**" in [r[2] for r in rows[2:]]
+
+
+def test_several_suites_in_one_report(grid, tmp_path, cli):
+    other = tmp_path / "other"
+    make_cell(other, "z", arch="tv:alexnet", freeze="none", val_error=0.1)
+    code, out, _ = cli("report", grid, other, "--format", "csv")
+    df = pd.read_csv(io.StringIO(out))
+    assert code == 0 and len(df) == 7 and df["suite"].iloc[0] == "other" and set(df["suite"]) == {"grid", "other"}
+    code, out, err = cli("report", grid, other, "--rows", "model.arch", "--cols", "model.freeze")
+    assert code == 2 and "different cells fall in one pivot cell" in err
+    code, out, _ = cli("report", grid, other, "--rows", "suite,model.arch", "--cols", "model.freeze")
+    assert code == 0 and len(_md_rows(out)) == 2 + 4
+    code, out, _ = cli("report", grid, other, "--filter", "suite=other", "--filter", "model.freeze=none",
+                       "--format", "json")
+    assert code == 0 and [r["suite"] for r in json.loads(out)] == ["other"]
+
+
+def test_metrics_missing_from_result_json_are_recomputed_from_predictions(tmp_path, cli):
+    from bench.metrics import full_metrics
+    from bench.report import render
+
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(40, 3, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+    s = tmp_path / "s"
+    make_cell(s, "a", predictions=(logits.numpy(), labels.numpy()),
+              metrics={"val": {"top1_error": 0.5}, "test": {"top1_error": 0.123, "f1_macro": 0.999}})
+    expected = full_metrics(logits, labels)
+    df = pd.read_csv(io.StringIO(render(s, "csv", metrics=["test_error", "test_f1_macro", "test_map", "test_auc"])))
+    assert df["test_error"][0] == pytest.approx(0.123)  # stored values are used as they are
+    assert df["test_f1_macro"][0] == pytest.approx(0.999)
+    assert df["test_map"][0] == pytest.approx(expected["map"], abs=1e-6)  # missing ones come from predictions
+    code, out, _ = cli("report", s, "--format", "csv", "--recompute", "--metrics", "test_error,test_f1_macro")
+    df = pd.read_csv(io.StringIO(out))
+    assert code == 0 and df["test_error"][0] == pytest.approx(expected["top1_error"], abs=1e-6)
+    assert df["test_f1_macro"][0] == pytest.approx(expected["f1_macro"], abs=1e-6)
+
+
+def test_cost_columns_gflops_throughput_and_time_to_target(tmp_path):
+    from bench.report import render
+
+    s = tmp_path / "s"
+    history = {"epoch": [1, 2, 3], "train_seconds": [2.0, 3.0, 4.0], "val_error": [0.6, 0.4, 0.3]}
+    make_cell(s, "a", cost={"gflops_forward": 0.5, "train_images_per_s": 200.0}, history=history)
+    df = pd.read_csv(io.StringIO(render(s, "csv", metrics=["gflops", "gflops_per_s"], target_error=0.45)))
+    assert df["gflops"][0] == 0.5 and df["gflops_per_s"][0] == pytest.approx(3 * 0.5 * 200.0)
+    assert df["time_to_target_s"][0] == pytest.approx(5.0)
+    from bench.errors import UserError
+
+    with pytest.raises(UserError, match="needs --target-error"):
+        render(s, "csv", metrics=["time_to_target_s"])
+    with pytest.raises(UserError, match="unknown metric 'val_eror'.*did you mean 'val_error'"):
+        render(s, "csv", metrics=["val_eror"])
+
+
+def test_failed_cells_are_footnoted(tmp_path):
+    from bench.report import render
+
+    s = tmp_path / "s"
+    make_cell(s, "a", arch="ok")
+    make_cell(s, "b", arch="bad", status="failed")
+    text = render(s, "markdown")
+    assert len(_md_rows(text)) == 3 and "failed: b arch=bad freeze=none: RuntimeError: boom" in text
+
+
+def test_export_writes_a_kaggle_submission(tmp_path, cli):
+    from bench.store import write_json
+
+    s = tmp_path / "s"
+    logits = [[0.1, 0.7, 0.2], [0.9, 0.0, 0.1], [0.2, 0.3, 0.5]]
+    d = make_cell(s, "a", predictions=(logits, [1, 0, 0]), split_key="k0")
+    write_json(s / "splits" / "k0.json", {"train": [], "val": ["b/5.jpg"] * 3,
+                                          "test": ["b/img_1.jpg", "a/img_7.jpg", "c/img_9.jpg"]})
+    code, _, err = cli("export", d, "--out", tmp_path / "sub.csv", "--k", "2")
+    assert code == 0, err
+    sub = pd.read_csv(tmp_path / "sub.csv", dtype=str)
+    assert list(sub.columns) == ["id", "predicted"]
+    assert sub.values.tolist() == [["img_1", "1 2"], ["img_7", "0 2"], ["img_9", "2 1"]]
+    code, _, err = cli("export", "a", "--suite", s, "--out", tmp_path / "sub5.csv")  # k capped at 3 classes
+    assert code == 0 and pd.read_csv(tmp_path / "sub5.csv", dtype=str)["predicted"][0] == "1 2 0"
+    code, _, err = cli("export", "nope", "--suite", s, "--out", tmp_path / "x.csv")
+    assert code == 2 and "matches 0 cells" in err
+
+
+def test_cli_report_pivot_in_latex_and_bad_metric(grid, cli, tmp_path):
+    code, out, err = cli("report", grid, "--rows", "model.arch", "--cols", "model.freeze", "--format", "latex")
+    assert code == 0 and r"\toprule" in out and "tv:alexnet" in out
+    code, out, err = cli("report", grid, "--metrics", "val_error,bogus")
+    assert code == 2 and "unknown metric 'bogus'" in err

@@ -28,10 +28,11 @@ def test_cell_records_on_disk(write_suite, tmp_path):
     result = json.loads((cell_dir / "result.json").read_text())
     assert result["status"] == "ok" and result["schema_version"] == 1
     for split in ("val", "test"):
-        assert set(result["metrics"][split]) == {"top1_error", "top5_error", "loss"}
+        assert set(result["metrics"][split]) == {"top1_error", "top5_error", "loss", "f1_macro", "f1_weighted",
+                                                 "auc_macro", "map"}
         assert 0 <= result["metrics"][split]["top1_error"] <= 1
     cost = result["cost"]
-    assert cost["params_total"] == cost["params_trainable"] > 0
+    assert cost["params_total"] == cost["params_trainable"] > 0 and cost["gflops_forward"] > 0
     assert cost["train_time_s"] > 0 and cost["train_images_per_s"] > 0 and cost["peak_rss_mb"] > 50
     assert {"torch", "torchvision", "timm", "bench", "device", "device_name"} <= set(result["env"])
     history = pd.read_csv(cell_dir / "history.csv")

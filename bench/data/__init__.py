@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None)
     cur = curated(cfg)
     s = cur.samples
     key = split_key(cfg, seed)
+    if not cfg.source_split:  # study 001 pooled iNat's train and val, then split 90/10 itself
+        s = dataclasses.replace(s, given=None)
     parts = split.load_or_make(s, cfg.split, seed, Path(split_dir) / f"{key}.json")
     file = cur.decoded.folder / "images.npy"
     datasets = {name: ArrayDataset(file, cur.rows[idx], s.labels[idx], cfg.image_size,

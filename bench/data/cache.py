@@ -1,6 +1,7 @@
 """Two on-disk caches under cache_root(), both keyed by the source files' names, sizes and mtimes:
 
-* the probe: mode, width and height of every image (header only), or why it cannot be read;
+* the probe: mode, width and height of every image from its header, or why the header cannot be read
+  (a truncated JPEG still has a valid header: it is caught when the decoded cache is built);
 * the decoded cache: every kept image decoded once, shorter side resized to `size` and centre-cropped,
   stored as one raw uint8 memmap (N, size, size, 3) that every cell and epoch of every suite reads.
 
@@ -88,7 +89,7 @@ def probe_one(path: Path) -> tuple[str, int, int, str]:
         with Image.open(path) as im:
             return im.mode, im.size[0], im.size[1], ""
     except Exception as e:  # PIL raises many types for bad files; each becomes a recorded reason
-        return "", 0, 0, f"unreadable ({type(e).__name__})"
+        return "", 0, 0, f"unreadable ({type(e).__name__}: {str(e)[:60]})"
 
 
 def _probe_job(job: tuple[str, list[str], range]) -> list[tuple[str, int, int, str]]:

@@ -1,0 +1,131 @@
+"""Is cell A really better than cell B? A paired comparison on the same test images.
+
+McNemar's test looks only at the images the two cells disagree on (A right and B wrong: b; A wrong and
+B right: c). Under "equally good" each such image is a fair coin, so the two-sided p-value is the exact
+binomial one while b + c is small, and the chi-square with continuity correction (1 degree of freedom)
+beyond. The paired bootstrap resamples the images (the same draw for both cells) and gives a confidence
+interval of err(A) - err(B).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.errors import UserError
+from bench.metrics import load_predictions
+from bench.store import read_json
+
+EXACT_BELOW = 25  # discordant pairs; the usual switch from the exact test to the chi-square approximation
+
+
+def mcnemar(b: int, c: int) -> tuple[float, str]:
+    """Two-sided p-value of McNemar's test from the discordant counts, and the method used."""
+    n = b + c
+    if n == 0:
+        return 1.0, "exact"
+    if n < EXACT_BELOW:
+        tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+        return min(1.0, 2 * tail), "exact"
+    chi2 = (abs(b - c) - 1) ** 2 / n
+    return math.erfc(math.sqrt(chi2 / 2)), "chi-square, continuity-corrected"  # chi2(1) survival function
+
+
+def bootstrap_ci(wrong_a: np.ndarray, wrong_b: np.ndarray, resamples: int = 10_000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of mean(wrong_a - wrong_b) over paired resamples of the images.
+
+    Only how many images of each kind (A worse, tie, B worse) a resample draws changes the difference, so a
+    resample is one multinomial draw of those three counts: the same distribution as resampling indices,
+    at a cost independent of the test-set size."""
+    d = wrong_a.astype(np.int64) - wrong_b.astype(np.int64)
+    n = len(d)
+    p = np.array([(d == -1).sum(), (d == 0).sum(), (d == 1).sum()], dtype=float) / n
+    counts = np.random.default_rng(seed).multinomial(n, p, size=resamples)
+    diffs = (counts[:, 2] - counts[:, 0]) / n
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(diffs, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: str
+    b: str
+    split: str
+    images: int
+    error_a: float
+    error_b: float
+    a_only_right: int  # b in McNemar's notation
+    b_only_right: int  # c
+    p_value: float
+    method: str
+    ci_low: float
+    ci_high: float
+    confidence: float
+
+    def summary(self) -> str:
+        diff = self.error_a - self.error_b
+        verdict = ("the difference is significant at the 5% level" if self.p_value < 0.05
+                   else "no significant difference at the 5% level")
+        return "\n".join([
+            f"A: {self.a}", f"B: {self.b}",
+            f"{self.split} images: {self.images}; error A {self.error_a:.4f}, B {self.error_b:.4f}, "
+            f"A - B {diff:+.4f}",
+            f"{self.confidence:.0%} paired bootstrap CI of A - B: [{self.ci_low:+.4f}, {self.ci_high:+.4f}]",
+            f"McNemar ({self.method}): A right & B wrong {self.a_only_right}, A wrong & B right "
+            f"{self.b_only_right}, p = {self.p_value:.4g}; {verdict}",
+        ])
+
+
+def _label(cell_dir: Path) -> str:
+    try:
+        return f"{read_json(cell_dir / 'cell.json')['label']} ({cell_dir.name})"
+    except (OSError, KeyError, ValueError):
+        return str(cell_dir)
+
+
+def compare_cells(a: Path, b: Path, split: str = "test", resamples: int = 10_000, confidence: float = 0.95,
+                  seed: int = 0) -> Comparison:
+    """Refuses (UserError) unless both cells were evaluated on the same split, image for image."""
+    a, b = Path(a), Path(b)
+    keys = [read_json(d / "result.json").get("data", {}).get("split_key") for d in (a, b)]
+    if keys[0] != keys[1] or keys[0] is None:
+        raise UserError(f"the cells used different data splits ({keys[0]} vs {keys[1]})",
+                        hint="a paired test needs the same images: compare cells of one data config and seed")
+    (logits_a, labels_a), (logits_b, labels_b) = load_predictions(a, split), load_predictions(b, split)
+    if labels_a.shape != labels_b.shape or not torch.equal(labels_a, labels_b):
+        raise UserError(f"the cells' {split} labels differ", hint="a paired test needs the same images in the same order")
+    wrong_a = (logits_a.argmax(1) != labels_a).numpy()
+    wrong_b = (logits_b.argmax(1) != labels_b).numpy()
+    b_count, c_count = int((~wrong_a & wrong_b).sum()), int((wrong_a & ~wrong_b).sum())
+    p, method = mcnemar(b_count, c_count)
+    low, high = bootstrap_ci(wrong_a, wrong_b, resamples, confidence, seed)
+    return Comparison(_label(a), _label(b), split, len(labels_a), float(wrong_a.mean()), float(wrong_b.mean()),
+                      b_count, c_count, p, method, low, high, confidence)
+
+
+def resolve_cell(name: str, suite_dir: Path | None = None) -> Path:
+    """A cell folder from a path, or from a cell id or label (a glob) within `suite_dir`."""
+    path = Path(name)
+    if (path / "result.json").is_file():
+        return path
+    if suite_dir is None:
+        raise UserError(f"'{name}' is not a cell folder (no result.json)",
+                        hint="name results/<suite>/<cell id>, or pass --suite results/<suite> and an id or label")
+    matches = []
+    for cell_dir in sorted(Path(suite_dir).iterdir()):
+        if (cell_dir / "cell.json").is_file() and (cell_dir / "result.json").is_file():
+            cell = read_json(cell_dir / "cell.json")
+            if cell["id"] == name or fnmatch.fnmatchcase(cell["label"], name):
+                matches.append((cell_dir, cell))
+    if len(matches) != 1:
+        found = "; ".join(f"{c['id']} {c['label']} seed {c['config']['seed']}" for _, c in matches[:5])
+        raise UserError(f"'{name}' matches {len(matches)} cells in '{suite_dir}'" + (f": {found}" if found else ""),
+                        hint="name one cell by its id (see `bench report --format csv` or the folder names)")
+    return matches[0][0]

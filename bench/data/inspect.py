@@ -1,0 +1,82 @@
+"""`bench data inspect`: what the studies computed by hand before training (study 001's Table 1, study
+000's mode census and majority baseline), from the same probe and curation the runner uses."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.config import DataConfig
+from bench.data import cache, curated
+from bench.data.sources import read_source
+
+
+def describe(cfg: DataConfig, head: int = 5) -> dict[str, Any]:
+    """Source census (modes, resolutions, bad files) and the curated data's class statistics."""
+    samples = read_source(cfg)
+    probe = cache.probe(samples.root, samples.paths)
+    cur = curated(cfg)  # builds the decoded cache too: truncated files are only found by decoding them
+    readable = probe.bad == ""
+    sizes = Counter(zip(probe.width[readable].tolist(), probe.height[readable].tolist(), strict=True))
+    kept, steps, bad = cur.samples, cur.steps, cur.bad
+    counts = np.bincount(kept.labels, minlength=len(kept.classes))
+    order = np.argsort(-counts, kind="stable")
+    return {
+        "source": cfg.source,
+        "root": str(samples.root),
+        "images": len(samples.paths),
+        "classes": len(samples.classes),
+        "modes": dict(sorted(Counter(probe.modes[readable].tolist()).items())),
+        "bad_images": dict(sorted(bad.items())),
+        "resolutions": {"distinct": len(sizes), "top": [(f"{w}x{h}", n) for (w, h), n in sizes.most_common(head)]},
+        "curation": steps,
+        "kept": {
+            "images": int(counts.sum()),
+            "classes": len(kept.classes),
+            "per_class": {"max": int(counts.max()), "min": int(counts.min()), "median": float(np.median(counts)),
+                          "mean": float(counts.mean()), "std": float(counts.std())} if len(counts) else {},
+            # predicting the largest class for every image (study 000: 5.6%)
+            "majority_baseline_accuracy": float(counts.max() / counts.sum()) if counts.sum() else 0.0,
+            "head": [(kept.classes[i], int(counts[i])) for i in order[:head]],
+            "tail": [(kept.classes[i], int(counts[i])) for i in order[::-1][:head]],
+        },
+        "class_counts": {kept.classes[i]: int(counts[i]) for i in order},
+    }
+
+
+def render(info: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    k = info["kept"]
+    pc = k["per_class"]
+    lines = [f"{info['source']} data at {info['root']}: {info['images']:,} images, {info['classes']:,} classes",
+             "modes: " + ", ".join(f"{m} {n:,}" for m, n in info["modes"].items()),
+             f"resolutions: {info['resolutions']['distinct']:,} distinct; most common: "
+             + ", ".join(f"{s} ({n:,})" for s, n in info["resolutions"]["top"]),
+             f"bad images: {len(info['bad_images'])}"]
+    lines += [f"  {p}: {why}" for p, why in list(info["bad_images"].items())[:20]]
+    lines += ["", "curation:", tabulate([[s["step"], s["detail"], f"{s['images'][0]:,} -> {s['images'][1]:,}",
+                                          f"{s['classes'][0]:,} -> {s['classes'][1]:,}"] for s in info["curation"]],
+                                        headers=["step", "setting", "images", "classes"], tablefmt="github"), ""]
+    if pc:
+        lines.append(tabulate([[k["images"], k["classes"], pc["max"], pc["min"], pc["median"], f"{pc['std']:.1f}",
+                                f"{100 * k['majority_baseline_accuracy']:.1f}%"]],
+                              headers=["images", "classes", "max/class", "min/class", "median", "std",
+                                       "majority baseline"], tablefmt="github"))
+        lines.append("head: " + ", ".join(f"{c} ({n})" for c, n in k["head"]))
+        lines.append("tail: " + ", ".join(f"{c} ({n})" for c, n in k["tail"]))
+    return "\n".join(lines)
+
+
+def plot_histogram(info: dict[str, Any], out: Path) -> Path:
+    """The class histogram of the curated data (the same figure `bench report --plots` draws)."""
+    from bench.plots import class_histogram
+
+    fig = class_histogram(list(info["class_counts"].values()), list(info["class_counts"]))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    return out

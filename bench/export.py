@@ -1,0 +1,52 @@
+"""A cell's saved predictions as a Kaggle-style submission CSV (iNaturalist 2019: `id,predicted`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+
+from bench.errors import UserError
+from bench.metrics import load_predictions
+from bench.store import atomic_write_text, read_json
+
+
+def class_ids(class_names: list[str]) -> list[str]:
+    """What goes in `predicted`: the class folder names when all are numbers (iNat's category ids), else
+    the class index (the position in the sorted class list)."""
+    return class_names if class_names and all(n.isdigit() for n in class_names) else [
+        str(i) for i in range(len(class_names))]
+
+
+def submission_rows(cell_dir: Path, split: str = "test", k: int = 5) -> list[tuple[str, str]]:
+    """(image id, top-k class ids space-separated, best first) per image, in the split's order."""
+    cell_dir = Path(cell_dir)
+    if k < 1:
+        raise UserError(f"--k must be at least 1, not {k}")
+    data = read_json(cell_dir / "result.json").get("data", {})
+    split_file = cell_dir.parent / "splits" / f"{data.get('split_key')}.json"
+    if not split_file.is_file():
+        raise UserError(f"the split file '{split_file}' is missing", hint="export reads the image list from it")
+    files = read_json(split_file).get(split, [])
+    logits, _ = load_predictions(cell_dir, split)
+    if len(files) != len(logits):
+        raise UserError(f"'{split_file}' lists {len(files)} {split} images but the predictions hold {len(logits)}")
+    names = class_ids(data.get("class_names") or [str(i) for i in range(logits.shape[1])])
+    top = torch.topk(logits, min(k, logits.shape[1]), dim=1).indices.tolist()
+    ids = [Path(f).stem for f in files]
+    if len(set(ids)) < len(ids):  # stems repeat across class folders: keep the folder to stay unique
+        ids = [str(Path(f).with_suffix("")) for f in files]
+    return [(i, " ".join(names[c] for c in row)) for i, row in zip(ids, top, strict=True)]
+
+
+def export_submission(cell_dir: Path, out: Path, split: str = "test", k: int = 5) -> int:
+    """Write the CSV atomically; returns the number of images."""
+    rows = submission_rows(cell_dir, split, k)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "predicted"])
+    writer.writerows(rows)
+    atomic_write_text(Path(out), buf.getvalue())
+    return len(rows)

@@ -1,0 +1,131 @@
+"""model.freeze = "features" (study 000's feature extraction): the frozen backbone sees every image once.
+
+The features are the input of the classifier head, captured by a forward pre-hook, so one code path serves
+timm, torchvision and bench models. They are computed in eval mode on the un-augmented images, cached under
+cache_root()/features/<key>/, and shared by every cell with the same backbone weights, data, split, image
+size and preprocessing; the head then trains on them in the one training loop, bench.train.fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from bench.config import CellConfig
+from bench.data import Prepared, cache_root
+from bench.data.cachedir import key_of
+from bench.data.loaders import ArrayDataset, make_loader
+from bench.errors import UserError
+from bench.models import head_name
+from bench.train import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+VERSION = 1  # bump when what a cached file holds changes
+
+
+class FeatureDataset(Dataset):
+    """Float feature rows and labels; batches by one index like ArrayDataset, for the same loaders."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.as_tensor(idx)
+        return self.features[rows], self.labels[rows]
+
+    def __getitem__(self, i: int):
+        return self.features[i], self.labels[i]
+
+
+def backbone_digest(model: nn.Module) -> str:
+    """sha256 of every tensor outside the head (weights and buffers such as BN statistics)."""
+    head = head_name(model)
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name == head or name.startswith(head + "."):
+            continue
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def feature_key(cfg: CellConfig, model: nn.Module, data: Prepared, device: torch.device) -> str:
+    return key_of({
+        "version": VERSION, "arch": cfg.model.arch, "pool": cfg.model.pool, "weights": backbone_digest(model),
+        "split": data.split_key, "image_size": cfg.data.image_size, "stored_size": cfg.data.stored_size,
+        "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+        # the same backbone gives features that differ in the last bits on another device type
+        "device": device.type})
+
+
+@torch.no_grad()
+def extract(model: nn.Module, dataset: ArrayDataset, device: torch.device, batch_size: int) -> torch.Tensor:
+    """The head's input for every image of `dataset`, in order, in eval mode, as float32 on the CPU."""
+    head = model.get_submodule(head_name(model))
+    if not isinstance(head, nn.Linear | nn.Sequential):
+        raise UserError(f'freeze = "features" needs a linear classifier, this model has a {type(head).__name__}',
+                        key="model.freeze", hint='use "all_but_head" for this architecture')
+    plain = ArrayDataset(dataset.file, dataset.rows, dataset.labels, dataset.size)  # never augmented
+    grabbed: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda _module, args: grabbed.append(args[0]))
+    prep = Preprocess(device)
+    model.eval()
+    out = []
+    try:
+        for i, (x, _) in enumerate(make_loader(plain, batch_size, train=False, seed=0)):
+            logits = model(prep(x))
+            feats = grabbed.pop()
+            # The head must be the model's last step: otherwise training it alone would be another model.
+            if i == 0 and not torch.allclose(head(feats), logits, rtol=1e-4, atol=1e-5):
+                raise UserError(f"{type(model).__name__} does more after its classifier than the head itself",
+                                key="model.freeze", hint='use "all_but_head" for this architecture')
+            out.append(feats.float().cpu())
+    finally:
+        handle.remove()
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)
+
+
+def feature_setup(model: nn.Module, cfg: CellConfig, data: Prepared, loaders: dict[str, DataLoader],
+                  device: torch.device) -> tuple[nn.Module, dict[str, DataLoader], dict[str, Any]]:
+    """(the head to train, loaders of cached features, a record of the cache) for a features cell.
+
+    The feature loaders reuse each image loader's batch sampler, so batches, order and any sampling
+    technique are exactly those of the same cell trained on images."""
+    key = feature_key(cfg, model, data, device)
+    folder = cache_root() / "features" / key
+    start, computed = time.perf_counter(), []
+    out = {}
+    for split, ds in data.datasets.items():
+        path = folder / f"{split}.safetensors"
+        if path.is_file():
+            saved = load_file(str(path))
+        else:
+            saved = {"features": extract(model, ds, device, cfg.train.eval_batch_size), "labels": ds.labels}
+            _write(path, saved)
+            computed.append(split)
+        if not torch.equal(saved["labels"], ds.labels):  # a cache from other data under a colliding key
+            raise UserError(f"feature cache {folder} does not match this split", key="model.freeze",
+                            hint="delete that folder and rerun")
+        old = loaders[split]
+        # The generator too: each epoch's iterator draws from it, and the shuffling sampler shares it.
+        out[split] = DataLoader(FeatureDataset(saved["features"], saved["labels"]), batch_sampler=old.batch_sampler,
+                                collate_fn=old.collate_fn, generator=old.generator)
+    info = {"key": key, "computed": computed, "extract_s": time.perf_counter() - start, "dir": str(folder)}
+    return model.get_submodule(head_name(model)), out, info

@@ -1,0 +1,179 @@
+"""PNG figures of a run: learning curves, accuracy against cost with its Pareto front, precision-recall
+curves, confusion matrices and the class histogram.
+
+Each plotting function returns a matplotlib Figure built without pyplot (no global figure state, no GUI
+backend: the Agg canvas renders it), so tests can inspect axes and series before anything is saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torchmetrics.functional.classification import multiclass_precision_recall_curve
+
+from bench.metrics import confusion_matrix, load_predictions
+from bench.report import COLUMNS, Filter, frame, leaderboard
+from bench.store import read_json
+
+COST_AXES = {"train_time_s": "training time (s)", "params_total": "parameters", "gflops": "forward GFLOPs per image"}
+MAX_LABELLED_CLASSES = 30  # beyond this, class names on a confusion matrix are unreadable
+
+
+def _figure(width: float = 6.4, height: float = 4.8) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def learning_curves(history: pd.DataFrame, title: str = "") -> Figure:
+    """Loss (left) and top-1 error (right) per epoch, training and validation."""
+    fig = _figure(10, 4)
+    loss, err = fig.subplots(1, 2)
+    for ax, what, name in ((loss, "loss", "cross-entropy loss"), (err, "error", "top-1 error")):
+        for split in ("train", "val"):
+            ax.plot(history["epoch"], history[f"{split}_{what}"], marker="o", label=f"{split}")
+        ax.set(xlabel="epoch", ylabel=name)
+        ax.legend()
+    fig.suptitle(title)
+    return fig
+
+
+def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both (lower x and lower y are better), by x."""
+    points = sorted((xi, yi, i) for i, (xi, yi) in enumerate(zip(x, y, strict=True))
+                    if np.isfinite(xi) and np.isfinite(yi))
+    front, best = [], np.inf
+    for _x, yi, i in points:
+        if yi < best:
+            front.append(i)
+            best = yi
+    return front
+
+
+def cost_plot(board: pd.DataFrame, cost: str, metric: str = "val_error") -> Figure:
+    """`metric` against `cost`, one point per cell (mean over seeds), the Pareto front as a line."""
+    fig = _figure()
+    ax = fig.subplots()
+    x, y = board[cost].to_numpy(float), board[metric].to_numpy(float)
+    ax.scatter(x, y, label="cells")
+    for xi, yi, label in zip(x, y, board["label"], strict=True):
+        if np.isfinite(xi) and np.isfinite(yi):
+            ax.annotate(label, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    front = pareto_front(x, y)
+    ax.plot(x[front], y[front], color="C3", drawstyle="steps-post", marker="o", mfc="none", ms=10,
+            label="Pareto front")
+    if cost != "train_time_s" or np.nanmax(x) / max(np.nanmin(x), 1e-12) > 20:
+        ax.set_xscale("log")
+    ax.set(xlabel=COST_AXES.get(cost, COLUMNS[cost].header), ylabel=COLUMNS[metric].header)
+    ax.legend()
+    return fig
+
+
+def pr_curves(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], sample: int = 6,
+              seed: int = 0) -> Figure:
+    """Left: micro- and macro-averaged precision-recall curves; right: a random sample of classes."""
+    n = logits.shape[1]
+    probs = logits.float().softmax(1)
+    fig = _figure(10, 4)
+    avg, some = fig.subplots(1, 2)
+    for average in ("micro", "macro"):
+        p, r, _ = multiclass_precision_recall_curve(probs, labels.long(), n, thresholds=100, average=average)
+        avg.plot(*_defined(r, p), label=f"{average} average")
+    present = torch.bincount(labels.long(), minlength=n).nonzero().flatten()
+    gen = torch.Generator().manual_seed(seed)
+    chosen = present[torch.randperm(len(present), generator=gen)[:sample]].sort().values.tolist()
+    ps, rs, _ = multiclass_precision_recall_curve(probs, labels.long(), n, thresholds=100)
+    for c in chosen:
+        some.plot(*_defined(rs[c], ps[c]), label=str(class_names[c]) if c < len(class_names) else str(c))
+    for ax, title in ((avg, "averaged over classes"), (some, f"{len(chosen)} sampled classes")):
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def _defined(recall: torch.Tensor, precision: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    # Above the highest score nothing is predicted and precision is 0/0 (nan): no point to draw there.
+    keep = ~torch.isnan(precision)
+    return recall[keep].numpy(), precision[keep].numpy()
+
+
+def confusion_plot(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], title: str = "") -> Figure:
+    """Row-normalised confusion matrix (each row: where one true class's images went), counts in cells
+    when the matrix is small."""
+    counts = confusion_matrix(logits, labels).numpy()
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    n = len(counts)
+    fig = _figure(max(5, 0.4 * n + 2), max(4, 0.4 * n + 1.5))
+    ax = fig.subplots()
+    image = ax.imshow(rates, vmin=0, vmax=1, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    if n <= MAX_LABELLED_CLASSES:
+        ax.set_xticks(range(n), [str(c) for c in class_names[:n]], rotation=90, fontsize=7)
+        ax.set_yticks(range(n), [str(c) for c in class_names[:n]], fontsize=7)
+        for i, j in zip(*np.nonzero(counts), strict=True):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    return fig
+
+
+def class_histogram(counts: Sequence[int], class_names: Sequence[str]) -> Figure:
+    """Training images per class, largest first (the long tail)."""
+    order = np.argsort(counts)[::-1]
+    fig = _figure(min(16, max(6, 0.25 * len(counts))), 4)  # 1,010 iNat classes must not make a 250-inch figure
+    ax = fig.subplots()
+    ax.bar(range(len(order)), np.asarray(counts)[order])
+    if len(order) <= MAX_LABELLED_CLASSES:
+        ax.set_xticks(range(len(order)), [str(class_names[i]) for i in order], rotation=90, fontsize=7)
+    ax.set(xlabel="class", ylabel="training images", title="training images per class")
+    return fig
+
+
+def _save(fig: Figure, path: Path, written: list[Path]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    written.append(path)
+
+
+def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str] = (), split: str = "test",
+                metric: str = "val_error") -> list[Path]:
+    """Every figure for the finished cells of `suite_dirs` that pass `filters`; returns the files written.
+
+    out_dir/<suite>/cost_<cost>.png, class_histogram_<split key>.png, and per cell
+    out_dir/<suite>/<cell id>/learning_curves.png, pr_curves.png, confusion.png."""
+    out_dir = Path(out_dir)
+    columns = [metric, *COST_AXES]
+    df = frame(list(suite_dirs), columns, filters=[Filter.parse(f) for f in filters])
+    written: list[Path] = []
+    if not len(df):
+        return written
+    for suite, part in df.groupby("suite", sort=False):
+        board = leaderboard(part, columns, metric)
+        for cost in COST_AXES:
+            if not board.empty and board[cost].notna().any():
+                _save(cost_plot(board, cost, metric), out_dir / suite / f"cost_{cost}.png", written)
+        histograms = set()
+        for row in part[part["status"] == "ok"].itertuples():
+            cell_dir, dest = Path(row.dir), out_dir / suite / row.id
+            data = read_json(cell_dir / "result.json").get("data", {})
+            names = data.get("class_names") or []
+            if (cell_dir / "history.csv").is_file():
+                _save(learning_curves(pd.read_csv(cell_dir / "history.csv"), row.label),
+                      dest / "learning_curves.png", written)
+            if (cell_dir / "predictions.npz").is_file():
+                logits, labels = load_predictions(cell_dir, split)
+                _save(pr_curves(logits, labels, names), dest / "pr_curves.png", written)
+                _save(confusion_plot(logits, labels, names, f"{row.label} ({split})"), dest / "confusion.png",
+                      written)
+            key = data.get("split_key")
+            if data.get("train_class_counts") and key not in histograms:
+                histograms.add(key)
+                _save(class_histogram(data["train_class_counts"], names),
+                      out_dir / suite / f"class_histogram_{key}.png", written)
+    return written

@@ -1,0 +1,118 @@
+"""freeze = "features": the backbone's features computed once, cached, shared, and trained on by fit()."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bench import features, runner
+from bench.config import load_suite
+from bench.models import create_model
+from bench.progress import LogProgress
+from bench.suite import expand
+
+
+def run(path, results, **kw):
+    suite = load_suite(path)
+    return runner.run_suite(path.read_text(), suite.suite.name, expand(suite), results, device="cpu",
+                            progress=LogProgress(), **kw)
+
+
+def results_by_label(summary):
+    out = {}
+    for cell_id in summary.ran + summary.skipped:
+        cell = json.loads((summary.suite_dir / cell_id / "cell.json").read_text())
+        out[cell["label"]] = json.loads((summary.suite_dir / cell_id / "result.json").read_text())
+        out[cell["label"]]["dir"] = summary.suite_dir / cell_id
+    return out
+
+
+def test_features_give_the_metrics_of_all_but_head(write_suite, tmp_path):
+    # Same init, split, batches and head: only where the backbone runs differs (once, in batches of
+    # eval_batch_size, vs every step). Frozen BN is in eval mode both ways, so the numbers agree up to
+    # float summation order; tolerance 1e-4 on losses, identical errors.
+    path = write_suite("""
+        [model]
+        head_hidden = [16]
+        [[cells]]
+        label = "loop"
+        "model.freeze" = "all_but_head"
+        "train.epochs" = 3
+        [[cells]]
+        label = "cached"
+        "model.freeze" = "features"
+        "train.epochs" = 3
+    """)
+    res = results_by_label(run(path, tmp_path / "r"))
+    loop, cached = res["loop"], res["cached"]
+    assert cached["features"]["computed"] == ["train", "val", "test"]
+    assert cached["init"]["sha256"] == loop["init"]["sha256"]
+    for split in ("val", "test"):
+        assert cached["metrics"][split]["top1_error"] == loop["metrics"][split]["top1_error"]
+        assert cached["metrics"][split]["loss"] == pytest.approx(loop["metrics"][split]["loss"], abs=1e-4)
+    h_loop, h_cached = pd.read_csv(loop["dir"] / "history.csv"), pd.read_csv(cached["dir"] / "history.csv")
+    assert h_cached["train_loss"].tolist() == pytest.approx(h_loop["train_loss"].tolist(), abs=1e-4)
+    assert h_cached["train_loss"].iloc[-1] < h_cached["train_loss"].iloc[0]  # it did train
+    assert cached["cost"]["params_trainable"] == loop["cost"]["params_trainable"]
+    # a features cell's best weights are its head's
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(cached["dir"] / "best.safetensors"))) == {"1.weight", "1.bias", "4.weight", "4.bias"}
+
+
+def test_cache_is_shared_across_heads_and_runs_and_keyed_by_the_weights(write_suite, tmp_path, monkeypatch):
+    calls = []
+    real = features.extract
+    monkeypatch.setattr(features, "extract", lambda *a, **k: calls.append(1) or real(*a, **k))
+    donors = []
+    for i in range(2):
+        torch.manual_seed(i)
+        donors.append(tmp_path / f"donor{i}.safetensors")
+        save_file({k: v.contiguous() for k, v in create_model("bench:small_cnn", 4, 16).state_dict().items()},
+                  str(donors[-1]))
+    path = write_suite(f"""
+        [model]
+        freeze = "features"
+        pretrained = "{donors[0]}"
+        [grid]
+        "model.head_dropout" = [0.0, 0.5]
+    """)
+    first = results_by_label(run(path, tmp_path / "a"))
+    assert len(calls) == 3  # train, val, test once, for both heads
+    assert sorted(len(r["features"]["computed"]) for r in first.values()) == [0, 3]
+    assert len({r["features"]["key"] for r in first.values()}) == 1
+    run(path, tmp_path / "b")  # another run, another results folder: the cache is reused
+    assert len(calls) == 3
+    path.write_text(path.read_text().replace(str(donors[0]), str(donors[1])))  # other backbone weights
+    other = results_by_label(run(path, tmp_path / "c"))
+    assert len(calls) == 6
+    assert {r["features"]["key"] for r in other.values()}.isdisjoint({r["features"]["key"] for r in first.values()})
+
+
+def test_features_with_augmentation_is_a_load_time_error(write_suite, cli):
+    path = write_suite('[model]\nfreeze = "features"\n[[cells]]\nlabel = "x"\n"train.augment" = "flip"\n')
+    code, _, err = cli("plan", path)
+    assert code == 2 and "model.freeze" in err and "un-augmented" in err and "train.augment" in err
+
+
+def test_a_model_that_does_more_after_its_classifier_is_refused(tmp_path):
+    from bench.data.loaders import ArrayDataset
+    from bench.errors import UserError
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return 2 * self.head(self.body(x).mean((2, 3)))
+
+    np.save(tmp_path / "images.npy", np.zeros((4, 8, 8, 3), dtype=np.uint8))
+    ds = ArrayDataset(tmp_path / "images.npy", np.arange(4), np.zeros(4), 8)
+    with pytest.raises(UserError, match="does more after its classifier"):
+        features.extract(Scaled(), ds, torch.device("cpu"), 4)

@@ -1,0 +1,97 @@
+"""Plots: the figure objects hold the expected axes and series; write_plots writes the files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tests.test_report import make_cell
+
+HISTORY = {"epoch": [1, 2, 3], "train_loss": [2.0, 1.5, 1.2], "val_loss": [2.1, 1.7, 1.6],
+           "train_error": [0.8, 0.5, 0.3], "val_error": [0.8, 0.6, 0.5], "train_seconds": [1.0, 1.0, 1.0]}
+
+
+def _labels(ax):
+    return [line.get_label() for line in ax.get_lines()]
+
+
+def test_learning_curves_show_train_and_val_loss_and_error():
+    from bench.plots import learning_curves
+
+    fig = learning_curves(pd.DataFrame(HISTORY), "cell")
+    loss, err = fig.axes[:2]
+    assert _labels(loss) == ["train", "val"] and _labels(err) == ["train", "val"]
+    assert loss.get_ylabel() == "cross-entropy loss" and err.get_ylabel() == "top-1 error"
+    assert list(err.get_lines()[1].get_ydata()) == HISTORY["val_error"]
+
+
+def test_pareto_front():
+    from bench.plots import pareto_front
+
+    # (cost, error): point 2 is beaten by point 1 on both; point 4 ties point 3's cost with more error
+    x, y = [1.0, 2.0, 3.0, 4.0, 4.0, np.nan], [0.5, 0.3, 0.4, 0.2, 0.25, 0.0]
+    assert pareto_front(x, y) == [0, 1, 3]
+
+
+def test_cost_plot_marks_the_pareto_front():
+    from bench.plots import cost_plot
+
+    board = pd.DataFrame({"label": ["a", "b", "c"], "params_total": [1e3, 1e5, 1e4], "val_error": [0.5, 0.1, 0.6]})
+    fig = cost_plot(board, "params_total")
+    ax = fig.axes[0]
+    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")
+    assert list(front.get_xdata()) == [1e3, 1e5] and list(front.get_ydata()) == [0.5, 0.1]
+    assert ax.get_xlabel() == "parameters" and ax.get_ylabel() == "val err" and ax.get_xscale() == "log"
+    assert len(ax.collections[0].get_offsets()) == 3
+
+
+def test_pr_curves_averaged_and_sampled_classes():
+    from bench.plots import pr_curves
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 8
+    logits = torch.randn(40, 8, generator=gen) + 3 * torch.eye(8)[labels]
+    fig = pr_curves(logits, labels, [f"class{i}" for i in range(8)], sample=3)
+    avg, some = fig.axes[:2]
+    assert _labels(avg) == ["micro average", "macro average"]
+    assert len(some.get_lines()) == 3 and all(label.startswith("class") for label in _labels(some))
+    assert avg.get_xlabel() == "recall" and avg.get_ylabel() == "precision"
+    for line in avg.get_lines():
+        assert np.all((line.get_ydata() >= 0) & (line.get_ydata() <= 1))
+
+
+def test_confusion_plot_is_row_normalised():
+    from bench.plots import confusion_plot
+
+    logits = torch.tensor([[2.0, 1, 0], [0, 2, 1], [0, 2, 1], [2, 0, 1]])
+    fig = confusion_plot(logits, torch.tensor([0, 1, 0, 0]), ["a", "b", "c"])
+    image = fig.axes[0].get_images()[0].get_array()
+    assert np.allclose(image, [[2 / 3, 1 / 3, 0], [0, 1, 0], [0, 0, 0]])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b", "c"]
+
+
+def test_class_histogram_sorted_largest_first():
+    from bench.plots import class_histogram
+
+    fig = class_histogram([5, 30, 12], ["x", "y", "z"])
+    ax = fig.axes[0]
+    assert [p.get_height() for p in ax.patches] == [30, 12, 5]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["y", "z", "x"]
+
+
+def test_write_plots_writes_every_figure(tmp_path, cli):
+    gen = torch.Generator().manual_seed(0)
+    labels = np.arange(30) % 3
+    for i, arch in enumerate(["a", "b"]):
+        logits = torch.randn(30, 3, generator=gen).numpy() + 2 * np.eye(3)[labels] * (i + 1)
+        make_cell(tmp_path / "s", f"cell{i}", arch=arch, predictions=(logits, labels), history=HISTORY,
+                  val_error=0.5 - 0.2 * i, cost={"gflops_forward": 0.1 * (i + 1)})
+    code, _, err = cli("report", tmp_path / "s", "--plots", tmp_path / "plots")
+    assert code == 0, err
+    written = sorted(p.relative_to(tmp_path / "plots").as_posix() for p in (tmp_path / "plots").rglob("*.png"))
+    assert written == ["s/cell0/confusion.png", "s/cell0/learning_curves.png", "s/cell0/pr_curves.png",
+                       "s/cell1/confusion.png", "s/cell1/learning_curves.png", "s/cell1/pr_curves.png",
+                       "s/class_histogram_k0.png", "s/cost_gflops.png", "s/cost_params_total.png",
+                       "s/cost_train_time_s.png"]
+    assert (tmp_path / "plots" / "s" / "cost_gflops.png").read_bytes()[:4] == b"\x89PNG"

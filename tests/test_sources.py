@@ -1,0 +1,190 @@
+"""Sources (folder, csv, inat) on a small messy data set; curation counts; bad images; inspection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.config import DataConfig
+from bench.data import curated, prepare
+from bench.data.inspect import describe
+from bench.data.sources import read_source
+from bench.errors import UserError
+
+# class -> number of good RGB images; sizes alternate so the size filters have something to do
+COUNTS = {"ant": 12, "bee": 8, "cicada": 5, "dragonfly": 2}
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    """root/<class>/*.jpg with RGB images of two sizes, one L, CMYK, RGBA and P image, a truncated JPEG,
+    a zero-byte file and a text file named .jpg; returns (root, {relative path: kind})."""
+    root = tmp_path_factory.mktemp("messy")
+    kinds = {}
+    rng = np.random.default_rng(0)
+    for cls, n in COUNTS.items():
+        (root / cls).mkdir()
+        for i in range(n):
+            size = (40, 30) if i % 3 else (24, 24)  # 40x30 is the modal size
+            arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / cls / f"{i:02d}.jpg", quality=90)
+            kinds[f"{cls}/{i:02d}.jpg"] = "rgb"
+    odd = {"L": Image.new("L", (40, 30), 128), "CMYK": Image.new("CMYK", (40, 30), (0, 50, 100, 0)),
+           "RGBA": Image.new("RGBA", (40, 30), (10, 20, 30, 128)), "P": Image.new("RGB", (40, 30), (200, 0, 0)).convert("P")}
+    for mode, im in odd.items():
+        name = f"ant/mode_{mode}.{'png' if mode in ('RGBA', 'P') else 'jpg'}"
+        im.save(root / name)
+        kinds[name] = mode
+    good = (root / "bee" / "01.jpg").read_bytes()  # 40x30: its header survives the cut, its scan does not
+    (root / "bee" / "truncated.jpg").write_bytes(good[: len(good) * 3 // 4])
+    (root / "bee" / "empty.jpg").write_bytes(b"")
+    (root / "bee" / "notes.jpg").write_text("not an image")
+    kinds.update({"bee/truncated.jpg": "bad", "bee/empty.jpg": "bad", "bee/notes.jpg": "bad"})
+    return root, kinds
+
+
+def _steps(cur) -> dict[str, list[int]]:
+    return {s["step"]: s["images"] for s in cur.steps}
+
+
+def test_folder_finds_bad_images_converts_modes_and_never_crashes(messy, tmp_path):
+    root, kinds = messy
+    cur = curated(DataConfig(source="folder", root=str(root), image_size=16))
+    total = len(kinds)
+    bad = sorted(p for p, k in kinds.items() if k == "bad")
+    assert sorted(cur.bad) == bad
+    assert "empty" in cur.bad["bee/empty.jpg"] and "decode" in cur.bad["bee/truncated.jpg"]
+    assert _steps(cur)["unreadable"] == [total, total - 2] and _steps(cur)["undecodable"][1] == total - 3
+    assert _steps(cur)["modes"] == [total - 2, total - 2]  # convert keeps them
+    assert cur.modes == {"CMYK": 1, "L": 1, "P": 1, "RGB": 28, "RGBA": 1}  # the truncated JPEG has a readable RGB header
+    x, y = prepare(DataConfig(source="folder", root=str(root), image_size=16), 0, tmp_path).datasets["train"].__getitems__([0, 1])
+    assert x.shape == (2, 3, 16, 16)
+    # every converted mode decodes to 3 channels
+    images = cur.decoded.images
+    for i, p in enumerate(cur.samples.paths):
+        if kinds[p] == "L":
+            assert images[cur.rows[i]].std(axis=2).max() == 0  # grey stays grey
+
+
+def test_modes_drop_removes_every_non_rgb_image(messy):
+    root, kinds = messy
+    cur = curated(DataConfig(source="folder", root=str(root), modes="drop"))
+    assert _steps(cur)["modes"] == [len(kinds) - 2, len(kinds) - 2 - 4]
+    assert not any(kinds[p] in ("L", "CMYK", "RGBA", "P") for p in cur.samples.paths)
+
+
+# counts include bee/truncated.jpg (a 40x30 RGB header) until the cache build finds it undecodable
+@pytest.mark.parametrize(("keys", "step", "after_images", "after_classes"), [
+    ({"min_per_class": 5}, "min_per_class", 16 + 9 + 5, 3),  # dragonfly (2) pruned
+    ({"top_classes": 2}, "top_classes", 16 + 9, 2),
+    ({"max_per_class": 3}, "max_per_class", 3 + 3 + 3 + 2, 4),
+    ({"modal_size": True}, "modal_size", (8 + 4) + (5 + 1) + 3 + 1, 4),  # 40x30: 2 of every 3 RGB, odd modes
+    ({"min_side": 25}, "min_side", (8 + 4) + (5 + 1) + 3 + 1, 4),
+    ({"max_aspect": 1.1}, "max_aspect", 4 + 3 + 2 + 1, 4),  # only the 24x24 squares
+])
+def test_curation_step_counts(messy, keys, step, after_images, after_classes):
+    root, _ = messy
+    cur = curated(DataConfig(source="folder", root=str(root), **keys))
+    rec = next(s for s in cur.steps if s["step"] == step)
+    assert rec["images"][1] == after_images and rec["classes"][1] == after_classes
+    last = cur.steps[-1]
+    assert last["step"] == "undecodable" and last["images"][0] == after_images
+    assert len(cur.samples.paths) == last["images"][1] == after_images - ("bee/truncated.jpg" in cur.bad)
+    assert "bee/truncated.jpg" in cur.bad or step in ("max_per_class", "max_aspect")
+
+
+def test_fraction_is_stratified_and_fixed(messy):
+    root, _ = messy
+    a = curated(DataConfig(source="folder", root=str(root), fraction=0.5))
+    b = curated(DataConfig(source="folder", root=str(root), fraction=0.5))
+    assert a.samples.paths == b.samples.paths  # curation does not depend on the suite seed
+    counts = np.bincount(a.samples.labels)
+    assert counts.tolist() in ([8, 4, 2, 1], [8, 5, 2, 1])  # half per class (bee 9 with the truncated file), >= 1
+
+
+def test_csv_manifest_with_split_column(messy, tmp_path):
+    root, _ = messy
+    rows = ["path,label,split"] + [f"ant/{i:02d}.jpg,ant,{'val' if i < 3 else 'train'}" for i in range(12)]
+    rows += [f"cicada/{i:02d}.jpg,cicada,{'val' if i < 2 else 'train'}" for i in range(5)]
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    cfg = DataConfig(source="csv", root=str(root), manifest="m.csv", split=(0.8, 0.1, 0.1))
+    data = prepare(cfg, 0, tmp_path)
+    assert data.classes == ["ant", "cicada"] and data.info["images"]["val"] == 5
+    split = json.loads((tmp_path / f"{data.split_key}.json").read_text())
+    assert sorted(split["val"]) == ["ant/00.jpg", "ant/01.jpg", "ant/02.jpg", "cicada/00.jpg", "cicada/01.jpg"]
+    assert len(split["test"]) >= 2 and not set(split["test"]) & set(split["train"])  # carved from train
+
+
+@pytest.mark.parametrize("bad_path", ["../outside.jpg", "/etc/passwd", "ant/../../x.jpg"])
+def test_paths_outside_the_root_are_refused(messy, bad_path):
+    root, _ = messy
+    (root / "evil.csv").write_text(f"path,label\nant/00.jpg,ant\n{bad_path},ant\n")
+    with pytest.raises(UserError, match="outside the data root"):
+        read_source(DataConfig(source="csv", root=str(root), manifest="evil.csv"))
+    doc = {"images": [{"id": 1, "file_name": bad_path}], "annotations": [{"id": 1, "image_id": 1, "category_id": 0}],
+           "categories": [{"id": 0, "name": "ant"}]}
+    (root / "evil.json").write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="outside the data root"):
+        read_source(DataConfig(source="inat", root=str(root), annotations={"train": "evil.json"}))
+
+
+def _inat(root, name, paths, cats):
+    ids = {c: i + 10 for i, c in enumerate(sorted(cats))}
+    doc = {"info": {"year": 2019},
+           "images": [{"id": n, "file_name": p, "width": 40, "height": 30} for n, p in enumerate(paths)],
+           "annotations": [{"id": n, "image_id": n, "category_id": ids[p.split("/")[0]]} for n, p in enumerate(paths)],
+           "categories": [{"id": i, "name": c, "supercategory": "Insecta"} for c, i in ids.items()]}
+    (root / name).write_text(json.dumps(doc))
+
+
+def test_inat_official_val_kept_test_carved_from_train(messy, tmp_path):
+    root, _ = messy
+    train = [f"ant/{i:02d}.jpg" for i in range(3, 12)] + [f"bee/{i:02d}.jpg" for i in range(2, 8)]
+    val = [f"ant/{i:02d}.jpg" for i in range(3)] + [f"bee/{i:02d}.jpg" for i in range(2)]
+    _inat(root, "train2019.json", train, {"ant", "bee"})
+    _inat(root, "val2019.json", val, {"ant", "bee"})
+    cfg = DataConfig(source="inat", root=str(root), annotations={"train": "train2019.json", "val": "val2019.json"})
+    samples = read_source(cfg)
+    assert samples.classes == ["ant", "bee"] and samples.class_meta["ant"]["supercategory"] == "Insecta"
+    data = prepare(cfg, 0, tmp_path)
+    split = json.loads((tmp_path / f"{data.split_key}.json").read_text())
+    assert sorted(split["val"]) == sorted(val)
+    assert set(split["test"]) <= set(train) and len(split["test"]) >= 2
+    assert sorted(split["train"] + split["test"]) == sorted(train)
+    # an unlabelled test file (as the official ones) is refused with the fix
+    (root / "test2019.json").write_text(json.dumps({"images": [{"id": 0, "file_name": "ant/00.jpg"}], "categories": []}))
+    with pytest.raises(UserError, match="no annotations"):
+        read_source(cfg.model_copy(update={"annotations": {"train": "train2019.json", "test": "test2019.json"}}))
+
+
+def test_inspect_reports_the_census_and_the_majority_baseline(messy, tmp_path, cli):
+    root, kinds = messy
+    info = describe(DataConfig(source="folder", root=str(root), min_per_class=5))
+    assert info["images"] == len(kinds) and sorted(info["bad_images"]) == sorted(p for p, k in kinds.items() if k == "bad")
+    assert info["resolutions"]["top"][0] == ("40x30", 22)
+    kept = info["kept"]
+    assert kept["classes"] == 3 and kept["per_class"]["max"] == 16 and kept["per_class"]["min"] == 5
+    assert kept["majority_baseline_accuracy"] == pytest.approx(16 / 29)
+    code, out, _ = cli("data", "inspect", str(root), "--plot", str(tmp_path / "h.png"))
+    assert code == 0 and "majority baseline" in out and "bee/truncated.jpg" in out
+    with Image.open(tmp_path / "h.png") as im:
+        assert im.format == "PNG" and im.size[0] > 300
+    code, _, err = cli("data", "inspect", str(tmp_path / "nope"))
+    assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("source", ["csv", "inat"])
+def test_smoke_stand_in_uses_the_suites_own_format(write_suite, cli, tmp_path, source):
+    extra = {"csv": 'source = "csv"\nroot = "/no/such/place"\nmanifest = "meta/labels.csv"\n',
+             "inat": 'source = "inat"\nroot = "/no/such/place"\nmin_per_class = 100\n'
+                     'annotations = {train = "train2019.json", val = "val2019.json"}\n'}[source]
+    path = write_suite(base=f'[suite]\nname = "s{source}"\n[data]\n{extra}[train]\nepochs = 1\n')
+    code, _, err = cli("run", path, "--smoke", "--results", tmp_path / "r")
+    assert code == 0, err
+    (result,) = [json.loads(p.read_text()) for p in (tmp_path / "r").rglob("result.json")]
+    assert result["data"]["source"] == source
+    steps = {s["step"]: s for s in result["data"]["curation"]}
+    assert "min_per_class" in steps if source == "inat" else "min_per_class" not in steps
