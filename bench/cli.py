@@ -78,8 +78,10 @@ def run(
 @app.command()
 def plan(suite: Path = typer.Argument(..., help="suite file"),
          only: str | None = typer.Option(None, help="only cells whose id or label matches"),
-         smoke: bool = typer.Option(False, help="show the cells as --smoke would run them")) -> None:
-    """Expand and validate a suite without training; print its cells."""
+         smoke: bool = typer.Option(False, help="show the cells as --smoke would run them"),
+         data: bool = typer.Option(True, help="read the data and print each curation step's effect "
+                                               "(builds the decoded cache once)")) -> None:
+    """Expand and validate a suite without training; print its cells and what curation does to its data."""
     from tabulate import tabulate
 
     from bench.suite import link
@@ -96,6 +98,16 @@ def plan(suite: Path = typer.Argument(..., help="suite file"),
         headers.append("starts from")
     print(f"{spec.suite.name}: {len(cells)} cell(s). {spec.suite.description}".rstrip())
     print(tabulate(rows, headers=headers, tablefmt="github"))
+    if data:
+        from bench.data import curated
+
+        for cfg in {c.config.data.model_dump_json(exclude={"workers"}): c.config.data for c in cells}.values():
+            cur = curated(cfg)
+            print(f"\ndata: {cfg.source} {cfg.root or ''} -> {len(cur.samples.paths):,} images, "
+                  f"{len(cur.samples.classes):,} classes, {len(cur.bad)} bad file(s)")
+            print(tabulate([[s["step"], s["detail"], f"{s['images'][0]:,} -> {s['images'][1]:,}",
+                             f"{s['classes'][0]:,} -> {s['classes'][1]:,}"] for s in cur.steps],
+                           headers=["curation step", "setting", "images", "classes"], tablefmt="github"))
 
 
 @app.command()

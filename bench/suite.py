@@ -123,9 +123,10 @@ def _label(suite: Suite, resolved: list[tuple[CellConfig, str | None, dict, dict
     for (config, label, cell_over, grid_over), flat in zip(resolved, dumps, strict=True):
         axes = {k: flat[k] for k in varying}
         parts = [label] if label else []
+        # a [[cells]] label names what its entry sets: only grid values are added to it;
         # model.init_from is shown by `bench plan` as the parent, not in the label
         parts += [f"{k.split('.')[-1]}={_short(flat[k])}" for k in varying
-                  if not (label and k in cell_over) and k != "model.init_from"]
+                  if (k in grid_over if label else True) and k != "model.init_from"]
         cell = Cell(config=config, label=" ".join(parts) or "default", axes=axes, explicit_label=label,
                     overrides={**cell_over, **grid_over}, grid_values=json.dumps(grid_over, sort_keys=True))
         if cell.id in seen:  # two entries resolving to the same config would share one results folder

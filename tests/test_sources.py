@@ -13,6 +13,7 @@ from bench.data import curated, prepare
 from bench.data.inspect import describe
 from bench.data.sources import read_source
 from bench.errors import UserError
+from tests.conftest import TINY
 
 # class -> number of good RGB images; sizes alternate so the size filters have something to do
 COUNTS = {"ant": 12, "bee": 8, "cicada": 5, "dragonfly": 2}
@@ -188,3 +189,12 @@ def test_smoke_stand_in_uses_the_suites_own_format(write_suite, cli, tmp_path, s
     assert result["data"]["source"] == source
     steps = {s["step"]: s for s in result["data"]["curation"]}
     assert "min_per_class" in steps if source == "inat" else "min_per_class" not in steps
+
+
+def test_plan_prints_each_curation_step(write_suite, cli):
+    code, out, err = cli("plan", write_suite(base=TINY.replace("image_size = 16", "image_size = 16\nmin_per_class = 25")))
+    assert code == 0, err
+    # the TINY data: 4 long-tailed classes of 120 images; the two smallest have fewer than 25
+    row = next(line for line in out.splitlines() if line.startswith("| min_per_class"))
+    before, after = (int(x) for x in row.split("|")[3].replace(",", "").split("->"))
+    assert before == 120 and after == 59 + 33 and "4 -> 2" in row.split("|")[4]  # classes of 59, 33, 18, 10

@@ -1,0 +1,38 @@
+"""The README documents every suite key, and its first lines hold the two commands CI and users run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from bench.config import CellConfig, SuiteMeta
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def _keys(model: type[BaseModel], prefix: str) -> list[str]:
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += _keys(ann, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+KEYS = [k for k in _keys(CellConfig, "") if k != "seed"] + _keys(SuiteMeta, "suite.")
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_every_suite_key_is_in_the_readme_table(key):
+    assert f"| `{key}` |" in README, f"README's key table lacks {key}"
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
+    block = README.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert "bench run suites/quickstart.toml" in block[0] and block[1].endswith("nox -s tests")
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert block[1] in ci
