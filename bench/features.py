@@ -80,10 +80,12 @@ def extract(model: nn.Module, dataset: ArrayDataset, device: torch.device, batch
     handle = head.register_forward_pre_hook(lambda _module, args: grabbed.append(args[0]))
     prep = Preprocess(device)
     model.eval()
+    # channels-last convolutions run ~1.4x faster here (oneDNN, cuDNN); extraction is all forward passes
+    model.to(memory_format=torch.channels_last)
     out = []
     try:
         for i, (x, _) in enumerate(make_loader(plain, batch_size, train=False, seed=0)):
-            logits = model(prep(x))
+            logits = model(prep(x).contiguous(memory_format=torch.channels_last))
             feats = grabbed.pop()
             # The head must be the model's last step: otherwise training it alone would be another model.
             if i == 0 and not torch.allclose(head(feats), logits, rtol=1e-4, atol=1e-5):
@@ -92,6 +94,7 @@ def extract(model: nn.Module, dataset: ArrayDataset, device: torch.device, batch
             out.append(feats.float().cpu())
     finally:
         handle.remove()
+        model.to(memory_format=torch.contiguous_format)
     return torch.cat(out) if out else torch.zeros(0)
 
 

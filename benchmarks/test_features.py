@@ -7,11 +7,10 @@ evaluation, records). "cold" extracts the features (cache emptied before each ro
 cached, as every further cell with the same backbone, weights and data does.
 
 The loop runs the backbone over (train + val) x 10 epochs + val + test = 0.85 x 10 + 0.3 = 8.8 passes of the
-data, extraction over 1: at equal cost per image the cold ratio is bounded by 8.8, and a frozen backbone in
-the loop already skips its backward, so its forward costs what extraction costs. Measured on an idle 2-core
-CPU: 6.9x cold at 64 px (5.8x at 32 px, where fixed per-cell costs weigh more) - the issue's 8x target is
-met by every cell that finds the features cached (44x), not by the first one. Asserted: the cached case
-meets 8x, and the cold case stays within 25% of its 8.8x bound (a regression guard).
+data, extraction over 1. A frozen backbone in the loop already skips its backward, so at equal cost per
+image 8.8x would be the bound; extraction beats it by running channels-last in large batches. Measured on
+an idle 2-core CPU: 8.7x cold at 64 px (6.9x before extraction went channels-last), 36-44x with the
+features cached, as every further cell with the same backbone, weights and data finds them.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ from bench.progress import LogProgress
 from bench.suite import expand
 
 ROUNDS = 2
-MIN_RATIO = 8.0  # the target of issue 4, met from the second cell on
-PASSES = 0.85 * 10 + 0.3  # backbone passes over the data in the loop cell, against 1 for extraction
+MIN_RATIO = 8.0  # the target of issue 4
 SUITE = """
 [suite]
 name = "features-bench"
@@ -115,4 +113,4 @@ def test_feature_extraction_vs_frozen_backbone_in_the_loop(benchmark, cells):
     print(f"\n10-epoch cell, tv:resnet18 frozen, 64 px, 600 images: loop {loop_s:.2f} s, features cold "
           f"{cold_s:.2f} s ({cold_ratio:.1f}x), warm {warm_seconds:.2f} s ({warm_ratio:.1f}x)")
     assert warm_ratio >= MIN_RATIO, f"cached features only {warm_ratio:.2f}x faster than the loop"
-    assert cold_ratio >= 0.75 * PASSES, f"features cold only {cold_ratio:.2f}x faster than the loop"
+    assert cold_ratio >= MIN_RATIO, f"features cold only {cold_ratio:.2f}x faster than the loop"
