@@ -107,3 +107,17 @@ def test_missing_and_empty_folders_are_user_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no class subfolders"):
         scan_folder(tmp_path / "empty")
+
+
+def test_cache_margin_feeds_random_crops_and_centre_crops_for_evaluation(tmp_path):
+    from bench.techniques.augment import build_augment
+
+    cfg = DataConfig(image_size=16, cache_size=24, synthetic=SyntheticConfig(classes=3, images=60, size=32))
+    data = prepare(cfg, 0, tmp_path / "splits", build_augment([{"op": "rrc", "min_scale": 0.5}], 16))
+    stored = np.load(data.datasets["val"].file, mmap_mode="r")
+    assert stored.shape[1:] == (24, 24, 3)  # the margin is in the cache
+    x, _ = data.datasets["train"].__getitems__([0, 1, 2])
+    assert tuple(x.shape) == (3, 3, 16, 16)
+    v, _ = data.datasets["val"].__getitems__([0])
+    row = data.datasets["val"].rows[0]
+    assert torch.equal(v[0], torch.from_numpy(np.ascontiguousarray(stored[row, 4:20, 4:20])).permute(2, 0, 1))
