@@ -100,14 +100,18 @@ def plan(suite: Path = typer.Argument(..., help="suite file"),
     print(tabulate(rows, headers=headers, tablefmt="github"))
     if data:
         from bench.data import curated
+        from bench.data.inspect import curation_table
 
-        for cfg in {c.config.data.model_dump_json(exclude={"workers"}): c.config.data for c in cells}.values():
+        for cfg in _data_configs(cells):
             cur = curated(cfg)
             print(f"\ndata: {cfg.source} {cfg.root or ''} -> {len(cur.samples.paths):,} images, "
                   f"{len(cur.samples.classes):,} classes, {len(cur.bad)} bad file(s)")
-            print(tabulate([[s["step"], s["detail"], f"{s['images'][0]:,} -> {s['images'][1]:,}",
-                             f"{s['classes'][0]:,} -> {s['classes'][1]:,}"] for s in cur.steps],
-                           headers=["curation step", "setting", "images", "classes"], tablefmt="github"))
+            print(curation_table(cur.steps))
+
+
+def _data_configs(cells) -> list:
+    """The distinct data configs of `cells` (workers aside: it does not change the data)."""
+    return list({c.config.data.model_dump_json(exclude={"workers"}): c.config.data for c in cells}.values())
 
 
 @app.command()
@@ -236,8 +240,7 @@ def data_inspect(
     from bench.data.inspect import describe, plot_histogram, render
 
     if target.suffix == ".toml":
-        suite, cells = _cells(target, None, smoke=False)
-        configs = list({c.config.data.model_dump_json(): c.config.data for c in cells}.values())
+        configs = _data_configs(_cells(target, None, smoke=False)[1])
     else:
         configs = [DataConfig(source="folder", root=str(target))]
     for i, cfg in enumerate(configs):

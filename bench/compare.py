@@ -19,7 +19,7 @@ import torch
 
 from bench.errors import UserError
 from bench.metrics import load_predictions
-from bench.store import read_json
+from bench.store import load_records, read_json
 
 EXACT_BELOW = 25  # discordant pairs; the usual switch from the exact test to the chi-square approximation
 
@@ -118,12 +118,8 @@ def resolve_cell(name: str, suite_dir: Path | None = None) -> Path:
     if suite_dir is None:
         raise UserError(f"'{name}' is not a cell folder (no result.json)",
                         hint="name results/<suite>/<cell id>, or pass --suite results/<suite> and an id or label")
-    matches = []
-    for cell_dir in sorted(Path(suite_dir).iterdir()):
-        if (cell_dir / "cell.json").is_file() and (cell_dir / "result.json").is_file():
-            cell = read_json(cell_dir / "cell.json")
-            if cell["id"] == name or fnmatch.fnmatchcase(cell["label"], name):
-                matches.append((cell_dir, cell))
+    matches = [(Path(cell_dir), cell) for cell_dir, cell, _ in load_records(suite_dir)
+               if cell["id"] == name or fnmatch.fnmatchcase(cell["label"], name)]
     if len(matches) != 1:
         found = "; ".join(f"{c['id']} {c['label']} seed {c['config']['seed']}" for _, c in matches[:5])
         raise UserError(f"'{name}' matches {len(matches)} cells in '{suite_dir}'" + (f": {found}" if found else ""),

@@ -20,10 +20,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from bench.config import CellConfig
 from bench.data import Prepared, cache_root
-from bench.data.cachedir import key_of
 from bench.data.loaders import ArrayDataset, make_loader
 from bench.errors import UserError
+from bench.hashing import stable_hash
 from bench.models import head_name
+from bench.store import atomic_path
 from bench.train import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 VERSION = 1  # bump when what a cached file holds changes
@@ -60,12 +61,12 @@ def backbone_digest(model: nn.Module) -> str:
 
 
 def feature_key(cfg: CellConfig, model: nn.Module, data: Prepared, device: torch.device) -> str:
-    return key_of({
+    return stable_hash({
         "version": VERSION, "arch": cfg.model.arch, "pool": cfg.model.pool, "weights": backbone_digest(model),
         "split": data.split_key, "image_size": cfg.data.image_size, "stored_size": cfg.data.stored_size,
         "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
         # the same backbone gives features that differ in the last bits on another device type
-        "device": device.type})
+        "device": device.type}, 16)
 
 
 @torch.no_grad()
@@ -99,10 +100,8 @@ def extract(model: nn.Module, dataset: ArrayDataset, device: torch.device, batch
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 def feature_setup(model: nn.Module, cfg: CellConfig, data: Prepared, loaders: dict[str, DataLoader],

@@ -14,7 +14,6 @@ import fnmatch
 import html
 import io
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from bench.cost import achieved_gflops_per_s, read_history, time_to_accuracy
 from bench.errors import UserError, did_you_mean
 from bench.metrics import HIGHER_IS_BETTER, full_metrics, load_predictions
 from bench.registry import register
+from bench.store import load_records
 
 
 @dataclass(frozen=True)
@@ -69,25 +69,6 @@ MARKS = ("†", "‡", "§", "¶", "#")
 
 
 # ---------------------------------------------------------------- loading
-
-
-def _read_json(path: str) -> Any:
-    with open(path, "rb") as f:
-        return json.loads(f.read())
-
-
-def _scan(suite_dir: Path) -> Iterable[tuple[str, dict, dict]]:
-    """(cell folder, cell.json, result.json) for every finished or failed cell; one scandir, no stat calls."""
-    with os.scandir(suite_dir) as entries:
-        names = sorted(e.name for e in entries if not e.name.startswith("."))
-    for name in names:
-        cell_dir = os.path.join(suite_dir, name)
-        try:
-            result = _read_json(os.path.join(cell_dir, "result.json"))
-            cell = _read_json(os.path.join(cell_dir, "cell.json"))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        yield cell_dir, cell, result
 
 
 def _get(d: Any, path: Sequence[str]) -> Any:
@@ -182,7 +163,7 @@ def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUM
     rows = []
     for suite_dir in targets:
         suite = suite_dir.name
-        for cell_dir, cell, result in _scan(suite_dir):
+        for cell_dir, cell, result in load_records(suite_dir):
             if not checked:
                 _check_keys([*keys, *(f.key for f in filters)], cell)
                 checked = True

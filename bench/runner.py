@@ -23,14 +23,14 @@ from bench.cost import forward_gflops
 from bench.data import prepare
 from bench.errors import UserError
 from bench.features import feature_setup
-from bench.metrics import full_metrics
+from bench.hashing import file_digest
 from bench.models import apply_freeze, count_params
 from bench.progress import LogProgress
-from bench.store import atomic_write_bytes, atomic_write_text, read_json, write_json, write_npz
+from bench.store import atomic_path, atomic_write_text, read_json, write_json, write_npz
 from bench.suite import Cell, link
 from bench.techniques import build_augment
 from bench.train import fit, make_loaders
-from bench.weights import file_digest, initial_model, load_parent
+from bench.weights import initial_model, load_parent
 
 
 @dataclass
@@ -167,18 +167,15 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         arrays[f"{split}_labels"] = labels.numpy().astype(np.int64)
     write_npz(cell_dir / "predictions.npz", **arrays)
     model.load_state_dict(result.best_state)
-    tmp = cell_dir / ".best.safetensors.tmp"
-    save_model(model.cpu(), str(tmp))
-    tmp.replace(cell_dir / "best.safetensors")
+    with atomic_path(cell_dir / "best.safetensors") as tmp:
+        save_model(model.cpu(), str(tmp))
 
     record = {
         "schema_version": bench.SCHEMA_VERSION,
         "status": "ok",
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
-        # the loop's metrics (incl. TTA) plus F1, AUC and mAP of the best weights' predictions
-        "metrics": {**result.metrics, **{split: full_metrics(logits, labels)
-                                         for split, (logits, labels) in result.predictions.items()}},
+        "metrics": result.metrics,
         "train": result.info,
         "cost": {
             **result.timing,
@@ -242,5 +239,3 @@ def environment(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
     }
 
-
-__all__ = ["run_suite", "run_cell", "RunSummary", "resolve_device", "select", "atomic_write_bytes"]

@@ -16,8 +16,9 @@ import torch
 
 from bench.config import DataConfig, SyntheticConfig
 from bench.data import synthetic
-from bench.data.cachedir import cache_root, key_of
+from bench.data.cachedir import cache_root
 from bench.data.sources import scan_folder
+from bench.hashing import stable_hash
 from bench.models import create_model
 from bench.suite import Cell
 
@@ -41,7 +42,7 @@ def accepted_size(arch: str) -> int:
 
 def stand_in_root(data: DataConfig, stand_in: SyntheticConfig) -> Path:
     """Generated images laid out in the suite's own source format: folder, csv manifest or iNat JSON."""
-    root = cache_root() / "smoke" / data.source / key_of([stand_in.model_dump(), data.manifest, data.annotations])
+    root = cache_root() / "smoke" / data.source / stable_hash([stand_in.model_dump(), data.manifest, data.annotations], 16)
     synthetic.generate(stand_in, root)
     samples = scan_folder(root)
     if data.source == "csv":

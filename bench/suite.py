@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -14,6 +13,9 @@ from pydantic import ValidationError
 
 from bench.config import SECTIONS, CellConfig, Suite, _to_user_error, flatten
 from bench.errors import UserError, did_you_mean
+from bench.hashing import stable_hash
+
+ID_DIGITS = 10  # hex digits of a cell id: the folder name under results/<suite>/
 
 
 @dataclass(frozen=True)
@@ -30,21 +32,16 @@ class Cell:
     def id(self) -> str:
         spec = self.config.model_dump(mode="json")
         # A staged cell's numbers depend on its parent's weights: another parent makes another cell.
-        return config_hash(spec if self.parent is None else {**spec, "parent": self.parent})
+        return stable_hash(spec if self.parent is None else {**spec, "parent": self.parent}, ID_DIGITS)
 
     @property
     def group(self) -> str:
         """Same for every seed of one cell: reports average over a group."""
-        return config_hash({**self.config.model_dump(mode="json"), "seed": None})
+        return stable_hash({**self.config.model_dump(mode="json"), "seed": None}, ID_DIGITS)
 
     @property
     def seed(self) -> int:
         return self.config.seed
-
-
-def config_hash(obj: Any, n: int = 10) -> str:
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

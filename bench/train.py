@@ -17,7 +17,7 @@ from torch import nn
 
 from bench.config import TrainConfig
 from bench.errors import UserError
-from bench.metrics import classification_metrics
+from bench.metrics import classification_metrics, full_metrics
 from bench.models import head_name, set_train_mode
 from bench.techniques import LOSSES, MIXES, OPTIMIZERS, SAMPLERS, SCHEDULES, build_augment, build_tta
 from bench.techniques.schedules import with_warmup
@@ -124,7 +124,7 @@ class FitResult:
     best_epoch: int
     best_state: dict[str, torch.Tensor]
     predictions: dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (logits, labels), best weights
-    metrics: dict[str, dict[str, float]]  # split -> metrics, best weights ("val_tta", "test_tta" with TTA)
+    metrics: dict[str, dict[str, float]]  # split -> full_metrics, best weights ("val_tta", "test_tta" with TTA)
     timing: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # how it trained: precision, param groups, stopping
 
@@ -289,11 +289,11 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         if split == "test":  # the one and only look at test (with TTA: two looks, reported apart)
             eval_seconds, eval_images = eval_seconds + sec, eval_images + len(labels)
         predictions[split] = (logits, labels)
-        metrics[split] = classification_metrics(logits, labels)
+        metrics[split] = full_metrics(logits, labels)
         if views:
             logits, labels, sec = predict(net, loaders[split], prep, autocast=autocast, views=views)
             predictions[f"{split}_tta"] = (logits, labels)
-            metrics[f"{split}_tta"] = classification_metrics(logits, labels)
+            metrics[f"{split}_tta"] = full_metrics(logits, labels)
             tta_seconds += sec
     train_seconds = sum(r["train_seconds"] for r in history)
     train_images = sum(r["train_images"] for r in history)

@@ -5,7 +5,6 @@ cell's start from its parent's best weights."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -14,16 +13,9 @@ from torch import nn
 
 from bench.config import CellConfig
 from bench.errors import UserError
+from bench.hashing import file_digest, stable_hash
 from bench.models import accepts_image_size, build_head, create_model, head_name
-from bench.suite import config_hash
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from bench.store import atomic_path
 
 
 def read_state_file(path: Path) -> dict[str, torch.Tensor]:
@@ -77,7 +69,7 @@ def init_key(cfg: CellConfig, num_classes: int) -> str:
         # them) and, for timm, the pool (reset_classifier draws a new classifier). Not the dropout rate.
         parts["head"] = {"pool": m.pool, "hidden": list(m.head_hidden), "dropout": m.head_dropout > 0,
                          "activation": m.head_activation if m.head_hidden else None}
-    return config_hash(parts, n=16)
+    return stable_hash(parts, 16)
 
 
 def _seed(cfg: CellConfig, num_classes: int) -> int:
@@ -105,10 +97,8 @@ def initial_model(cfg: CellConfig, num_classes: int, init_dir: Path) -> tuple[nn
         return model, key
     if isinstance(cfg.model.pretrained, str):
         load_backbone(model, read_state_file(Path(cfg.model.pretrained)), Path(cfg.model.pretrained))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_model(model, str(tmp))  # handles tied tensors, unlike save_file
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp))  # handles tied tensors, unlike save_file
     return model, key
 
 

@@ -15,21 +15,28 @@ import numpy as np
 
 from bench.config import DataConfig
 from bench.data import cache, curate, split
-from bench.data.cachedir import cache_root, key_of
+from bench.data.cachedir import cache_root
 from bench.data.loaders import ArrayDataset
 from bench.data.sources import SOURCES, Samples, read_source
+from bench.hashing import stable_hash
 
 __all__ = ["Curated", "Prepared", "cache_root", "curated", "prepare", "SOURCES"]
 
 
 @dataclass
 class Curated:
+    source: Samples  # everything the source lists
+    probe: cache.Probe  # per source image: mode, size, why unreadable
     samples: Samples  # what is left after every curation step, decodable
     decoded: cache.Decoded
     rows: np.ndarray  # row of each kept sample in decoded.images
     steps: list[dict]
     bad: dict[str, str]  # relative path -> why it was excluded
-    modes: dict[str, int]  # image modes among the source's readable images
+
+    @property
+    def modes(self) -> dict[str, int]:
+        """Image modes among the source's readable images."""
+        return dict(sorted(Counter(m for m in self.probe.modes.tolist() if m).items()))
 
 
 def curated(cfg: DataConfig) -> Curated:
@@ -47,8 +54,7 @@ def curated(cfg: DataConfig) -> Curated:
                   "classes": [before[1], len(final.classes)]})
     bad_paths = {samples.paths[i]: why for i, why in bad.items()}
     bad_paths.update({kept.paths[i]: why for i, why in dec.bad.items()})
-    modes = Counter(m for m in probe.modes.tolist() if m)
-    return Curated(final, dec, np.flatnonzero(ok), steps, bad_paths, dict(sorted(modes.items())))
+    return Curated(samples, probe, final, dec, np.flatnonzero(ok), steps, bad_paths)
 
 
 @dataclass
@@ -66,7 +72,7 @@ class Prepared:
 def split_key(cfg: DataConfig, seed: int) -> str:
     """Everything that decides which image lands in which split, and nothing else (not sizes or workers)."""
     spec = cfg.model_dump(mode="json", exclude={"image_size", "cache_size", "workers"})
-    return key_of({**spec, "seed": seed})
+    return stable_hash({**spec, "seed": seed}, 16)
 
 
 def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None) -> Prepared:

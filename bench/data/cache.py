@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from bench.data.cachedir import cache_root, key_of
+from bench.data.cachedir import cache_root
+from bench.hashing import stable_hash
+from bench.store import atomic_dir, atomic_path
 
 PARALLEL_MIN = 256  # below this many images a process pool costs more than it saves
 VERSION = 1
@@ -40,8 +41,8 @@ def _stats(root: Path, paths: list[str]) -> list[tuple[int, int]]:
 
 
 def _key(root: Path, paths: list[str], **extra) -> str:
-    return key_of({"v": VERSION, "root": str(Path(root).resolve()), "paths": paths,
-                   "stats": _stats(root, paths), **extra})
+    return stable_hash({"v": VERSION, "root": str(Path(root).resolve()), "paths": paths,
+                   "stats": _stats(root, paths), **extra}, 16)
 
 
 def _chunks(n: int, parts: int) -> list[range]:
@@ -116,11 +117,9 @@ def probe(root: Path, paths: list[str]) -> Probe:
     modes, w, h, bad = (zip(*rows, strict=True) if rows else ((), (), (), ()))
     result = Probe(np.array(modes, dtype=object), np.array(w, dtype=np.int64), np.array(h, dtype=np.int64),
                    np.array(bad, dtype=object))
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp.npz")
-    np.savez(tmp, modes=result.modes.astype(str), width=result.width, height=result.height,
-             bad=result.bad.astype(str))
-    tmp.replace(file)
+    with atomic_path(file) as tmp:
+        np.savez(tmp, modes=result.modes.astype(str), width=result.width, height=result.height,
+                 bad=result.bad.astype(str))
     return result
 
 
@@ -166,20 +165,14 @@ def decoded(root: Path, paths: list[str], size: int) -> Decoded:
     if meta.is_file():
         bad = {int(k): v for k, v in json.loads(meta.read_text())["bad"].items()}
         return Decoded(np.load(folder / "images.npy", mmap_mode="r"), bad, folder)
-    tmp = folder.with_name(folder.name + f".partial{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-    workers = _workers(len(paths))
-    jobs = [(str(root), str(tmp / "images.npy"), len(paths), size, paths, r)
-            for r in _chunks(len(paths), 8 * workers)]
-    failed = [f for part in _map(_decode_job, jobs, f"decoding images to {size}px", len(paths), workers)
-              for f in part]
-    bad = dict(failed)
-    (tmp / "meta.json").write_text(json.dumps({"size": size, "count": len(paths), "root": str(root),
-                                               "bad": {str(k): v for k, v in bad.items()}}))
-    try:
-        tmp.rename(folder)  # complete or absent: a crash mid-build leaves only a .partial folder
-    except OSError:  # another process finished the same cache first; use theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(folder) as tmp:  # complete or absent: a crash mid-build leaves only a .partial folder
+        np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                  shape=(len(paths), size, size, 3))
+        workers = _workers(len(paths))
+        jobs = [(str(root), str(tmp / "images.npy"), len(paths), size, paths, r)
+                for r in _chunks(len(paths), 8 * workers)]
+        failed = [f for part in _map(_decode_job, jobs, f"decoding images to {size}px", len(paths), workers)
+                  for f in part]
+        (tmp / "meta.json").write_text(json.dumps({"size": size, "count": len(paths), "root": str(root),
+                                                   "bad": {str(k): v for k, v in dict(failed).items()}}))
     return decoded(root, paths, size)

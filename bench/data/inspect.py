@@ -10,18 +10,15 @@ from typing import Any
 import numpy as np
 
 from bench.config import DataConfig
-from bench.data import cache, curated
-from bench.data.sources import read_source
+from bench.data import curated
 
 
 def describe(cfg: DataConfig, head: int = 5) -> dict[str, Any]:
     """Source census (modes, resolutions, bad files) and the curated data's class statistics."""
-    samples = read_source(cfg)
-    probe = cache.probe(samples.root, samples.paths)
     cur = curated(cfg)  # builds the decoded cache too: truncated files are only found by decoding them
+    samples, probe, kept = cur.source, cur.probe, cur.samples
     readable = probe.bad == ""
     sizes = Counter(zip(probe.width[readable].tolist(), probe.height[readable].tolist(), strict=True))
-    kept, steps, bad = cur.samples, cur.steps, cur.bad
     counts = np.bincount(kept.labels, minlength=len(kept.classes))
     order = np.argsort(-counts, kind="stable")
     return {
@@ -29,10 +26,10 @@ def describe(cfg: DataConfig, head: int = 5) -> dict[str, Any]:
         "root": str(samples.root),
         "images": len(samples.paths),
         "classes": len(samples.classes),
-        "modes": dict(sorted(Counter(probe.modes[readable].tolist()).items())),
-        "bad_images": dict(sorted(bad.items())),
+        "modes": cur.modes,
+        "bad_images": dict(sorted(cur.bad.items())),
         "resolutions": {"distinct": len(sizes), "top": [(f"{w}x{h}", n) for (w, h), n in sizes.most_common(head)]},
-        "curation": steps,
+        "curation": cur.steps,
         "kept": {
             "images": int(counts.sum()),
             "classes": len(kept.classes),
@@ -47,6 +44,15 @@ def describe(cfg: DataConfig, head: int = 5) -> dict[str, Any]:
     }
 
 
+def curation_table(steps: list[dict]) -> str:
+    """Each curation step's setting and its images and classes before -> after, as a GitHub table."""
+    from tabulate import tabulate
+
+    return tabulate([[s["step"], s["detail"], f"{s['images'][0]:,} -> {s['images'][1]:,}",
+                      f"{s['classes'][0]:,} -> {s['classes'][1]:,}"] for s in steps],
+                    headers=["curation step", "setting", "images", "classes"], tablefmt="github")
+
+
 def render(info: dict[str, Any]) -> str:
     from tabulate import tabulate
 
@@ -58,9 +64,7 @@ def render(info: dict[str, Any]) -> str:
              + ", ".join(f"{s} ({n:,})" for s, n in info["resolutions"]["top"]),
              f"bad images: {len(info['bad_images'])}"]
     lines += [f"  {p}: {why}" for p, why in list(info["bad_images"].items())[:20]]
-    lines += ["", "curation:", tabulate([[s["step"], s["detail"], f"{s['images'][0]:,} -> {s['images'][1]:,}",
-                                          f"{s['classes'][0]:,} -> {s['classes'][1]:,}"] for s in info["curation"]],
-                                        headers=["step", "setting", "images", "classes"], tablefmt="github"), ""]
+    lines += ["", curation_table(info["curation"]), ""]
     if pc:
         lines.append(tabulate([[k["images"], k["classes"], pc["max"], pc["min"], pc["median"], f"{pc['std']:.1f}",
                                 f"{100 * k['majority_baseline_accuracy']:.1f}%"]],

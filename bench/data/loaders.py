@@ -32,15 +32,23 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.rows[np.asarray(idx)]
-        x = torch.from_numpy(np.ascontiguousarray(self.images[rows])).permute(0, 3, 1, 2)
-        if self.transform is not None:
-            x = torch.stack([self.transform(im) for im in x])
-        if x.shape[-1] > self.size:  # stored larger than the model's size: centre crop what is left
+    def raw(self, idx) -> torch.Tensor:
+        """Images `idx` as stored: uint8, N x C x S x S, S = the cache's side."""
+        return torch.from_numpy(np.ascontiguousarray(self.images[self.rows[np.asarray(idx)]])).permute(0, 3, 1, 2)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Centre crop to the model's size whatever a transform left of a larger stored image (C x H x W or
+        N x C x H x W)."""
+        if x.shape[-1] > self.size:
             o = (x.shape[-1] - self.size) // 2
             x = x[..., o:o + self.size, o:o + self.size]
-        return x.contiguous(), self.labels[torch.as_tensor(idx)]
+        return x
+
+    def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.raw(idx)
+        if self.transform is not None:
+            x = torch.stack([self.transform(im) for im in x])
+        return self.crop(x).contiguous(), self.labels[torch.as_tensor(idx)]
 
     def __getitem__(self, i: int):
         x, y = self.__getitems__([i])

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data.sources import SPLITS, Samples
+from bench.store import atomic_write_text
 
 
 def stratified(labels: np.ndarray, ratios: tuple[float, float, float], seed: int
@@ -67,8 +68,5 @@ def load_or_make(samples: Samples, ratios: tuple[float, float, float], seed: int
         if sorted(p for s in SPLITS for p in saved.get(s, [])) == sorted(samples.paths):
             return {s: np.array(sorted(index[p] for p in saved[s]), dtype=np.int64) for s in SPLITS}
     parts = make(samples, ratios, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({s: [samples.paths[i] for i in parts[s]] for s in SPLITS}))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({s: [samples.paths[i] for i in parts[s]] for s in SPLITS}))
     return parts

@@ -17,7 +17,9 @@ import numpy as np
 from PIL import Image
 
 from bench.config import SyntheticConfig
-from bench.data.cachedir import cache_root, key_of
+from bench.data.cachedir import cache_root
+from bench.hashing import stable_hash
+from bench.store import atomic_dir
 
 GENERATOR = 5  # bump when the pictures change, so old caches are not reused
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond", "bar", "star")
@@ -115,20 +117,18 @@ def render(c: int, size: int, rng: np.random.Generator) -> np.ndarray:
 def generate(cfg: SyntheticConfig, root: Path | None = None) -> Path:
     """Write the data set as ImageFolder JPEGs (once: a finished folder is reused); returns its root."""
     spec = {"generator": GENERATOR, **cfg.model_dump(mode="json")}
-    root = Path(root) if root is not None else cache_root() / "synthetic" / key_of(spec)
+    root = Path(root) if root is not None else cache_root() / "synthetic" / stable_hash(spec, 16)
     done = root / "bench-synthetic.json"
     if done.is_file() and json.loads(done.read_text()) == spec:
         return root
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    rng = np.random.default_rng([cfg.seed, GENERATOR])
-    for c, n in enumerate(class_sizes(cfg)):
-        folder = tmp / class_name(c)
-        folder.mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(render(c, cfg.size, rng)).save(folder / f"{i:05d}.jpg", quality=90)
-    (tmp / done.name).write_text(json.dumps(spec))
-    if root.exists():
+    if root.exists():  # another generator's images, or an unfinished folder: never mixed with ours
         shutil.rmtree(root)
-    tmp.rename(root)  # whole folder at once: an interrupted generation never looks finished
+    with atomic_dir(root) as tmp:  # whole folder at once: an interrupted generation never looks finished
+        rng = np.random.default_rng([cfg.seed, GENERATOR])
+        for c, n in enumerate(class_sizes(cfg)):
+            folder = tmp / class_name(c)
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(render(c, cfg.size, rng)).save(folder / f"{i:05d}.jpg", quality=90)
+        (tmp / done.name).write_text(json.dumps(spec))
     return root

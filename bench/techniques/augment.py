@@ -180,16 +180,8 @@ def parse_item(item: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def check_augment(spec: str | list) -> None:
-    """Parse every item and build it once, so a bad value fails at load time (torchvision checks ranges)."""
-    items = [spec] if isinstance(spec, str) else spec
-    for item in items:
-        name, params = parse_item(item)
-        if name in AUGMENTS:
-            continue
-        try:
-            AUGMENT_OPS[name](32, **params)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"augment '{name}' with {params}: {e}") from None
+    """Build it once, so a bad value fails at load time (torchvision checks the ranges)."""
+    build_augment(spec, 32)
 
 
 def build_augment(spec: str | list, image_size: int):
@@ -198,7 +190,10 @@ def build_augment(spec: str | list, image_size: int):
     transforms = []
     for item in items:
         name, params = parse_item(item)
-        t = AUGMENTS[name](image_size) if name in AUGMENTS else AUGMENT_OPS[name](image_size, **params)
+        try:
+            t = AUGMENTS[name](image_size) if name in AUGMENTS else AUGMENT_OPS[name](image_size, **params)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"augment '{name}' with {params}: {e}") from None
         if t is not None:
             transforms.append(t)
     if not transforms:
