@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -16,14 +16,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True)
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
     mps = "mps"
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     markdown = "markdown"
     csv = "csv"
     json = "json"
@@ -38,17 +38,16 @@ def _cells(suite_path: Path, only: str | None, smoke: bool):
     from bench.suite import expand, preflight
 
     suite = load_suite(suite_path)
+    if smoke:
+        from bench.smoke import smoke_suite
+
+        suite = smoke_suite(suite)
     cells = expand(suite)
     chosen = select(cells, only)
     if not chosen:
         raise UserError(f"--only '{only}' matches none of the {len(cells)} cells", file=suite_path,
                         hint="match a cell id or label; `bench plan` lists them")
-    if smoke:
-        from bench.smoke import smoke_cells
-
-        chosen = smoke_cells(chosen)
-    else:
-        preflight(suite, chosen)
+    preflight(suite, chosen)
     return suite, chosen
 
 
@@ -66,8 +65,7 @@ def run(
     from bench.runner import run_suite
 
     spec, cells = _cells(suite, only, smoke)
-    name = spec.suite.name + ("-smoke" if smoke else "")
-    summary = run_suite(suite.read_text(), name, cells, results, device=device.value, force=force,
+    summary = run_suite(suite.read_text(), spec.suite.name, cells, results, device=device.value, force=force,
                         progress=make_progress(err))
     err.print(f"[bench] {len(summary.ran)} ran, {len(summary.skipped)} skipped, {len(summary.failed)} failed "
               f"-> {summary.suite_dir}", highlight=False)
@@ -84,10 +82,7 @@ def plan(suite: Path = typer.Argument(..., help="suite file"),
     """Expand and validate a suite without training; print its cells and what curation does to its data."""
     from tabulate import tabulate
 
-    from bench.suite import link
-
-    spec, cells = _cells(suite, only, smoke)
-    cells = link(cells)  # in run order, parents first, with the ids `bench run` uses
+    spec, cells = _cells(suite, only, smoke)  # in run order, parents first, with the ids `bench run` uses
     rows = [[c.id, c.label, c.config.model.arch, c.config.data.image_size, c.config.train.epochs, c.seed]
             for c in cells]
     headers = ["id", "label", "arch", "px", "epochs", "seed"]
@@ -176,9 +171,10 @@ def compare(
     seed: int = typer.Option(0, help="bootstrap seed"),
 ) -> None:
     """Paired comparison of two cells on the same images: McNemar's test and a bootstrap CI."""
-    from bench.compare import compare_cells, resolve_cell
+    from bench.compare import compare_cells
+    from bench.store import find_cell
 
-    result = compare_cells(resolve_cell(a, suite), resolve_cell(b, suite), split=split, resamples=resamples,
+    result = compare_cells(find_cell(a, suite), find_cell(b, suite), split=split, resamples=resamples,
                            seed=seed)
     print(result.summary())
 
@@ -192,10 +188,10 @@ def export(
     k: int = typer.Option(5, help="predicted classes per image, best first"),
 ) -> None:
     """A cell's predictions as a Kaggle submission CSV: id,predicted (top-k classes, space-separated)."""
-    from bench.compare import resolve_cell
     from bench.export import export_submission
+    from bench.store import find_cell
 
-    n = export_submission(resolve_cell(cell, suite), out, split=split, k=k)
+    n = export_submission(find_cell(cell, suite), out, split=split, k=k)
     err.print(f"[bench] wrote {n} predictions to {out}", highlight=False)
 
 

@@ -9,17 +9,15 @@ interval of err(A) - err(B).
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench.errors import UserError
 from bench.metrics import load_predictions
-from bench.store import load_records, read_json
+from bench.store import Record
 
 EXACT_BELOW = 25  # discordant pairs; the usual switch from the exact test to the chi-square approximation
 
@@ -83,22 +81,19 @@ class Comparison:
         ])
 
 
-def _label(cell_dir: Path) -> str:
-    try:
-        return f"{read_json(cell_dir / 'cell.json')['label']} ({cell_dir.name})"
-    except (OSError, KeyError, ValueError):
-        return str(cell_dir)
+def _label(record: Record) -> str:
+    return f"{record.cell['label']} ({record.dir.name})"
 
 
-def compare_cells(a: Path, b: Path, split: str = "test", resamples: int = 10_000, confidence: float = 0.95,
-                  seed: int = 0) -> Comparison:
+def compare_cells(a: Record, b: Record, split: str = "test", resamples: int = 10_000,
+                  confidence: float = 0.95, seed: int = 0) -> Comparison:
     """Refuses (UserError) unless both cells were evaluated on the same split, image for image."""
-    a, b = Path(a), Path(b)
-    keys = [read_json(d / "result.json").get("data", {}).get("split_key") for d in (a, b)]
+    keys = [r.result.get("data", {}).get("split_key") for r in (a, b)]
     if keys[0] != keys[1] or keys[0] is None:
         raise UserError(f"the cells used different data splits ({keys[0]} vs {keys[1]})",
                         hint="a paired test needs the same images: compare cells of one data config and seed")
-    (logits_a, labels_a), (logits_b, labels_b) = load_predictions(a, split), load_predictions(b, split)
+    logits_a, labels_a = load_predictions(a.dir, split)
+    logits_b, labels_b = load_predictions(b.dir, split)
     if labels_a.shape != labels_b.shape or not torch.equal(labels_a, labels_b):
         raise UserError(f"the cells' {split} labels differ", hint="a paired test needs the same images in the same order")
     wrong_a = (logits_a.argmax(1) != labels_a).numpy()
@@ -108,20 +103,3 @@ def compare_cells(a: Path, b: Path, split: str = "test", resamples: int = 10_000
     low, high = bootstrap_ci(wrong_a, wrong_b, resamples, confidence, seed)
     return Comparison(_label(a), _label(b), split, len(labels_a), float(wrong_a.mean()), float(wrong_b.mean()),
                       b_count, c_count, p, method, low, high, confidence)
-
-
-def resolve_cell(name: str, suite_dir: Path | None = None) -> Path:
-    """A cell folder from a path, or from a cell id or label (a glob) within `suite_dir`."""
-    path = Path(name)
-    if (path / "result.json").is_file():
-        return path
-    if suite_dir is None:
-        raise UserError(f"'{name}' is not a cell folder (no result.json)",
-                        hint="name results/<suite>/<cell id>, or pass --suite results/<suite> and an id or label")
-    matches = [(Path(cell_dir), cell) for cell_dir, cell, _ in load_records(suite_dir)
-               if cell["id"] == name or fnmatch.fnmatchcase(cell["label"], name)]
-    if len(matches) != 1:
-        found = "; ".join(f"{c['id']} {c['label']} seed {c['config']['seed']}" for _, c in matches[:5])
-        raise UserError(f"'{name}' matches {len(matches)} cells in '{suite_dir}'" + (f": {found}" if found else ""),
-                        hint="name one cell by its id (see `bench report --format csv` or the folder names)")
-    return matches[0][0]

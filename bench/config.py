@@ -1,17 +1,18 @@
 """The suite schema: frozen pydantic models with the defaults in code, loading, and one-line errors.
 
 A suite file only overrides these defaults. Every key a suite may set is a field below; the README's
-key reference is written from them. Validation that needs a registry (architectures, optimizers, ...)
-happens here too, so that `bench plan` catches every mistake before anything trains.
+key reference is written from them. This module is pure data: it imports neither torch nor any registry,
+so reading a suite is instant. Names checked against a registry (architectures, optimizers, augmentations,
+...) are validated in one pass after parsing, by bench.suite, before anything trains.
 """
 
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.errors import UserError, did_you_mean
@@ -93,14 +94,6 @@ class ModelConfig(Strict):
     head_activation: Literal["relu", "gelu", "silu", "tanh", "elu", "leaky_relu"] = "relu"  # after each hidden
     head_dropout: float = Field(0.0, ge=0, lt=1)  # dropout before each linear layer of the head
 
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, v: str) -> str:
-        from bench.models import check_arch
-
-        check_arch(v)
-        return v
-
     @field_validator("freeze")
     @classmethod
     def _freeze_syntax(cls, v: str) -> str:
@@ -168,32 +161,6 @@ class TrainConfig(Strict):
     compile: bool = False  # torch.compile the model
     max_steps: int | None = Field(None, ge=1)  # cap on training batches per epoch (smoke runs)
 
-    @field_validator("optimizer", "schedule", "loss", "sampler", "mix")
-    @classmethod
-    def _registered(cls, v: str, info) -> str:
-        from bench.techniques import REGISTRIES
-
-        registry = REGISTRIES[info.field_name]
-        if v not in registry:
-            raise ValueError(f"unknown {info.field_name} '{v}'; {did_you_mean(v, registry)}")
-        return v
-
-    @field_validator("augment")
-    @classmethod
-    def _augment_ops(cls, v: str | list) -> str | list:
-        from bench.techniques.augment import check_augment
-
-        check_augment(v)
-        return v
-
-    @field_validator("tta")
-    @classmethod
-    def _tta_views(cls, v: list[str]) -> list[str]:
-        from bench.techniques import build_tta
-
-        build_tta(v)
-        return v
-
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.min_lr > self.lr:
@@ -254,7 +221,7 @@ def load_suite(path: str | Path) -> Suite:
     try:
         meta = SuiteMeta.model_validate(raw["suite"])
     except ValidationError as e:
-        raise _to_user_error(e, path, prefix="suite") from None
+        raise validation_error(e, path, prefix="suite") from None
     grid = flatten(raw.get("grid", {}))  # `model.arch = [...]` unquoted nests in TOML: same as quoted
     cells = raw.get("cells", [])
     if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
@@ -274,7 +241,8 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _to_user_error(e: ValidationError, path: Path, prefix: str = "", model: type[BaseModel] | None = None) -> UserError:
+def validation_error(e: ValidationError, path: Path, prefix: str = "", model: type[BaseModel] | None = None
+                     ) -> UserError:
     """Turn pydantic's first error into one line: file, dotted key, reason, and a 'did you mean'."""
     err = e.errors()[0]
     loc = [str(p) for p in err["loc"] if not isinstance(p, int)]

@@ -10,7 +10,7 @@ import torch
 
 from bench.errors import UserError
 from bench.metrics import load_predictions
-from bench.store import atomic_write_text, read_json
+from bench.store import Record, atomic_write_text, read_json
 
 
 def class_ids(class_names: list[str]) -> list[str]:
@@ -20,17 +20,16 @@ def class_ids(class_names: list[str]) -> list[str]:
         str(i) for i in range(len(class_names))]
 
 
-def submission_rows(cell_dir: Path, split: str = "test", k: int = 5) -> list[tuple[str, str]]:
+def submission_rows(record: Record, split: str = "test", k: int = 5) -> list[tuple[str, str]]:
     """(image id, top-k class ids space-separated, best first) per image, in the split's order."""
-    cell_dir = Path(cell_dir)
     if k < 1:
         raise UserError(f"--k must be at least 1, not {k}")
-    data = read_json(cell_dir / "result.json").get("data", {})
-    split_file = cell_dir.parent / "splits" / f"{data.get('split_key')}.json"
+    data = record.result.get("data", {})
+    split_file = record.dir.parent / "splits" / f"{data.get('split_key')}.json"
     if not split_file.is_file():
         raise UserError(f"the split file '{split_file}' is missing", hint="export reads the image list from it")
     files = read_json(split_file).get(split, [])
-    logits, _ = load_predictions(cell_dir, split)
+    logits, _ = load_predictions(record.dir, split)
     if len(files) != len(logits):
         raise UserError(f"'{split_file}' lists {len(files)} {split} images but the predictions hold {len(logits)}")
     names = class_ids(data.get("class_names") or [str(i) for i in range(logits.shape[1])])
@@ -41,9 +40,9 @@ def submission_rows(cell_dir: Path, split: str = "test", k: int = 5) -> list[tup
     return [(i, " ".join(names[c] for c in row)) for i, row in zip(ids, top, strict=True)]
 
 
-def export_submission(cell_dir: Path, out: Path, split: str = "test", k: int = 5) -> int:
+def export_submission(record: Record, out: Path, split: str = "test", k: int = 5) -> int:
     """Write the CSV atomically; returns the number of images."""
-    rows = submission_rows(cell_dir, split, k)
+    rows = submission_rows(record, split, k)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "predicted"])

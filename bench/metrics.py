@@ -31,7 +31,6 @@ HIGHER_IS_BETTER = {
     "train_images_per_s": True, "eval_images_per_s": True, "params_total": False, "params_trainable": False,
     "gflops_forward": False, "gflops_per_s": True, "time_to_target_s": False,
 }
-FULL_METRICS = ("loss", "top1_error", "top5_error", "f1_macro", "f1_weighted", "auc_macro", "map")
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

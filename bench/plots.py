@@ -19,7 +19,6 @@ from torchmetrics.functional.classification import multiclass_precision_recall_c
 
 from bench.metrics import confusion_matrix, load_predictions
 from bench.report import COLUMNS, Filter, frame, leaderboard
-from bench.store import read_json
 
 COST_AXES = {"train_time_s": "training time (s)", "params_total": "parameters", "gflops": "forward GFLOPs per image"}
 MAX_LABELLED_CLASSES = 30  # beyond this, class names on a confusion matrix are unreadable
@@ -149,7 +148,7 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
     out_dir/<suite>/<cell id>/learning_curves.png, pr_curves.png, confusion.png."""
     out_dir = Path(out_dir)
     columns = [metric, *COST_AXES]
-    df = frame(list(suite_dirs), columns, filters=[Filter.parse(f) for f in filters])
+    df = frame(list(suite_dirs), columns, filters=[Filter.parse(f) for f in filters], records=True)
     written: list[Path] = []
     if not len(df):
         return written
@@ -160,8 +159,8 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
                 _save(cost_plot(board, cost, metric), out_dir / suite / f"cost_{cost}.png", written)
         histograms = set()
         for row in part[part["status"] == "ok"].itertuples():
-            cell_dir, dest = Path(row.dir), out_dir / suite / row.id
-            data = read_json(cell_dir / "result.json").get("data", {})
+            cell_dir, dest = row.record.dir, out_dir / suite / row.id
+            data = row.record.result.get("data", {})
             names = data.get("class_names") or []
             if (cell_dir / "history.csv").is_file():
                 _save(learning_curves(pd.read_csv(cell_dir / "history.csv"), row.label),

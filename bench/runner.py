@@ -27,7 +27,7 @@ from bench.hashing import file_digest
 from bench.models import apply_freeze, count_params
 from bench.progress import LogProgress
 from bench.store import atomic_path, atomic_write_text, read_json, write_json, write_npz
-from bench.suite import Cell, link
+from bench.suite import Cell
 from bench.techniques import build_augment
 from bench.train import fit, make_loaders
 from bench.weights import initial_model, load_parent
@@ -73,7 +73,6 @@ def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, d
               force: bool = False, progress: LogProgress | None = None) -> RunSummary:
     progress = progress or LogProgress()
     suite_dir = Path(results) / name
-    cells = link(cells)  # parents first; --smoke's cells get their parents' smoke ids
     chosen = {c.id for c in cells}
     for c in cells:
         if c.parent and c.parent not in chosen and not is_done(suite_dir / c.parent):

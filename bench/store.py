@@ -1,4 +1,4 @@
-"""The results layout on disk, atomic writes, and loading records back for reports.
+"""The results layout on disk, atomic writes, and the one reader of cell records.
 
 results/<suite>/
   suite.toml              copy of what was run
@@ -9,6 +9,7 @@ results/<suite>/
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import os
@@ -16,10 +17,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench import SCHEMA_VERSION
+from bench.errors import UserError
 
 # The permissions a plain open() would give: mkstemp's 0600 would hide results from the user's group.
 _UMASK = os.umask(0)
@@ -97,17 +102,72 @@ def latest_suite_dir(results: Path) -> Path | None:
     return max(runs, key=lambda d: (d / "suite.toml").stat().st_mtime, default=None)
 
 
-def load_records(suite_dir: Path) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(cell folder, cell.json, result.json) for every cell that has written a result, in name order.
+@dataclass(frozen=True)
+class Record:
+    """One cell as the runner left it: its folder, cell.json and result.json (of this bench's schema)."""
+    dir: Path
+    cell: dict[str, Any]
+    result: dict[str, Any]
+
+
+def load_records(suite_dir: Path | str) -> Iterator[Record]:
+    """Every cell of `suite_dir` that has written a result, in name order.
 
     One scandir and two reads per cell, no stat calls: a report over 10,000 cells is mostly JSON parsing."""
     with os.scandir(suite_dir) as entries:
         names = sorted(e.name for e in entries if not e.name.startswith("."))
     for name in names:
-        cell_dir = os.path.join(suite_dir, name)
-        try:
-            result = read_json(os.path.join(cell_dir, "result.json"))
-            cell = read_json(os.path.join(cell_dir, "cell.json"))
-        except (FileNotFoundError, NotADirectoryError):  # init/, splits/, suite.toml, an unfinished cell
-            continue
-        yield cell_dir, cell, result
+        record = _read(os.path.join(suite_dir, name))
+        if record is not None:  # not init/, splits/, suite.toml or an unfinished cell
+            yield record
+
+
+def load_record(cell_dir: Path | str) -> Record:
+    """One cell folder's record; UserError when it has no result."""
+    record = _read(str(cell_dir))
+    if record is None:
+        raise UserError(f"'{cell_dir}' is not a cell folder (no result.json)",
+                        hint="name results/<suite>/<cell id>, "
+                             "or pass --suite results/<suite> and an id or label")
+    return record
+
+
+def find_cell(name: str, suite_dir: Path | str | None = None) -> Record:
+    """A cell's record from its folder, or from a cell id or label (a glob) within `suite_dir`."""
+    if suite_dir is None or os.path.isfile(os.path.join(name, "result.json")):
+        return load_record(name)
+    matches = [r for r in load_records(suite_dir)
+               if r.cell["id"] == name or fnmatch.fnmatchcase(r.cell["label"], name)]
+    if len(matches) != 1:
+        found = "; ".join(f"{r.cell['id']} {r.cell['label']} seed {r.cell['config']['seed']}"
+                          for r in matches[:5])
+        where = f"'{name}' matches {len(matches)} cells in '{suite_dir}'"
+        raise UserError(where + (f": {found}" if found else ""),
+                        hint="name one cell by its id (see `bench report --format csv` or the folder names)")
+    return matches[0]
+
+
+def _read(cell_dir: str) -> Record | None:
+    """The folder's record, None when it has no result; refuses a record of another schema, so no report or
+    comparison ever mixes results that mean different things."""
+    try:
+        result = _parse(os.path.join(cell_dir, "result.json"))
+        cell = _parse(os.path.join(cell_dir, "cell.json"))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    version = result.get("schema_version") if isinstance(result, dict) else None
+    if version != SCHEMA_VERSION:
+        found = "no schema_version" if version is None else f"schema_version {version}"
+        raise UserError(f"its result.json has {found}, this bench reads {SCHEMA_VERSION}", file=cell_dir,
+                        hint="rerun the suite with this version of bench (bench run SUITE --force), "
+                             "or report it with the bench version that wrote it")
+    return Record(Path(cell_dir), cell, result)
+
+
+def _parse(path: str) -> Any:
+    try:
+        return read_json(path)
+    except ValueError as e:  # not JSON or not UTF-8; bench writes atomically, so an edit or a damaged disk
+        cell_id = os.path.basename(os.path.dirname(path))
+        raise UserError(f"not valid JSON ({e})", file=path,
+                        hint=f"rerun the cell: bench run SUITE --only {cell_id} --force") from None

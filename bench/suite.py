@@ -1,4 +1,9 @@
-"""Expansion of a suite into cells: [[cells]] x [grid] x seeds, each a fully resolved, validated config."""
+"""Expansion of a suite into cells: [[cells]] x [grid] x seeds, each a fully resolved, validated config.
+
+Validation has two passes per cell: the schema (bench.config, pure data), then `check_names`, which looks
+up every name a registry owns (architectures, optimizers, schedules, augmentations, ...). Both report the
+place in the suite file that set the bad value: a grid axis, a [[cells]] entry, or a section default.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ import copy
 import dataclasses
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from bench.config import SECTIONS, CellConfig, Suite, _to_user_error, flatten
+from bench.config import SECTIONS, CellConfig, Suite, flatten, validation_error
 from bench.errors import UserError, did_you_mean
 from bench.hashing import stable_hash
 
@@ -67,6 +73,7 @@ def expand(suite: Suite) -> list[Cell]:
     grid = _grid_entries(suite)
     explicit = suite.cells or [{}]
     resolved: list[tuple[CellConfig, str | None, dict[str, Any], dict[str, Any]]] = []
+    checked: dict[str, UserError | None] = {}
     for ci, cell_table in enumerate(explicit):
         label = cell_table.get("label")
         if label is not None and not isinstance(label, str):
@@ -76,7 +83,7 @@ def expand(suite: Suite) -> list[Cell]:
             grid_over = {key: value for (key, _), value in zip(grid, combo, strict=True)}
             for seed in suite.suite.seeds:
                 overrides = {**cell_over, **grid_over}
-                config = _resolve(suite, overrides, seed, cell_over, grid_over, ci if suite.cells else None)
+                config = _resolve(suite, overrides, seed, cell_over, grid_over, ci if suite.cells else None, checked)
                 resolved.append((config, label, cell_over, grid_over))
     cells = _label(suite, resolved)
     _check_features(suite, cells)
@@ -84,7 +91,7 @@ def expand(suite: Suite) -> list[Cell]:
 
 
 def _resolve(suite: Suite, overrides: dict[str, Any], seed: int, cell_over: dict, grid_over: dict,
-             cell_index: int | None) -> CellConfig:
+             cell_index: int | None, checked: dict[str, UserError | None]) -> CellConfig:
     tree = copy.deepcopy(suite.base)
     for key, value in overrides.items():
         if key.split(".")[0] not in SECTIONS:  # seeds come from [suite] seeds, never per cell
@@ -97,20 +104,63 @@ def _resolve(suite: Suite, overrides: dict[str, Any], seed: int, cell_over: dict
             raise UserError(e.reason, file=suite.path, key=key) from None
     tree["seed"] = seed
     try:
-        return CellConfig.model_validate(tree)
+        config = CellConfig.model_validate(tree)
+        check_names(config, checked)
     except ValidationError as e:
-        err = _to_user_error(e, suite.path, model=CellConfig)
-        dotted = err.key or ""
-        # Name where the bad value came from: the grid, a [[cells]] entry, or the section default.
-        for key in grid_over:
-            if dotted == key or dotted.startswith(key + "."):
-                err = UserError(err.reason + f" (value {grid_over[key]!r})", file=suite.path,
-                                key=f'grid."{key}"', hint=err.hint)
-                break
-        else:
-            if cell_index is not None and any(dotted == k or dotted.startswith(k + ".") for k in cell_over):
-                err = UserError(err.reason, file=suite.path, key=f"cells[{cell_index}].{dotted}", hint=err.hint)
-        raise err from None
+        raise _located(validation_error(e, suite.path, model=CellConfig), suite, cell_over, grid_over,
+                       cell_index) from None
+    except UserError as e:
+        raise _located(e, suite, cell_over, grid_over, cell_index) from None
+    return config
+
+
+def _located(err: UserError, suite: Suite, cell_over: dict, grid_over: dict, cell_index: int | None) -> UserError:
+    """The error re-addressed to where the bad value came from: the grid, a [[cells]] entry, or the section."""
+    dotted = err.key or ""
+    for key in grid_over:
+        if dotted == key or dotted.startswith(key + "."):
+            return UserError(err.reason + f" (value {grid_over[key]!r})", file=suite.path, key=f'grid."{key}"',
+                             hint=err.hint)
+    if cell_index is not None and any(dotted == k or dotted.startswith(k + ".") for k in cell_over):
+        return UserError(err.reason, file=suite.path, key=f"cells[{cell_index}].{dotted}", hint=err.hint)
+    return UserError(err.reason, file=suite.path, key=dotted, hint=err.hint)
+
+
+def _registry_checks(cfg: CellConfig) -> list[tuple[str, Any, Callable[[], Any]]]:
+    """(dotted key, value, check) for every value that names something in a registry; a check raises
+    ValueError with the reason. Imported here, not in bench.config, so that parsing needs no torch."""
+    from bench.models import check_arch
+    from bench.techniques import REGISTRIES, build_tta
+    from bench.techniques.augment import check_augment
+
+    def member(field: str, name: str) -> Callable[[], None]:
+        def check() -> None:
+            if name not in REGISTRIES[field]:
+                raise ValueError(f"unknown {field} '{name}'; {did_you_mean(name, REGISTRIES[field])}")
+        return check
+
+    t = cfg.train
+    return [("model.arch", cfg.model.arch, lambda: check_arch(cfg.model.arch)),
+            *[(f"train.{f}", getattr(t, f), member(f, getattr(t, f)))
+              for f in ("optimizer", "schedule", "loss", "sampler", "mix")],
+            ("train.augment", t.augment, lambda: check_augment(t.augment)),
+            ("train.tta", t.tta, lambda: build_tta(t.tta))]
+
+
+def check_names(cfg: CellConfig, checked: dict[str, UserError | None] | None = None) -> None:
+    """Raise UserError(key=the dotted key) for the first name no registry knows. `checked` memoises the
+    verdict per (key, value): a 1,000-cell grid builds each augmentation pipeline once, not 1,000 times."""
+    checked = {} if checked is None else checked
+    for key, value, check in _registry_checks(cfg):
+        memo = f"{key}={json.dumps(value, sort_keys=True)}"
+        if memo not in checked:
+            try:
+                check()
+                checked[memo] = None
+            except ValueError as e:
+                checked[memo] = UserError(str(e), key=key)
+        if checked[memo] is not None:
+            raise checked[memo]
 
 
 def _label(suite: Suite, resolved: list[tuple[CellConfig, str | None, dict, dict]]) -> list[Cell]:

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from bench import SCHEMA_VERSION
 from bench.report import render
 
 CELLS = 10_000
@@ -36,7 +37,7 @@ def suite_dir(tmp_path_factory):
                   "data": {"image_size": 32, "source": "synthetic", "split": [0.7, 0.15, 0.15]},
                   "train": {"epochs": 10, "lr": 0.01, "optimizer": "sgd", "batch_size": 64}}
         err = 0.2 + (i % 97) / 200
-        result = {"status": "ok", "best_epoch": 10, "epochs_run": 10,
+        result = {"schema_version": SCHEMA_VERSION, "status": "ok", "best_epoch": 10, "epochs_run": 10,
                   "metrics": {s: {"top1_error": err, "top5_error": err / 3, "loss": 1.0, "f1_macro": 1 - err,
                                   "f1_weighted": 1 - err, "auc_macro": 0.9, "map": 0.5} for s in ("val", "test")},
                   "cost": {"train_time_s": 10.0 + i % 13, "train_images_per_s": 1000.0, "peak_rss_mb": 900.0,

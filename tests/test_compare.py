@@ -51,9 +51,9 @@ def _cells(tmp_path, key_b="k0", labels_b=None):
 
 def test_compare_two_cells_on_the_same_images(tmp_path):
     from bench.compare import compare_cells
+    from bench.store import load_record
 
-    a, b = _cells(tmp_path)
-    r = compare_cells(a, b)
+    r = compare_cells(*map(load_record, _cells(tmp_path)))
     assert (r.images, r.a_only_right, r.b_only_right) == (100, 12, 2)
     assert r.error_a == pytest.approx(0.02) and r.error_b == pytest.approx(0.12)
     exact = 2 * sum(math.comb(14, i) for i in range(3)) / 2**14
@@ -64,10 +64,11 @@ def test_compare_two_cells_on_the_same_images(tmp_path):
 def test_compare_refuses_different_splits(tmp_path, cli):
     from bench.compare import compare_cells
     from bench.errors import UserError
+    from bench.store import load_record
 
     a, b = _cells(tmp_path, key_b="other")
     with pytest.raises(UserError, match="different data splits"):
-        compare_cells(a, b)
+        compare_cells(load_record(a), load_record(b))
     code, _, err = cli("compare", a, b)
     assert code == 2 and "different data splits" in err
 
@@ -75,10 +76,11 @@ def test_compare_refuses_different_splits(tmp_path, cli):
 def test_compare_refuses_different_test_labels(tmp_path):
     from bench.compare import compare_cells
     from bench.errors import UserError
+    from bench.store import load_record
 
-    a, b = _cells(tmp_path, labels_b=(np.arange(100) + 1) % 4)
+    records = map(load_record, _cells(tmp_path, labels_b=(np.arange(100) + 1) % 4))
     with pytest.raises(UserError, match="labels differ"):
-        compare_cells(a, b)
+        compare_cells(*records)
 
 
 def test_cli_compare_by_id_and_label(tmp_path, cli):

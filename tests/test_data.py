@@ -36,6 +36,22 @@ def test_synthetic_classes_differ_in_structure_not_mean_colour(tmp_path):
     images = np.stack([cache.load_image(root / p, 16) for p in samples.paths]).astype(float)
     means = np.stack([images[samples.labels == c].mean(axis=(0, 1, 2)) for c in range(4)])
     assert np.ptp(means, axis=0).max() < 20  # per-class mean colours within a few grey levels
+    # ... and yet the classes differ in shape: a nearest-centroid classifier on colour-blind foreground maps
+    # (each pixel's distance from the background colour, scaled to the image's maximum) beats chance by far,
+    # while the same classifier on shuffled labels does not
+    corners = images[:, [0, 0, -1, -1], [0, -1, 0, -1]].mean(1)
+    maps = np.abs(images - corners[:, None, None]).sum(-1).reshape(len(images), -1)
+    maps /= maps.max(1, keepdims=True) + 1e-9
+    order = np.random.default_rng(0).permutation(len(maps))
+    train, test = order[:600], order[600:]
+
+    def accuracy(labels: np.ndarray) -> float:
+        centroids = np.stack([maps[train][labels[train] == c].mean(0) for c in range(4)])
+        guess = ((maps[test][:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+        return float((guess == labels[test]).mean())
+
+    assert accuracy(samples.labels) > 0.45  # chance is 0.25
+    assert accuracy(np.random.default_rng(1).permutation(samples.labels)) < 0.35
 
 
 def test_folder_with_split_subfolders(tmp_path):

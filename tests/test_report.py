@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 import torch
+
+from bench import SCHEMA_VERSION
+from bench.report import FORMATS
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +57,6 @@ def test_csv_and_json_parse_back_with_mean_and_std(finished):
     assert df["val_error"].is_monotonic_increasing
     records = json.loads(render(finished, "json"))
     assert [r["label"] for r in records] == df["label"].tolist()
-
-
-def test_rich_table_format(finished):
-    from bench.report import render
-
-    text = render(finished, "table")
-    assert "bench:mlp" in text and "val err" in text and "┃" in text
 
 
 def test_report_defaults_to_latest_run_and_writes_a_file(finished, cli, tmp_path):
@@ -109,8 +106,8 @@ def make_cell(suite_dir, cell_id, *, arch="bench:mlp", freeze="none", seed=0, va
     write_json(d / "cell.json", {"id": cell_id, "group": group or f"{arch}|{freeze}", "config": config,
                                  "label": f"arch={arch} freeze={freeze}",
                                  "axes": {"model.arch": arch, "model.freeze": freeze}})
-    result = {"status": status, "env": env or ENV_A, "data": {"split_key": split_key, "class_names": ["a", "b", "c"],
-                                                              "train_class_counts": [30, 20, 10]}}
+    data = {"split_key": split_key, "class_names": ["a", "b", "c"], "train_class_counts": [30, 20, 10]}
+    result = {"schema_version": SCHEMA_VERSION, "status": status, "env": env or ENV_A, "data": data}
     if status == "ok":
         result["metrics"] = metrics or {"val": {"top1_error": val_error}, "test": {"top1_error": test_error}}
         result["cost"] = {"train_time_s": train_time_s, "params_total": 1000, "train_images_per_s": 100.0,
@@ -146,27 +143,44 @@ def _md_rows(text):
     return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
 
 
-def test_every_format_parses_back(grid):
+class Parsed:
+    """A rendered table read back: header, data rows (cell texts without markup) and the bold cell texts
+    (None where the format has no bold)."""
+
+    def __init__(self, rows: list[list[str]], bold: list[str] | None = None):
+        self.header, self.rows, self.bold = rows[0], rows[1:], bold
+
+
+def _parse_markdown(text):
+    rows = _md_rows(text)
+    del rows[1]  # the |---| rule
+    bold = [c.strip("*") for r in rows for c in r if c.startswith("**")]
+    return Parsed([[c.strip("*") for c in r] for r in rows], bold)
+
+
+def _parse_latex(text):
+    lines = text.splitlines()
+    top, bottom = lines.index(r"\midrule"), lines.index(r"\bottomrule")
+    plain = {r"\_": "_", r"$\pm$": "±", "---": "—"}
+    rows, bold = [], []
+    for line in [lines[top - 1], *lines[top + 1:bottom]]:
+        assert line.endswith(r" \\")
+        cells = []
+        for c in line.removesuffix(r" \\").split(" & "):
+            for tex, ch in plain.items():
+                c = c.replace(tex, ch)
+            if c.startswith(r"\textbf{"):
+                c = c.removeprefix(r"\textbf{").removesuffix("}")
+                bold.append(c)
+            cells.append(c)
+        rows.append(cells)
+    return Parsed(rows, bold)
+
+
+def _parse_html(text):
     from html.parser import HTMLParser
 
-    from bench.report import render
-
-    md = _md_rows(render(grid, "markdown"))
-    assert md[0][:2] == ["arch", "freeze"] and len(md) == 2 + 6 and all(len(r) == len(md[0]) for r in md)
-    df = pd.read_csv(io.StringIO(render(grid, "csv")))
-    assert len(df) == 6 and set(df["n"]) == {2} and df["val_error"].tolist() == sorted(df["val_error"])
-    assert df["val_error"].iloc[0] == pytest.approx(0.68) and df["val_error_std"].iloc[0] == pytest.approx(0.01414, abs=1e-4)
-    assert [r["model.arch"] for r in json.loads(render(grid, "json"))] == df["model.arch"].tolist()
-
-    tex = render(grid, "latex").splitlines()
-    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
-    body = tex[tex.index(r"\midrule") + 1:tex.index(r"\bottomrule")]
-    spec = next(line for line in tex if line.startswith(r"\begin{tabular}"))
-    ncols = len(spec.split("{")[2].rstrip("}"))
-    assert len(body) == 6 and all(row.count(" & ") == ncols - 1 and row.endswith(r"\\") for row in body)
-    assert r"\textbf{0.680 $\pm$ 0.014 (2)}" in body[0] and r"timm:resnext" in body[0]
-
-    class Cells(HTMLParser):  # collects each <tr>'s cell texts and the bold ones
+    class Cells(HTMLParser):  # each <tr>'s cell texts, and the bold ones
         def __init__(self):
             super().__init__()
             self.rows, self.bold, self.tags = [], [], []
@@ -179,7 +193,7 @@ def test_every_format_parses_back(grid):
                 self.rows[-1].append("")
 
         def handle_endtag(self, tag):
-            self.tags.pop()
+            assert self.tags.pop() == tag
 
         def handle_data(self, data):
             if self.tags and self.tags[-1] in ("td", "th", "b"):
@@ -188,9 +202,66 @@ def test_every_format_parses_back(grid):
                     self.bold.append(data)
 
     parser = Cells()
-    parser.feed(render(grid, "html"))
-    assert parser.rows[0] == [h for h in md[0]] and len(parser.rows) == 7
-    assert [r[:2] for r in parser.rows[1:]] == [r[:2] for r in md[2:]] and "0.680 ± 0.014 (2)" in parser.bold
+    parser.feed(text)
+    assert not parser.tags
+    return Parsed(parser.rows, parser.bold)
+
+
+def _parse_table(text):
+    lines = [line for line in text.splitlines() if line.startswith(("┃", "│"))]
+    return Parsed([[c.strip() for c in line[1:-1].replace("┃", "│").split("│")] for line in lines])
+
+
+def _parse_csv(text):
+    import csv
+
+    return Parsed(list(csv.reader(io.StringIO(text))))
+
+
+def _parse_json(text):
+    records = json.loads(text)
+    return Parsed([list(records[0])] + [[str(v) for v in r.values()] for r in records])
+
+
+PARSERS = {"markdown": _parse_markdown, "latex": _parse_latex, "html": _parse_html, "table": _parse_table,
+           "csv": _parse_csv, "json": _parse_json}
+
+
+def _numbers(cells):
+    """Every number written in `cells` (display strings carry mean, std and n; data formats one each)."""
+    return [float(n.replace(",", "")) for c in cells for n in re.findall(r"\d[\d,]*(?:\.\d+)?", c)]
+
+
+def _has(cells, value, tol=5e-4):
+    return any(abs(n - value) <= tol for n in _numbers(cells))
+
+
+BOARD = [("timm:resnext", "all_but_head", 0.68), ("timm:resnext", "none", 0.70),
+         ("tv:densenet121", "all_but_head", 0.71), ("tv:densenet121", "none", 0.75),
+         ("tv:alexnet", "all_but_head", 0.86), ("tv:alexnet", "none", 0.88)]  # the grid, best first
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_every_format_parses_back_with_the_values(grid, fmt):
+    """Over the registry itself: a new format fails here until it has a parser and shows the values."""
+    from bench.report import render
+
+    assert fmt in PARSERS, f"format '{fmt}' has no parser in PARSERS: add one so its output is checked"
+    board = PARSERS[fmt](render(grid, fmt))
+    assert len(board.rows) == len(BOARD) and all(len(r) == len(board.header) for r in board.rows)
+    for row, (arch, freeze, error) in zip(board.rows, BOARD, strict=True):
+        assert {arch, freeze} <= set(row) and _has(row, error)
+    assert _has(board.rows[0], 0.01414)  # the spread over two seeds
+    if board.bold is not None:
+        assert "0.680 ± 0.014 (2)" in board.bold and "0.880 ± 0.014 (2)" not in board.bold
+
+    pivot = PARSERS[fmt](render(grid, fmt, rows=["model.arch"], cols=["model.freeze"]))
+    assert pivot.header[1:] == ["all_but_head", "none"] and len(pivot.rows) == 3
+    for row, arch in zip(pivot.rows, ["timm:resnext", "tv:densenet121", "tv:alexnet"], strict=True):
+        errors = {freeze: e for a, freeze, e in BOARD if a == arch}
+        assert row[0] == arch and _has(row[1:2], errors["all_but_head"]) and _has(row[2:3], errors["none"])
+    if pivot.bold is not None:
+        assert pivot.bold == ["0.680 ± 0.014 (2)", "0.700 ± 0.014 (2)"]  # best per column
 
 
 def test_best_value_is_bold_in_each_columns_own_direction(tmp_path):
@@ -360,3 +431,41 @@ def test_cli_report_pivot_in_latex_and_bad_metric(grid, cli, tmp_path):
     assert code == 0 and r"\toprule" in out and "tv:alexnet" in out
     code, out, err = cli("report", grid, "--metrics", "val_error,bogus")
     assert code == 2 and "unknown metric 'bogus'" in err
+
+
+def _refusals(s, cell_dir, out):
+    """Every command that reads records, naming the cell by folder and by id."""
+    name = cell_dir.name
+    return [("report", s), ("report", s, "--plots", out / "plots"), ("compare", cell_dir, s / "ok"),
+            ("compare", "ok", name, "--suite", s), ("export", cell_dir, "--out", out / "sub.csv"),
+            ("export", name, "--suite", s, "--out", out / "sub.csv")]
+
+
+@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, None], ids=["other", "missing"])
+def test_a_record_of_another_schema_is_refused_not_mixed(tmp_path, cli, version):
+    from bench.store import write_json
+
+    s = tmp_path / "s"
+    make_cell(s, "ok", predictions=([[1.0, 0.0, 0.0]], [0]))
+    old = make_cell(s, "old", predictions=([[1.0, 0.0, 0.0]], [0]))
+    result = json.loads((old / "result.json").read_text())
+    result.pop("schema_version")
+    write_json(old / "result.json", result if version is None else {**result, "schema_version": version})
+    for args in _refusals(s, old, tmp_path):
+        code, out, err = cli(*args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (args, err)
+        found = "no schema_version" if version is None else f"schema_version {version}"
+        assert f"{old}: its result.json has {found}, this bench reads {SCHEMA_VERSION}" in err
+        assert "rerun the suite with this version of bench" in err and not (tmp_path / "sub.csv").exists()
+
+
+@pytest.mark.parametrize("name", ["result.json", "cell.json"])
+def test_a_corrupt_record_is_a_one_line_error_naming_the_file(tmp_path, cli, name):
+    s = tmp_path / "s"
+    make_cell(s, "ok", predictions=([[1.0, 0.0, 0.0]], [0]))
+    bad = make_cell(s, "bad", predictions=([[1.0, 0.0, 0.0]], [0]))
+    (bad / name).write_text('{"status": "ok", "metrics": {')  # cut short
+    for args in _refusals(s, bad, tmp_path):
+        code, _, err = cli(*args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (args, err)
+        assert f"{bad / name}: not valid JSON" in err and "bench run SUITE --only bad --force" in err

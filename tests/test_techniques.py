@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.config import TrainConfig
+from bench.config import CellConfig, TrainConfig
+from bench.errors import UserError
+from bench.suite import check_names
 from bench.techniques import AUGMENT_OPS, AUGMENTS, LOSSES, MIXES, SAMPLERS, SCHEDULES, build_augment
 from bench.techniques.augment import parse_item
 from bench.techniques.losses import class_weights, complement_entropy, focal_loss
@@ -231,9 +233,9 @@ def test_vertical_flip_op_flips():
     ([{"degrees": 3}], "needs op"),
 ])
 def test_bad_augment_is_a_clear_error(spec, fragment):
-    with pytest.raises(ValueError) as e:
-        TrainConfig(augment=spec)
-    assert fragment in str(e.value)
+    with pytest.raises(UserError) as e:
+        check_names(CellConfig(train=TrainConfig(augment=spec)))
+    assert e.value.key == "train.augment" and fragment in str(e.value)
 
 
 # ------------------------------------------------------------------------------------------ unknown names
@@ -272,10 +274,15 @@ def test_a_grid_axis_holds_presets_op_lists_and_inline_tables(write_suite):
     ({"offline": 3}, "offline augmentation needs train.augment"),
     ({"min_lr": 0.1, "lr": 0.01}, "min_lr (0.1) must be <= lr"),
     ({"schedule": "multistep"}, "needs milestones"),
-    ({"tta": ["rotate:x"]}, "not a number"),
-    ({"tta": ["hflip:2"]}, "takes no value"),
 ])
 def test_inconsistent_technique_settings_are_clear_errors(kw, fragment):
     with pytest.raises(ValueError) as e:
         TrainConfig(**kw)
     assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize(("views", "fragment"), [(["rotate:x"], "not a number"), (["hflip:2"], "takes no value")])
+def test_bad_tta_views_are_clear_errors(views, fragment):
+    with pytest.raises(UserError) as e:
+        check_names(CellConfig(train=TrainConfig(tta=views)))
+    assert e.value.key == "train.tta" and fragment in str(e.value)

@@ -1,0 +1,61 @@
+"""Leaderboards and pivot tables from result records, in six formats.
+
+A report reads cell records (cell.json + result.json) from one or more suite folders, keeps those that
+pass the filters, fills metrics missing from result.json from predictions.npz, averages over seeds
+(mean ± std (n)), and lays the result out either as a leaderboard (one row per cell, sorted by a metric
+in its own direction) or as a pivot (--rows/--cols keys, one --value). The best value of each column is
+bold. Rows measured on another device or library version carry a mark (†) and a footnote, and time
+columns are never ranked (sorted across, or bolded) across such rows.
+
+Three rooms: load (records into one filtered table), aggregate (seeds averaged into a leaderboard or a
+pivot, laid out as a Table) and formats (a Table as text); `render` here runs them in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import UserError, did_you_mean
+from bench.report.aggregate import leaderboard, leaderboard_table, pivot_table
+from bench.report.formats import FORMATS
+from bench.report.load import COLUMNS, DEFAULT_COLUMNS, SORT_BY, Filter, frame
+
+__all__ = ["COLUMNS", "FORMATS", "Filter", "frame", "leaderboard", "render"]  # what the plots and tests use
+
+
+def render(targets: Path | Sequence[Path], fmt: str = "markdown", *, metrics: Sequence[str] | None = None,
+           filters: Sequence[str] = (), rows: Sequence[str] = (), cols: Sequence[str] = (),
+           value: str = SORT_BY, sort: str | None = None, recompute: bool = False,
+           target_error: float | None = None) -> str:
+    """The report as text: a leaderboard, or a pivot of `value` when `rows` or `cols` are given."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format '{fmt}'", hint=did_you_mean(fmt, FORMATS))
+    parsed = [Filter.parse(f) for f in filters]
+    if rows or cols:
+        if value not in COLUMNS:
+            raise UserError(f"unknown metric '{value}'", hint=did_you_mean(value, COLUMNS))
+        df = frame(targets, [value], keys=[*rows, *cols], filters=parsed, recompute=recompute,
+                   target_error=target_error)
+        _require_cells(df, filters)
+        table = pivot_table(df, rows, cols, value)
+    else:
+        explicit = metrics is not None
+        columns = list(metrics) if explicit else list(DEFAULT_COLUMNS)
+        if target_error is not None and "time_to_target_s" not in columns:
+            columns.append("time_to_target_s")
+        needed = columns + ([sort] if sort and sort not in columns else [])
+        df = frame(targets, needed, filters=parsed, recompute=recompute, target_error=target_error)
+        _require_cells(df, filters)
+        if not explicit and len(df):  # default columns that no record has are noise
+            columns = [c for c in columns if c in ("val_error", "test_error") or df[c].notna().any()]
+        table = leaderboard_table(df, columns, sort)
+    return FORMATS[fmt](table)
+
+
+def _require_cells(df: pd.DataFrame, filters: Sequence[str]) -> None:
+    if not len(df):
+        raise UserError("no cell record matches" + (f" --filter {' '.join(filters)}" if filters else ""),
+                        hint="check the filters, or run the suite first")

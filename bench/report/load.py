@@ -1,0 +1,210 @@
+"""Reading cell records into one table: the report's columns, filters over config keys, and metrics
+missing from result.json filled from predictions.npz."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.cost import achieved_gflops_per_s, read_history, time_to_accuracy
+from bench.errors import UserError, did_you_mean
+from bench.metrics import full_metrics, load_predictions
+from bench.store import load_records
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    path: tuple[str, ...]  # where in result.json; () for a value derived from others
+    digits: int
+    metric: str  # key of HIGHER_IS_BETTER: the column's direction
+    timing: bool = False  # depends on the device and library versions: never ranked across them
+
+
+_SPLIT_METRICS = (  # (suffix, key in result.json["metrics"][split], header)
+    ("error", "top1_error", "err"), ("top5_error", "top5_error", "top-5 err"), ("loss", "loss", "loss"),
+    ("f1_macro", "f1_macro", "macro F1"), ("f1_weighted", "f1_weighted", "weighted F1"),
+    ("auc", "auc_macro", "macro AUC"), ("map", "map", "mAP"),
+)
+COLUMNS: dict[str, Column] = {
+    f"{split}_{suffix}": Column(f"{split} {header}", ("metrics", split, key), 3, key)
+    for split in ("val", "test") for suffix, key, header in _SPLIT_METRICS
+}
+COLUMNS.update({
+    "train_time_s": Column("train s", ("cost", "train_time_s"), 1, "train_time_s", timing=True),
+    "time_per_epoch_s": Column("s/epoch", ("cost", "time_per_epoch_s"), 1, "time_per_epoch_s", timing=True),
+    "train_images_per_s": Column("train img/s", ("cost", "train_images_per_s"), 0, "train_images_per_s", True),
+    "eval_images_per_s": Column("eval img/s", ("cost", "eval_images_per_s"), 0, "eval_images_per_s", True),
+    "time_to_target_s": Column("s to target", (), 1, "time_to_target_s", timing=True),
+    "gflops_per_s": Column("GFLOP/s", (), 1, "gflops_per_s", timing=True),
+    "gflops": Column("GFLOPs", ("cost", "gflops_forward"), 3, "gflops_forward"),
+    "peak_rss_mb": Column("peak RSS MB", ("cost", "peak_rss_mb"), 0, "peak_rss_mb"),
+    "peak_cuda_mb": Column("peak CUDA MB", ("cost", "peak_cuda_mb"), 0, "peak_cuda_mb"),
+    "params_total": Column("params", ("cost", "params_total"), 0, "params_total"),
+    "params_trainable": Column("trainable", ("cost", "params_trainable"), 0, "params_trainable"),
+})
+DEFAULT_COLUMNS = ("val_error", "test_error", "test_top5_error", "train_time_s", "train_images_per_s",
+                   "peak_rss_mb", "params_total", "params_trainable", "gflops")
+SORT_BY = "val_error"
+FIELDS = ("suite", "id", "group", "label", "seed", "status", "device")  # filter/pivot keys besides config
+
+
+def _get(d: Any, path: Sequence[str]) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def _text(value: Any) -> str:
+    """A config value as a user types it in TOML, for filters and pivot labels."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "none"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _env(result: dict) -> str:
+    env = result.get("env") or {}
+    libs = ", ".join(f"{k} {env[k]}" for k in ("torch", "torchvision", "timm") if env.get(k))
+    return f"{env.get('device_name', '?')} ({libs})" if libs else str(env.get("device_name", "?"))
+
+
+def _key_value(key: str, suite: str, cell: dict, result: dict) -> Any:
+    if key == "suite":
+        return suite
+    if key == "device":
+        return _get(result, ("env", "device_name"))
+    if key == "status":
+        return result.get("status")
+    if key in ("id", "group", "label"):
+        return cell[key]
+    return _get(cell["config"], key.split("."))  # seed is a config key too
+
+
+@dataclass(frozen=True)
+class Filter:
+    """KEY=GLOB (or KEY!=GLOB): KEY is a dotted config key (model.arch, train.lr, data.image_size) or one of
+    suite, id, label, seed, status, device; GLOB is an fnmatch pattern over the value as written in TOML."""
+    key: str
+    pattern: str
+    negate: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Filter:
+        m = re.fullmatch(r"\s*([\w.:-]+)\s*(!?=)\s*(.*?)\s*", text)
+        if not m:
+            raise UserError(f"--filter '{text}' is not KEY=GLOB", hint="e.g. --filter 'model.arch=tv:*'")
+        return cls(m[1], m[3], m[2] == "!=")
+
+    def keep(self, value: Any) -> bool:
+        return fnmatch.fnmatchcase(_text(value), self.pattern) != self.negate
+
+
+def _check_keys(keys: Iterable[str], cell: dict) -> None:
+    """A key that is neither a field nor in the config is a typo: say so instead of matching nothing."""
+    for key in keys:
+        if key not in FIELDS and _get(cell["config"], key.split(".")) is None:
+            known = list(FIELDS) + _dotted(cell["config"])
+            if key not in known:
+                raise UserError(f"unknown key '{key}'", hint=did_you_mean(key, known))
+
+
+def _dotted(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        out += _dotted(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    return out
+
+
+def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUMNS, *, keys: Sequence[str] = (),
+          filters: Sequence[Filter] = (), recompute: bool = False, target_error: float | None = None,
+          records: bool = False) -> pd.DataFrame:
+    """One row per cell record that passes `filters`: suite, id, group, label, seed, status, error, device,
+    env, dir, axes (axis:<key>), `keys` (key:<key>), each of `columns` and, with `records`, record (the
+    store.Record, for callers such as the plots that need more of it than the columns).
+
+    Only on request: 10,000 parsed results kept alive make every garbage collection rescan them, which
+    doubles the time of a report that never looks at them again.
+
+    Metric columns missing from result.json (or all of them, with `recompute`) are computed from the
+    cell's predictions.npz, so records written before a metric existed still report it."""
+    targets = [Path(targets)] if isinstance(targets, str | Path) else [Path(t) for t in targets]
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise UserError(f"unknown metric '{unknown[0]}'", hint=did_you_mean(unknown[0], COLUMNS))
+    if "time_to_target_s" in columns and target_error is None:
+        raise UserError("the time_to_target_s column needs --target-error", hint="e.g. --target-error 0.3")
+    plain = [(c, COLUMNS[c].path) for c in columns if COLUMNS[c].path]
+    derived = [c for c in columns if not COLUMNS[c].path]
+    checked = False
+    rows = []
+    for suite_dir in targets:
+        suite = suite_dir.name
+        for record in load_records(suite_dir):
+            cell, result = record.cell, record.result
+            if not checked:
+                _check_keys([*keys, *(f.key for f in filters)], cell)
+                checked = True
+            if not all(f.keep(_key_value(f.key, suite, cell, result)) for f in filters):
+                continue
+            status = result.get("status")
+            row = {"suite": suite, "id": cell["id"], "group": cell["group"], "label": cell["label"],
+                   "seed": cell["config"]["seed"], "status": status, "error": result.get("error"),
+                   "device": _get(result, ("env", "device_name")), "env": _env(result), "dir": record.dir}
+            if records:
+                row["record"] = record
+            row.update({f"axis:{k}": _text(v) if isinstance(v, list | dict | bool) or v is None else v
+                        for k, v in cell["axes"].items()})
+            row.update({f"key:{k}": _text(_key_value(k, suite, cell, result)) for k in keys})
+            for name, path in plain:
+                row[name] = None if recompute and status == "ok" and path[0] == "metrics" else _get(result, path)
+            for name in derived:
+                row[name] = _derived(name, record.dir, result, target_error)
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    if len(df):
+        _fill_missing_metrics(df, columns, recompute)
+    return df
+
+
+def _derived(name: str, cell_dir: Path, result: dict, target_error: float | None) -> Any:
+    if name == "gflops_per_s":
+        return achieved_gflops_per_s(_get(result, ("cost", "gflops_forward")),
+                                     _get(result, ("cost", "train_images_per_s")))
+    if name == "time_to_target_s":
+        return time_to_accuracy(read_history(cell_dir), target_error) if result.get("status") == "ok" else None
+    raise AssertionError(f"no rule derives column '{name}'")
+
+
+def _fill_missing_metrics(df: pd.DataFrame, columns: Sequence[str], recompute: bool) -> None:
+    metric_cols = [c for c in columns if COLUMNS[c].path[:1] == ("metrics",)]
+    if not metric_cols:
+        return
+    ok = (df["status"] == "ok").to_numpy()
+    missing = df[metric_cols].isna().to_numpy() & ok[:, None]
+    for i in np.flatnonzero(missing.any(axis=1)):
+        cache: dict[str, dict[str, float]] = {}
+        for j in np.flatnonzero(missing[i]):
+            _, split, key = COLUMNS[metric_cols[j]].path
+            if split not in cache:
+                try:
+                    cache[split] = full_metrics(*load_predictions(df.at[i, "dir"], split))
+                except UserError:
+                    if recompute:
+                        raise
+                    cache[split] = {}  # no predictions for this split: the value stays missing
+            df.at[i, metric_cols[j]] = cache[split].get(key)
+

@@ -1,0 +1,81 @@
+"""Registries without a test of their own, parametrized over the registry itself: a new entry is covered
+(or named here as not yet covered) the moment it is registered."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bench.config import TrainConfig
+from bench.techniques import OPTIMIZERS, TTA_VIEWS, build_tta
+
+# optimizer name -> (suite settings, what torch must have been given)
+OPTIMIZER_CASES = {
+    "sgd": ({"momentum": 0.8, "nesterov": True, "weight_decay": 1e-3},
+            torch.optim.SGD, {"momentum": 0.8, "nesterov": True, "weight_decay": 1e-3}),
+    "adam": ({"weight_decay": 1e-3}, torch.optim.Adam, {"weight_decay": 1e-3}),
+    "adamw": ({"weight_decay": 0.05}, torch.optim.AdamW, {"weight_decay": 0.05}),
+    # Keras' RMSprop (study 000): momentum as the suite says, torch's alpha (Keras' rho) left at 0.99
+    "rmsprop": ({"momentum": 0.5, "weight_decay": 1e-4}, torch.optim.RMSprop,
+                {"momentum": 0.5, "weight_decay": 1e-4, "alpha": 0.99}),
+}
+
+
+def test_every_optimizer_has_a_case():
+    assert set(OPTIMIZERS) == set(OPTIMIZER_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_optimizer_gets_the_suite_settings_and_takes_a_step(name):
+    settings, kind, expected = OPTIMIZER_CASES[name]
+    layer = nn.Linear(3, 2)
+    cfg = TrainConfig(optimizer=name, lr=0.05, **settings)
+    optimizer = OPTIMIZERS[name]([{"params": list(layer.parameters()), "lr": cfg.lr}], cfg)
+    assert type(optimizer) is kind
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 0.05 and {k: group[k] for k in expected} == expected
+    before = layer.weight.detach().clone()
+    layer(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    assert not torch.equal(before, layer.weight)
+
+
+def test_sgd_without_momentum_is_never_nesterov():
+    # torch refuses nesterov without momentum; a suite that turns momentum off keeps its nesterov = true
+    cfg = TrainConfig(optimizer="sgd", momentum=0.0, nesterov=True)
+    optimizer = OPTIMIZERS["sgd"](nn.Linear(2, 2).parameters(), cfg)
+    assert optimizer.param_groups[0]["nesterov"] is False
+
+
+X = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+
+# view spec -> the images its views must give, the original first
+TTA_CASES = {
+    "identity": ("identity", [X]),
+    "hflip": ("hflip", [X, X.flip(-1)]),
+    "vflip": ("vflip", [X, X.flip(-2)]),
+    "rotate": ("rotate:90", [X, X.rot90(1, (-2, -1)), X.rot90(-1, (-2, -1))]),  # +90 is counter-clockwise
+    "shift": ("shift:1", None),  # four views, each moved by one pixel: checked below
+}
+
+
+def test_every_tta_view_has_a_case():
+    assert set(TTA_VIEWS) == set(TTA_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(TTA_VIEWS))
+def test_tta_view_gives_the_expected_images(name):
+    spec, expected = TTA_CASES[name]
+    views = build_tta([spec])
+    outs = [view(X) for view in views]
+    assert torch.equal(outs[0], X)  # the original is always the first view
+    if expected is not None:
+        assert len(outs) == len(expected)
+        for out, want in zip(outs, expected, strict=True):
+            torch.testing.assert_close(out, want)
+        return
+    assert len(outs) == 5
+    moved = outs[1:]
+    assert torch.equal(moved[0][..., 1:], X[..., :-1]) and torch.equal(moved[1][..., :-1], X[..., 1:])  # right, left
+    assert torch.equal(moved[2][..., 1:, :], X[..., :-1, :]) and torch.equal(moved[3][..., :-1, :], X[..., 1:, :])
