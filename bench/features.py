@@ -19,13 +19,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from bench.config import CellConfig
-from bench.data import Prepared, cache_root
-from bench.data.loaders import ArrayDataset, make_loader
+from bench.data import Prepared
+from bench.data.cachedir import cache_root
+from bench.data.loaders import IMAGENET_MEAN, IMAGENET_STD, ArrayDataset, Preprocess, make_loader
 from bench.errors import UserError
 from bench.hashing import stable_hash
-from bench.models import head_name
+from bench.models.heads import head_name
 from bench.store import atomic_path
-from bench.train import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 VERSION = 1  # bump when what a cached file holds changes
 

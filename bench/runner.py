@@ -21,15 +21,16 @@ from safetensors.torch import save_model
 import bench
 from bench.cost import forward_gflops
 from bench.data import prepare
+from bench.data.loaders import make_loaders
 from bench.errors import UserError
 from bench.features import feature_setup
 from bench.hashing import file_digest
-from bench.models import apply_freeze, count_params
+from bench.models.freeze import apply_freeze, count_params
 from bench.progress import LogProgress
 from bench.store import atomic_path, atomic_write_text, read_json, write_json, write_npz
 from bench.suite import Cell
 from bench.techniques import build_augment
-from bench.train import fit, make_loaders
+from bench.train import fit, steps_per_epoch
 from bench.weights import initial_model, load_parent
 
 
@@ -49,8 +50,6 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from bench.errors import UserError
-
         raise UserError("--device cuda, but torch sees no CUDA device", hint="use --device auto or cpu")
     return torch.device(name)
 
@@ -146,7 +145,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     if cfg.model.freeze == "features":  # the head alone trains, on the backbone's cached features
         model, loaders, features = feature_setup(model, cfg, data, loaders, device)
 
-    steps = len(loaders["train"]) if cfg.train.max_steps is None else min(len(loaders["train"]), cfg.train.max_steps)
+    steps = steps_per_epoch(loaders["train"], cfg.train.max_steps)
     progress.start_cell(index, total, cell.label, cell.id, cfg.train.epochs, steps)
     torch.manual_seed(cfg.seed)  # training randomness (shuffling, augmentation) starts from the seed alone
     exact_rss = reset_peak_rss()

@@ -16,29 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.config import TrainConfig
+from bench.data.loaders import Preprocess
 from bench.errors import UserError
 from bench.metrics import classification_metrics, full_metrics
-from bench.models import head_name, set_train_mode
-from bench.techniques import LOSSES, MIXES, OPTIMIZERS, SAMPLERS, SCHEDULES, build_augment, build_tta
+from bench.models.freeze import set_train_mode
+from bench.models.heads import head_name
+from bench.techniques import LOSSES, MIXES, OPTIMIZERS, SCHEDULES, build_tta
 from bench.techniques.schedules import with_warmup
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class Preprocess:
-    """uint8 NCHW batch -> normalised float on the device; done there so the loader ships 4x fewer bytes.
-    Float batches pass through to the device unchanged."""
-
-    def __init__(self, device: torch.device, channels_last: bool = False):
-        self.device, self.channels_last = device, channels_last
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.uint8:  # already model inputs: cached features (model.freeze = "features")
-            return x.to(self.device, non_blocking=True)
-        x = (x.to(self.device, non_blocking=True).float() - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, scheduler, loss_fn: Callable,
@@ -130,22 +114,9 @@ class FitResult:
 
 
 # ----------------------------------------------------------------------------------------- set-up
-def make_loaders(datasets: dict, cfg: TrainConfig, seed: int, image_size: int, workers: int = 0) -> dict:
-    """Loaders for every split: the training set enlarged offline (train.offline) and drawn by
-    train.sampler; evaluation in order. Online augmentation is already in the training dataset."""
-    from bench.data.loaders import make_loader
-    from bench.techniques.offline import OfflineAugmented
-
-    loaders = {}
-    for split, ds in datasets.items():
-        if split == "train":
-            if cfg.offline:
-                ds = OfflineAugmented(ds, cfg.offline, build_augment(cfg.augment, image_size), seed)
-            sampler = SAMPLERS[cfg.sampler](ds.labels, seed)
-            loaders[split] = make_loader(ds, cfg.batch_size, train=True, seed=seed, workers=workers, sampler=sampler)
-        else:
-            loaders[split] = make_loader(ds, cfg.eval_batch_size, train=False, seed=seed, workers=workers)
-    return loaders
+def steps_per_epoch(loader, max_steps: int | None) -> int:
+    """Training steps an epoch takes: the loader's batches, or train.max_steps where that is fewer."""
+    return len(loader) if max_steps is None else min(max_steps, len(loader))
 
 
 def precision_setup(precision: str, device: torch.device) -> tuple[Callable | None, Any]:
@@ -204,11 +175,6 @@ def head_penalty(model: nn.Module, l1: float, l2: float) -> Callable[[], torch.T
     return penalty
 
 
-def _num_classes(model: nn.Module) -> int:
-    head = model.get_submodule(head_name(model))
-    return getattr(head, "out_features", None) or head.out_channels
-
-
 class EarlyStopping:
     """Tracks the monitored validation figure: which epoch is best, and when to stop (after `patience`
     epochs without an improvement larger than min_delta). Ties on the monitor go to the lower val_loss,
@@ -236,22 +202,19 @@ class EarlyStopping:
 
 
 # ----------------------------------------------------------------------------------------- fit
-def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
+def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device, class_counts: list[int],
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
-        on_step: Callable[[], None] | None = None, class_counts: list[int] | None = None) -> FitResult:
-    """Train `model` in place; `class_counts` (training images per class) feed class-weighted losses."""
+        on_step: Callable[[], None] | None = None) -> FitResult:
+    """Train `model` in place. `class_counts`, the training images per class, come from the data: their
+    length is the class count (for mixing), their values feed class-weighted losses."""
     autocast, scaler = precision_setup(cfg.precision, device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if cfg.compile else model  # weights are shared: state_dicts come from `model`
     prep = Preprocess(device, cfg.channels_last)
-    steps = len(loaders["train"]) if cfg.max_steps is None else min(cfg.max_steps, len(loaders["train"]))
-    optimizer, scheduler = build_optimizer(model, cfg, steps)
-    num_classes = _num_classes(model)
-    if class_counts is None:
-        class_counts = torch.bincount(loaders["train"].dataset.labels, minlength=num_classes).tolist()
+    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch(loaders["train"], cfg.max_steps))
     loss_fn = LOSSES[cfg.loss](cfg, class_counts)
-    mix = MIXES[cfg.mix](cfg, num_classes)
+    mix = MIXES[cfg.mix](cfg, len(class_counts))
     penalty = head_penalty(model, cfg.head_l1, cfg.head_l2)
     views = build_tta(cfg.tta)
     stopper = EarlyStopping(cfg.monitor, cfg.mode, cfg.patience, cfg.min_delta)

@@ -14,7 +14,8 @@ from torch import nn
 from bench.config import CellConfig
 from bench.errors import UserError
 from bench.hashing import file_digest, stable_hash
-from bench.models import accepts_image_size, build_head, create_model, head_name
+from bench.models.factory import accepts_image_size, create_model
+from bench.models.heads import build_head, head_name
 from bench.store import atomic_path
 
 

@@ -25,7 +25,7 @@ import torch
 
 from bench import runner
 from bench.config import load_suite
-from bench.data import cache_root
+from bench.data.cachedir import cache_root
 from bench.progress import LogProgress
 from bench.suite import expand
 

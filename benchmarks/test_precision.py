@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from bench.train import Preprocess, train_one_epoch
+from bench.data.loaders import Preprocess
+from bench.train import train_one_epoch
 
 BATCH, STEPS, CLASSES = 16, 2, 10
 ROUNDS, WARMUP = 3, 1

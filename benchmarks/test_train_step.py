@@ -15,8 +15,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.models import SmallCNN
-from bench.train import IMAGENET_MEAN, IMAGENET_STD, Preprocess, train_one_epoch
+from bench.data.loaders import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from bench.models.builtins import SmallCNN
+from bench.train import train_one_epoch
 
 BATCH, SIZE, CLASSES, STEPS = 64, 32, 10, 12
 ROUNDS, WARMUP = 7, 1

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from bench import models
 from bench.errors import UserError
-from bench.models import BUILTINS, apply_freeze, create_model, head_name, layers, set_train_mode
+from bench.models import create_model, factory, list_archs
+from bench.models.builtins import BUILTINS
+from bench.models.freeze import apply_freeze, count_params, layers, set_train_mode
+from bench.models.heads import Head, build_head, head_name, replace_head
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name", sorted(BUILTINS))
@@ -30,14 +36,36 @@ def test_every_builtin_runs_at_its_minimum_size_and_not_below(name):
             create_model(f"bench:{name}", 3, size - 1).eval()(torch.zeros(1, 3, size - 1, size - 1))
 
 
-def test_study_models_have_the_reported_sizes():
-    from bench.models import count_params
+# README, "Built-in models": the table's counts (10 classes, 64 px) and the studies' figures it quotes
+TABLE_SIZE, TABLE_CLASSES = 64, 10
+README_PARAMS = [
+    ("mlp", 64, 10, 3_136_255),
+    ("cifar_cnn", 64, 10, 338_486),
+    ("shallow_cnn", 64, 10, 67_114),
+    ("deep_cnn", 64, 10, 624_554),
+    ("inception_cnn", 64, 10, 135_010),
+    ("small_cnn", 64, 10, 94_762),
+    ("mlp", 300, 3, 68_851_023),  # study 004's report
+    ("shallow_cnn", 200, 100, 643_108),  # study 000: "over 600 thousand"
+    ("deep_cnn", 200, 100, 4_841_988),  # study 000: "almost 5 million"
+]
 
-    # study 004: 68,851,023 parameters for the MLP on 300 px images, 3 classes
-    assert count_params(create_model("bench:mlp", 3, 300))[0] == 68_851_023
-    # study 000: "over 600 thousand" (shallow) and "almost 5 million" (deep) at 200 px, 100 classes
-    assert 600_000 < count_params(create_model("bench:shallow_cnn", 100, 200))[0] < 700_000
-    assert 4_500_000 < count_params(create_model("bench:deep_cnn", 100, 200))[0] < 5_000_000
+
+@pytest.mark.parametrize(("name", "size", "classes", "expected"), README_PARAMS)
+def test_builtins_have_the_parameter_counts_the_readme_states(name, size, classes, expected):
+    assert count_params(create_model(f"bench:{name}", classes, size)) == (expected, expected)
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_every_builtin_has_its_readme_row_with_its_count_and_minimum_size(name):
+    rows = [line for line in README.splitlines() if line.startswith(f"| `bench:{name}` |")]
+    assert len(rows) == 1, f"README's built-in table lacks bench:{name}"
+    *_, params, min_px, _ = (cell.strip() for cell in rows[0].split("|"))
+    table = {(n, s, c): e for n, s, c, e in README_PARAMS}
+    assert params == f"{table[name, TABLE_SIZE, TABLE_CLASSES]:,}" and int(min_px) == BUILTINS[name].min_size
+
+
+def test_study_models_have_the_reported_structure():
     convs = [m for m in create_model("bench:deep_cnn", 10, 64).modules() if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [16, 32, 64, 128]
     inception = create_model("bench:inception_cnn", 10, 64)
@@ -49,21 +77,21 @@ def test_study_models_have_the_reported_sizes():
 def test_head_replaced_for_the_class_count(arch):
     model = create_model(arch, num_classes=5, image_size=64).eval()
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 5)
-    models.replace_head(model, 3)  # what hub weights go through: a 1000-class head swapped for ours
+    replace_head(model, 3)  # what hub weights go through: a 1000-class head swapped for ours
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
 
 
 def test_arch_listing_spans_all_registries():
-    names = models.list_archs()
+    names = list_archs()
     assert "bench:mlp" in names and "tv:resnet50" in names and "timm:resnet18" in names
-    assert models.list_archs("tv:squeezenet*") == ["tv:squeezenet1_0", "tv:squeezenet1_1"]
+    assert list_archs("tv:squeezenet*") == ["tv:squeezenet1_0", "tv:squeezenet1_1"]
 
 
 def test_hub_weights_offline_fail_fast_with_a_clear_error(monkeypatch, tmp_path):
     def no_network(*a, **k):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(models.socket, "create_connection", no_network)
+    monkeypatch.setattr(factory.socket, "create_connection", no_network)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # empty cache
     for arch in ("tv:alexnet", "timm:resnet10t"):
         with pytest.raises(UserError) as e:
@@ -144,8 +172,6 @@ HEAD_ARCHS = ["bench:small_cnn", "bench:deep_cnn", "tv:resnet18", "tv:alexnet", 
 
 @pytest.mark.parametrize("arch", HEAD_ARCHS)
 def test_dense_head_replaces_the_classifier_for_every_prefix(arch):
-    from bench.models import Head, build_head
-
     size = 64 if arch == "tv:alexnet" else 32
     model = create_model(arch, 5, size)
     old_name = head_name(model)
@@ -168,8 +194,6 @@ def test_dense_head_replaces_the_classifier_for_every_prefix(arch):
 @pytest.mark.parametrize("arch,where", [("tv:resnet18", "layer4"), ("timm:resnet10t", "layer4"),
                                         ("bench:small_cnn", "features")])
 def test_pool_max_pools_the_last_feature_map_by_its_maximum(arch, where):
-    from bench.models import build_head
-
     model = create_model(arch, 3, 32).eval()
     build_head(model, arch, 3, pool="max")
     seen = {}
@@ -181,15 +205,11 @@ def test_pool_max_pools_the_last_feature_map_by_its_maximum(arch, where):
 
 @pytest.mark.parametrize("arch", ["tv:alexnet", "bench:mlp", "tv:densenet121"])
 def test_pool_on_a_model_without_a_global_pool_module_is_a_user_error(arch):
-    from bench.models import build_head
-
     with pytest.raises(UserError, match="no global pooling module"):
         build_head(create_model(arch, 3, 64), arch, 3, pool="avg")
 
 
 def test_head_options_need_a_linear_classifier():
-    from bench.models import build_head
-
     with pytest.raises(UserError, match="not a linear layer"):
         build_head(create_model("tv:squeezenet1_1", 3, 64), "tv:squeezenet1_1", 3, hidden=(8,))
 

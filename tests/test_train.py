@@ -15,14 +15,14 @@ from torch.utils.data import DataLoader, TensorDataset
 import bench.train as train
 from bench import runner
 from bench.config import TrainConfig, load_suite
-from bench.data.loaders import ArrayDataset
+from bench.data.loaders import ArrayDataset, Preprocess
 from bench.errors import UserError
-from bench.models import MLP, SmallCNN
+from bench.models.builtins import MLP, SmallCNN
 from bench.progress import LogProgress
 from bench.suite import expand
 from bench.techniques import build_augment, build_tta
 from bench.techniques.offline import OfflineAugmented
-from bench.train import Preprocess, build_optimizer, fit, head_penalty, precision_setup, predict
+from bench.train import build_optimizer, fit, head_penalty, precision_setup, predict
 from tests.conftest import TINY
 
 CPU = torch.device("cpu")

@@ -15,12 +15,11 @@ import numpy as np
 
 from bench.config import DataConfig
 from bench.data import cache, curate, split
-from bench.data.cachedir import cache_root
 from bench.data.loaders import ArrayDataset
-from bench.data.sources import SOURCES, Samples, read_source
+from bench.data.sources import Samples, read_source
 from bench.hashing import stable_hash
 
-__all__ = ["Curated", "Prepared", "cache_root", "curated", "prepare", "SOURCES"]
+__all__ = ["Curated", "Prepared", "curated", "prepare"]
 
 
 @dataclass

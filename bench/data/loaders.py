@@ -1,8 +1,8 @@
 """Batches straight from the decoded cache: a batch is one fancy-index into a uint8 memmap.
 
 Datasets implement `__getitems__`, so the DataLoader asks for a whole batch at once instead of N single
-items plus a collate. Pixels stay uint8 until they reach the device (see train.Preprocess): 4x fewer
-bytes through the loader and the host-to-device copy.
+items plus a collate. Pixels stay uint8 until they reach the device, where Preprocess normalises them: 4x
+fewer bytes through the loader and the host-to-device copy.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from bench.config import TrainConfig
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class ArrayDataset(Dataset):
@@ -60,9 +64,44 @@ def _whole_batch(batch):
 
 
 def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int, workers: int = 0,
-                sampler=None, pin_memory: bool = False) -> DataLoader:
+                sampler=None) -> DataLoader:
     """Shuffled from `seed` for training (or drawn by `sampler`), in order for evaluation."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       generator=generator, num_workers=workers, collate_fn=_whole_batch,
-                      persistent_workers=workers > 0, pin_memory=pin_memory)
+                      persistent_workers=workers > 0)
+
+
+def make_loaders(datasets: dict, cfg: TrainConfig, seed: int, image_size: int, workers: int = 0) -> dict:
+    """Loaders for every split: the training set enlarged offline (train.offline) and drawn by
+    train.sampler; evaluation in order. Online augmentation is already in the training dataset."""
+    # imported here: offline.py imports this module, and reading data need not load the techniques
+    from bench.techniques import SAMPLERS, build_augment
+    from bench.techniques.offline import OfflineAugmented
+
+    loaders = {}
+    for split, ds in datasets.items():
+        if split == "train":
+            if cfg.offline:
+                ds = OfflineAugmented(ds, cfg.offline, build_augment(cfg.augment, image_size), seed)
+            sampler = SAMPLERS[cfg.sampler](ds.labels, seed)
+            loaders[split] = make_loader(ds, cfg.batch_size, train=True, seed=seed, workers=workers, sampler=sampler)
+        else:
+            loaders[split] = make_loader(ds, cfg.eval_batch_size, train=False, seed=seed, workers=workers)
+    return loaders
+
+
+class Preprocess:
+    """uint8 NCHW batch -> normalised float on the device; done there so the loader ships 4x fewer bytes.
+    Float batches pass through to the device unchanged."""
+
+    def __init__(self, device: torch.device, channels_last: bool = False):
+        self.device, self.channels_last = device, channels_last
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:  # already model inputs: cached features (model.freeze = "features")
+            return x.to(self.device, non_blocking=True)
+        x = (x.to(self.device, non_blocking=True).float() - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
