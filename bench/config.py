@@ -117,19 +117,31 @@ class TrainConfig(Strict):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     # optimisation
-    optimizer: str = "sgd"  # sgd | adam | adamw | rmsprop
+    optimizer: str = "sgd"  # any of timm's: sgd, adam, adamw, rmsprop, lamb, lion, ... (README, "Techniques")
     lr: float = Field(0.01, gt=0)  # peak lr; the head's lr when backbone_lr is set
     backbone_lr: float | None = Field(None, ge=0)  # lr of everything but the classifier head (study 000)
-    momentum: float = Field(0.9, ge=0)  # sgd and rmsprop
-    nesterov: bool = False
+    layer_decay: float | None = Field(None, gt=0, le=1)  # timm models: lr x layer_decay^depth below the head
+    momentum: float = Field(0.9, ge=0)  # optimizers that take one (sgd, rmsprop, lars, ...)
+    nesterov: bool = False  # sgd
+    betas: tuple[float, ...] | None = None  # Adam-like optimizers (adan: three); unset: each one's default
+    eps: float | None = Field(None, gt=0)  # the optimizer's epsilon; unset: its default
+    # RMSprop's squared-gradient decay (torch's alpha, Keras' rho); unset: 0.99 (torch), rmsproptf* 0.9 (timm)
+    rmsprop_alpha: float | None = Field(None, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    schedule: str = "constant"  # constant | step | multistep | cosine | onecycle | cyclical, stepped every batch
+    wd_norm_bias: bool = True  # false: no weight decay on biases and norm weights (timm's filter_bias_and_bn)
+    # constant | step | multistep | cosine | restarts | poly | plateau | onecycle | cyclical; per batch
+    schedule: str = "constant"
     step_size: int = Field(3, ge=1)  # epochs between decays, step schedule
-    gamma: float = Field(0.1, gt=0)  # decay factor, step and multistep
+    gamma: float = Field(0.1, gt=0)  # decay factor, step, multistep and plateau
     milestones: list[int] = Field(default_factory=list)  # epochs at which multistep multiplies by gamma
-    min_lr: float = Field(0.0, ge=0)  # cosine's end, cyclical's bottom
-    cycle_epochs: float = Field(4.0, gt=0)  # cyclical: epochs per full triangle (up and down)
+    min_lr: float = Field(0.0, ge=0)  # where cosine, restarts, poly end, plateau's floor, cyclical's bottom
+    cycle_epochs: float = Field(4.0, gt=0)  # cyclical: epochs per full triangle; restarts: the first cycle
     cycle_mode: Literal["triangular", "triangular2"] = "triangular"  # triangular2 halves the height each cycle
+    restart_mult: float = Field(1.0, ge=1)  # restarts: each cycle this many times longer than the last
+    restart_decay: float = Field(1.0, gt=0, le=1)  # restarts: each cycle's peak this many times the last's
+    poly_power: float = Field(1.0, gt=0)  # poly: (1 - t/T)^power; 1 is linear
+    plateau_patience: int = Field(2, ge=1)  # plateau: epochs without improvement of monitor, then x gamma
+    cooldown_epochs: float = Field(0.0, ge=0)  # cosine, restarts, poly: last epochs at min_lr (as timm)
     pct_start: float = Field(0.3, gt=0, lt=1)  # onecycle: fraction of the run spent rising
     warmup_epochs: float = Field(0.0, ge=0)  # linear warmup, multiplies any schedule
     # loss
@@ -155,6 +167,14 @@ class TrainConfig(Strict):
     monitor: Literal["val_error", "val_loss", "val_top5_error", "val_accuracy"] = "val_error"
     mode: Literal["auto", "min", "max"] = "auto"  # auto: max for val_accuracy, min otherwise
     min_delta: float = Field(0.0, ge=0)  # smaller changes of the monitor do not count as improvement
+    # the step: gradient clipping and accumulation, weight EMA (timm's dispatch_clip_grad and ModelEmaV3)
+    clip_grad: float | None = Field(None, gt=0)  # threshold: the norm, |value|, or AGC's clip factor
+    clip_mode: Literal["norm", "value", "agc"] = "norm"  # agc leaves the head alone, as timm's train.py
+    accumulate: int = Field(1, ge=1)  # batches whose gradients make one optimizer step (and schedule step)
+    ema: bool = False  # keep an exponential moving average of the weights, validated every epoch too
+    ema_decay: float = Field(0.9998, gt=0, lt=1)  # per optimizer step; timm's train.py default
+    ema_warmup: bool = False  # decay ramps up as 1 - (1 + step)^(-2/3) to ema_decay (timm's warmup)
+    ema_select: Literal["raw", "ema"] = "ema"  # whose validation picks the best epoch and is the result
     # precision and layout
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 (with a GradScaler) on CUDA only
     channels_last: bool = False
@@ -167,6 +187,19 @@ class TrainConfig(Strict):
             raise ValueError(f"min_lr ({self.min_lr}) must be <= lr ({self.lr})")
         if self.schedule == "multistep" and not self.milestones:
             raise ValueError("schedule 'multistep' needs milestones, e.g. milestones = [5, 8] (epochs)")
+        if self.layer_decay is not None and self.backbone_lr is not None:
+            raise ValueError("layer_decay and backbone_lr are exclusive: layer_decay already lowers every "
+                             "layer below the head (lr x layer_decay^depth); set one of them")
+        betas = self.betas or ()
+        if self.betas is not None and (len(betas) not in (2, 3) or not all(0 <= b < 1 for b in betas)):
+            raise ValueError(f"betas must be 2 (adan: 3) values in [0, 1), e.g. [0.9, 0.999]: {list(betas)}")
+        if self.schedule == "plateau" and self.gamma >= 1:
+            raise ValueError(f"schedule 'plateau' multiplies the lr by gamma < 1, not {self.gamma}")
+        if self.cooldown_epochs and self.schedule not in ("cosine", "restarts", "poly"):
+            raise ValueError(f"cooldown_epochs follow a schedule that ends at min_lr (cosine, restarts, "
+                             f"poly), not '{self.schedule}'")
+        if self.cooldown_epochs >= self.epochs:
+            raise ValueError(f"cooldown_epochs ({self.cooldown_epochs}) must be < epochs ({self.epochs})")
         if self.offline == 1:
             raise ValueError("offline = 1 is the original set alone; use 0 (online augmentation) or K >= 2")
         if self.offline and self.augment in ("none", []):

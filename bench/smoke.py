@@ -75,6 +75,7 @@ def _rules(size: int) -> dict[str, Shrink]:
         "data.synthetic.imbalance": Shrink(lambda v: 2.0, _steps(2.0, 0.5)),
         "model.pretrained": Shrink(lambda v: False),  # no download; a local weights file would need the real one
         "train.epochs": Shrink(lambda v: 1, _steps(1, 1)),
+        "train.cooldown_epochs": Shrink(lambda v: 0.0, _steps(0.0, 0.25)),  # must stay below the epochs
         "train.batch_size": Shrink(lambda v: min(v, BATCH), _steps(4, 2)),
         "train.eval_batch_size": Shrink(lambda v: EVAL_BATCH),
         "train.max_steps": Shrink(lambda v: STEPS),

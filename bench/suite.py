@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bench.config import SECTIONS, CellConfig, Suite, flatten, validation_error
 from bench.errors import UserError, did_you_mean
@@ -36,18 +36,25 @@ class Cell:
 
     @property
     def id(self) -> str:
-        spec = self.config.model_dump(mode="json")
+        spec = identity(self.config)
         # A staged cell's numbers depend on its parent's weights: another parent makes another cell.
         return stable_hash(spec if self.parent is None else {**spec, "parent": self.parent}, ID_DIGITS)
 
     @property
     def group(self) -> str:
         """Same for every seed of one cell: reports average over a group."""
-        return stable_hash({**self.config.model_dump(mode="json"), "seed": None}, ID_DIGITS)
+        return stable_hash({**identity(self.config), "seed": None}, ID_DIGITS)
 
     @property
     def seed(self) -> int:
         return self.config.seed
+
+
+def identity(config: BaseModel) -> dict[str, Any]:
+    """What a cell's id hashes: the keys whose values differ from bench's defaults. A key that a new bench
+    adds (at a default that keeps today's behaviour) leaves every existing cell's id, and so its finished
+    results, as they were; changing a default's meaning is a SCHEMA_VERSION bump, not a silent new id."""
+    return config.model_dump(mode="json", exclude_defaults=True)
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

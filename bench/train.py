@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 
 from bench.config import TrainConfig
@@ -22,23 +23,31 @@ from bench.metrics import classification_metrics, full_metrics
 from bench.models.freeze import set_train_mode
 from bench.models.heads import head_name
 from bench.techniques import LOSSES, MIXES, OPTIMIZERS, SCHEDULES, build_tta
-from bench.techniques.schedules import with_warmup
+from bench.techniques.optimizers import layer_decay_groups, no_decay_split, optimizer_record
+from bench.techniques.schedules import BatchSchedule
 
 
 def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, scheduler, loss_fn: Callable,
                     prep: Callable, *, max_steps: int | None = None, on_step: Callable[[], None] | None = None,
                     mix: Callable | None = None, autocast: Callable | None = None, scaler=None,
-                    penalty: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
+                    penalty: Callable[[], torch.Tensor] | None = None, accumulate: int = 1,
+                    clip: Callable[[], None] | None = None,
+                    after_step: Callable[[], None] | None = None) -> dict[str, float]:
     """One pass over `batches`; returns mean loss, accuracy (against the unmixed labels), images and seconds.
 
     mix(x, y) -> (x, soft targets); autocast() -> a context for the forward pass; scaler: a GradScaler;
-    penalty() -> a term added to the loss. All optional: without them this is the plain loop.
+    penalty() -> a term added to the loss; accumulate: batches per optimizer step; clip() clips the
+    gradients (unscaled) before each optimizer step; after_step() runs after each (the weight EMA).
+    All optional: without them this is the plain loop, one optimizer and schedule step per batch.
     """
     set_train_mode(model)
     device = prep.device if isinstance(prep, Preprocess) else None
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
+    # the epoch's batch count sizes its last accumulation group, which may be shorter than the others
+    total = steps_per_epoch(batches, max_steps) if accumulate > 1 else None
+    group = 1
     start = time.perf_counter()
     for step, (x, y) in enumerate(batches):
         if max_steps is not None and step >= max_steps:
@@ -56,16 +65,29 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
         loss = loss_fn(logits, target)
         if penalty is not None:
             loss = loss + penalty()
-        optimizer.zero_grad(set_to_none=True)
+        if step % accumulate == 0:
+            optimizer.zero_grad(set_to_none=True)
+            if total is not None:
+                group = min(accumulate, total - step)
+        # each batch's share of the group's mean gradient (timm divides the remainder group by its own size)
         if scaler is None:
-            loss.backward()
-            optimizer.step()
+            (loss / group if group > 1 else loss).backward()
         else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        if scheduler is not None:
-            scheduler.step()
+            scaler.scale(loss / group if group > 1 else loss).backward()
+        if total is None or (step + 1) % accumulate == 0 or step + 1 == total:
+            if clip is not None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # the threshold is for the true gradients (timm's NativeScaler)
+                clip()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
+            if scheduler is not None:
+                scheduler.step()
+            if after_step is not None:
+                after_step()
         # accumulate on the device: no host sync per step
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
@@ -106,17 +128,21 @@ def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | N
 class FitResult:
     history: list[dict[str, Any]]
     best_epoch: int
-    best_state: dict[str, torch.Tensor]
+    best_state: dict[str, torch.Tensor]  # the selected weights: the EMA's with train.ema and ema_select "ema"
     predictions: dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (logits, labels), best weights
-    metrics: dict[str, dict[str, float]]  # split -> full_metrics, best weights ("val_tta", "test_tta" with TTA)
+    # split -> full_metrics, best weights ("val_tta", "test_tta" with TTA; "val_raw"/"val_ema"... with EMA)
+    metrics: dict[str, dict[str, float]]
     timing: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # how it trained: precision, param groups, stopping
 
 
 # ----------------------------------------------------------------------------------------- set-up
-def steps_per_epoch(loader, max_steps: int | None) -> int:
-    """Training steps an epoch takes: the loader's batches, or train.max_steps where that is fewer."""
-    return len(loader) if max_steps is None else min(max_steps, len(loader))
+def steps_per_epoch(loader, max_steps: int | None, accumulate: int = 1) -> int:
+    """Training steps an epoch takes: the loader's batches, or train.max_steps where that is fewer. With
+    `accumulate`, optimizer steps (what the schedule counts): one per `accumulate` batches, and one for the
+    remainder."""
+    batches = len(loader) if max_steps is None else min(max_steps, len(loader))
+    return -(-batches // accumulate)
 
 
 def precision_setup(precision: str, device: torch.device) -> tuple[Callable | None, Any]:
@@ -142,24 +168,32 @@ def _head_params(model: nn.Module) -> list[nn.Parameter]:
     return list(model.get_submodule(head_name(model)).parameters())
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
-    """Optimizer over the trainable parameters (the head in its own group when backbone_lr is set) and a
-    LambdaLR that applies the schedule's multiplier, with warmup, to every group."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
+                    ) -> tuple[torch.optim.Optimizer, BatchSchedule]:
+    """Optimizer over the trainable parameters, by timm's factory, and a BatchSchedule (a LambdaLR stepped
+    per optimizer step) that applies the schedule's multiplier, with warmup, to every group's lr.
+
+    Groups: one ("all"); with backbone_lr the head at lr and the rest ("backbone") at backbone_lr; with
+    layer_decay timm's per-layer groups ("depth_<d>", lr x layer_decay^d). wd_norm_bias = false moves
+    biases, norm weights and the model's no_weight_decay() into "/no_decay" groups at weight_decay 0."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
     groups: list[dict[str, Any]] = [{"params": params, "lr": cfg.lr, "name": "all"}]
-    if cfg.backbone_lr is not None:
+    if cfg.layer_decay is not None:
+        groups = layer_decay_groups(model, cfg)
+    elif cfg.backbone_lr is not None:
         head = {id(p) for p in _head_params(model)}
         groups = [{"params": [p for p in params if id(p) not in head], "lr": cfg.backbone_lr, "name": "backbone"},
                   {"params": [p for p in params if id(p) in head], "lr": cfg.lr, "name": "head"}]
         groups = [g for g in groups if g["params"]]
+    if not cfg.wd_norm_bias and cfg.layer_decay is None:  # timm's layer groups already split by decay
+        groups = no_decay_split(model, groups, cfg.weight_decay)
     optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
     steps_per_epoch = max(1, steps_per_epoch)
     total = steps_per_epoch * cfg.epochs
-    multiplier = SCHEDULES[cfg.schedule](cfg, steps_per_epoch, total)
-    multiplier = with_warmup(multiplier, round(cfg.warmup_epochs * steps_per_epoch))
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    schedule = SCHEDULES[cfg.schedule](cfg, steps_per_epoch, total)
+    return optimizer, BatchSchedule(optimizer, schedule, round(cfg.warmup_epochs * steps_per_epoch))
 
 
 def head_penalty(model: nn.Module, l1: float, l2: float) -> Callable[[], torch.Tensor] | None:
@@ -173,6 +207,38 @@ def head_penalty(model: nn.Module, l1: float, l2: float) -> Callable[[], torch.T
         return total
 
     return penalty
+
+
+def grad_clipper(model: nn.Module, threshold: float | None, mode: str) -> tuple[Callable[[], None] | None, int]:
+    """(clip() for train_one_epoch or None, parameter tensors it clips) through timm's dispatch_clip_grad.
+
+    AGC skips the classifier head, as timm's train.py and the NFNet paper do (the final layer's
+    unit-wise ratios are not what AGC is for), unless the head is all that trains."""
+    if threshold is None:
+        return None, 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    if mode == "agc":
+        head = {id(p) for p in _head_params(model)}
+        params = [p for p in params if id(p) not in head] or params
+    return partial(dispatch_clip_grad, params, threshold, mode=mode), len(params)
+
+
+class EmaUpdate:
+    """after_step for train_one_epoch: one timm ModelEmaV3 update per optimizer step, counted across epochs
+    as timm's train.py counts them (update 1 copies the weights; warmup, if on, ramps from there)."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig):
+        self.model, self.updates = model, 0
+        self.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
+
+    def __call__(self) -> None:
+        self.updates += 1
+        self.ema.update(self.model, step=self.updates)
+
+    @property
+    def module(self) -> nn.Module:
+        """The averaged network (eval mode), keyed like the model's state_dict."""
+        return self.ema.module
 
 
 class EarlyStopping:
@@ -201,6 +267,13 @@ class EarlyStopping:
         return self.patience is not None and self.since_best >= self.patience
 
 
+def _as_selected(row: dict[str, Any], variant: str) -> dict[str, Any]:
+    """The epoch's row as the stopper reads it: val_* of the selected weights (history keeps val_* raw)."""
+    if variant == "raw":
+        return row
+    return {**row, **{k: row[f"{k}_{variant}"] for k in ("val_loss", "val_error", "val_top5_error")}}
+
+
 # ----------------------------------------------------------------------------------------- fit
 def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device, class_counts: list[int],
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -212,20 +285,26 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if cfg.compile else model  # weights are shared: state_dicts come from `model`
     prep = Preprocess(device, cfg.channels_last)
-    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch(loaders["train"], cfg.max_steps))
+    steps = steps_per_epoch(loaders["train"], cfg.max_steps, cfg.accumulate)  # optimizer steps
+    optimizer, scheduler = build_optimizer(model, cfg, steps)
     loss_fn = LOSSES[cfg.loss](cfg, class_counts)
     mix = MIXES[cfg.mix](cfg, len(class_counts))
     penalty = head_penalty(model, cfg.head_l1, cfg.head_l2)
     views = build_tta(cfg.tta)
     stopper = EarlyStopping(cfg.monitor, cfg.mode, cfg.patience, cfg.min_delta)
+    clip, clipped = grad_clipper(model, cfg.clip_grad, cfg.clip_mode)
+    ema = EmaUpdate(model, cfg) if cfg.ema else None  # of `model`, not `net`: the same state_dict keys
+    selected = cfg.ema_select if ema else "raw"  # whose validation decides, and whose weights are the result
 
     history: list[dict[str, Any]] = []
     best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
+    best_ema = copy.deepcopy(ema.module.state_dict()) if ema else None
     eval_seconds, eval_images = 0.0, 0
     for epoch in range(1, cfg.epochs + 1):
         lr = optimizer.param_groups[-1]["lr"]  # the head's when backbone and head differ
         tr = train_one_epoch(net, loaders["train"], optimizer, scheduler, loss_fn, prep, max_steps=cfg.max_steps,
-                             on_step=on_step, mix=mix, autocast=autocast, scaler=scaler, penalty=penalty)
+                             on_step=on_step, mix=mix, autocast=autocast, scaler=scaler, penalty=penalty,
+                             accumulate=cfg.accumulate, clip=clip, after_step=ema)
         if not torch.isfinite(torch.tensor(tr["loss"])):
             raise FloatingPointError(f"training diverged at epoch {epoch} (loss {tr['loss']}); lower train.lr")
         logits, labels, sec = predict(net, loaders["val"], prep, autocast=autocast)
@@ -234,30 +313,52 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_error": 1 - tr["accuracy"],
                "val_loss": val["loss"], "val_error": val["top1_error"], "val_top5_error": val["top5_error"],
                "train_seconds": tr["seconds"], "train_images": tr["images"], "val_seconds": sec}
-        if stopper.update(row):  # validation only decides
+        if ema is not None:  # the averaged weights are validated every epoch too, in columns of their own
+            logits, labels, sec = predict(ema.module, loaders["val"], prep, autocast=autocast)
+            eval_seconds, eval_images = eval_seconds + sec, eval_images + len(labels)
+            val = classification_metrics(logits, labels)
+            row.update(val_loss_ema=val["loss"], val_error_ema=val["top1_error"],
+                       val_top5_error_ema=val["top5_error"])
+        if stopper.update(_as_selected(row, selected)):  # validation only decides
             best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
+            if ema is not None:
+                best_ema = copy.deepcopy(ema.module.state_dict())
         row["epochs_since_best"] = stopper.since_best
+        scheduler.epoch_end(_as_selected(row, selected))  # a plateau schedule hears what early stopping reads
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
         if stopper.stop:
             break
-    model.load_state_dict(best_state)
+    # the best epoch's weights: the selected ones are "val"/"test"; with EMA, the other variant's follow as
+    # "val_raw"/"test_raw" or "val_ema"/"test_ema" (and "_tta" after each name with TTA), reported apart
+    states = {"raw": best_state, "ema": best_ema}
+    best_state = states[selected]
+    variants = [("", best_state)]
+    if ema is not None:
+        other = "raw" if selected == "ema" else "ema"
+        variants.append((f"_{other}", states[other]))
     predictions, metrics = {}, {}
     tta_seconds = 0.0
-    for split in ("val", "test"):
-        if len(loaders[split].dataset) == 0:
-            continue
-        logits, labels, sec = predict(net, loaders[split], prep, autocast=autocast)
-        if split == "test":  # the one and only look at test (with TTA: two looks, reported apart)
-            eval_seconds, eval_images = eval_seconds + sec, eval_images + len(labels)
-        predictions[split] = (logits, labels)
-        metrics[split] = full_metrics(logits, labels)
-        if views:
-            logits, labels, sec = predict(net, loaders[split], prep, autocast=autocast, views=views)
-            predictions[f"{split}_tta"] = (logits, labels)
-            metrics[f"{split}_tta"] = full_metrics(logits, labels)
-            tta_seconds += sec
+    for suffix, state in variants:
+        model.load_state_dict(state)
+        for split in ("val", "test"):
+            if len(loaders[split].dataset) == 0:
+                continue
+            name = split + suffix
+            logits, labels, sec = predict(net, loaders[split], prep, autocast=autocast)
+            if split == "test" and not suffix:  # the one look at test (TTA and the other weights: reported apart)
+                eval_seconds, eval_images = eval_seconds + sec, eval_images + len(labels)
+            predictions[name] = (logits, labels)
+            metrics[name] = full_metrics(logits, labels)
+            if views:
+                logits, labels, sec = predict(net, loaders[split], prep, autocast=autocast, views=views)
+                predictions[f"{name}_tta"] = (logits, labels)
+                metrics[f"{name}_tta"] = full_metrics(logits, labels)
+                if not suffix:  # what TTA costs, once
+                    tta_seconds += sec
+    if len(variants) > 1:
+        model.load_state_dict(best_state)
     train_seconds = sum(r["train_seconds"] for r in history)
     train_images = sum(r["train_images"] for r in history)
     timing = {
@@ -271,11 +372,15 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
     info = {
         "precision": cfg.precision, "autocast": str(autocast.keywords["dtype"]) if autocast else None,
         "grad_scaler": scaler is not None, "channels_last": cfg.channels_last, "compiled": cfg.compile,
-        "param_groups": [{"name": g["name"], "lr": g["initial_lr"], "params": sum(p.numel() for p in g["params"])}
-                         for g in optimizer.param_groups],
+        **optimizer_record(optimizer, cfg.optimizer),  # its class and settings, each group's lr and decay
         "train_images_per_epoch": len(loaders["train"].dataset),
         "tta_views": len(views),
         "early_stopping": {"monitor": cfg.monitor, "patience": cfg.patience,
                            "stopped_at_epoch": len(history) if len(history) < cfg.epochs else None},
+        "accumulate": cfg.accumulate, "effective_batch_size": cfg.batch_size * cfg.accumulate,
+        "optimizer_steps_per_epoch": steps,
+        "clip_grad": {"threshold": cfg.clip_grad, "mode": cfg.clip_mode, "tensors": clipped} if clip else None,
+        "ema": {"decay": cfg.ema_decay, "warmup": cfg.ema_warmup, "select": cfg.ema_select,
+                "updates": ema.updates} if ema else None,
     }
     return FitResult(history, best_epoch, best_state, predictions, metrics, timing, info)

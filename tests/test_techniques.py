@@ -158,7 +158,12 @@ SCHEDULE_POINTS = {
     "step": ({"step_size": 3, "gamma": 0.1}, [(29, 1.0), (30, 0.1), (59, 0.1), (60, 0.01)]),
     "multistep": ({"milestones": [2, 5], "gamma": 0.5}, [(19, 1.0), (20, 0.5), (49, 0.5), (50, 0.25)]),
     "cosine": ({"min_lr": 0.001}, [(0, 1.0), (50, 0.55), (100, 0.1)]),
-    "onecycle": ({"pct_start": 0.3}, [(0, 1 / 25), (15, (1 + 1 / 25) / 2), (30, 1.0), (100, 1 / 25e4)]),
+    # as torch's OneCycleLR: peak at step pct_start * total - 1, floor at the last (tests/test_recipes_optim.py)
+    "onecycle": ({"pct_start": 0.3}, [(0, 1 / 25), (29, 1.0), (99, 1 / 25e4), (100, 1 / 25e4)]),
+    "restarts": ({"min_lr": 0.001, "cycle_epochs": 2, "restart_mult": 2},
+                 [(0, 1.0), (10, 0.55), (20, 1.0), (40, 0.55), (60, 1.0)]),
+    "poly": ({"min_lr": 0.001, "poly_power": 2.0}, [(0, 1.0), (50, 0.1 + 0.9 * 0.25), (100, 0.1)]),
+    "plateau": ({}, [(0, 1.0), (99, 1.0)]),  # lowered by validation figures only (test_recipes_optim.py)
     "cyclical": ({"min_lr": 0.001, "cycle_epochs": 2}, [(0, 0.1), (5, 0.55), (10, 1.0), (20, 0.1), (30, 1.0)]),
 }
 
@@ -239,7 +244,7 @@ def test_bad_augment_is_a_clear_error(spec, fragment):
 
 
 # ------------------------------------------------------------------------------------------ unknown names
-UNKNOWN = [("optimizer", '"qqq"', "sgd"), ("schedule", '"qqq"', "cyclical"), ("loss", '"qqq"', "focal"),
+UNKNOWN = [("optimizer", '"qqq"', "adabelief"), ("schedule", '"qqq"', "cyclical"), ("loss", '"qqq"', "focal"),
            ("sampler", '"qqq"', "balanced"), ("mix", '"qqq"', "cutmix"), ("augment", '["hflip", "qqq:5"]', "rotate"),
            ("tta", '["hflip", "qqq:2"]', "shift")]
 
