@@ -146,10 +146,26 @@ def _registry_checks(cfg: CellConfig) -> list[tuple[str, Any, Callable[[], Any]]
                 raise ValueError(f"unknown {field} '{name}'; {did_you_mean(name, REGISTRIES[field])}")
         return check
 
+    def optimizer_settings() -> None:  # what the optimizer would refuse only once the cell starts
+        from bench.techniques.optimizers import optimizer_settings
+
+        if t.optimizer in REGISTRIES["optimizer"]:
+            try:
+                optimizer_settings(t.optimizer, t)
+            except UserError as e:
+                raise ValueError(e.reason) from None
+
+    def layer_decay() -> None:
+        if t.layer_decay is not None and not cfg.model.arch.startswith("timm:"):
+            raise ValueError(f"layer-wise lr decay needs a timm: architecture (timm's group_matcher names its "
+                             f"layers), not {cfg.model.arch}; use backbone_lr for one lower rate below the head")
+
     t = cfg.train
     return [("model.arch", cfg.model.arch, lambda: check_arch(cfg.model.arch)),
             *[(f"train.{f}", getattr(t, f), member(f, getattr(t, f)))
               for f in ("optimizer", "schedule", "loss", "sampler", "mix")],
+            ("train.betas", [t.optimizer, t.betas], optimizer_settings),
+            ("train.layer_decay", [cfg.model.arch, t.layer_decay], layer_decay),
             ("train.augment", t.augment, lambda: check_augment(t.augment)),
             ("train.tta", t.tta, lambda: build_tta(t.tta))]
 

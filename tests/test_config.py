@@ -77,6 +77,8 @@ BAD = [
     ("[grid]\n\"train.lr\" = []\n", ['grid."train.lr"', "non-empty list"]),
     ("[trian]\nepochs = 3\n", ["trian", "unknown table", "did you mean 'train'"]),
     ("[suite\nname = 1\n", ["not valid TOML"]),
+    ("[train]\noptimizer = \"adan\"\nbetas = [0.9, 0.99]\n", ["train.betas", "adan takes 3 betas, not 2"]),
+    ("[grid]\n\"train.layer_decay\" = [0.7]\n", ['grid."train.layer_decay"', "needs a timm: architecture"]),
 ]
 
 

@@ -55,7 +55,7 @@ def _excluded(name: str) -> str | None:
 EXCLUDED = {name: why for name in timm.optim.list_optimizers() if (why := _excluded(name))}
 
 
-def _settings(name: str, cfg) -> dict[str, Any]:
+def optimizer_settings(name: str, cfg) -> dict[str, Any]:
     """The optimizer-specific keyword arguments a suite sets for `name`, beyond lr, weight_decay, momentum."""
     info = timm.optim.get_optimizer_info(name)
     kwargs: dict[str, Any] = {}
@@ -73,7 +73,7 @@ def _settings(name: str, cfg) -> dict[str, Any]:
 def _timm_optimizer(name: str) -> Callable[..., torch.optim.Optimizer]:
     def build(params, cfg) -> torch.optim.Optimizer:
         return timm.optim.create_optimizer_v2(params, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                              momentum=cfg.momentum, **_settings(name, cfg))
+                                              momentum=cfg.momentum, **optimizer_settings(name, cfg))
 
     build.__doc__ = timm.optim.get_optimizer_info(name).description
     return build
