@@ -17,26 +17,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+# the same step as the train-step benchmark's: its batches, optimizer and schedule
+from test_train_step import BATCH, CLASSES, ROUNDS, STEPS, WARMUP, make_batches, make_training
+
 from bench.config import TrainConfig
 from bench.data.loaders import Preprocess
 from bench.models.builtins import SmallCNN
 from bench.train import EmaUpdate, grad_clipper, train_one_epoch
 
-BATCH, SIZE, CLASSES, STEPS = 64, 32, 10, 12
-ROUNDS, WARMUP = 7, 1
 MAX_RATIO = 1.05
-
-
-def make_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    # Pre-generated so neither side pays for data loading or augmentation.
-    gen = torch.Generator().manual_seed(0)
-    return [(torch.randint(0, 256, (BATCH, 3, SIZE, SIZE), dtype=torch.uint8, generator=gen),
-             torch.randint(0, CLASSES, (BATCH,), generator=gen)) for _ in range(STEPS)]
-
-
-def make_training(model: torch.nn.Module):
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + 1e-3 * step))
 
 
 def recipe(name: str, model: torch.nn.Module) -> dict:

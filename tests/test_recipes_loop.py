@@ -23,6 +23,7 @@ from bench.models.builtins import SmallCNN
 from bench.progress import LogProgress
 from bench.suite import expand
 from bench.train import fit, grad_clipper
+from tests.test_train import scripted_val_errors
 
 CPU = torch.device("cpu")
 SIZE, CLASSES = 16, 3
@@ -95,16 +96,7 @@ def test_ema_select_decides_which_weights_are_the_main_metrics():
 def test_the_best_epoch_is_chosen_on_the_selected_weights(monkeypatch, select, best):
     # each epoch validates the raw weights, then the EMA's: script both columns
     scripted = [0.5, 0.2, 0.3, 0.4, 0.4, 0.5]  # (raw, ema) per epoch: raw best at 2, EMA best at 1
-    real, calls = train.classification_metrics, []
-
-    def fake(logits, labels):
-        out = real(logits, labels)
-        if len(calls) < len(scripted):
-            out = {**out, "top1_error": scripted[len(calls)], "loss": 1.0}
-        calls.append(1)
-        return out
-
-    monkeypatch.setattr(train, "classification_metrics", fake)
+    scripted_val_errors(monkeypatch, scripted)
     cfg = TrainConfig(epochs=3, optimizer="adam", lr=0.01, ema=True, ema_decay=0.5, ema_select=select)
     result = fit(cnn(), loaders(dataset()), cfg, CPU, COUNTS)
     assert result.best_epoch == best
