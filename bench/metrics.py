@@ -33,6 +33,16 @@ HIGHER_IS_BETTER = {
 }
 
 
+def monitored(row: dict, monitor: str) -> float:
+    """The figure train.monitor names in an epoch's history row (val_accuracy is 1 - val_error)."""
+    return 1 - row["val_error"] if monitor == "val_accuracy" else row[monitor]
+
+
+def maximises(monitor: str, mode: str) -> bool:
+    """Whether higher is better for train.monitor under train.mode ("auto": only val_accuracy)."""
+    return mode == "max" or (mode == "auto" and monitor == "val_accuracy")
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Top-1 and top-5 error (top-k capped at the class count) and mean cross-entropy."""
     logits, labels = logits.float(), labels.long()

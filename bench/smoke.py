@@ -149,10 +149,10 @@ def _root_map(cells: list[Cell], size: int) -> dict[str, Any]:
 def _rewrite(key: str, value: Any, maps: dict[str, dict[str, Any]], rules: dict[str, Shrink]) -> Any:
     """`value`, written under dotted `key`, with every shrunk key inside it replaced."""
     if key in maps:
-        mapped = maps[key].get(_js(value), _js)
-        if mapped is _js:  # a value no cell uses (overridden everywhere): shrink it alone
-            return rules[key].small(value) if key in rules else value
-        return mapped
+        if _js(value) in maps[key]:
+            return maps[key][_js(value)]
+        # a value no cell uses (overridden everywhere): shrink it alone
+        return rules[key].small(value) if key in rules else value
     if isinstance(value, dict):
         return {k: _rewrite(f"{key}.{k}", v, maps, rules) for k, v in value.items()}
     return value

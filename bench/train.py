@@ -19,7 +19,7 @@ from torch import nn
 from bench.config import TrainConfig
 from bench.data.loaders import Preprocess
 from bench.errors import UserError
-from bench.metrics import classification_metrics, full_metrics
+from bench.metrics import classification_metrics, full_metrics, maximises, monitored
 from bench.models.freeze import set_train_mode
 from bench.models.heads import head_name
 from bench.techniques import LOSSES, MIXES, OPTIMIZERS, SCHEDULES, build_tta
@@ -248,13 +248,13 @@ class EarlyStopping:
 
     def __init__(self, monitor: str, mode: str, patience: int | None, min_delta: float):
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
-        self.sign = -1.0 if (mode == "max" or (mode == "auto" and monitor == "val_accuracy")) else 1.0
+        self.sign = -1.0 if maximises(monitor, mode) else 1.0
         self.best: tuple[float, float] | None = None
         self.since_best = 0
 
     def update(self, row: dict[str, Any]) -> bool:
         """True when this epoch is the new best."""
-        value = self.sign * (1 - row["val_error"] if self.monitor == "val_accuracy" else row[self.monitor])
+        value = self.sign * monitored(row, self.monitor)
         if self.best is None or value < self.best[0] - self.min_delta or (
                 self.min_delta == 0 and value == self.best[0] and row["val_loss"] < self.best[1]):
             self.best, self.since_best = (value, row["val_loss"]), 0

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from bench.metrics import maximises, monitored
 from bench.registry import register
 
 SCHEDULES: dict = {}
@@ -130,10 +131,9 @@ class Plateau:
 
     def __init__(self, cfg):
         self.monitor = cfg.monitor
-        maximise = cfg.mode == "max" or (cfg.mode == "auto" and cfg.monitor == "val_accuracy")
         self.probe = _probe()
         self.reduce = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.probe, mode="max" if maximise else "min", factor=cfg.gamma,
+            self.probe, mode="max" if maximises(cfg.monitor, cfg.mode) else "min", factor=cfg.gamma,
             patience=cfg.plateau_patience - 1, threshold=cfg.min_delta, threshold_mode="abs",
             min_lr=cfg.min_lr / cfg.lr)
 
@@ -141,7 +141,7 @@ class Plateau:
         return self.probe.param_groups[0]["lr"]
 
     def epoch_end(self, row: dict[str, Any]) -> None:
-        self.reduce.step(1 - row["val_error"] if self.monitor == "val_accuracy" else row[self.monitor])
+        self.reduce.step(monitored(row, self.monitor))
 
 
 @register(SCHEDULES, "plateau")
