@@ -32,7 +32,8 @@ class Format(StrEnum):
     table = "table"
 
 
-def _cells(suite_path: Path, only: str | None, smoke: bool):
+def _cells(suite_path: Path, only: str | None, smoke: bool, *, device: str = "auto", results: Path | None = None,
+           data: bool = True):
     from bench.config import load_suite
     from bench.runner import select
     from bench.suite import expand, preflight
@@ -47,7 +48,7 @@ def _cells(suite_path: Path, only: str | None, smoke: bool):
     if not chosen:
         raise UserError(f"--only '{only}' matches none of the {len(cells)} cells", file=suite_path,
                         hint="match a cell id or label; `bench plan` lists them")
-    preflight(suite, chosen)
+    preflight(suite, chosen, device, data=data, results=results)
     return suite, chosen
 
 
@@ -57,20 +58,59 @@ def run(
     results: Path = typer.Option(Path("results"), help="where results/<suite>/ is written"),
     only: str | None = typer.Option(None, help="run only cells whose id or label matches this glob"),
     smoke: bool = typer.Option(False, help="tiny generated stand-in data, one short epoch, no downloads"),
-    force: bool = typer.Option(False, help="rerun cells that already finished"),
+    force: bool = typer.Option(False, help="rerun cells that already finished, from epoch 1"),
     device: Device = typer.Option(Device.auto, help="auto picks cuda, then mps, then cpu"),
+    checkpoint: bool = typer.Option(True, help="save every epoch and resume an unfinished cell from its last"),
+    keep_checkpoints: bool = typer.Option(False, help="keep checkpoint.pt in a cell's folder once it finished"),
+    in_process: bool = typer.Option(False, help="run cells in this process, not one child process each "
+                                                "(for a debugger; a crash then ends the suite)"),
 ) -> None:
-    """Run every cell of a suite; finished cells are skipped, failed ones recorded."""
+    """Run every cell of a suite; finished cells are skipped, unfinished ones resumed, failed ones recorded."""
     from bench.progress import make_progress
-    from bench.runner import run_suite
+    from bench.runner import RunOptions, run_suite
 
-    spec, cells = _cells(suite, only, smoke)
-    summary = run_suite(suite.read_text(), spec.suite.name, cells, results, device=device.value, force=force,
-                        progress=make_progress(err))
-    err.print(f"[bench] {len(summary.ran)} ran, {len(summary.skipped)} skipped, {len(summary.failed)} failed "
-              f"-> {summary.suite_dir}", highlight=False)
+    spec, cells = _cells(suite, only, smoke, device=device.value, results=results)
+    options = RunOptions(force=force, checkpoint=checkpoint, keep_checkpoint=keep_checkpoints,
+                         isolate=not in_process)
+    try:
+        summary = run_suite(suite.read_text(), spec.suite.name, cells, results, device=device.value,
+                            progress=make_progress(err), options=options)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished epoch is in a checkpoint
+        err.print("[bench] interrupted; run the same command again to resume", highlight=False, markup=False)
+        raise typer.Exit(130) from None
+    busy = f", {len(summary.busy)} running elsewhere" if summary.busy else ""
+    err.print(f"[bench] {len(summary.ran)} ran, {len(summary.skipped)} skipped, {len(summary.failed)} failed"
+              f"{busy} -> {summary.suite_dir}", highlight=False, markup=False)
     if summary.failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    target: Path = typer.Argument(..., help="a suite file (every cell, started or not) or a results/<suite> folder"),
+    results: Path = typer.Option(Path("results"), help="where results/<suite>/ is, for a suite file"),
+    smoke: bool = typer.Option(False, help="the cells as --smoke runs them"),
+) -> None:
+    """Each cell: done, running (where, since when, epoch k of n), failed (why), resumable (at epoch k) or not
+    started."""
+    from tabulate import tabulate
+
+    from bench.status import cell_states
+
+    if target.suffix == ".toml":
+        spec, cells = _cells(target, None, smoke, data=False)
+        suite_dir, listed = results / spec.suite.name, [(c.id, c.label) for c in cells]
+    else:
+        suite_dir, listed = target, None
+        if not suite_dir.is_dir():
+            raise UserError(f"no results folder at '{target}'", hint="name a suite file or results/<suite>")
+    rows = cell_states(suite_dir, listed)
+    print(tabulate([[r["id"], r["label"], r["state"], r["detail"]] for r in rows],
+                   headers=["id", "label", "state", "detail"], tablefmt="github"))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    err.print("[bench] " + ", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False, markup=False)
 
 
 @app.command()
@@ -151,14 +191,14 @@ def report(
         from bench.store import atomic_write_text
 
         atomic_write_text(out, text)
-        err.print(f"[bench] wrote {out}", highlight=False)
+        err.print(f"[bench] wrote {out}", highlight=False, markup=False)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     if plots:
         from bench.plots import write_plots
 
         written = write_plots(suite_dirs, plots, filters=filter_ or [])
-        err.print(f"[bench] wrote {len(written)} plot(s) to {plots}", highlight=False)
+        err.print(f"[bench] wrote {len(written)} plot(s) to {plots}", highlight=False, markup=False)
 
 
 @app.command()
@@ -192,7 +232,7 @@ def export(
     from bench.store import find_cell
 
     n = export_submission(find_cell(cell, suite), out, split=split, k=k)
-    err.print(f"[bench] wrote {n} predictions to {out}", highlight=False)
+    err.print(f"[bench] wrote {n} predictions to {out}", highlight=False, markup=False)
 
 
 def _suite_dir(target: Path | None, results: Path) -> Path | None:
@@ -216,7 +256,7 @@ def models(pattern: str = typer.Argument("*", help="glob over prefix:name, e.g. 
 
     names = list_archs(pattern if ":" in pattern or pattern == "*" else f"*{pattern}")
     print("\n".join(names))
-    err.print(f"[bench] {len(names)} architecture(s)", highlight=False)
+    err.print(f"[bench] {len(names)} architecture(s)", highlight=False, markup=False)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at a data set before training on it.")
@@ -236,7 +276,7 @@ def data_inspect(
     from bench.data.inspect import describe, plot_histogram, render
 
     if target.suffix == ".toml":
-        configs = _data_configs(_cells(target, None, smoke=False)[1])
+        configs = _data_configs(_cells(target, None, smoke=False, data=False)[1])
     else:
         configs = [DataConfig(source="folder", root=str(target))]
     for i, cfg in enumerate(configs):
@@ -247,7 +287,7 @@ def data_inspect(
             print(render(info) + "\n")
         if plot:
             out = plot if len(configs) == 1 else plot.with_stem(f"{plot.stem}-{i}")
-            err.print(f"[bench] wrote {plot_histogram(info, out)}", highlight=False)
+            err.print(f"[bench] wrote {plot_histogram(info, out)}", highlight=False, markup=False)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,30 @@ from bench.metrics import load_predictions
 from bench.store import Record
 
 EXACT_BELOW = 25  # discordant pairs; the usual switch from the exact test to the chi-square approximation
+
+
+def read_predictions(cell_dir: Path | str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """load_predictions, with a damaged predictions.npz (cut short, not a zip, arrays missing or not
+    paired) refused on one line naming it; report, compare and export all read predictions through here."""
+    path = Path(cell_dir) / "predictions.npz"
+
+    def damaged(why: str) -> UserError:
+        return UserError(f"damaged predictions file ({why})", file=path,
+                         hint=f"rerun the cell: bench run SUITE --only {Path(cell_dir).name} --force")
+
+    try:
+        logits, labels = load_predictions(Path(cell_dir), split)
+    except UserError:
+        raise
+    except Exception as e:  # numpy and zipfile raise a different type for each way a file can be broken
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unreadable"
+        raise damaged(f"{type(e).__name__}: {first}") from None
+    classes = logits.shape[1] if logits.ndim == 2 else 0
+    if not classes or labels.ndim != 1 or len(logits) != len(labels):
+        raise damaged(f"{split} logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not pair")
+    if labels.is_floating_point() or (len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < classes):
+        raise damaged(f"{split} labels are not class indices below {classes}")
+    return logits, labels.long()
 
 
 def mcnemar(b: int, c: int) -> tuple[float, str]:
@@ -92,8 +117,8 @@ def compare_cells(a: Record, b: Record, split: str = "test", resamples: int = 10
     if keys[0] != keys[1] or keys[0] is None:
         raise UserError(f"the cells used different data splits ({keys[0]} vs {keys[1]})",
                         hint="a paired test needs the same images: compare cells of one data config and seed")
-    logits_a, labels_a = load_predictions(a.dir, split)
-    logits_b, labels_b = load_predictions(b.dir, split)
+    logits_a, labels_a = read_predictions(a.dir, split)
+    logits_b, labels_b = read_predictions(b.dir, split)
     if labels_a.shape != labels_b.shape or not torch.equal(labels_a, labels_b):
         raise UserError(f"the cells' {split} labels differ", hint="a paired test needs the same images in the same order")
     wrong_a = (logits_a.argmax(1) != labels_a).numpy()

@@ -255,11 +255,22 @@ def load_suite(path: str | Path) -> Suite:
         meta = SuiteMeta.model_validate(raw["suite"])
     except ValidationError as e:
         raise validation_error(e, path, prefix="suite") from None
-    grid = flatten(raw.get("grid", {}))  # `model.arch = [...]` unquoted nests in TOML: same as quoted
+    grid = check_grid(flatten(raw.get("grid", {})), path)  # `model.arch = [...]` unquoted nests: same as quoted
     cells = raw.get("cells", [])
     if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
         raise UserError("must be an array of tables", file=path, key="cells", hint="write each as [[cells]]")
     return Suite(path=path, suite=meta, base={k: raw.get(k, {}) for k in SECTIONS}, grid=grid, cells=cells)
+
+
+def check_grid(grid: dict[str, Any], path: Path | None) -> dict[str, Any]:
+    """`grid`, once every axis is a non-empty list: a bare value is a likely slip for a one-value axis."""
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            example = f"[{values!r}]" if not isinstance(values, list) else "[value1, value2]"
+            raise UserError("must be a non-empty list of values" + ("" if isinstance(values, list) else
+                                                                     f", not {values!r}"),
+                            file=path, key=f'grid."{key}"', hint=f'write "{key}" = {example}')
+    return grid
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

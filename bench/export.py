@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from bench.compare import read_predictions
 from bench.errors import UserError
-from bench.metrics import load_predictions
 from bench.store import Record, atomic_write_text, read_json
 
 
@@ -28,8 +28,12 @@ def submission_rows(record: Record, split: str = "test", k: int = 5) -> list[tup
     split_file = record.dir.parent / "splits" / f"{data.get('split_key')}.json"
     if not split_file.is_file():
         raise UserError(f"the split file '{split_file}' is missing", hint="export reads the image list from it")
-    files = read_json(split_file).get(split, [])
-    logits, _ = load_predictions(record.dir, split)
+    try:
+        files = read_json(split_file)[split]
+    except (ValueError, KeyError, TypeError) as e:  # an edit or a damaged disk: the runner writes it atomically
+        raise UserError(f"not a bench split file ({type(e).__name__})", file=split_file,
+                        hint=f"rerun the cell: bench run SUITE --only {record.dir.name} --force") from None
+    logits, _ = read_predictions(record.dir, split)
     if len(files) != len(logits):
         raise UserError(f"'{split_file}' lists {len(files)} {split} images but the predictions hold {len(logits)}")
     names = class_ids(data.get("class_names") or [str(i) for i in range(logits.shape[1])])

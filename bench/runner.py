@@ -1,11 +1,14 @@
-"""Runs cells: seeding, shared initial weights, resume, failure isolation, cost accounting, results."""
+"""Runs cells: claims, seeding, shared initial weights, checkpoints and resume, failure records, cost
+accounting, results."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import io
 import platform
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -19,18 +22,20 @@ import torch
 from safetensors.torch import save_model
 
 import bench
+from bench.checkpoint import Checkpoint
+from bench.claims import Claim, claim_live, read_claim
 from bench.cost import forward_gflops
 from bench.data import prepare
 from bench.data.loaders import make_loaders
 from bench.errors import UserError
 from bench.features import feature_setup
-from bench.hashing import file_digest
+from bench.hashing import file_digest, stable_hash
 from bench.models.freeze import apply_freeze, count_params
 from bench.progress import LogProgress
 from bench.store import atomic_path, atomic_write_text, read_json, write_json, write_npz
 from bench.suite import Cell
 from bench.techniques import build_augment
-from bench.train import fit, steps_per_epoch
+from bench.train import Diverged, fit, steps_per_epoch
 from bench.weights import initial_model, load_parent
 
 
@@ -40,6 +45,16 @@ class RunSummary:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (cell id, one-line error)
+    busy: list[str] = field(default_factory=list)  # claimed by another live process
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How cells run, as opposed to what they are: nothing here changes a cell's id or its numbers."""
+    force: bool = False  # rerun finished cells, from epoch 1
+    checkpoint: bool = True  # save every epoch, and resume from the last
+    keep_checkpoint: bool = False  # keep checkpoint.pt once the cell has finished
+    isolate: bool = True  # each cell in a child process, so a crash is that cell's record
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -51,6 +66,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but torch sees no CUDA device", hint="use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps, but torch sees no MPS device", hint="use --device auto or cpu")
     return torch.device(name)
 
 
@@ -64,12 +81,17 @@ def select(cells: list[Cell], only: str | None) -> list[Cell]:
 def is_done(cell_dir: Path) -> bool:
     try:
         return read_json(cell_dir / "result.json").get("status") == "ok"
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return False
 
 
 def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, device: str = "auto",
-              force: bool = False, progress: LogProgress | None = None) -> RunSummary:
+              force: bool = False, progress: LogProgress | None = None, options: RunOptions | None = None
+              ) -> RunSummary:
+    """Run `cells` in order. A cell another live process has claimed is left to it; a finished one is
+    skipped; an unfinished one goes on from its checkpoint. One cell's failure is its record, and the
+    suite goes on; KeyboardInterrupt (or SIGTERM) stops the suite, leaving every checkpoint resumable."""
+    options = options or RunOptions(force=force)
     progress = progress or LogProgress()
     suite_dir = Path(results) / name
     chosen = {c.id for c in cells}
@@ -78,38 +100,114 @@ def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, d
             raise UserError(f"cell '{c.label}' starts from cell {c.parent} (model.init_from = "
                             f"'{c.config.model.init_from}'), which has not finished", key="model.init_from",
                             hint="run the parent cell first, or widen --only to include it")
+    dev = resolve_device(device)  # before anything is written
     suite_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(suite_dir / "suite.toml", suite_text)
-    dev = resolve_device(device)
     summary = RunSummary(suite_dir)
-    with progress:
+    with progress, _sigterm_interrupts():
         progress.start_run(len(cells), name)
         for index, cell in enumerate(cells, 1):
             cell_dir = suite_dir / cell.id
-            if is_done(cell_dir) and not force:
+            if is_done(cell_dir) and not options.force:
                 summary.skipped.append(cell.id)
                 progress.start_cell(index, len(cells), cell.label, cell.id, 1, 1)
                 progress.end_cell("skipped", "finished earlier (--force reruns it)")
                 continue
+            claim = Claim(cell_dir, cell.config.train.epochs)
+            if not claim.acquire():
+                summary.busy.append(cell.id)
+                progress.start_cell(index, len(cells), cell.label, cell.id, 1, 1)
+                progress.end_cell("skipped", f"running elsewhere ({_owner(cell_dir)})")
+                continue
             try:
-                result = run_cell(cell, suite_dir, dev, progress, index, len(cells))
+                if is_done(cell_dir) and not options.force:  # finished by another process meanwhile
+                    summary.skipped.append(cell.id)
+                    continue
+                if cell.parent and not is_done(suite_dir / cell.parent) and claim_live(read_claim(suite_dir / cell.parent)):
+                    summary.busy.append(cell.id)
+                    progress.start_cell(index, len(cells), cell.label, cell.id, 1, 1)
+                    progress.end_cell("skipped", f"its parent {cell.parent} is running elsewhere")
+                    continue
+                if options.isolate:
+                    from bench.worker import run_in_child
+
+                    record = run_in_child(cell, suite_dir, dev, progress, index, len(cells), options, claim)
+                else:
+                    record = execute(cell, suite_dir, dev, progress, index, len(cells), options, claim)
+            finally:
+                claim.release()
+            if record["status"] == "ok":
                 summary.ran.append(cell.id)
-                test = result["metrics"].get("test", {})
-                progress.end_cell("ok", f"val_error {result['metrics']['val']['top1_error']:.4f}"
+                test = record["metrics"].get("test", {})
+                progress.end_cell("ok", f"val_error {record['metrics']['val']['top1_error']:.4f}"
                                   + (f" test_error {test['top1_error']:.4f}" if test else ""))
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # one cell's failure is a record, and the suite goes on
-                line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                error = f"{type(e).__name__}: {line}"
-                summary.failed.append((cell.id, error))
-                cell_dir.mkdir(parents=True, exist_ok=True)
-                write_json(cell_dir / "cell.json", cell_record(cell))
-                write_json(cell_dir / "result.json", {
-                    "schema_version": bench.SCHEMA_VERSION, "status": "failed", "error": error,
-                    "traceback": traceback.format_exc(), "env": environment(dev)})
-                progress.end_cell("FAILED", error)
+            else:
+                summary.failed.append((cell.id, record["error"]))
+                progress.end_cell(record["status"].upper(), f"{cell.label} ({cell.id}): {record['error']}")
     return summary
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a scheduler's preemption, `kill`) stops the suite as Ctrl-C does: cleanly, resumable."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _owner(cell_dir: Path) -> str:
+    claim = read_claim(cell_dir) or {}
+    return f"{claim.get('host', '?')} pid {claim.get('pid', '?')}, epoch {claim.get('epoch', '?')}/{claim.get('epochs', '?')}"
+
+
+def execute(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProgress, index: int, total: int,
+            options: RunOptions, claim: Claim | None = None) -> dict[str, Any]:
+    """Run one cell here and return its record, written to result.json whatever happened: ok, or a failure
+    saying what it was (diverged, oom, failed) so a suite goes on past it."""
+    try:
+        return run_cell(cell, suite_dir, device, progress, index, total, options=options, claim=claim)
+    except KeyboardInterrupt:
+        raise
+    except Diverged as e:  # a result: the history so far is kept, and the report lists it
+        _write_history(suite_dir / cell.id, e.history)
+        return failure_record(cell, suite_dir, device, "diverged", str(e), epoch=e.epoch, history=e.history)
+    except torch.OutOfMemoryError as e:
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        error = (f"out of memory at train.batch_size {cell.config.train.batch_size}"
+                 + (f" (peak {peak:.0f} MiB allocated)" if peak is not None else "")
+                 + "; lower train.batch_size (train.accumulate keeps the effective batch), or use bf16")
+        return failure_record(cell, suite_dir, device, "oom", error, peak_cuda_mb=peak, detail=str(e)[:500])
+    except Exception as e:  # one cell's failure is a record, and the suite goes on
+        line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return failure_record(cell, suite_dir, device, "failed", f"{type(e).__name__}: {line}",
+                              traceback=traceback.format_exc())
+
+
+def failure_record(cell: Cell, suite_dir: Path, device: torch.device, status: str, error: str, **extra: Any
+                   ) -> dict[str, Any]:
+    """Write and return the record of a cell that did not finish."""
+    cell_dir = suite_dir / cell.id
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    write_json(cell_dir / "cell.json", cell_record(cell))
+    record = {"schema_version": bench.SCHEMA_VERSION, "status": status, "error": error, **extra,
+              "env": environment(device)}
+    write_json(cell_dir / "result.json", record)
+    return record
+
+
+def _write_history(cell_dir: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    pd.DataFrame(history).to_csv(buf, index=False)
+    atomic_write_text(cell_dir / "history.csv", buf.getvalue())
 
 
 def cell_record(cell: Cell) -> dict[str, Any]:
@@ -118,7 +216,10 @@ def cell_record(cell: Cell) -> dict[str, Any]:
 
 
 def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProgress,
-             index: int = 1, total: int = 1) -> dict[str, Any]:
+             index: int = 1, total: int = 1, *, options: RunOptions | None = None,
+             claim: Claim | None = None) -> dict[str, Any]:
+    """Train and evaluate one cell in this process, going on from its checkpoint; write its records."""
+    options = options or RunOptions()
     cfg = cell.config
     cell_dir = suite_dir / cell.id
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +246,21 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     if cfg.model.freeze == "features":  # the head alone trains, on the backbone's cached features
         model, loaders, features = feature_setup(model, cfg, data, loaders, device)
 
+    init_sha = file_digest(suite_dir / "init" / f"{init_key}.safetensors")
+    checkpoint = None
+    if options.checkpoint:
+        # valid for this config (the id), these images in these splits, these initial weights, this schema
+        fingerprint = stable_hash({"cell": cell.id, "split": data.split_key, "init": init_sha,
+                                   "parent": parent, "schema": bench.SCHEMA_VERSION}, 16)
+        checkpoint = Checkpoint(cell_dir, fingerprint, cfg.train.epochs)
+        if options.force:
+            checkpoint.remove()
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        progress.epoch(row)
+        if claim is not None:
+            claim.update(epoch=row["epoch"])
+
     steps = steps_per_epoch(loaders["train"], cfg.train.max_steps)
     progress.start_cell(index, total, cell.label, cell.id, cfg.train.epochs, steps)
     torch.manual_seed(cfg.seed)  # training randomness (shuffling, augmentation) starts from the seed alone
@@ -152,13 +268,11 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    result = fit(model, loaders, cfg.train, device, on_epoch=progress.epoch, on_step=progress.step,
-                 class_counts=data.info["train_class_counts"])
+    result = fit(model, loaders, cfg.train, device, on_epoch=on_epoch, on_step=progress.step,
+                 class_counts=data.info["train_class_counts"], checkpoint=checkpoint)
     wall = time.perf_counter() - start
 
-    buf = io.StringIO()
-    pd.DataFrame(result.history).to_csv(buf, index=False)
-    atomic_write_text(cell_dir / "history.csv", buf.getvalue())
+    _write_history(cell_dir, result.history)
     arrays = {}
     for split, (logits, labels) in result.predictions.items():
         arrays[f"{split}_logits"] = logits.numpy().astype(np.float32)
@@ -186,11 +300,13 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
             "gflops_forward": gflops,
         },
         "data": {**data.info, "split_key": data.split_key, "class_names": data.classes},
-        "init": {"key": init_key, "sha256": file_digest(suite_dir / "init" / f"{init_key}.safetensors")},
+        "init": {"key": init_key, "sha256": init_sha},
         **({"parent": parent} if parent else {}), **({"features": features} if features else {}),
         "env": environment(device),
     }
     write_json(cell_dir / "result.json", record)  # last: its presence with status ok marks the cell done
+    if checkpoint is not None and not options.keep_checkpoint:
+        checkpoint.remove()
     return record
 
 

@@ -102,6 +102,9 @@ def latest_suite_dir(results: Path) -> Path | None:
     return max(runs, key=lambda d: (d / "suite.toml").stat().st_mtime, default=None)
 
 
+CELL_KEYS = {"id", "group", "label", "axes"}  # with config: what reports and comparisons read from cell.json
+
+
 @dataclass(frozen=True)
 class Record:
     """One cell as the runner left it: its folder, cell.json and result.json (of this bench's schema)."""
@@ -114,8 +117,12 @@ def load_records(suite_dir: Path | str) -> Iterator[Record]:
     """Every cell of `suite_dir` that has written a result, in name order.
 
     One scandir and two reads per cell, no stat calls: a report over 10,000 cells is mostly JSON parsing."""
-    with os.scandir(suite_dir) as entries:
-        names = sorted(e.name for e in entries if not e.name.startswith("."))
+    try:
+        with os.scandir(suite_dir) as entries:
+            names = sorted(e.name for e in entries if not e.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        raise UserError(f"no results folder at '{suite_dir}'",
+                        hint="name a results/<suite> folder, e.g. --suite results/quickstart") from None
     for name in names:
         record = _read(os.path.join(suite_dir, name))
         if record is not None:  # not init/, splits/, suite.toml or an unfinished cell
@@ -139,7 +146,7 @@ def find_cell(name: str, suite_dir: Path | str | None = None) -> Record:
     matches = [r for r in load_records(suite_dir)
                if r.cell["id"] == name or fnmatch.fnmatchcase(r.cell["label"], name)]
     if len(matches) != 1:
-        found = "; ".join(f"{r.cell['id']} {r.cell['label']} seed {r.cell['config']['seed']}"
+        found = "; ".join(f"{r.cell['id']} {r.cell['label']} seed {r.cell['config'].get('seed')}"
                           for r in matches[:5])
         where = f"'{name}' matches {len(matches)} cells in '{suite_dir}'"
         raise UserError(where + (f": {found}" if found else ""),
@@ -161,13 +168,22 @@ def _read(cell_dir: str) -> Record | None:
         raise UserError(f"its result.json has {found}, this bench reads {SCHEMA_VERSION}", file=cell_dir,
                         hint="rerun the suite with this version of bench (bench run SUITE --force), "
                              "or report it with the bench version that wrote it")
+    # every reader indexes these without a guard: a hand-edited cell.json is refused here, once
+    if not isinstance(cell, dict) or not isinstance(cell.get("config"), dict) or not CELL_KEYS <= cell.keys():
+        raise UserError(f"not a bench cell record (needs {', '.join(sorted(CELL_KEYS))} and config)",
+                        file=os.path.join(cell_dir, "cell.json"),
+                        hint=f"rerun the cell: bench run SUITE --only {os.path.basename(cell_dir)} --force")
     return Record(Path(cell_dir), cell, result)
 
 
 def _parse(path: str) -> Any:
+    cell_id = os.path.basename(os.path.dirname(path))
     try:
         return read_json(path)
     except ValueError as e:  # not JSON or not UTF-8; bench writes atomically, so an edit or a damaged disk
-        cell_id = os.path.basename(os.path.dirname(path))
         raise UserError(f"not valid JSON ({e})", file=path,
                         hint=f"rerun the cell: bench run SUITE --only {cell_id} --force") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise  # no record here: the caller decides
+    except OSError as e:  # unreadable (permissions, a folder named result.json, an I/O error)
+        raise UserError(f"cannot read it ({e.strerror or type(e).__name__})", file=path) from None

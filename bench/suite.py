@@ -13,11 +13,13 @@ import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from bench.config import SECTIONS, CellConfig, Suite, flatten, validation_error
+from bench.config import SECTIONS, CellConfig, Suite, check_grid, flatten, validation_error
 from bench.errors import UserError, did_you_mean
 from bench.hashing import stable_hash
 
@@ -68,11 +70,7 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _grid_entries(suite: Suite) -> list[tuple[str, list[Any]]]:
-    for key, values in suite.grid.items():
-        if not isinstance(values, list) or not values:
-            raise UserError("must be a non-empty list of values", file=suite.path, key=f'grid."{key}"',
-                            hint=f'write "{key}" = [value1, value2]')
-    return list(suite.grid.items())
+    return list(check_grid(suite.grid, suite.path).items())  # again: a Suite may be built in code (smoke)
 
 
 def expand(suite: Suite) -> list[Cell]:
@@ -208,14 +206,21 @@ def _label(suite: Suite, resolved: list[tuple[CellConfig, str | None, dict, dict
 
 
 def _where(suite: Suite | None, cell: Cell, key: str) -> str:
-    """The place in the suite file that set `key` for this cell: a [[cells]] entry, the grid, or [model]."""
+    """The place in the suite file that set `key` for this cell: a [[cells]] entry, the grid, or a section.
+    A key inside a table matches the table's key too (data.annotations.train set by "data.annotations")."""
     if suite is None:
         return key
-    if key in suite.grid:
-        return f'grid."{key}"'
+
+    def sets(keys) -> str | None:
+        return next((k for k in keys if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
+
+    grid_key = sets(suite.grid)
+    if grid_key:
+        return f'grid."{grid_key}"'
     for i, entry in enumerate(suite.cells):
-        if entry.get("label") == cell.explicit_label and key in flatten(entry):
-            return f"cells[{i}].{key}"
+        entry_key = sets(flatten(entry))
+        if entry.get("label") == cell.explicit_label and entry_key:
+            return f"cells[{i}].{entry_key}"
     return key
 
 
@@ -286,15 +291,91 @@ def _short(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def preflight(suite: Suite, cells: list[Cell]) -> None:
-    """Checks that need the file system, done before anything trains: data folders and weights files."""
-    from pathlib import Path
+def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bool = True,
+              results: Path | None = None) -> None:
+    """Checks that need the file system, the network or the hardware, made before anything is written, so
+    that a mistake is one line and exit 2 rather than a failed cell: the device; with `data`, each data
+    config's files as its source reads them and what curation leaves of them (image headers only, cached);
+    local weights files and their fit; freeze modes against the network's depth; hub weights (not asked for
+    a cell whose initial weights `results`/<suite>/init already holds); the precision on this device."""
+    from bench.runner import resolve_device
+    from bench.train import precision_setup
+
+    dev = resolve_device(device)  # the same check, and message, as the runner's
+    classes: dict[str, int] = {}  # data config -> classes curation keeps (for init keys and model shapes)
+    done: set[str] = set()
+
+    def once(*what: Any) -> bool:
+        """True the first time: a 1,000-cell grid reads each weights file and builds each network once."""
+        memo = json.dumps(what, sort_keys=True, default=str)
+        if memo in done:
+            return False
+        done.add(memo)
+        return True
 
     for cell in cells:
-        data, model = cell.config.data, cell.config.model
-        if data.source == "folder" and not Path(data.root).is_dir():
-            raise UserError(f"data folder '{data.root}' does not exist", file=suite.path, key="data.root",
-                            hint="put the data there (see README, 'Data'), fix the path, or try --smoke")
-        if isinstance(model.pretrained, str) and not Path(model.pretrained).is_file():
-            raise UserError(f"weights file '{model.pretrained}' does not exist", file=suite.path,
-                            key="model.pretrained", hint="give an existing .safetensors/.pt file, true, or false")
+        d, m, t = cell.config.data, cell.config.model, cell.config.train
+        try:
+            data_key = d.model_dump_json(exclude={"workers", "image_size", "cache_size"})
+            if data and data_key not in classes:
+                from bench.data.curate import preview, require_trainable
+
+                samples, keep, steps = preview(d)
+                require_trainable(samples, keep, steps, d)
+                classes[data_key] = len(np.unique(samples.labels[keep]))
+            n = classes.get(data_key, 2)
+            head = {"pool": m.pool, "hidden": m.head_hidden, "activation": m.head_activation,
+                    "dropout": m.head_dropout}
+            if isinstance(m.pretrained, str) and once("weights", m.pretrained, m.arch, head, d.image_size):
+                _check_weights_file(Path(m.pretrained), m.arch, d.image_size, head)
+            if ":" in m.freeze and once("freeze", m.freeze, m.arch, head, d.image_size):
+                from bench.models.factory import skeleton
+                from bench.models.freeze import frozen_layers
+
+                frozen_layers(skeleton(m.arch, n, d.image_size, **head), m.freeze)
+            if m.pretrained is True and not _init_saved(cell, n, data_key in classes, results, suite) \
+                    and once("hub", m.arch):
+                from bench.models.factory import require_hub_weights
+
+                require_hub_weights(m.arch)
+            # fp16 off CUDA, bf16 on a CPU without it; whether a GPU has bf16 is left to the cell: asking
+            # would initialise CUDA in this process, which holds GPU memory for the whole run
+            if dev.type != "cuda" and once("precision", t.precision):
+                precision_setup(t.precision, dev)
+        except UserError as e:
+            raise UserError(e.reason, file=suite.path, key=_where(suite, cell, e.key) if e.key else None,
+                            hint=e.hint) from None
+
+
+def _init_saved(cell: Cell, num_classes: int, known: bool, results: Path | None, suite: Suite) -> bool:
+    """Whether this cell's shared initial weights are saved already: then the runner never asks the hub."""
+    if results is None or not known:
+        return False
+    from bench.weights import init_key
+
+    return (Path(results) / suite.suite.name / "init" / f"{init_key(cell.config, num_classes)}.safetensors").is_file()
+
+
+def _check_weights_file(path: Path, arch: str, image_size: int, head: dict[str, Any]) -> None:
+    """A local model.pretrained file reads as a state dict of tensors (never unpickling code: weights_only)
+    and fits the architecture, checked on its skeleton, so a wrong file is refused before any cell starts."""
+    import warnings
+
+    import torch
+
+    from bench.models.factory import skeleton
+    from bench.weights import load_backbone, read_state_file
+
+    hint = "give a .safetensors or .pt state dict (torch.save(model.state_dict(), path)), true, or false"
+    try:
+        state = read_state_file(path)
+    except UserError:
+        raise
+    except Exception as e:  # safetensors and torch raise their own types for a damaged or foreign file
+        raise UserError(f"cannot read weights file '{path}' ({type(e).__name__})", key="model.pretrained",
+                        hint=hint) from None
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"'{path}' holds no tensors by name", key="model.pretrained", hint=hint)
+    with warnings.catch_warnings():  # loading into meta tensors is a no-op that says so; the fit is the point
+        warnings.simplefilter("ignore")
+        load_backbone(skeleton(arch, 2, image_size, **head), state, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 
+from bench.checkpoint import Checkpoint, rng_state, set_rng_state
 from bench.config import TrainConfig
 from bench.data.loaders import Preprocess
 from bench.errors import UserError
@@ -43,6 +45,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     set_train_mode(model)
     device = prep.device if isinstance(prep, Preprocess) else None
     loss_sum = torch.zeros((), device=device)
+    first = None
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     # the epoch's batch count sizes its last accumulation group, which may be shorter than the others
@@ -88,6 +91,8 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
                 scheduler.step()
             if after_step is not None:
                 after_step()
+        if first is None:  # the loss before any update of this epoch: the divergence rule's yardstick
+            first = loss.detach()
         # accumulate on the device: no host sync per step
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
@@ -96,7 +101,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
             on_step()
     seconds = time.perf_counter() - start
     return {"loss": float(loss_sum) / max(1, seen), "accuracy": float(correct) / max(1, seen),
-            "images": seen, "seconds": seconds}
+            "images": seen, "seconds": seconds, "first_loss": float(first) if first is not None else float("nan")}
 
 
 @torch.no_grad()
@@ -122,6 +127,28 @@ def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | N
         labels.append(y)
     seconds = time.perf_counter() - start
     return torch.cat(logits), torch.cat(labels), seconds
+
+
+DIVERGENCE_FACTOR = 100.0
+
+
+class Diverged(Exception):
+    """Training blew up: a result, not a crash (study 004's lr sweep diverges at 1e-2)."""
+
+    def __init__(self, epoch: int, loss: float, limit: float, history: list[dict[str, Any]]):
+        self.epoch, self.loss, self.limit, self.history = epoch, loss, limit, history
+        super().__init__(f"diverged at epoch {epoch}: mean training loss {loss:.4g} "
+                         + ("is not finite" if not math.isfinite(loss) else f"> {limit:.4g}")
+                         + "; lower train.lr, or add warmup_epochs or clip_grad")
+
+
+def _generators(loader) -> dict[str, torch.Generator]:
+    """The training loader's own random generators: its shuffle and worker seeds, and a sampler's draws."""
+    found = {"loader": loader.generator}
+    sampler = getattr(loader.sampler, "generator", None)
+    if sampler is not None and sampler is not loader.generator:
+        found["sampler"] = sampler
+    return {k: g for k, g in found.items() if g is not None}
 
 
 @dataclass
@@ -277,9 +304,13 @@ def _as_selected(row: dict[str, Any], variant: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- fit
 def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device, class_counts: list[int],
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
-        on_step: Callable[[], None] | None = None) -> FitResult:
+        on_step: Callable[[], None] | None = None, checkpoint: Checkpoint | None = None) -> FitResult:
     """Train `model` in place. `class_counts`, the training images per class, come from the data: their
-    length is the class count (for mixing), their values feed class-weighted losses."""
+    length is the class count (for mixing), their values feed class-weighted losses. With `checkpoint`,
+    training goes on after the epoch it holds, and every epoch is saved to it.
+
+    Raises Diverged when an epoch's mean training loss is not finite or exceeds DIVERGENCE_FACTOR times
+    the larger of the first batch's loss and ln(classes) (the loss of a uniform guess)."""
     autocast, scaler = precision_setup(cfg.precision, device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -300,13 +331,38 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
     best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
     best_ema = copy.deepcopy(ema.module.state_dict()) if ema else None
     eval_seconds, eval_images = 0.0, 0
-    for epoch in range(1, cfg.epochs + 1):
+    start_loss, resumed_at = None, None
+    generators = _generators(loaders["train"])
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:  # go on after the last complete epoch, every state as it was then
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None:
+            scaler.load_state_dict(saved["scaler"])
+        if ema is not None:
+            ema.module.load_state_dict(saved["ema"])
+            ema.updates = saved["ema_updates"]
+            best_ema = saved["best_ema"]
+        stopper.best, stopper.since_best = saved["stopper"]
+        best_epoch, best_state, history = saved["best_epoch"], saved["best_state"], saved["history"]
+        eval_seconds, eval_images, start_loss = saved["eval_seconds"], saved["eval_images"], saved["start_loss"]
+        resumed_at = saved["epoch"]
+        set_rng_state(saved["rng"], generators)
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        if stopper.stop:  # a checkpoint taken at the epoch early stopping ended on
+            break
         lr = optimizer.param_groups[-1]["lr"]  # the head's when backbone and head differ
         tr = train_one_epoch(net, loaders["train"], optimizer, scheduler, loss_fn, prep, max_steps=cfg.max_steps,
                              on_step=on_step, mix=mix, autocast=autocast, scaler=scaler, penalty=penalty,
                              accumulate=cfg.accumulate, clip=clip, after_step=ema)
-        if not torch.isfinite(torch.tensor(tr["loss"])):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {tr['loss']}); lower train.lr")
+        if start_loss is None:
+            start_loss = tr["first_loss"]
+        limit = DIVERGENCE_FACTOR * max(start_loss, math.log(len(class_counts)))
+        if not math.isfinite(tr["loss"]) or tr["loss"] > limit:
+            history.append({"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_error": 1 - tr["accuracy"],
+                            "train_seconds": tr["seconds"], "train_images": tr["images"]})
+            raise Diverged(epoch, tr["loss"], limit, history)
         logits, labels, sec = predict(net, loaders["val"], prep, autocast=autocast)
         eval_seconds, eval_images = eval_seconds + sec, eval_images + len(labels)
         val = classification_metrics(logits, labels)
@@ -328,8 +384,14 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if stopper.stop:
-            break
+        if checkpoint is not None:
+            checkpoint.save(epoch, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "ema": ema.module.state_dict() if ema else None, "ema_updates": ema.updates if ema else 0,
+                "best_ema": best_ema, "stopper": (stopper.best, stopper.since_best), "best_epoch": best_epoch,
+                "best_state": best_state, "history": history, "eval_seconds": eval_seconds,
+                "eval_images": eval_images, "start_loss": start_loss, "rng": rng_state(generators)})
     # the best epoch's weights: the selected ones are "val"/"test"; with EMA, the other variant's follow as
     # "val_raw"/"test_raw" or "val_ema"/"test_ema" (and "_tta" after each name with TTA), reported apart
     states = {"raw": best_state, "ema": best_ema}
@@ -370,6 +432,7 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
     if views:
         timing["tta_time_s"] = tta_seconds
     info = {
+        "resumed_at_epoch": resumed_at,
         "precision": cfg.precision, "autocast": str(autocast.keywords["dtype"]) if autocast else None,
         "grad_scaler": scaler is not None, "channels_last": cfg.channels_last, "compiled": cfg.compile,
         **optimizer_record(optimizer, cfg.optimizer),  # its class and settings, each group's lr and decay

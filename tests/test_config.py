@@ -75,6 +75,7 @@ BAD = [
     ("[[cells]]\nlabel = \"x\"\n\"model.pretrained\" = \"missing.safetensors\"\n", ["model.pretrained", "does not exist"]),
     ("[[cells]]\n\"train.augment\" = \"mixup2\"\n", ["cells[0].train.augment", "unknown augment"]),
     ("[grid]\n\"train.lr\" = []\n", ['grid."train.lr"', "non-empty list"]),
+    ("[grid]\n\"train.lr\" = 0.1\n", ['grid."train.lr"', "non-empty list", "not 0.1", '"train.lr" = [0.1]']),
     ("[trian]\nepochs = 3\n", ["trian", "unknown table", "did you mean 'train'"]),
     ("[suite\nname = 1\n", ["not valid TOML"]),
     ("[train]\noptimizer = \"adan\"\nbetas = [0.9, 0.99]\n", ["train.betas", "adan takes 3 betas, not 2"]),

@@ -275,3 +275,39 @@ def test_frozen_batchnorm_is_in_eval_mode_and_trainable_batchnorm_trains():
     frozen = {n for n, m in bns.items() if not m.weight.requires_grad}
     assert frozen and len(frozen) < len(bns)
     assert all(not bns[n].training for n in frozen) and all(bns[n].training for n in bns if n not in frozen)
+
+
+PLUGIN = """
+from torch import nn
+from bench.models import register_model
+
+
+@register_model("plugged")
+class Plugged(nn.Module):
+    min_size = 1
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.head = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        return self.head(x.mean((2, 3)))
+"""
+
+
+@pytest.mark.parametrize("plugin, ok", [("good.py", True), ("missing.py", False), ("broken.py", False)])
+def test_plugins_register_networks_or_fail_on_one_line(tmp_path, plugin, ok):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "good.py").write_text(PLUGIN)
+    (tmp_path / "broken.py").write_text("import no_such_module_anywhere\n")
+    env = {**os.environ, "BENCH_PLUGINS": str(tmp_path / plugin)}
+    proc = subprocess.run([sys.executable, "-m", "bench", "models", "bench:plug*"], env=env, capture_output=True,
+                          text=True)
+    if ok:
+        assert proc.returncode == 0 and proc.stdout.split() == ["bench:plugged"], proc.stderr
+    else:
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith(f"error: {tmp_path / plugin}: BENCH_PLUGINS:") and proc.stderr.count("\n") == 1

@@ -14,6 +14,8 @@ from bench.config import load_suite
 from bench.progress import LogProgress
 from bench.suite import expand
 
+IN_PROCESS = runner.RunOptions(isolate=False)  # where a test spies on the runner, which a child would not see
+
 
 def run(path, results, **kw):
     suite = load_suite(path)
@@ -72,7 +74,7 @@ def test_cells_differing_in_technique_start_from_identical_weights(write_suite, 
         return real_fit(model, *a, **k)
 
     monkeypatch.setattr(runner, "fit", spy)
-    summary = run(path, tmp_path / "r")
+    summary = run(path, tmp_path / "r", options=IN_PROCESS)
     assert len(summary.ran) == 4 and len(seen) == 4
     for other in seen[1:]:
         assert all(torch.equal(seen[0][k], other[k]) for k in seen[0])
@@ -104,7 +106,7 @@ def test_resume_skips_finished_cells_and_force_reruns(write_suite, tmp_path, mon
 
     monkeypatch.setattr(runner, "run_cell", stop_at_third)
     with pytest.raises(KeyboardInterrupt):
-        run(path, tmp_path / "r")
+        run(path, tmp_path / "r", options=IN_PROCESS)
     monkeypatch.setattr(runner, "run_cell", real)
     first_two = calls[:2]
     mtimes = {c: (tmp_path / "r" / "tiny" / c / "result.json").stat().st_mtime_ns for c in first_two}
@@ -115,18 +117,47 @@ def test_resume_skips_finished_cells_and_force_reruns(write_suite, tmp_path, mon
     assert len(forced.ran) == 3 and not forced.skipped
 
 
-def test_a_failing_cell_is_recorded_and_the_others_run(write_suite, tmp_path, cli):
-    # first:99 cannot be checked before the model exists: it fails at run time, in its cell only
-    path = write_suite('[grid]\n"model.freeze" = ["none", "first:99", "all_but_head"]\n')
-    code, _, err = cli("run", path, "--results", tmp_path / "r")
+BOOM = """
+from torch import nn
+from bench.models import register_model
+
+
+@register_model("boom")
+class Boom(nn.Module):
+    min_size = 1
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.head = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("boom in the forward pass")
+        return self.head(x.mean((2, 3)))
+"""
+
+
+def test_a_failing_cell_is_recorded_and_the_others_run(write_suite, tmp_path, cli, monkeypatch):
+    from bench.models.builtins import BUILTINS
+    from bench.models.plugins import load_plugins
+
+    plugin = tmp_path / "boom.py"
+    plugin.write_text(BOOM)
+    monkeypatch.setenv("BENCH_PLUGINS", str(plugin))  # a network that fails only once it trains
+    load_plugins()
+    try:
+        path = write_suite('[grid]\n"model.arch" = ["bench:small_cnn", "bench:boom", "bench:mlp"]\n')
+        code, _, err = cli("run", path, "--results", tmp_path / "r")
+    finally:
+        BUILTINS.pop("boom", None)
     assert code == 1
     records = [json.loads(p.read_text()) for p in (tmp_path / "r" / "tiny").glob("*/result.json")]
     assert sorted(r["status"] for r in records) == ["failed", "ok", "ok"]
     failed = next(r for r in records if r["status"] == "failed")
-    assert "first:99" in failed["error"] and "backbone has 6" in failed["error"]
-    assert "FAILED" in err
+    assert "boom in the forward pass" in failed["error"] and "Traceback" in failed["traceback"]
+    assert "FAILED: arch=bench:boom" in err
     code, out, _ = cli("report", tmp_path / "r" / "tiny")
-    assert code == 0 and "failed:" in out and "first:99" in out
+    assert code == 0 and "failed:" in out and "boom" in out
 
 
 def test_smoke_runs_every_cell_of_a_folder_suite_without_its_data(write_suite, tmp_path, cli):

@@ -200,3 +200,29 @@ def test_plan_prints_each_curation_step(write_suite, cli):
     row = next(line for line in out.splitlines() if line.startswith("| min_per_class"))
     before, after = (int(x) for x in row.split("|")[3].replace(",", "").split("->"))
     assert before == 120 and after == 59 + 33 and "4 -> 2" in row.split("|")[4]  # classes of 59, 33, 18, 10
+
+
+@pytest.mark.parametrize("keys", [{}, {"min_per_class": 20, "fraction": 0.5}, {"top_classes": 2, "max_per_class": 9}])
+def test_preview_of_synthetic_data_is_what_generation_and_curation_give(keys):
+    """preflight judges synthetic data without generating it: its index must be the generated one."""
+    from bench.data.curate import preview
+
+    cfg = DataConfig(synthetic={"classes": 4, "images": 120, "size": 16}, **keys)
+    samples, keep, steps = preview(cfg)
+    cur = curated(cfg)
+    assert samples.classes == cur.source.classes and samples.paths == cur.source.paths
+    assert [s["images"] for s in steps] == [s["images"] for s in cur.steps[:-1]]  # all but "undecodable"
+    assert samples.subset(keep).paths == cur.samples.paths
+
+
+def test_inat_ids_may_be_strings_and_files_may_share_categories(messy):
+    root, _ = messy
+    doc = {"images": [{"id": f"{c}{i}", "file_name": f"{c}/{i:02d}.jpg"} for c in ("ant", "bee") for i in range(3)],
+           "annotations": [{"image_id": f"{c}{i}", "category_id": c} for c in ("ant", "bee") for i in range(3)]}
+    (root / "strings.json").write_text(json.dumps(doc))
+    samples = read_source(DataConfig(source="inat", root=str(root), annotations={"train": "strings.json"}))
+    assert samples.classes == ["ant", "bee"] and np.bincount(samples.labels).tolist() == [3, 3]
+    _inat(root, "overlap.json", ["ant/00.jpg", "bee/05.jpg"], {"ant", "bee"})
+    with pytest.raises(UserError, match="lists image 'ant/00.jpg' again"):  # one image in train and val
+        read_source(DataConfig(source="inat", root=str(root), annotations={"train": "strings.json",
+                                                                          "val": "overlap.json"}))

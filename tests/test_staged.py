@@ -62,7 +62,7 @@ def test_a_staged_cell_starts_from_its_parents_best_weights(write_suite, tmp_pat
     path = write_suite(STAGED)
     suite = load_suite(path)
     summary = runner.run_suite(path.read_text(), "tiny", expand(suite), tmp_path / "r", device="cpu",
-                               progress=LogProgress())
+                               progress=LogProgress(), options=runner.RunOptions(isolate=False))
     assert not summary.failed and len(summary.ran) == 3
     extract, finetune, everything = (summary.suite_dir / c for c in summary.ran)
     results = [json.loads((d / "result.json").read_text()) for d in (extract, finetune, everything)]

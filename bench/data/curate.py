@@ -13,13 +13,16 @@ else all images. Random subsets use a fixed generator, not the suite seed: every
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
-from bench.config import DataConfig
+from bench.config import DataConfig, SyntheticConfig
 from bench.data.cache import Probe
 from bench.data.sources import Samples
+from bench.errors import UserError
 
 CURATION_SEED = 20190611  # fixed: curation defines the data set, it is not a source of seed variance
 
@@ -80,3 +83,76 @@ def curate(samples: Samples, probe: Probe, cfg: DataConfig) -> tuple[np.ndarray,
             frac[rng.permutation(idx)[: max(1, int(round(len(idx) * cfg.fraction)))]] = True
         step("fraction", frac, f"{cfg.fraction}")
     return keep, steps, {int(i): str(probe.bad[i]) for i in np.flatnonzero(bad)}
+
+
+# The suite key that names the data itself, by source: where a data set too small to train on comes from.
+SOURCE_KEY = {"folder": "data.root", "synthetic": "data.synthetic", "csv": "data.manifest", "inat": "data.annotations"}
+
+
+def preview(cfg: DataConfig) -> tuple[Samples, np.ndarray, list[dict]]:
+    """(the source's index, the mask curation keeps, its steps) from image headers alone, nothing decoded:
+    what `require_trainable` judges before a cell starts. Synthetic data is not generated for it: its class
+    sizes and image size follow from the config, as bench.data.synthetic.generate draws them."""
+    from bench.data import cache
+    from bench.data.sources import read_source
+
+    if cfg.source == "synthetic":
+        samples, probe = _synthetic_index(cfg.synthetic)
+    else:
+        samples = read_source(cfg)
+        probe = cache.probe(samples.root, samples.paths)
+    keep, steps, _ = curate(samples, probe, cfg)
+    return samples, keep, steps
+
+
+def _synthetic_index(sc: SyntheticConfig) -> tuple[Samples, Probe]:
+    from bench.data.synthetic import class_name, class_sizes
+
+    sizes = [(class_name(c), n) for c, n in enumerate(class_sizes(sc)) if n]  # generate leaves 0-image folders empty
+    paths = [f"{name}/{i:05d}.jpg" for name, n in sizes for i in range(n)]
+    labels = np.repeat(np.arange(len(sizes)), [n for _, n in sizes]).astype(np.int64)
+    n = len(paths)
+    full = np.full(n, sc.size, dtype=np.int64)
+    return (Samples(Path("."), paths, labels, [name for name, _ in sizes]),
+            Probe(np.full(n, "RGB", dtype=object), full, full.copy(), np.full(n, "", dtype=object)))
+
+
+def require_trainable(samples: Samples, keep: np.ndarray, steps: list[dict], cfg: DataConfig) -> None:
+    """UserError unless what curation keeps can train and be validated: two classes or more, every class with
+    two images or more (one image cannot be in train and val) and, where the source gives its own splits, a
+    training image; and a validation split that is not empty. Checked on the images' headers: a file that
+    later fails to decode can still take a class below this, and is listed among the bad images."""
+    from bench.data import split
+
+    kept = samples.subset(keep)
+    if len(kept.classes) < 2:
+        left = f"one class ('{kept.classes[0]}')" if kept.classes else "no images"
+        for s in steps:  # the curation step that left fewer than two classes, if one did
+            if s["classes"][1] < 2 <= s["classes"][0]:
+                if s["step"] == "unreadable":
+                    raise UserError(f"{s['images'][0] - s['images'][1]} of {s['images'][0]} images cannot be read, "
+                                    f"which leaves {left}", key=SOURCE_KEY[cfg.source],
+                                    hint=f"`bench data inspect {samples.root}` says why, file by file")
+                setting = f"data.{s['step']}" + (f" ({s['detail']})" if s["detail"] else "")
+                raise UserError(f"curation leaves {left}: {setting} keeps {s['images'][1]} of {s['images'][0]} "
+                                "images", key=f"data.{s['step']}",
+                                hint="a classifier needs two classes or more: relax it, or add images")
+        raise UserError(f"the data has {left}", key=SOURCE_KEY[cfg.source],
+                        hint="a classifier needs two classes or more: add images of another class")
+    own = cfg.source_split and kept.given is not None and (kept.given == "train").any()
+    if not own:  # as prepare splits it: pooled, then stratified by data.split
+        kept = dataclasses.replace(kept, given=None)
+    few = np.bincount(kept.labels, minlength=len(kept.classes)) < 2
+    no_train = ~np.isin(np.arange(len(kept.classes)), kept.labels[kept.given == "train"]) if own else np.zeros_like(few)
+    for bad, problem, drop in ((few, "one image, so it cannot be in both train and val", 2),
+                               (no_train, "no training image (all are in val or test)", 1)):
+        if bad.any():
+            names = [kept.classes[i] for i in np.flatnonzero(bad)]
+            shown = ", ".join(f"'{c}'" for c in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            has = "class {} has" if len(names) == 1 else "classes {} have"
+            raise UserError(f"{has.format(shown)} {problem}", key=SOURCE_KEY[cfg.source],
+                            hint=f"add images, or set data.min_per_class = {drop} to drop such classes")
+    if not len(split.make(kept, cfg.split, 0)["val"]):  # how many land in val does not depend on the seed
+        raise UserError(f"no image lands in the validation split: {len(kept.paths)} images in {len(kept.classes)} "
+                        f"classes are too few for data.split = {list(cfg.split)}", key="data.split",
+                        hint="add images (3 or more per class), or raise the val share of data.split")

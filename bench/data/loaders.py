@@ -67,9 +67,11 @@ def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int, workers
                 sampler=None) -> DataLoader:
     """Shuffled from `seed` for training (or drawn by `sampler`), in order for evaluation."""
     generator = torch.Generator().manual_seed(seed)
+    # Training workers start afresh each epoch, seeded from `generator`: an epoch's augmentation then depends
+    # on the generator's state alone, which a checkpoint restores (persistent workers would carry theirs).
     return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       generator=generator, num_workers=workers, collate_fn=_whole_batch,
-                      persistent_workers=workers > 0)
+                      persistent_workers=workers > 0 and not train)
 
 
 def make_loaders(datasets: dict, cfg: TrainConfig, seed: int, image_size: int, workers: int = 0) -> dict:

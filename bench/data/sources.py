@@ -66,12 +66,45 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def scan_folder(root: str | Path) -> Samples:
-    """ImageFolder layout, `root/<class>/*.jpg`, or with split folders, `root/{train,val,test}/<class>/*`."""
+def _data_root(root: str | Path) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"data folder '{root}' does not exist", key="data.root",
                         hint="put the data there (see README, 'Data'), fix the path, or try --smoke")
+    return root
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception as one line for a UserError: parsers' messages run over several."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _missing_images(root: Path, paths: list[str], rows: list[str], key: str) -> None:
+    """A listed image that is not on disk is a wrong root or a stale list: refused, naming the first, rather
+    than dropped as a bad file and trained on silently without it."""
+    missing = [i for i, p in enumerate(paths) if not os.path.isfile(root / p)]
+    if missing:
+        first = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{rows[first]} names image '{paths[first]}', which does not exist in '{root}'{more}",
+                        key=key,
+                        hint="paths are relative to data.root: fix data.root or the paths, or remove those rows")
+
+
+def _duplicates(paths: list[str], rows: list[str], key: str) -> None:
+    """One image listed twice would be counted twice, or land in two splits (a test image trained on)."""
+    seen: dict[str, int] = {}
+    for i, p in enumerate(paths):
+        if p in seen:
+            raise UserError(f"{rows[i]} lists image '{p}' again (first at {rows[seen[p]]})", key=key,
+                            hint="list each image once, with one label and one split")
+        seen[p] = i
+
+
+def scan_folder(root: str | Path) -> Samples:
+    """ImageFolder layout, `root/<class>/*.jpg`, or with split folders, `root/{train,val,test}/<class>/*`."""
+    root = _data_root(root)
     split_dirs = [s for s in SPLITS if (root / s).is_dir()]
     parts = [(s, root / s) for s in split_dirs] if "train" in split_dirs else [(None, root)]
     paths, names, given = [], [], []
@@ -104,59 +137,113 @@ def csv_manifest(cfg: DataConfig) -> Samples:
     """A manifest with columns path,label and optionally split (train/val/test), paths relative to root."""
     import pandas as pd
 
-    root = Path(cfg.root)
+    root = _data_root(cfg.root)
     file = root / cfg.manifest
+    key = "data.manifest"
     if not file.is_file():
-        raise UserError(f"manifest '{file}' does not exist", key="data.manifest",
+        raise UserError(f"manifest '{file}' does not exist", key=key,
                         hint="write a CSV with columns path,label[,split] inside data.root")
     try:
-        df = pd.read_csv(file, dtype=str, keep_default_na=False)
+        df = pd.read_csv(file, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise UserError(f"manifest '{file}' is empty", key=key, hint="its first line must be path,label[,split]") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"manifest '{file}' is not UTF-8 text (byte {e.start})", key=key,
+                        hint="save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     except Exception as e:  # pandas raises several parser error types
-        raise UserError(f"cannot read manifest '{file}' ({e})", key="data.manifest") from None
+        raise UserError(f"cannot read manifest '{file}' ({_first_line(e)})", key=key) from None
     missing = {"path", "label"} - set(df.columns)
     if missing:
         raise UserError(f"manifest '{file}' lacks column(s) {sorted(missing)} (has {list(df.columns)})",
-                        key="data.manifest", hint="the header must be path,label[,split]")
+                        key=key, hint="the header must be path,label[,split]")
     if df.empty:
-        raise UserError(f"manifest '{file}' has no rows", key="data.manifest")
+        raise UserError(f"manifest '{file}' has no rows", key=key)
+    rows = [f"line {i + 2} of manifest '{file}'" for i in range(len(df))]  # the header is line 1
+    for column in [c for c in ("path", "label", "split") if c in df.columns]:
+        blank = [i for i, v in enumerate(df[column]) if not v.strip()]
+        if blank:
+            raise UserError(f"{rows[blank[0]]} has an empty {column}", key=key,
+                            hint=f"give every row a {column}" + (" (train, val or test)" if column == "split" else ""))
     given = None
     if "split" in df.columns:
-        bad = sorted(set(df["split"]) - set(SPLITS))
+        bad = [i for i, v in enumerate(df["split"]) if v not in SPLITS]
         if bad:
-            raise UserError(f"manifest '{file}' has split value(s) {bad[:3]}", key="data.manifest",
+            raise UserError(f"{rows[bad[0]]} has split '{df['split'].iloc[bad[0]]}'", key=key,
                             hint="split must be train, val or test")
         given = df["split"].tolist()
     paths = [_inside(root, p, str(file)) for p in df["path"]]
+    _duplicates(paths, rows, key)
+    _missing_images(root, paths, rows, key)
     return _from_names(root, paths, df["label"].tolist(), given)
+
+
+def _inat_file(file: Path, key: str) -> tuple[list[tuple[str, int | str, str]], list[dict]]:
+    """([(file name, category id, which annotation)], categories) of one COCO-style file, every field
+    checked: a damaged or hand-made file fails here, naming the entry, not later with a KeyError."""
+    def bad(reason: str) -> UserError:
+        return UserError(f"'{file}' is not COCO-style iNat JSON: {reason}", key=key,
+                         hint="use the official annotation files, or fix that entry")
+
+    try:
+        doc = json.loads(file.read_bytes())
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise UserError(f"'{file}' is not valid JSON ({_first_line(e)})", key=key,
+                        hint="download it again (see README, 'iNaturalist')") from None
+    if not isinstance(doc, dict):
+        raise bad(f"the top level is a {type(doc).__name__}, not an object with images, annotations, categories")
+    for part in ("images", "annotations"):
+        if part in doc and not isinstance(doc[part], list):
+            raise bad(f"'{part}' is a {type(doc[part]).__name__}, not a list")
+    if "images" not in doc:
+        raise bad("it has no 'images' list")
+    images: dict = {}
+    for i, im in enumerate(doc["images"]):
+        if not isinstance(im, dict) or not _scalar(im.get("id")) or not isinstance(im.get("file_name"), str):
+            raise bad(f"images[{i}] needs an id and a file_name string (got {str(im)[:80]})")
+        images[im["id"]] = im["file_name"]
+    anns = []
+    for i, a in enumerate(doc.get("annotations") or []):
+        if not isinstance(a, dict) or not _scalar(a.get("image_id")) or not _scalar(a.get("category_id")):
+            raise bad(f"annotations[{i}] needs an image_id and a category_id (got {str(a)[:80]})")
+        if a["image_id"] not in images:
+            raise bad(f"annotations[{i}] names image_id {a['image_id']!r}, which is not in its images")
+        anns.append((images[a["image_id"]], a["category_id"], f"annotations[{i}]"))
+    categories = doc.get("categories", [])
+    if not isinstance(categories, list) or not all(isinstance(c, dict) and _scalar(c.get("id")) for c in categories):
+        raise bad("'categories' must be a list of objects with an id")
+    return anns, categories
+
+
+def _scalar(value: object) -> bool:
+    """An id JSON can hold and a dict can key: a number or a string (not a list, an object, null or a bool)."""
+    return isinstance(value, int | str) and not isinstance(value, bool)
 
 
 @register(SOURCES, "inat")
 def inat(cfg: DataConfig) -> Samples:
     """iNaturalist 2017/2018/2019/2021 COCO-style annotations: one JSON per split, file_name under root."""
-    root = Path(cfg.root)
-    paths, cat_ids, given, categories = [], [], [], {}
+    root = _data_root(cfg.root)
+    paths, cat_ids, given, rows, categories = [], [], [], [], {}
     for split, name in cfg.annotations.items():
-        file = root / name
+        file, key = root / name, f"data.annotations.{split}"
         if not file.is_file():
-            raise UserError(f"annotation file '{file}' does not exist", key=f"data.annotations.{split}",
+            raise UserError(f"annotation file '{file}' does not exist", key=key,
                             hint="download it next to the images (see README, 'iNaturalist')")
-        try:
-            doc = json.loads(file.read_text())
-            images = {im["id"]: im["file_name"] for im in doc["images"]}
-            anns = doc.get("annotations") or []
-            for c in doc.get("categories", []):
-                categories.setdefault(c["id"], c)
-        except (ValueError, KeyError, TypeError) as e:
-            raise UserError(f"'{file}' is not COCO-style iNat JSON ({type(e).__name__}: {e})",
-                            key=f"data.annotations.{split}") from None
+        anns, cats = _inat_file(file, key)
+        for c in cats:
+            categories.setdefault(c["id"], c)
         if not anns:
-            raise UserError(f"'{file}' has no annotations (an unlabelled test set?)", key=f"data.annotations.{split}",
+            raise UserError(f"'{file}' has no annotations (an unlabelled test set?)", key=key,
                             hint="leave it out: bench carves a labelled test split from train")
-        for a in anns:
-            paths.append(_inside(root, images[a["image_id"]], str(file)))
-            cat_ids.append(a["category_id"])
+        start = len(paths)
+        for file_name, category, where in anns:
+            paths.append(_inside(root, file_name, str(file)))
+            cat_ids.append(category)
             given.append(split)
-    ids = sorted(set(cat_ids))
+            rows.append(f"{where} of '{file}'")
+        _missing_images(root, paths[start:], rows[start:], key)
+    _duplicates(paths, rows, "data.annotations")
+    ids = sorted(set(cat_ids), key=lambda i: (isinstance(i, str), i))
     names = {}
     for i in ids:  # 2019's names are bare numbers and may repeat across levels: fall back to the id
         c = categories.get(i, {})

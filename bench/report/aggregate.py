@@ -134,8 +134,8 @@ def leaderboard_table(df: pd.DataFrame, columns: Sequence[str], sort: str | None
 
 
 def _failure_notes(df: pd.DataFrame) -> list[str]:
-    failed = df[df["status"] != "ok"] if len(df) else df
-    return [f"failed: {r.id} {r.label}: {r.error}" for r in failed.itertuples()]
+    failed = df[df["status"] != "ok"] if len(df) else df  # failed, diverged, oom, crashed: listed, never ranked
+    return [f"{r.status}: {r.id} {r.label}: {r.error}" for r in failed.itertuples()]
 
 
 def _natural(text: str) -> tuple:

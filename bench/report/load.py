@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.compare import read_predictions
 from bench.cost import achieved_gflops_per_s, read_history, time_to_accuracy
 from bench.errors import UserError, did_you_mean
-from bench.metrics import full_metrics, load_predictions
+from bench.metrics import full_metrics
 from bench.store import load_records
 
 
@@ -201,7 +202,7 @@ def _fill_missing_metrics(df: pd.DataFrame, columns: Sequence[str], recompute: b
             _, split, key = COLUMNS[metric_cols[j]].path
             if split not in cache:
                 try:
-                    cache[split] = full_metrics(*load_predictions(df.at[i, "dir"], split))
+                    cache[split] = full_metrics(*read_predictions(df.at[i, "dir"], split))
                 except UserError:
                     if recompute:
                         raise

@@ -143,6 +143,13 @@ class Plateau:
     def epoch_end(self, row: dict[str, Any]) -> None:
         self.reduce.step(monitored(row, self.monitor))
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"reduce": self.reduce.state_dict(), "lr": self.probe.param_groups[0]["lr"]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reduce.load_state_dict(state["reduce"])
+        self.probe.param_groups[0]["lr"] = state["lr"]
+
 
 @register(SCHEDULES, "plateau")
 def plateau(cfg, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
@@ -197,6 +204,23 @@ class BatchSchedule(torch.optim.lr_scheduler.LambdaLR):
                  warmup_steps: int = 0):
         self.schedule = schedule
         super().__init__(optimizer, with_warmup(schedule, warmup_steps))
+
+    def state_dict(self) -> dict[str, Any]:
+        """LambdaLR's state, and a stateful schedule's own (plateau's reductions so far), for checkpoints."""
+        state = super().state_dict()
+        # the schedule is a function of the step, rebuilt from the config; only plateau has state of its own
+        state.pop("schedule", None)
+        state["lr_lambdas"] = [None] * len(self.lr_lambdas)
+        if hasattr(self.schedule, "state_dict"):
+            state["schedule"] = self.schedule.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        schedule = state.pop("schedule", None)
+        super().load_state_dict(state)
+        if schedule is not None:
+            self.schedule.load_state_dict(schedule)
 
     def epoch_end(self, row: dict[str, Any]) -> None:
         hook = getattr(self.schedule, "epoch_end", None)

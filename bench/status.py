@@ -1,0 +1,56 @@
+"""Where each cell of a run stands, read from its folder alone: done, running (where, since when, epoch k of
+n), failed (why), resumable (at epoch k) or not started. Reads files only, takes no lock: asking never
+disturbs a run."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.checkpoint import saved_epoch
+from bench.claims import claim_live, read_claim
+from bench.store import read_json
+
+
+def cell_states(suite_dir: Path, cells: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """One row per cell (id, label, state, detail): the `cells` given (id, label) in their order, or every
+    cell folder under `suite_dir`."""
+    suite_dir = Path(suite_dir)
+    if cells is None:
+        names = sorted(e.name for e in os.scandir(suite_dir) if e.is_dir() and (Path(e.path) / "cell.json").is_file()) \
+            if suite_dir.is_dir() else []
+        cells = [(name, _label(suite_dir / name)) for name in names]
+    return [{"id": cid, "label": label, **_state(suite_dir / cid)} for cid, label in cells]
+
+
+def _label(cell_dir: Path) -> str:
+    try:
+        return read_json(cell_dir / "cell.json")["label"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _state(cell_dir: Path) -> dict[str, str]:
+    claim = read_claim(cell_dir)
+    if claim_live(claim):
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(claim["started"]))
+        beat = time.time() - float(claim.get("heartbeat", 0))
+        return {"state": "running", "detail": f"on {claim['host']} pid {claim['pid']} since {since}, epoch "
+                                              f"{claim.get('epoch', 0)} of {claim.get('epochs', '?')} done "
+                                              f"(heartbeat {beat:.0f} s ago)"}
+    try:
+        result = read_json(cell_dir / "result.json")
+    except (OSError, ValueError):
+        result = None
+    if isinstance(result, dict) and result.get("status") == "ok":
+        val = result.get("metrics", {}).get("val", {}).get("top1_error")
+        return {"state": "done", "detail": f"val_error {val:.4f}" if isinstance(val, float) else ""}
+    epoch = saved_epoch(cell_dir)
+    if epoch is not None:
+        why = f"; last attempt {result.get('status')}: {result.get('error')}" if isinstance(result, dict) else ""
+        return {"state": "resumable", "detail": f"at epoch {epoch}{why}"}
+    if isinstance(result, dict):
+        return {"state": str(result.get("status", "failed")), "detail": str(result.get("error", ""))}
+    return {"state": "not started", "detail": ""}

@@ -1,0 +1,417 @@
+"""Cells that survive a kill: epoch checkpoints resume bitwise, one process per cell, claims."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+# Enough epochs and images that a kill lands inside training, with augmentation, dropout-free mixing and a
+# schedule: every random state a resumed epoch draws from is exercised.
+SUITE = """
+[suite]
+name = "resume"
+seeds = [0]
+
+[data]
+image_size = 16
+
+[data.synthetic]
+classes = 4
+images = 240
+size = 16
+
+[train]
+epochs = 5
+batch_size = 8
+optimizer = "sgd"
+lr = 0.01
+schedule = "cosine"
+augment = "crop_flip"
+mix = "mixup"
+
+[grid]
+"model.arch" = ["bench:small_cnn", "bench:mlp"]
+"""
+
+
+EPOCHS = 5
+
+
+def _as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a test runner started in the background may ignore it
+
+
+def bench(*args: str, env: dict, **kw) -> subprocess.Popen:
+    """`python -m bench ARGS` in a process group of its own, so a test can kill it and all it started."""
+    return subprocess.Popen([sys.executable, "-m", "bench", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_as_from_a_terminal, **kw)
+
+
+@pytest.fixture
+def suite(tmp_path):
+    path = tmp_path / "resume.toml"
+    path.write_text(SUITE)
+    env = {**os.environ, "BENCH_CACHE": str(tmp_path / "cache")}
+    return path, env
+
+
+def outputs(suite_dir: Path) -> dict:
+    """Everything a cell's numbers are: metrics, history without timings, predictions, best weights."""
+    found = {}
+    for cell in sorted(p for p in suite_dir.iterdir() if (p / "result.json").is_file()):
+        result = json.loads((cell / "result.json").read_text())
+        assert result["status"] == "ok", result.get("error")
+        history = (cell / "history.csv").read_text().splitlines()
+        header = history[0].split(",")
+        keep = [i for i, h in enumerate(header) if not h.endswith("seconds")]
+        found[cell.name] = {
+            "metrics": result["metrics"], "best_epoch": result["best_epoch"],
+            "history": [[row.split(",")[i] for i in keep] for row in history],
+            "predictions": {k: v.tobytes() for k, v in np.load(cell / "predictions.npz").items()},
+            "weights": {k: v.numpy().tobytes() for k, v in load_file(cell / "best.safetensors").items()},
+        }
+    return found
+
+
+def no_process_left(session: int, within: float = 10.0) -> bool:
+    """Whether every process of the session ends within `within` seconds (the fork server and resource
+    tracker end when they see their parent's pipes close)."""
+    deadline = time.monotonic() + within
+    while subprocess.run(["pgrep", "-s", str(session)], capture_output=True).returncode == 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def wait_for(predicate, proc, what: str = "", timeout=120.0):
+    start = time.monotonic()
+    while not predicate():
+        assert proc.poll() is None, f"the run ended before {what}: " + proc.communicate()[0]
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run."""
+    tmp = tmp_path_factory.mktemp("reference")
+    path = tmp / "resume.toml"
+    path.write_text(SUITE)
+    env = {**os.environ, "BENCH_CACHE": str(tmp / "cache")}
+    proc = bench("run", str(path), "--results", str(tmp / "r"), env=env)
+    out = proc.communicate()[0]
+    assert proc.returncode == 0, out
+    return outputs(tmp / "r" / "resume")
+
+
+def new_checkpoints(results: Path, after: float = 0.0):
+    """A condition: some cell wrote a checkpoint since this was made (then wait `after` seconds)."""
+    def stamp() -> dict:
+        found = {}
+        for info in results.glob("resume/*/checkpoint.json"):
+            try:
+                found[info] = info.stat().st_mtime_ns
+            except OSError:
+                pass
+        return found
+    before = stamp()
+
+    def seen() -> bool:
+        if stamp() != before and any(v != before.get(k) for k, v in stamp().items()):
+            time.sleep(after)
+            return True
+        return False
+    return seen
+
+
+def test_a_run_killed_at_any_moment_resumes_bitwise(suite, tmp_path, reference):
+    path, env = suite
+    results = tmp_path / "r"
+    moments = {  # each in a fresh run that resumes what the kills before it left
+        "data preparation": lambda: (lambda: (results / "resume" / "suite.toml").is_file()),
+        "right after a checkpoint": lambda: new_checkpoints(results),
+        "mid-epoch": lambda: new_checkpoints(results, after=0.05),
+        "a result write": lambda: (lambda: any(results.glob("resume/*/predictions.npz"))),
+    }
+    for moment, condition in moments.items():
+        proc = bench("run", str(path), "--results", str(results), env=env)
+        wait_for(condition(), proc, moment)
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: bench, its fork server and the cell's process
+        proc.wait()
+    rerun = bench("run", str(path), "--results", str(results), env=env)
+    log = rerun.communicate()[0]
+    assert rerun.returncode == 0, log
+    assert outputs(results / "resume") == reference
+    resumed = [json.loads(p.read_text())["train"]["resumed_at_epoch"] for p in results.glob("resume/*/result.json")]
+    assert any(resumed), "the last run resumed no cell: the kills came too late to test anything"
+    # no epoch trained twice past its checkpoint: the last run trains only what the checkpoints lacked
+    assert log.count("epoch ") == sum(EPOCHS - (r or 0) for r in resumed), log
+    assert not list(results.glob("resume/*/checkpoint.pt")), "checkpoints are removed once a cell is done"
+
+
+def test_killing_only_the_parent_ends_the_cell_process(suite, tmp_path):
+    path, env = suite
+    results = tmp_path / "r"
+    proc = bench("run", str(path), "--results", str(results), env=env)
+    wait_for(new_checkpoints(results), proc)
+    claim = next(results.glob("resume/*/claim.json"))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert no_process_left(proc.pid), "a process of the killed run lived on"
+    # its claim names a dead process: the next run takes the cell over
+    rerun = bench("run", str(path), "--results", str(results), env=env)
+    assert rerun.wait() == 0
+    assert not claim.exists()
+
+
+CRASHING = '''
+import os
+import signal
+
+from torch import nn
+
+from bench.models import register_model
+
+
+@register_model("crash_{sig}")
+class Crash(nn.Module):
+    """Dies of {sig} on its first training step, as a broken native kernel or the OOM killer would end it."""
+
+    min_size = 1
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.head = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        if self.training:
+            os.kill(os.getpid(), signal.{sig})
+        return self.head(x.mean((2, 3)))
+'''
+
+
+@pytest.mark.parametrize("sig, cause", [("SIGSEGV", "native code"), ("SIGKILL", "out-of-memory killer")])
+def test_a_cell_whose_process_dies_is_recorded_and_the_suite_goes_on(tmp_path, sig, cause):
+    plugin = tmp_path / "crashing.py"
+    plugin.write_text(CRASHING.format(sig=sig))
+    path = tmp_path / "crash.toml"
+    path.write_text(SUITE.replace('"bench:small_cnn", "bench:mlp"', f'"bench:crash_{sig}", "bench:small_cnn"')
+                    .replace("epochs = 5", "epochs = 1").replace('name = "resume"', 'name = "crash"'))
+    env = {**os.environ, "BENCH_CACHE": str(tmp_path / "cache"), "BENCH_PLUGINS": str(plugin)}
+    proc = bench("run", str(path), "--results", str(tmp_path / "r"), env=env)
+    log = proc.communicate()[0]
+    assert proc.returncode == 1, log
+    records = {json.loads((p / "cell.json").read_text())["label"]: json.loads((p / "result.json").read_text())
+               for p in (tmp_path / "r" / "crash").iterdir() if (p / "result.json").is_file()}
+    crashed, fine = records[f"arch=bench:crash_{sig}"], records["arch=bench:small_cnn"]
+    assert crashed["status"] == "crashed" and sig in crashed["error"] and cause in crashed["error"]
+    assert crashed["exitcode"] == -getattr(signal, sig)
+    assert fine["status"] == "ok"
+    assert f"CRASHED: arch=bench:crash_{sig}" in log  # the failure line names the cell
+
+
+# ------------------------------------------------------------------------------------------ claims
+def _in_process_run(path: Path, results: Path):
+    from bench import runner
+    from bench.config import load_suite
+    from bench.progress import LogProgress
+    from bench.suite import expand
+
+    suite = load_suite(path)
+    return runner.run_suite(path.read_text(), suite.suite.name, expand(suite), results, device="cpu",
+                            progress=LogProgress())
+
+
+def _one_cell(write_suite):
+    from bench.config import load_suite
+    from bench.suite import expand
+
+    path = write_suite()
+    return path, expand(load_suite(path))[0]
+
+
+def test_a_cell_claimed_by_a_live_process_is_left_to_it(write_suite, tmp_path):
+    from bench.claims import Claim
+
+    path, cell = _one_cell(write_suite)
+    owner = Claim(tmp_path / "r" / "tiny" / cell.id, epochs=2)
+    assert owner.acquire()
+    summary = _in_process_run(path, tmp_path / "r")
+    assert summary.busy == [cell.id] and not summary.ran
+    assert not (tmp_path / "r" / "tiny" / cell.id / "result.json").exists()
+    owner.release()
+    assert _in_process_run(path, tmp_path / "r").ran == [cell.id]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("claim, taken", [
+    ({"pid": "dead"}, True),  # this host, its process gone (and its lock with it)
+    ({"host": "elsewhere", "heartbeat_age": 5}, False),  # another machine, beating
+    ({"host": "elsewhere", "heartbeat_age": 3600}, True),  # another machine, silent for an hour
+])
+def test_stale_claims_are_taken_over_and_live_ones_are_not(write_suite, tmp_path, claim, taken):
+    from bench.claims import HOST
+
+    path, cell = _one_cell(write_suite)
+    cell_dir = tmp_path / "r" / "tiny" / cell.id
+    cell_dir.mkdir(parents=True)
+    now = time.time()
+    record = {"host": claim.get("host", HOST), "pid": _dead_pid() if claim.get("pid") == "dead" else os.getpid(),
+              "started": now - 7200, "heartbeat": now - claim.get("heartbeat_age", 0), "epoch": 1, "epochs": 2}
+    (cell_dir / "claim.json").write_text(json.dumps(record))
+    summary = _in_process_run(path, tmp_path / "r")
+    assert (summary.ran == [cell.id]) is taken and (summary.busy == [cell.id]) is not taken
+    assert (cell_dir / "claim.json").exists() is not taken  # a finished run leaves no claim behind
+
+
+def test_two_runs_at_once_run_each_cell_once(suite, tmp_path):
+    path, env = suite
+    path.write_text(SUITE.replace("epochs = 5", "epochs = 2").replace(
+        '"model.arch" = ["bench:small_cnn", "bench:mlp"]', '"model.arch" = ["bench:small_cnn", "bench:mlp"]\n'
+                                                           '"train.lr" = [0.01, 0.003]'))
+    results = tmp_path / "r"
+    runs = [bench("run", str(path), "--results", str(results), env=env) for _ in range(2)]
+    logs = [p.communicate()[0] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], logs
+    trained = sum(log.count("epoch 1:") for log in logs)
+    done = [json.loads(p.read_text()) for p in results.glob("resume/*/result.json")]
+    assert len(done) == 4 and all(r["status"] == "ok" for r in done)
+    # a cell the other run held is skipped, then found finished: four cells, each trained once
+    assert trained == 4, logs
+    report = subprocess.run([sys.executable, "-m", "bench", "report", str(results / "resume"), "--format", "csv"],
+                            env=env, capture_output=True, text=True)
+    assert report.returncode == 0 and len(report.stdout.strip().splitlines()) == 5, report.stderr
+
+
+# ------------------------------------------------------------------------------------------ failures
+def test_a_diverging_cell_is_a_result_not_a_crash(write_suite, tmp_path, cli):
+    path = write_suite('[grid]\n"train.lr" = [0.003, 1e6]\n')
+    path.write_text(path.read_text().replace('optimizer = "adam"', 'optimizer = "sgd"'))
+    code, _, err = cli("run", path, "--results", tmp_path / "r")
+    assert code == 1
+    records = {json.loads((p / "cell.json").read_text())["label"]: json.loads((p / "result.json").read_text())
+               for p in (tmp_path / "r" / "tiny").iterdir() if (p / "result.json").is_file()}
+    bad = records["lr=1000000.0"]
+    assert bad["status"] == "diverged" and bad["epoch"] == 1 and len(bad["history"]) == 1
+    assert "diverged at epoch 1" in bad["error"] and "lower train.lr" in bad["error"]
+    assert "DIVERGED: lr=1000000.0" in err
+    code, out, _ = cli("report", tmp_path / "r" / "tiny")
+    assert code == 0 and "diverged: " in out and "| 0.003 " in out
+
+
+def test_status_says_where_each_cell_stands(write_suite, tmp_path, cli):
+    from bench.checkpoint import CHECKPOINT_INFO
+
+    path = write_suite('[grid]\n"train.lr" = [0.01, 0.003, 0.001, 0.0003]\n')
+    code, _, _ = cli("run", path, "--results", tmp_path / "r", "--only", "lr=0.01")
+    assert code == 0
+    from bench.config import load_suite
+    from bench.suite import expand
+
+    cells = {c.label: c for c in expand(load_suite(path))}
+    folder = tmp_path / "r" / "tiny"
+    resumable = folder / cells["lr=0.003"].id
+    resumable.mkdir()
+    (resumable / CHECKPOINT_INFO).write_text('{"epoch": 1, "epochs": 2}')
+    failed = folder / cells["lr=0.001"].id
+    failed.mkdir()
+    (failed / "result.json").write_text('{"status": "oom", "error": "out of memory at train.batch_size 16"}')
+    code, out, err = cli("status", path, "--results", tmp_path / "r")
+    assert code == 0
+    lines = {line.split("|")[2].strip(): line for line in out.splitlines()[2:]}
+    assert "done" in lines["lr=0.01"] and "val_error" in lines["lr=0.01"]
+    assert "resumable" in lines["lr=0.003"] and "at epoch 1" in lines["lr=0.003"]
+    assert "oom" in lines["lr=0.001"] and "batch_size 16" in lines["lr=0.001"]
+    assert "not started" in lines["lr=0.0003"]
+    assert "1 done, 1 resumable, 1 oom, 1 not started" in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_cleanly_and_leaves_the_cell_resumable(suite, tmp_path, sig):
+    path, env = suite
+    results = tmp_path / "r"
+    proc = bench("run", str(path), "--results", str(results), env=env)
+    wait_for(new_checkpoints(results), proc, "a checkpoint")
+    # Ctrl-C reaches the terminal's whole process group; a scheduler's SIGTERM, the bench process
+    os.killpg(proc.pid, sig) if sig == signal.SIGINT else os.kill(proc.pid, sig)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "interrupted; run the same command again to resume" in out
+    assert list(results.glob("resume/*/checkpoint.pt")) and not list(results.glob("resume/*/claim.json"))
+    assert no_process_left(proc.pid), "a process of the interrupted run lived on"
+
+
+# ------------------------------------------------------------------- resume, technique by technique
+class StopAt:
+    """Progress that interrupts the run as epoch `at` ends (before its checkpoint: the kill loses it)."""
+
+    def __init__(self, at: int | None):
+        from bench.progress import LogProgress
+
+        self.at, self.log = at, LogProgress(open(os.devnull, "w"))
+
+    def __getattr__(self, name):
+        return getattr(self.log, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def epoch(self, row):
+        if row["epoch"] == self.at:
+            raise KeyboardInterrupt
+
+
+TECHNIQUES = {
+    # every state a resumed epoch depends on, a few at a time
+    "ema-plateau-early-stopping": 'ema = true\nschedule = "plateau"\nplateau_patience = 1\npatience = 3\n',
+    "balanced-sampler-cutmix-randaugment": 'sampler = "balanced"\nmix = "cutmix_mixup"\n'
+                                           'augment = [{op = "randaugment", magnitude = 7}]\n',
+    "accumulate-clip-warmup-onecycle": 'accumulate = 2\nclip_grad = 1.0\nschedule = "onecycle"\n',
+}
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_resume_is_bitwise_whatever_the_technique(write_suite, tmp_path, technique):
+    from bench import runner
+    from bench.config import load_suite
+    from bench.suite import expand
+
+    path = write_suite()
+    text = path.read_text().replace("epochs = 2", "epochs = 5").replace('optimizer = "adam"',
+                                                                         'optimizer = "adamw"')
+    path.write_text(text.replace("[train]\n", "[train]\n" + TECHNIQUES[technique]))
+    cells = expand(load_suite(path))
+    in_process = runner.RunOptions(isolate=False)
+
+    def run(results, stop=None):
+        return runner.run_suite(path.read_text(), "tiny", cells, results, device="cpu", progress=StopAt(stop),
+                                options=in_process)
+
+    run(tmp_path / "whole")
+    for stop in (2, 4):  # two interruptions, each losing the epoch it came in
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "cut", stop)
+    assert run(tmp_path / "cut").ran
+    whole, cut = (outputs(tmp_path / r / "tiny") for r in ("whole", "cut"))
+    assert cut == whole
+    record = json.loads(next((tmp_path / "cut" / "tiny").glob("*/result.json")).read_text())
+    assert record["train"]["resumed_at_epoch"] == 3
