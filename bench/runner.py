@@ -86,12 +86,11 @@ def is_done(cell_dir: Path) -> bool:
 
 
 def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, device: str = "auto",
-              force: bool = False, progress: LogProgress | None = None, options: RunOptions | None = None
-              ) -> RunSummary:
+              progress: LogProgress | None = None, options: RunOptions | None = None) -> RunSummary:
     """Run `cells` in order. A cell another live process has claimed is left to it; a finished one is
     skipped; an unfinished one goes on from its checkpoint. One cell's failure is its record, and the
     suite goes on; KeyboardInterrupt (or SIGTERM) stops the suite, leaving every checkpoint resumable."""
-    options = options or RunOptions(force=force)
+    options = options or RunOptions()
     progress = progress or LogProgress()
     suite_dir = Path(results) / name
     chosen = {c.id for c in cells}
@@ -107,26 +106,25 @@ def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, d
     with progress, _sigterm_interrupts():
         progress.start_run(len(cells), name)
         for index, cell in enumerate(cells, 1):
+            def skip(into: list[str], why: str, index=index, cell=cell) -> None:
+                into.append(cell.id)
+                progress.start_cell(index, len(cells), cell.label, cell.id, 1, 1)
+                progress.end_cell("skipped", why)
+
             cell_dir = suite_dir / cell.id
             if is_done(cell_dir) and not options.force:
-                summary.skipped.append(cell.id)
-                progress.start_cell(index, len(cells), cell.label, cell.id, 1, 1)
-                progress.end_cell("skipped", "finished earlier (--force reruns it)")
+                skip(summary.skipped, "finished earlier (--force reruns it)")
                 continue
             claim = Claim(cell_dir, cell.config.train.epochs)
             if not claim.acquire():
-                summary.busy.append(cell.id)
-                progress.start_cell(index, len(cells), cell.label, cell.id, 1, 1)
-                progress.end_cell("skipped", f"running elsewhere ({_owner(cell_dir)})")
+                skip(summary.busy, f"running elsewhere ({_owner(cell_dir)})")
                 continue
             try:
-                if is_done(cell_dir) and not options.force:  # finished by another process meanwhile
-                    summary.skipped.append(cell.id)
+                if is_done(cell_dir) and not options.force:
+                    skip(summary.skipped, "finished by another run meanwhile")
                     continue
                 if cell.parent and not is_done(suite_dir / cell.parent) and claim_live(read_claim(suite_dir / cell.parent)):
-                    summary.busy.append(cell.id)
-                    progress.start_cell(index, len(cells), cell.label, cell.id, 1, 1)
-                    progress.end_cell("skipped", f"its parent {cell.parent} is running elsewhere")
+                    skip(summary.busy, f"its parent {cell.parent} is running elsewhere")
                     continue
                 if options.isolate:
                     from bench.worker import run_in_child

@@ -64,3 +64,34 @@ def cli(monkeypatch, capsys):
         return code, out.out, out.err
 
     return run
+
+
+PLUGIN = '''
+import os
+import signal
+
+from torch import nn
+
+from bench.models import register_model
+
+
+@register_model("{name}")
+class Plugged(nn.Module):
+    min_size = 1
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.head = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        if self.training:
+            {on_train}
+        return self.head(x.mean((2, 3)))
+'''
+
+
+def write_plugin(path: Path, name: str, on_train: str = "pass") -> Path:
+    """A BENCH_PLUGINS file registering `bench:<name>`, a one-layer network that runs `on_train` (a line of
+    Python: a crash, an exception) at every training step."""
+    path.write_text(PLUGIN.format(name=name, on_train=on_train))
+    return path

@@ -14,6 +14,7 @@ from bench.models import create_model, factory, list_archs
 from bench.models.builtins import BUILTINS
 from bench.models.freeze import apply_freeze, count_params, layers, set_train_mode
 from bench.models.heads import Head, build_head, head_name, replace_head
+from tests.conftest import write_plugin
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -277,31 +278,13 @@ def test_frozen_batchnorm_is_in_eval_mode_and_trainable_batchnorm_trains():
     assert all(not bns[n].training for n in frozen) and all(bns[n].training for n in bns if n not in frozen)
 
 
-PLUGIN = """
-from torch import nn
-from bench.models import register_model
-
-
-@register_model("plugged")
-class Plugged(nn.Module):
-    min_size = 1
-
-    def __init__(self, num_classes):
-        super().__init__()
-        self.head = nn.Linear(3, num_classes)
-
-    def forward(self, x):
-        return self.head(x.mean((2, 3)))
-"""
-
-
 @pytest.mark.parametrize("plugin, ok", [("good.py", True), ("missing.py", False), ("broken.py", False)])
 def test_plugins_register_networks_or_fail_on_one_line(tmp_path, plugin, ok):
     import os
     import subprocess
     import sys
 
-    (tmp_path / "good.py").write_text(PLUGIN)
+    write_plugin(tmp_path / "good.py", "plugged")
     (tmp_path / "broken.py").write_text("import no_such_module_anywhere\n")
     env = {**os.environ, "BENCH_PLUGINS": str(tmp_path / plugin)}
     proc = subprocess.run([sys.executable, "-m", "bench", "models", "bench:plug*"], env=env, capture_output=True,

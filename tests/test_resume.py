@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from tests.conftest import write_plugin
+
 # Enough epochs and images that a kill lands inside training, with augmentation, dropout-free mixing and a
 # schedule: every random state a resumed epoch draws from is exercised.
 SUITE = """
@@ -178,36 +180,10 @@ def test_killing_only_the_parent_ends_the_cell_process(suite, tmp_path):
     assert not claim.exists()
 
 
-CRASHING = '''
-import os
-import signal
-
-from torch import nn
-
-from bench.models import register_model
-
-
-@register_model("crash_{sig}")
-class Crash(nn.Module):
-    """Dies of {sig} on its first training step, as a broken native kernel or the OOM killer would end it."""
-
-    min_size = 1
-
-    def __init__(self, num_classes):
-        super().__init__()
-        self.head = nn.Linear(3, num_classes)
-
-    def forward(self, x):
-        if self.training:
-            os.kill(os.getpid(), signal.{sig})
-        return self.head(x.mean((2, 3)))
-'''
-
-
 @pytest.mark.parametrize("sig, cause", [("SIGSEGV", "native code"), ("SIGKILL", "out-of-memory killer")])
 def test_a_cell_whose_process_dies_is_recorded_and_the_suite_goes_on(tmp_path, sig, cause):
-    plugin = tmp_path / "crashing.py"
-    plugin.write_text(CRASHING.format(sig=sig))
+    # dies as a broken native kernel or the OOM killer would end it, on its first training step
+    plugin = write_plugin(tmp_path / "crashing.py", f"crash_{sig}", f"os.kill(os.getpid(), signal.{sig})")
     path = tmp_path / "crash.toml"
     path.write_text(SUITE.replace('"bench:small_cnn", "bench:mlp"', f'"bench:crash_{sig}", "bench:small_cnn"')
                     .replace("epochs = 5", "epochs = 1").replace('name = "resume"', 'name = "crash"'))

@@ -13,6 +13,7 @@ from bench import runner
 from bench.config import load_suite
 from bench.progress import LogProgress
 from bench.suite import expand
+from tests.conftest import write_plugin
 
 IN_PROCESS = runner.RunOptions(isolate=False)  # where a test spies on the runner, which a child would not see
 
@@ -113,36 +114,15 @@ def test_resume_skips_finished_cells_and_force_reruns(write_suite, tmp_path, mon
     summary = run(path, tmp_path / "r")
     assert summary.skipped == first_two and summary.ran == [calls[2]]
     assert all((tmp_path / "r" / "tiny" / c / "result.json").stat().st_mtime_ns == t for c, t in mtimes.items())
-    forced = run(path, tmp_path / "r", force=True)
+    forced = run(path, tmp_path / "r", options=runner.RunOptions(force=True))
     assert len(forced.ran) == 3 and not forced.skipped
-
-
-BOOM = """
-from torch import nn
-from bench.models import register_model
-
-
-@register_model("boom")
-class Boom(nn.Module):
-    min_size = 1
-
-    def __init__(self, num_classes):
-        super().__init__()
-        self.head = nn.Linear(3, num_classes)
-
-    def forward(self, x):
-        if self.training:
-            raise RuntimeError("boom in the forward pass")
-        return self.head(x.mean((2, 3)))
-"""
 
 
 def test_a_failing_cell_is_recorded_and_the_others_run(write_suite, tmp_path, cli, monkeypatch):
     from bench.models.builtins import BUILTINS
     from bench.models.plugins import load_plugins
 
-    plugin = tmp_path / "boom.py"
-    plugin.write_text(BOOM)
+    plugin = write_plugin(tmp_path / "boom.py", "boom", 'raise RuntimeError("boom in the forward pass")')
     monkeypatch.setenv("BENCH_PLUGINS", str(plugin))  # a network that fails only once it trains
     load_plugins()
     try:
