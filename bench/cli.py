@@ -33,7 +33,7 @@ class Format(StrEnum):
 
 
 def _cells(suite_path: Path, only: str | None, smoke: bool, *, device: str = "auto", results: Path | None = None,
-           data: bool = True):
+           data: bool = True, force: bool = False):
     from bench.config import load_suite
     from bench.runner import select
     from bench.suite import expand, preflight
@@ -48,7 +48,7 @@ def _cells(suite_path: Path, only: str | None, smoke: bool, *, device: str = "au
     if not chosen:
         raise UserError(f"--only '{only}' matches none of the {len(cells)} cells", file=suite_path,
                         hint="match a cell id or label; `bench plan` lists them")
-    preflight(suite, chosen, device, data=data, results=results)
+    preflight(suite, chosen, device, data=data, results=results, force=force)
     return suite, chosen
 
 
@@ -69,7 +69,7 @@ def run(
     from bench.progress import make_progress
     from bench.runner import RunOptions, run_suite
 
-    spec, cells = _cells(suite, only, smoke, device=device.value, results=results)
+    spec, cells = _cells(suite, only, smoke, device=device.value, results=results, force=force)
     options = RunOptions(force=force, checkpoint=checkpoint, keep_checkpoint=keep_checkpoints,
                          isolate=not in_process)
     try:
@@ -291,8 +291,18 @@ def data_inspect(
 
 
 def main() -> None:
+    import errno
+
     try:
         app()
     except UserError as e:
         err.print(f"error: {e.line()}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
+    except OSError as e:  # a full disk is the user's to fix, and every write is atomic: nothing half-written
+        if e.errno != errno.ENOSPC:
+            raise
+        from bench.artefacts import no_space
+
+        folder = Path(e.filename).parent if e.filename else Path.cwd()
+        err.print(f"error: {no_space(folder, None, '').line()}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from bench.artefacts import building, intact, seal
 from bench.config import CellConfig
 from bench.data import Prepared
 from bench.data.cachedir import cache_root
@@ -104,6 +105,15 @@ def _write(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
 
+def _read(path: Path) -> dict[str, torch.Tensor] | None:
+    if not intact(path):
+        return None
+    try:
+        return load_file(str(path))
+    except Exception:  # sealed, yet not safetensors this version reads: made again
+        return None
+
+
 def feature_setup(model: nn.Module, cfg: CellConfig, data: Prepared, loaders: dict[str, DataLoader],
                   device: torch.device) -> tuple[nn.Module, dict[str, DataLoader], dict[str, Any]]:
     """(the head to train, loaders of cached features, a record of the cache) for a features cell.
@@ -116,12 +126,13 @@ def feature_setup(model: nn.Module, cfg: CellConfig, data: Prepared, loaders: di
     out = {}
     for split, ds in data.datasets.items():
         path = folder / f"{split}.safetensors"
-        if path.is_file():
-            saved = load_file(str(path))
-        else:
-            saved = {"features": extract(model, ds, device, cfg.train.eval_batch_size), "labels": ds.labels}
-            _write(path, saved)
-            computed.append(split)
+        with building(path):  # one process extracts; a damaged or altered cache is extracted again
+            saved = _read(path)
+            if saved is None:
+                saved = {"features": extract(model, ds, device, cfg.train.eval_batch_size), "labels": ds.labels}
+                _write(path, saved)
+                seal(path)
+                computed.append(split)
         if not torch.equal(saved["labels"], ds.labels):  # a cache from other data under a colliding key
             raise UserError(f"feature cache {folder} does not match this split", key="model.freeze",
                             hint="delete that folder and rerun")

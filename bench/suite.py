@@ -292,17 +292,21 @@ def _short(v: Any) -> str:
 
 
 def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bool = True,
-              results: Path | None = None) -> None:
+              results: Path | None = None, force: bool = False) -> None:
     """Checks that need the file system, the network or the hardware, made before anything is written, so
     that a mistake is one line and exit 2 rather than a failed cell: the device; with `data`, each data
     config's files as its source reads them and what curation leaves of them (image headers only, cached);
     local weights files and their fit; freeze modes against the network's depth; hub weights (not asked for
-    a cell whose initial weights `results`/<suite>/init already holds); the precision on this device."""
+    a cell whose initial weights `results`/<suite>/init already holds); the precision on this device; and,
+    unless `force`, that the files under the cells `results` holds finished are still the files they were
+    trained on."""
     from bench.runner import resolve_device
     from bench.train import precision_setup
 
     dev = resolve_device(device)  # the same check, and message, as the runner's
     classes: dict[str, int] = {}  # data config -> classes curation keeps (for init keys and model shapes)
+    files: dict[str, str] = {}  # data config -> the files curation keeps, as bench.data.files_key names them
+    changed: list[Cell] = []
     done: set[str] = set()
 
     def once(*what: Any) -> bool:
@@ -323,6 +327,12 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
                 samples, keep, steps = preview(d)
                 require_trainable(samples, keep, steps, d)
                 classes[data_key] = len(np.unique(samples.labels[keep]))
+                from bench.data import files_key
+
+                files[data_key] = files_key(d, samples.subset(keep))
+            if data_key in files and results is not None and not force \
+                    and _trained_on_other_files(Path(results) / suite.suite.name / cell.id, files[data_key]):
+                changed.append(cell)
             n = classes.get(data_key, 2)
             head = {"pool": m.pool, "hidden": m.head_hidden, "activation": m.head_activation,
                     "dropout": m.head_dropout}
@@ -333,8 +343,8 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
                 from bench.models.freeze import frozen_layers
 
                 frozen_layers(skeleton(m.arch, n, d.image_size, **head), m.freeze)
-            if m.pretrained is True and not _init_saved(cell, n, data_key in classes, results, suite) \
-                    and once("hub", m.arch):
+            saved = _init_saved(cell, n, data_key in classes, results, suite, once)
+            if m.pretrained is True and not saved and once("hub", m.arch):
                 from bench.models.factory import require_hub_weights
 
                 require_hub_weights(m.arch)
@@ -345,15 +355,44 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
         except UserError as e:
             raise UserError(e.reason, file=suite.path, key=_where(suite, cell, e.key) if e.key else None,
                             hint=e.hint) from None
+    if changed:
+        first = changed[0]
+        raise UserError(f"the images under {len(changed)} finished cell(s) changed since they ran (e.g. "
+                        f"'{first.label}', {first.id}: files added, removed, resized or touched under "
+                        f"{first.config.data.root}); their results and new ones would not share a split",
+                        file=suite.path, key="data",
+                        hint="restore the data, or rerun those cells on the new data with --force "
+                             "(add --only to pick them)")
 
 
-def _init_saved(cell: Cell, num_classes: int, known: bool, results: Path | None, suite: Suite) -> bool:
-    """Whether this cell's shared initial weights are saved already: then the runner never asks the hub."""
-    if results is None or not known:
+def _trained_on_other_files(cell_dir: Path, files: str) -> bool:
+    """Whether the cell finished (result.json says ok) on files other than `files`; records older than the
+    files digest say nothing, and are taken as they are."""
+    try:
+        result = json.loads((cell_dir / "result.json").read_text())
+        recorded = result["data"].get("files") if result.get("status") == "ok" else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+    return recorded is not None and recorded != files
+
+
+def _init_saved(cell: Cell, num_classes: int, known: bool, results: Path | None, suite: Suite,
+                once: Callable[..., bool]) -> bool:
+    """Whether this cell's shared initial weights are saved already (then the runner never asks the hub);
+    saved weights that no longer match their seal are refused here, before any cell starts."""
+    if results is None or not known or not (Path(results) / suite.suite.name / "init").is_dir():
+        return False
+    from bench.artefacts import intact, sealed_digest
     from bench.weights import init_key
 
-    return (Path(results) / suite.suite.name / "init" / f"{init_key(cell.config, num_classes)}.safetensors").is_file()
+    path = Path(results) / suite.suite.name / "init" / f"{init_key(cell.config, num_classes)}.safetensors"
+    if not path.is_file():
+        return False
+    if once("init", str(path)) and sealed_digest(path) is not None and not intact(path):
+        raise UserError(f"shared initial weights {path} changed since they were saved (their sha256 differs)",
+                        hint="the finished cells were trained from the original: restore it, or delete it "
+                             "(and its .sha256.json) and rerun the suite with --force")
+    return True
 
 
 def _check_weights_file(path: Path, arch: str, image_size: int, head: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
+from bench.artefacts import building, intact, seal, sealed_digest
 from bench.config import CellConfig
 from bench.errors import UserError
 from bench.hashing import file_digest, stable_hash
@@ -80,27 +81,45 @@ def _seed(cfg: CellConfig, num_classes: int) -> int:
 
 
 def initial_model(cfg: CellConfig, num_classes: int, init_dir: Path) -> tuple[nn.Module, str]:
-    """The cell's model with its shared initial weights, and the key they are stored under."""
+    """The cell's model with its shared initial weights, and the key they are stored under. Made once, by one
+    process, and sealed; a saved file that no longer matches its seal is refused, since the cells that
+    finished were trained from what it held."""
     key = init_key(cfg, num_classes)
     path = init_dir / f"{key}.safetensors"
-    exists = path.exists()
-    # The random head (and any random backbone) is drawn under a seed derived from the key alone, so a
-    # cell's initial weights do not depend on which cells ran before it in the process.
-    m = cfg.model
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(cfg, num_classes))
-        hub = m.pretrained is True and not exists  # once saved, the hub is never asked again
-        model = create_model(m.arch, num_classes, cfg.data.image_size, pretrained=hub)
-        build_head(model, m.arch, num_classes, pool=m.pool, hidden=m.head_hidden,
-                   activation=m.head_activation, dropout=m.head_dropout)
-    if exists:
-        load_model(model, str(path))
-        return model, key
-    if isinstance(cfg.model.pretrained, str):
-        load_backbone(model, read_state_file(Path(cfg.model.pretrained)), Path(cfg.model.pretrained))
-    with atomic_path(path) as tmp:
-        save_model(model, str(tmp))  # handles tied tensors, unlike save_file
+    with building(path):
+        exists = path.exists()
+        # The random head (and any random backbone) is drawn under a seed derived from the key alone, so a
+        # cell's initial weights do not depend on which cells ran before it in the process.
+        m = cfg.model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed(cfg, num_classes))
+            hub = m.pretrained is True and not exists  # once saved, the hub is never asked again
+            model = create_model(m.arch, num_classes, cfg.data.image_size, pretrained=hub)
+            build_head(model, m.arch, num_classes, pool=m.pool, hidden=m.head_hidden,
+                       activation=m.head_activation, dropout=m.head_dropout)
+        if exists:
+            _load_initial(model, path)
+            return model, key
+        if isinstance(cfg.model.pretrained, str):
+            load_backbone(model, read_state_file(Path(cfg.model.pretrained)), Path(cfg.model.pretrained))
+        with atomic_path(path) as tmp:
+            save_model(model, str(tmp))  # handles tied tensors, unlike save_file
+        seal(path)
     return model, key
+
+
+def _load_initial(model: nn.Module, path: Path) -> None:
+    fix = (f"the cells of this suite that finished were trained from the original; delete {path.name} (and "
+           "its .sha256.json) and rerun the suite with --force, or restore the file")
+    if sealed_digest(path) is None:  # saved by a bench before seals: taken as it is, and sealed now
+        seal(path)
+    elif not intact(path):
+        raise UserError("shared initial weights changed since they were saved (their sha256 differs)",
+                        file=path, hint=fix)
+    try:
+        load_model(model, str(path))
+    except Exception as e:  # a damaged header or tensors of other shapes
+        raise UserError(f"unreadable shared initial weights ({type(e).__name__})", file=path, hint=fix) from None
 
 
 def load_parent(model: nn.Module, parent_dir: Path) -> str:

@@ -19,7 +19,7 @@ from bench.data.loaders import ArrayDataset
 from bench.data.sources import Samples, read_source
 from bench.hashing import stable_hash
 
-__all__ = ["Curated", "Prepared", "curated", "prepare"]
+__all__ = ["Curated", "Prepared", "curated", "files_key", "prepare", "split_key"]
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Curated:
     rows: np.ndarray  # row of each kept sample in decoded.images
     steps: list[dict]
     bad: dict[str, str]  # relative path -> why it was excluded
+    files: str  # which files curation kept, as they are on disk now (see files_key)
 
     @property
     def modes(self) -> dict[str, int]:
@@ -53,7 +54,7 @@ def curated(cfg: DataConfig) -> Curated:
                   "classes": [before[1], len(final.classes)]})
     bad_paths = {samples.paths[i]: why for i, why in bad.items()}
     bad_paths.update({kept.paths[i]: why for i, why in dec.bad.items()})
-    return Curated(samples, probe, final, dec, np.flatnonzero(ok), steps, bad_paths)
+    return Curated(samples, probe, final, dec, np.flatnonzero(ok), steps, bad_paths, files_key(cfg, kept))
 
 
 @dataclass
@@ -68,16 +69,25 @@ class Prepared:
         return len(self.classes)
 
 
-def split_key(cfg: DataConfig, seed: int) -> str:
+def files_key(cfg: DataConfig, kept: Samples) -> str:
+    """The files curation keeps (before the decoder drops any), by name, size and mtime: when the images
+    change, so does the split's key, and finished cells trained on the old ones are not silently reused.
+    Generated data is a function of its config, which the split key holds already."""
+    if cfg.source == "synthetic":
+        return "generated"
+    return stable_hash({"paths": kept.paths, "stats": cache.file_stats(kept.root, kept.paths)}, 16)
+
+
+def split_key(cfg: DataConfig, seed: int, files: str) -> str:
     """Everything that decides which image lands in which split, and nothing else (not sizes or workers)."""
     spec = cfg.model_dump(mode="json", exclude={"image_size", "cache_size", "workers"})
-    return stable_hash({**spec, "seed": seed}, 16)
+    return stable_hash({**spec, "seed": seed, "files": files}, 16)
 
 
 def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None) -> Prepared:
     cur = curated(cfg)
     s = cur.samples
-    key = split_key(cfg, seed)
+    key = split_key(cfg, seed, cur.files)
     if not cfg.source_split:  # study 001 pooled iNat's train and val, then split 90/10 itself
         s = dataclasses.replace(s, given=None)
     parts = split.load_or_make(s, cfg.split, seed, Path(split_dir) / f"{key}.json")
@@ -85,7 +95,7 @@ def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None)
     datasets = {name: ArrayDataset(file, cur.rows[idx], s.labels[idx], cfg.image_size,
                                    augment_transform if name == "train" else None)
                 for name, idx in parts.items()}
-    info = {"source": cfg.source, "root": str(s.root), "images": {k: len(v) for k, v in parts.items()},
+    info = {"source": cfg.source, "root": str(s.root), "files": cur.files, "images": {k: len(v) for k, v in parts.items()},
             "classes": len(s.classes), "curation": cur.steps, "modes": cur.modes,
             "bad_images": {"count": len(cur.bad), "files": dict(list(sorted(cur.bad.items()))[:100])},
             "train_class_counts": np.bincount(s.labels[parts["train"]], minlength=len(s.classes)).tolist()}

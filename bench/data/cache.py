@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from bench.artefacts import building, intact, reserve, seal
 from bench.data.cachedir import cache_root
 from bench.hashing import stable_hash
 from bench.store import atomic_dir, atomic_path
@@ -29,7 +32,7 @@ PARALLEL_MIN = 256  # below this many images a process pool costs more than it s
 VERSION = 1
 
 
-def _stats(root: Path, paths: list[str]) -> list[tuple[int, int]]:
+def file_stats(root: Path, paths: list[str]) -> list[tuple[int, int]]:
     out = []
     for p in paths:
         try:
@@ -42,7 +45,7 @@ def _stats(root: Path, paths: list[str]) -> list[tuple[int, int]]:
 
 def _key(root: Path, paths: list[str], **extra) -> str:
     return stable_hash({"v": VERSION, "root": str(Path(root).resolve()), "paths": paths,
-                   "stats": _stats(root, paths), **extra}, 16)
+                   "stats": file_stats(root, paths), **extra}, 16)
 
 
 def _chunks(n: int, parts: int) -> list[range]:
@@ -108,18 +111,23 @@ class Probe:
 
 def probe(root: Path, paths: list[str]) -> Probe:
     file = cache_root() / "probe" / f"{_key(root, paths)}.npz"
-    if file.is_file():
-        z = np.load(file, allow_pickle=False)
-        return Probe(z["modes"].astype(object), z["width"], z["height"], z["bad"].astype(object))
-    jobs = [(str(root), paths, r) for r in _chunks(len(paths), 8 * _workers(len(paths)))]
-    rows = [r for part in _map(_probe_job, jobs, "reading image headers", len(paths), _workers(len(paths)))
-            for r in part]
-    modes, w, h, bad = (zip(*rows, strict=True) if rows else ((), (), (), ()))
-    result = Probe(np.array(modes, dtype=object), np.array(w, dtype=np.int64), np.array(h, dtype=np.int64),
-                   np.array(bad, dtype=object))
-    with atomic_path(file) as tmp:
-        np.savez(tmp, modes=result.modes.astype(str), width=result.width, height=result.height,
-                 bad=result.bad.astype(str))
+    with building(file):
+        if intact(file):
+            try:
+                z = np.load(file, allow_pickle=False)
+                return Probe(z["modes"].astype(object), z["width"], z["height"], z["bad"].astype(object))
+            except Exception:  # sealed yet unreadable (another numpy?): a derived cache is simply made again
+                pass
+        jobs = [(str(root), paths, r) for r in _chunks(len(paths), 8 * _workers(len(paths)))]
+        rows = [r for part in _map(_probe_job, jobs, "reading image headers", len(paths), _workers(len(paths)))
+                for r in part]
+        modes, w, h, bad = (zip(*rows, strict=True) if rows else ((), (), (), ()))
+        result = Probe(np.array(modes, dtype=object), np.array(w, dtype=np.int64), np.array(h, dtype=np.int64),
+                       np.array(bad, dtype=object))
+        with atomic_path(file) as tmp:
+            np.savez(tmp, modes=result.modes.astype(str), width=result.width, height=result.height,
+                     bad=result.bad.astype(str))
+        seal(file)
     return result
 
 
@@ -159,20 +167,43 @@ class Decoded:
 
 
 def decoded(root: Path, paths: list[str], size: int) -> Decoded:
-    """The decoded cache for these files at this size; built on first use, reused after."""
+    """The decoded cache for these files at this size; built on first use (by one process), reused after,
+    rebuilt when its images no longer match their seal."""
     folder = cache_root() / "decoded" / _key(root, paths, size=size, resize="short-side+centre-crop")
-    meta = folder / "meta.json"
-    if meta.is_file():
-        bad = {int(k): v for k, v in json.loads(meta.read_text())["bad"].items()}
-        return Decoded(np.load(folder / "images.npy", mmap_mode="r"), bad, folder)
-    with atomic_dir(folder) as tmp:  # complete or absent: a crash mid-build leaves only a .partial folder
-        np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                  shape=(len(paths), size, size, 3))
-        workers = _workers(len(paths))
-        jobs = [(str(root), str(tmp / "images.npy"), len(paths), size, paths, r)
-                for r in _chunks(len(paths), 8 * workers)]
-        failed = [f for part in _map(_decode_job, jobs, f"decoding images to {size}px", len(paths), workers)
-                  for f in part]
-        (tmp / "meta.json").write_text(json.dumps({"size": size, "count": len(paths), "root": str(root),
-                                                   "bad": {str(k): v for k, v in dict(failed).items()}}))
-    return decoded(root, paths, size)
+    with building(folder):
+        found = _open_decoded(folder, len(paths), size)
+        if found is not None:
+            return found
+        if folder.exists():
+            print(f"[bench] decoded cache {folder} is incomplete or altered; building it again", file=sys.stderr)
+            shutil.rmtree(folder)
+        with atomic_dir(folder) as tmp:  # complete or absent: a crash mid-build leaves only a .partial folder
+            file = tmp / "images.npy"
+            shape = (len(paths), size, size, 3)
+            np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=shape)
+            reserve(file, file.stat().st_size, "the decoded-image cache")  # a full disk: one line, now
+            workers = _workers(len(paths))
+            jobs = [(str(root), str(file), len(paths), size, paths, r) for r in _chunks(len(paths), 8 * workers)]
+            failed = [f for part in _map(_decode_job, jobs, f"decoding images to {size}px", len(paths), workers)
+                      for f in part]
+            seal(file)
+            (tmp / "meta.json").write_text(json.dumps({"size": size, "count": len(paths), "root": str(root),
+                                                       "bad": {str(k): v for k, v in dict(failed).items()}}))
+        found = _open_decoded(folder, len(paths), size)
+        if found is None:  # verified before anyone else uses it
+            raise RuntimeError(f"the decoded cache {folder} was built but does not verify")
+        return found
+
+
+def _open_decoded(folder: Path, count: int, size: int) -> Decoded | None:
+    """The cache in `folder` if it is complete (its meta, its shape) and its images match their seal."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        images = np.load(folder / "images.npy", mmap_mode="r")
+        bad = {int(k): str(v) for k, v in meta["bad"].items()}
+    except Exception:  # missing, truncated, not JSON, not .npy: a derived cache is built again
+        return None
+    if meta.get("count") != count or images.shape != (count, size, size, 3) or images.dtype != np.uint8 \
+            or not intact(folder / "images.npy", quick=True):
+        return None
+    return Decoded(images, bad, folder)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.artefacts import building
 from bench.data.sources import SPLITS, Samples
 from bench.store import atomic_write_text
 
@@ -61,12 +62,17 @@ def make(samples: Samples, ratios: tuple[float, float, float], seed: int) -> dic
 
 def load_or_make(samples: Samples, ratios: tuple[float, float, float], seed: int, path: Path
                  ) -> dict[str, np.ndarray]:
-    """The saved split at `path` if it covers exactly these images, else a new one, saved there."""
+    """The saved split at `path` if it covers exactly these images, else a new one, saved there (by one
+    process at a time). The key in `path` names the files, so a saved split that no longer parses or covers
+    them is damaged, not stale: it is made again, identically, from the seed."""
     index = {p: i for i, p in enumerate(samples.paths)}
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if sorted(p for s in SPLITS for p in saved.get(s, [])) == sorted(samples.paths):
-            return {s: np.array(sorted(index[p] for p in saved[s]), dtype=np.int64) for s in SPLITS}
-    parts = make(samples, ratios, seed)
-    atomic_write_text(path, json.dumps({s: [samples.paths[i] for i in parts[s]] for s in SPLITS}))
+    with building(path):
+        try:
+            saved = json.loads(path.read_text())
+            if sorted(p for s in SPLITS for p in saved[s]) == sorted(samples.paths):
+                return {s: np.array(sorted(index[p] for p in saved[s]), dtype=np.int64) for s in SPLITS}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        parts = make(samples, ratios, seed)
+        atomic_write_text(path, json.dumps({s: [samples.paths[i] for i in parts[s]] for s in SPLITS}))
     return parts

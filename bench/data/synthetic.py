@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.artefacts import building
 from bench.config import SyntheticConfig
 from bench.data.cachedir import cache_root
 from bench.hashing import stable_hash
@@ -23,6 +24,7 @@ from bench.store import atomic_dir
 
 GENERATOR = 5  # bump when the pictures change, so old caches are not reused
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond", "bar", "star")
+DONE = "bench-synthetic.json"
 PATTERNS = ("solid", "stripes", "checker", "dots", "rings")
 
 
@@ -115,20 +117,36 @@ def render(c: int, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def generate(cfg: SyntheticConfig, root: Path | None = None) -> Path:
-    """Write the data set as ImageFolder JPEGs (once: a finished folder is reused); returns its root."""
+    """Write the data set as ImageFolder JPEGs (once, by one process: a finished folder is reused); returns
+    its root."""
     spec = {"generator": GENERATOR, **cfg.model_dump(mode="json")}
     root = Path(root) if root is not None else cache_root() / "synthetic" / stable_hash(spec, 16)
-    done = root / "bench-synthetic.json"
-    if done.is_file() and json.loads(done.read_text()) == spec:
-        return root
-    if root.exists():  # another generator's images, or an unfinished folder: never mixed with ours
-        shutil.rmtree(root)
-    with atomic_dir(root) as tmp:  # whole folder at once: an interrupted generation never looks finished
-        rng = np.random.default_rng([cfg.seed, GENERATOR])
-        for c, n in enumerate(class_sizes(cfg)):
-            folder = tmp / class_name(c)
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(render(c, cfg.size, rng)).save(folder / f"{i:05d}.jpg", quality=90)
-        (tmp / done.name).write_text(json.dumps(spec))
+    with building(root):
+        if _complete(root, spec):
+            return root
+        if root.exists():  # another generator's images, or an altered folder: never mixed with ours
+            shutil.rmtree(root)
+        with atomic_dir(root) as tmp:  # whole folder at once: an interrupted generation never looks finished
+            rng = np.random.default_rng([cfg.seed, GENERATOR])
+            for c, n in enumerate(class_sizes(cfg)):
+                folder = tmp / class_name(c)
+                folder.mkdir(parents=True)
+                for i in range(n):
+                    Image.fromarray(render(c, cfg.size, rng)).save(folder / f"{i:05d}.jpg", quality=90)
+            if _count(tmp) != sum(class_sizes(cfg)):  # verified before it is published, never after
+                raise RuntimeError(f"synthetic data in {tmp} is incomplete")
+            (tmp / DONE).write_text(json.dumps({**spec, "files": sum(class_sizes(cfg))}))
     return root
+
+
+def _count(root: Path) -> int:
+    return sum(1 for _ in root.glob("*/*.jpg"))
+
+
+def _complete(root: Path, spec: dict) -> bool:
+    """Finished by this generator with these settings, and still every image there."""
+    try:
+        done = json.loads((root / DONE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(done, dict) and done.pop("files", None) == _count(root) and done == spec
