@@ -23,6 +23,22 @@ class Device(StrEnum):
     mps = "mps"
 
 
+class Executor(StrEnum):
+    local = "local"
+    ray = "ray"
+    slurm = "slurm"
+
+
+def _key_values(items: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"{option} {item!r} is not KEY=VALUE", key=option, hint=f"e.g. {option} qos=high")
+        out[key.strip()] = value.strip()
+    return out
+
+
 class Format(StrEnum):
     markdown = "markdown"
     csv = "csv"
@@ -64,17 +80,38 @@ def run(
     keep_checkpoints: bool = typer.Option(False, help="keep checkpoint.pt in a cell's folder once it finished"),
     in_process: bool = typer.Option(False, help="run cells in this process, not one child process each "
                                                 "(for a debugger; a crash then ends the suite)"),
+    jobs: int | None = typer.Option(None, help="cells at once on this machine (default: one per GPU, else 1)"),
+    executor: Executor = typer.Option(Executor.local, help="where cells run: this machine, Ray tasks, or a "
+                                                           "Slurm job array (submitit)"),
+    address: str | None = typer.Option(None, help="Ray: the cluster to join (default: RAY_ADDRESS, else a "
+                                                  "local instance)"),
+    threads: int | None = typer.Option(None, help="torch threads per cell on the CPU (default: the cores "
+                                                  "divided among the cells running at once)"),
+    partition: str | None = typer.Option(None, help="Slurm: partition (overrides the suite's resources table)"),
+    account: str | None = typer.Option(None, help="Slurm: account (overrides the suite's resources table)"),
+    time_min: int | None = typer.Option(None, help="Slurm: time limit per cell in minutes (overrides the suite's resources table)"),
+    sbatch: list[str] = typer.Option([], help="Slurm: any other sbatch option as KEY=VALUE (repeatable)"),
 ) -> None:
     """Run every cell of a suite; finished cells are skipped, unfinished ones resumed, failed ones recorded."""
+    from bench.executors import default_jobs, make_executor
     from bench.progress import make_progress
     from bench.runner import RunOptions, run_suite
 
     spec, cells = _cells(suite, only, smoke, device=device.value, results=results, force=force)
+    if in_process and (executor != Executor.local or (jobs or 1) > 1):
+        raise UserError("--in-process runs cells one after another in this process", key="--in-process",
+                        hint="drop --jobs/--executor, or drop --in-process")
+    resources = spec.resources.model_copy(update={k: v for k, v in {
+        "partition": partition, "account": account, "time_min": time_min,
+        "sbatch": {**spec.resources.sbatch, **_key_values(sbatch, "--sbatch")} if sbatch else None}.items()
+        if v is not None})
+    runner = make_executor(executor.value, jobs=jobs or default_jobs(device.value), resources=resources,
+                           address=address)
     options = RunOptions(force=force, checkpoint=checkpoint, keep_checkpoint=keep_checkpoints,
-                         isolate=not in_process)
+                         isolate=not in_process, threads=threads)
     try:
         summary = run_suite(suite.read_text(), spec.suite.name, cells, results, device=device.value,
-                            progress=make_progress(err), options=options)
+                            progress=make_progress(err), options=options, executor=runner)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished epoch is in a checkpoint
         err.print("[bench] interrupted; run the same command again to resume", highlight=False, markup=False)
         raise typer.Exit(130) from None

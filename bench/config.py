@@ -222,6 +222,20 @@ class SuiteMeta(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
 
 
+class Resources(Strict):
+    """What one cell asks of an executor (`[resources]`): never part of a cell's id, since where a cell runs
+    does not change what it computes. Unset values take each executor's default (see README, "Running at
+    scale"); the Slurm keys are ignored by the other executors."""
+    gpus: float | None = Field(None, ge=0)  # per cell; default 1 where the machine or cluster has GPUs, else 0
+    cpus: float | None = Field(None, gt=0)  # per cell; default an even share of the cores among the jobs
+    memory_gb: float | None = Field(None, gt=0)  # per cell (Ray's memory, Slurm's --mem)
+    partition: str | None = None  # Slurm --partition
+    account: str | None = None  # Slurm --account
+    time_min: int | None = Field(None, gt=0)  # Slurm --time, in minutes; a timed-out cell resumes when requeued
+    array_parallelism: int | None = Field(None, gt=0)  # at most this many array jobs at once (Slurm's %N)
+    sbatch: dict[str, str | int | float | bool] = Field(default_factory=dict)  # any other sbatch option
+
+
 SECTIONS = ("data", "model", "train")
 
 
@@ -231,6 +245,7 @@ class Suite(Strict):
     base: dict[str, Any]  # the [data], [model], [train] tables as written
     grid: dict[str, list[Any]]
     cells: list[dict[str, Any]]
+    resources: Resources = Field(default_factory=Resources)
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -242,11 +257,11 @@ def load_suite(path: str | Path) -> Suite:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"not valid TOML ({e})", file=path) from None
-    known = ("suite", *SECTIONS, "grid", "cells")
+    known = ("suite", *SECTIONS, "grid", "cells", "resources")
     for key in raw:
         if key not in known:
             raise UserError("unknown table", file=path, key=key, hint=did_you_mean(key, known))
-    for key in ("suite", *SECTIONS, "grid"):
+    for key in ("suite", *SECTIONS, "grid", "resources"):
         if key in raw and not isinstance(raw[key], dict):
             raise UserError("must be a table", file=path, key=key, hint=f"write it as [{key}]")
     if "suite" not in raw:
@@ -259,7 +274,12 @@ def load_suite(path: str | Path) -> Suite:
     cells = raw.get("cells", [])
     if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
         raise UserError("must be an array of tables", file=path, key="cells", hint="write each as [[cells]]")
-    return Suite(path=path, suite=meta, base={k: raw.get(k, {}) for k in SECTIONS}, grid=grid, cells=cells)
+    try:
+        resources = Resources.model_validate(raw.get("resources", {}))
+    except ValidationError as e:
+        raise validation_error(e, path, prefix="resources", model=Resources) from None
+    return Suite(path=path, suite=meta, base={k: raw.get(k, {}) for k in SECTIONS}, grid=grid, cells=cells,
+                 resources=resources)
 
 
 def check_grid(grid: dict[str, Any], path: Path | None) -> dict[str, Any]:

@@ -82,6 +82,86 @@ class RichProgress(LogProgress):
         self._say(f"  {status} {detail}")
 
 
+class LiveView(LogProgress):
+    """One view of a whole suite whose cells run in parallel, on any executor: read every second from the
+    cell folders, as `bench status` reads them (claims, checkpoints, records), so it shows cells running on
+    other machines as well as here. On a terminal a table redrawn in place; elsewhere a line per change."""
+
+    def __init__(self, suite_dir, cells, console: Console | None = None, stream=None, interval: float = 1.0):
+        super().__init__(stream)
+        self.suite_dir, self.listed = suite_dir, [(c.id, c.label) for c in cells]
+        self.console = console if console is not None and console.is_terminal else None
+        self.interval, self.seen = interval, {}
+
+    def __enter__(self):
+        import threading
+
+        from rich.live import Live
+
+        self.live = Live(self._table([]), console=self.console, refresh_per_second=2) if self.console else None
+        if self.live:
+            self.live.__enter__()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="bench-live-view")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._refresh()
+        if self.live:
+            self.live.__exit__(*exc)
+        return False
+
+    def _say(self, text: str) -> None:
+        if self.live:
+            self.live.console.print(text, highlight=False)
+        else:
+            super()._say(text)
+
+    def start_cell(self, *args) -> None:  # the workers' own progress does not reach here: the folders do
+        pass
+
+    def epoch(self, row) -> None:
+        pass
+
+    def end_cell(self, status: str, detail: str = "") -> None:
+        pass
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        from bench.status import cell_states
+
+        rows = cell_states(self.suite_dir, self.listed)
+        if self.live:
+            self.live.update(self._table(rows))
+            return
+        for r in rows:
+            key = (r["state"], r.get("epoch"))
+            if self.seen.get(r["id"]) != key:
+                if r["id"] in self.seen or r["state"] != "not started":
+                    super()._say(f"[bench] {r['label']} ({r['id']}): {r['state']}"
+                                 + (f" {r['detail']}" if r["detail"] else ""))
+                self.seen[r["id"]] = key
+
+    @staticmethod
+    def _table(rows):
+        from rich.table import Table
+
+        table = Table("cell", "label", "state", "detail", box=None)
+        for r in rows:
+            table.add_row(r["id"], r["label"], r["state"], r["detail"])
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        table.caption = ", ".join(f"{n} {s}" for s, n in counts.items())
+        return table
+
+
 def make_progress(console: Console | None = None) -> LogProgress:
     console = console or Console(stderr=True)
     return RichProgress(console) if console.is_terminal else LogProgress()

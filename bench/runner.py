@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import io
+import os
 import platform
 import resource
 import signal
@@ -32,7 +33,7 @@ from bench.features import feature_setup
 from bench.hashing import file_digest, stable_hash
 from bench.models.freeze import apply_freeze, count_params
 from bench.progress import LogProgress
-from bench.store import atomic_path, atomic_write_text, read_json, write_json, write_npz
+from bench.store import RUN, atomic_path, atomic_write_text, read_json, write_json, write_npz
 from bench.suite import Cell
 from bench.techniques import build_augment
 from bench.train import Diverged, fit, steps_per_epoch
@@ -50,11 +51,21 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How cells run, as opposed to what they are: nothing here changes a cell's id or its numbers."""
+    """How cells run, as opposed to what they are: nothing here changes a cell's id. On the CPU, `threads`
+    can change the last bits of a cell's numbers (reductions split otherwise): each record says how many."""
     force: bool = False  # rerun finished cells, from epoch 1
     checkpoint: bool = True  # save every epoch, and resume from the last
     keep_checkpoint: bool = False  # keep checkpoint.pt once the cell has finished
     isolate: bool = True  # each cell in a child process, so a crash is that cell's record
+    threads: int | None = None  # torch threads per cell; None: torch's default (every core)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one attempt at a cell, small and picklable: it travels back from Ray and Slurm workers."""
+    cell: str
+    state: str  # ok | failed | diverged | oom | crashed | skipped (finished earlier) | busy (running elsewhere)
+    detail: str = ""  # the one-line error, why it was skipped, or its errors
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -86,13 +97,18 @@ def is_done(cell_dir: Path) -> bool:
 
 
 def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, device: str = "auto",
-              progress: LogProgress | None = None, options: RunOptions | None = None) -> RunSummary:
-    """Run `cells` in order. A cell another live process has claimed is left to it; a finished one is
-    skipped; an unfinished one goes on from its checkpoint. One cell's failure is its record, and the
-    suite goes on; KeyboardInterrupt (or SIGTERM) stops the suite, leaving every checkpoint resumable."""
+              progress: LogProgress | None = None, options: RunOptions | None = None,
+              executor: Any = None) -> RunSummary:
+    """Run `cells` (in order, or as `executor` spreads them; parents always before their children). A cell
+    another live process has claimed is left to it; a finished one is skipped; an unfinished one goes on
+    from its checkpoint. One cell's failure is its record, and the suite goes on; KeyboardInterrupt (or
+    SIGTERM) stops the suite, leaving every checkpoint resumable."""
+    from bench.executors import Local
+
     options = options or RunOptions()
     progress = progress or LogProgress()
-    suite_dir = Path(results) / name
+    executor = executor or Local()
+    suite_dir = Path(results).resolve() / name
     chosen = {c.id for c in cells}
     for c in cells:
         if c.parent and c.parent not in chosen and not is_done(suite_dir / c.parent):
@@ -102,47 +118,80 @@ def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, d
     dev = resolve_device(device)  # before anything is written
     suite_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(suite_dir / "suite.toml", suite_text)
+    write_json(suite_dir / RUN, {"cells": [c.id for c in cells], "executor": executor.name, "started": time.time()})
     summary = RunSummary(suite_dir)
+    into = {"ok": summary.ran, "skipped": summary.skipped, "busy": summary.busy}
+    if executor.parallel:  # many cells at once: one view of the suite, read from its folders
+        from bench.progress import LiveView
+
+        progress = LiveView(suite_dir, cells, getattr(progress, "console", None), progress.stream)
     with progress, _sigterm_interrupts():
         progress.start_run(len(cells), name)
-        for index, cell in enumerate(cells, 1):
-            def skip(into: list[str], why: str, index=index, cell=cell) -> None:
-                into.append(cell.id)
-                progress.start_cell(index, len(cells), cell.label, cell.id, 1, 1)
-                progress.end_cell("skipped", why)
-
-            cell_dir = suite_dir / cell.id
-            if is_done(cell_dir) and not options.force:
-                skip(summary.skipped, "finished earlier (--force reruns it)")
-                continue
-            claim = Claim(cell_dir, cell.config.train.epochs)
-            if not claim.acquire():
-                skip(summary.busy, f"running elsewhere ({_owner(cell_dir)})")
-                continue
-            try:
-                if is_done(cell_dir) and not options.force:
-                    skip(summary.skipped, "finished by another run meanwhile")
-                    continue
-                if cell.parent and not is_done(suite_dir / cell.parent) and claim_live(read_claim(suite_dir / cell.parent)):
-                    skip(summary.busy, f"its parent {cell.parent} is running elsewhere")
-                    continue
-                if options.isolate:
-                    from bench.worker import run_in_child
-
-                    record = run_in_child(cell, suite_dir, dev, progress, index, len(cells), options, claim)
-                else:
-                    record = execute(cell, suite_dir, dev, progress, index, len(cells), options, claim)
-            finally:
-                claim.release()
-            if record["status"] == "ok":
-                summary.ran.append(cell.id)
-                test = record["metrics"].get("test", {})
-                progress.end_cell("ok", f"val_error {record['metrics']['val']['top1_error']:.4f}"
-                                  + (f" test_error {test['top1_error']:.4f}" if test else ""))
+        for outcome in executor.run(cells, suite_dir, dev, progress, options):
+            if outcome.state in into:
+                into[outcome.state].append(outcome.cell)
             else:
-                summary.failed.append((cell.id, record["error"]))
-                progress.end_cell(record["status"].upper(), f"{cell.label} ({cell.id}): {record['error']}")
+                summary.failed.append((outcome.cell, outcome.detail))
     return summary
+
+
+def attempt(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProgress, index: int, total: int,
+            options: RunOptions, env: dict[str, str] | None = None) -> Outcome:
+    """Claim `cell` and run it in a child process (or here), or say why not. Every executor's worker calls
+    this, so the claim — not the executor — decides that one cell runs once."""
+    def skip(state: str, why: str) -> Outcome:
+        progress.start_cell(index, total, cell.label, cell.id, 1, 1)
+        progress.end_cell("skipped", why)
+        return Outcome(cell.id, state, why)
+
+    cell_dir = suite_dir / cell.id
+    if is_done(cell_dir) and not options.force:
+        return skip("skipped", "finished earlier (--force reruns it)")
+    claim = Claim(cell_dir, cell.config.train.epochs)
+    if not claim.acquire():
+        return skip("busy", f"running elsewhere ({_owner(cell_dir)})")
+    try:
+        if is_done(cell_dir) and not options.force:
+            return skip("skipped", "finished by another run meanwhile")
+        if cell.parent and not is_done(suite_dir / cell.parent) and claim_live(read_claim(suite_dir / cell.parent)):
+            return skip("busy", f"its parent {cell.parent} is running elsewhere")
+        if options.isolate:
+            from bench.worker import run_in_child
+
+            record = run_in_child(cell, suite_dir, device, progress, index, total, options, claim, env)
+        else:
+            with _heartbeat(claim):
+                record = execute(cell, suite_dir, device, progress, index, total, options, claim)
+    finally:
+        claim.release()
+    if record["status"] == "ok":
+        test = record["metrics"].get("test", {})
+        detail = f"val_error {record['metrics']['val']['top1_error']:.4f}" + \
+            (f" test_error {test['top1_error']:.4f}" if test else "")
+        progress.end_cell("ok", detail)
+        return Outcome(cell.id, "ok", detail)
+    progress.end_cell(record["status"].upper(), f"{cell.label} ({cell.id}): {record['error']}")
+    return Outcome(cell.id, record["status"], record["error"])
+
+
+@contextlib.contextmanager
+def _heartbeat(claim: Claim):
+    """Keep a claim's heartbeat fresh while its cell runs in this process (epochs may outlast STALE_AFTER_S)."""
+    import threading
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(1.0):
+            claim.beat()
+
+    thread = threading.Thread(target=beat, daemon=True, name="bench-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @contextlib.contextmanager
@@ -348,6 +397,10 @@ def environment(device: torch.device) -> dict[str, Any]:
         "timm": timm.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "host": platform.node(),
+        "executor": os.environ.get(EXECUTOR_ENV, "local"),
     }
+
+
+EXECUTOR_ENV = "BENCH_EXECUTOR"  # set for a cell's process by the executor that runs it
 

@@ -175,4 +175,4 @@ def smoke_suite(suite: Suite) -> Suite:
     entries = [{k: v if k == "label" else _rewrite(k, v, maps, rules) for k, v in flatten(entry).items()}
                for entry in suite.cells]
     meta = suite.suite.model_copy(update={"name": suite.suite.name + "-smoke"})
-    return Suite(path=suite.path, suite=meta, base=base, grid=grid, cells=entries)
+    return Suite(path=suite.path, suite=meta, base=base, grid=grid, cells=entries, resources=suite.resources)

@@ -37,9 +37,9 @@ def _state(cell_dir: Path) -> dict[str, str]:
     if claim_live(claim):
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(claim["started"]))
         beat = time.time() - float(claim.get("heartbeat", 0))
-        return {"state": "running", "detail": f"on {claim['host']} pid {claim['pid']} since {since}, epoch "
-                                              f"{claim.get('epoch', 0)} of {claim.get('epochs', '?')} done "
-                                              f"(heartbeat {beat:.0f} s ago)"}
+        return {"state": "running", "epoch": claim.get("epoch", 0),
+                "detail": f"on {claim['host']} pid {claim['pid']} since {since}, epoch {claim.get('epoch', 0)} "
+                          f"of {claim.get('epochs', '?')} done (heartbeat {beat:.0f} s ago)"}
     try:
         result = read_json(cell_dir / "result.json")
     except (OSError, ValueError):
@@ -53,4 +53,8 @@ def _state(cell_dir: Path) -> dict[str, str]:
         return {"state": "resumable", "detail": f"at epoch {epoch}{why}"}
     if isinstance(result, dict):
         return {"state": str(result.get("status", "failed")), "detail": str(result.get("error", ""))}
-    return {"state": "not started", "detail": ""}
+    try:
+        job = read_json(cell_dir / "job.json")  # submitted to a queue, not yet claimed by its job
+        return {"state": "queued", "detail": f"{job['executor']} job {job['job_id']} ({job['cluster']})"}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"state": "not started", "detail": ""}

@@ -4,6 +4,7 @@ results/<suite>/
   suite.toml              copy of what was run
   init/<key>.safetensors  shared initial weights
   splits/<key>.json       the split used
+  run.json                the cells the last `bench run` set out to run (a report of fewer says "partial")
   <cell-id>/cell.json, result.json, history.csv, predictions.npz, best.safetensors
 """
 
@@ -101,6 +102,8 @@ def latest_suite_dir(results: Path) -> Path | None:
     runs = [d for d in Path(results).iterdir() if d.is_dir() and is_suite_dir(d)] if Path(results).is_dir() else []
     return max(runs, key=lambda d: (d / "suite.toml").stat().st_mtime, default=None)
 
+
+RUN = "run.json"
 
 CELL_KEYS = {"id", "group", "label", "axes"}  # with config: what reports and comparisons read from cell.json
 

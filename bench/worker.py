@@ -65,6 +65,8 @@ def _child(cell: Cell, suite_dir: Path, device: str, index: int, total: int, opt
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
+    if options.threads:  # the executor's share of the cores (floating-point sums depend on it: recorded)
+        torch.set_num_threads(options.threads)
     load_plugins()  # any named since the server started
     log = os.open(suite_dir / cell.id / LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     os.dup2(log, 1)
@@ -76,9 +78,15 @@ def _child(cell: Cell, suite_dir: Path, device: str, index: int, total: int, opt
     sys.stderr.flush()
 
 
+# Set by an executor that runs cells from several threads, when Ctrl-C reaches its main thread: every
+# thread waiting on a cell process stops it, as the main thread's own wait would.
+STOP = threading.Event()
+
+
 def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, index: int, total: int,
-                 options, claim: Claim) -> dict[str, Any]:
-    """Run `cell` in a child process; its record, or the record of how the child died."""
+                 options, claim: Claim, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `cell` in a child process (with `env` over this process's environment, e.g. the GPU it may see);
+    its record, or the record of how the child died."""
     from bench.runner import failure_record
 
     ctx = _context()
@@ -86,7 +94,7 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
     conn, child_conn = ctx.Pipe()
     life_recv, life_send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(cell, suite_dir, str(device), index, total, options, child_conn,
-                                            life_recv, dict(os.environ), os.getcwd()),
+                                            life_recv, {**os.environ, **(env or {})}, os.getcwd()),
                        name=f"bench-cell-{cell.id}")
     proc.start()
     child_conn.close()
@@ -94,6 +102,8 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
     record = None
     try:
         while True:
+            if STOP.is_set():
+                raise KeyboardInterrupt
             claim.beat()
             if not conn.poll(1.0):
                 if not proc.is_alive() and not conn.poll(0):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from bench.config import CellConfig, SuiteMeta
+from bench.config import CellConfig, Resources, SuiteMeta
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -23,7 +23,7 @@ def _keys(model: type[BaseModel], prefix: str) -> list[str]:
     return out
 
 
-KEYS = [k for k in _keys(CellConfig, "") if k != "seed"] + _keys(SuiteMeta, "suite.")
+KEYS = [k for k in _keys(CellConfig, "") if k != "seed"] + _keys(SuiteMeta, "suite.") + _keys(Resources, "resources.")
 
 
 @pytest.mark.parametrize("key", KEYS)

@@ -21,7 +21,7 @@ import pandas as pd
 from bench.errors import UserError, did_you_mean
 from bench.report.aggregate import leaderboard, leaderboard_table, pivot_table
 from bench.report.formats import FORMATS
-from bench.report.load import COLUMNS, DEFAULT_COLUMNS, SORT_BY, Filter, frame
+from bench.report.load import COLUMNS, DEFAULT_COLUMNS, SORT_BY, Filter, frame, progress_notes
 
 __all__ = ["COLUMNS", "FORMATS", "Filter", "frame", "leaderboard", "render"]  # what the plots and tests use
 
@@ -52,6 +52,7 @@ def render(targets: Path | Sequence[Path], fmt: str = "markdown", *, metrics: Se
         if not explicit and len(df):  # default columns that no record has are noise
             columns = [c for c in columns if c in ("val_error", "test_error") or df[c].notna().any()]
         table = leaderboard_table(df, columns, sort)
+    table.notes.extend(progress_notes(targets))  # a run in progress, or cut short, is not the whole suite
     return FORMATS[fmt](table)
 
 

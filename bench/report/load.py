@@ -18,7 +18,7 @@ from bench.compare import read_predictions
 from bench.cost import achieved_gflops_per_s, read_history, time_to_accuracy
 from bench.errors import UserError, did_you_mean
 from bench.metrics import full_metrics
-from bench.store import load_records
+from bench.store import RUN, load_records, read_json
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,31 @@ def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUM
     if len(df):
         _fill_missing_metrics(df, columns, recompute)
     return df
+
+
+def progress_notes(targets: Path | Sequence[Path]) -> list[str]:
+    """A note for each suite folder whose last `bench run` has not finished every cell it set out to run
+    (its run.json): the report then shows a run in progress, or an interrupted one, and says so."""
+    from bench.claims import claim_live, read_claim
+
+    notes = []
+    for suite_dir in [Path(targets)] if isinstance(targets, str | Path) else [Path(t) for t in targets]:
+        try:
+            planned = read_json(suite_dir / RUN)["cells"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        done = running = 0
+        for cell_id in planned:
+            try:
+                done += read_json(suite_dir / cell_id / "result.json").get("status") == "ok"
+                continue
+            except (OSError, ValueError, AttributeError):
+                pass
+            running += claim_live(read_claim(suite_dir / cell_id))
+        if done < len(planned):
+            notes.append(f"partial: {done} of the {len(planned)} cells of the last run have finished"
+                         + (f", {running} running" if running else "") + f" ({suite_dir.name}; see `bench status`)")
+    return notes
 
 
 def _derived(name: str, cell_dir: Path, result: dict, target_error: float | None) -> Any:

@@ -1,0 +1,329 @@
+"""Where cells run: one after another here, N at once on this machine's GPUs or cores, as Ray tasks, or as a
+Slurm job array through submitit.
+
+An executor decides only where each cell's process runs. Claims, checkpoints and records live in the results
+folder and every worker goes through `bench.runner.attempt`, so every executor writes the same files, never
+runs one cell twice (two launches, or a launch and a local run, included), and — at the same torch threads
+per cell — gives the same numbers. A staged cell (`model.init_from`) starts only once its parent finished.
+Shared artefacts (split, caches, initial weights) are built under their own locks by the first cell that
+needs them (bench.artefacts), so no executor builds one twice at once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.config import Resources
+from bench.errors import UserError
+from bench.progress import LogProgress
+from bench.registry import register
+from bench.runner import EXECUTOR_ENV, Outcome, RunOptions, attempt, failure_record
+from bench.store import write_json
+from bench.suite import Cell
+
+EXECUTORS: dict[str, Callable[..., Any]] = {}
+FORWARDED_ENV = ("BENCH_CACHE", "BENCH_PLUGINS", "XDG_CACHE_HOME")  # what a remote worker must see as we do
+JOB = "job.json"  # a cell's submitted job (executor, id), for `bench status` while it waits in a queue
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cell as a worker receives it: what `attempt` needs, picklable (Ray and submitit send it)."""
+    cell: Cell
+    suite_dir: Path
+    device: str
+    options: RunOptions
+    index: int
+    total: int
+    env: dict[str, str]
+    cwd: str
+
+
+def run_job(job: Job, *after: Any) -> Outcome:
+    """A worker's task: one cell. `after` are the parents' outcomes, which Ray hands over once they exist."""
+    os.chdir(job.cwd)  # relative data roots in a suite mean what they meant where `bench run` started
+    if not job.options.isolate:  # the worker is the cell's own process (a Slurm job): set it up as a child
+        from bench.models.plugins import load_plugins
+
+        os.environ.update(job.env)
+        load_plugins()
+        if job.options.threads:
+            torch.set_num_threads(job.options.threads)
+    return attempt(job.cell, job.suite_dir, torch.device(job.device), Quiet(), job.index, job.total,
+                   job.options, job.env)
+
+
+class Quiet(LogProgress):
+    """A worker's progress when a live view of the whole suite (read from the cell folders) shows it."""
+
+    def _say(self, text: str) -> None:
+        pass
+
+
+def default_jobs(device: str = "auto") -> int:
+    """`--jobs` when not given: one cell per GPU, else one at a time."""
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return max(1, torch.cuda.device_count())
+    return 1
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def _waves(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells by depth of their parent chain within the run: each wave only after the one before."""
+    depth: dict[str, int] = {}
+    for c in cells:  # expand() orders parents first
+        depth[c.id] = depth[c.parent] + 1 if c.parent in depth else 0
+    return [[c for c in cells if depth[c.id] == d] for d in range(max(depth.values(), default=-1) + 1)]
+
+
+def _job(cell: Cell, index: int, total: int, suite_dir: Path, device: str, options: RunOptions, executor: str,
+         env: dict[str, str] | None = None) -> Job:
+    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    return Job(cell, suite_dir, device, options, index, total, {**forwarded, EXECUTOR_ENV: executor, **(env or {})},
+               os.getcwd())
+
+
+@register(EXECUTORS, "local")
+class Local:
+    """Up to `jobs` cells at once on this machine, each in its own process: on GPUs each cell sees one GPU
+    (CUDA_VISIBLE_DEVICES set for its process, round robin); on the CPU the cores are divided among the jobs
+    (torch threads per cell, recorded in its result). `jobs = 1` is the plain sequential run."""
+    name = "local"
+
+    def __init__(self, jobs: int = 1, resources: Resources | None = None, **_: Any):
+        if jobs < 1:
+            raise UserError(f"--jobs {jobs}: needs at least 1", hint="e.g. --jobs 2")
+        self.jobs, self.resources = jobs, resources or Resources()
+
+    @property
+    def parallel(self) -> bool:
+        return self.jobs > 1
+
+    def run(self, cells: list[Cell], suite_dir: Path, device: torch.device, progress: LogProgress,
+            options: RunOptions) -> Iterator[Outcome]:
+        if not self.parallel:
+            for i, cell in enumerate(cells, 1):
+                yield attempt(cell, suite_dir, device, progress, i, len(cells), options, {EXECUTOR_ENV: self.name})
+            return
+        yield from self._pool(cells, suite_dir, device, options)
+
+    def _slots(self, device: torch.device) -> list[dict[str, str]]:
+        if device.type == "cuda":
+            gpus = torch.cuda.device_count()
+            return [{"CUDA_VISIBLE_DEVICES": str(i % gpus)} for i in range(self.jobs)]
+        return [{} for _ in range(self.jobs)]
+
+    def _pool(self, cells: list[Cell], suite_dir: Path, device: torch.device, options: RunOptions
+              ) -> Iterator[Outcome]:
+        from bench.worker import STOP
+
+        if device.type == "cpu" and not options.threads:
+            share = int(self.resources.cpus) if self.resources.cpus else max(1, _cores() // self.jobs)
+            options = replace(options, threads=share)
+        ids = {c.id for c in cells}
+        pending = list(enumerate(cells, 1))
+        finished: set[str] = set()
+        slots = self._slots(device)
+        running: dict[Any, tuple[Cell, dict[str, str]]] = {}
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="bench-job") as pool:
+            try:
+                while pending or running:
+                    for item in list(pending):
+                        index, cell = item
+                        if not slots:
+                            break
+                        if cell.parent in ids and cell.parent not in finished:
+                            continue  # its parent is queued or running: it waits for it
+                        pending.remove(item)
+                        slot = slots.pop(0)
+                        job = _job(cell, index, len(cells), suite_dir, device.type, options, self.name, slot)
+                        running[pool.submit(run_job, job)] = (cell, slot)
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        cell, slot = running.pop(future)
+                        slots.append(slot)
+                        finished.add(cell.id)
+                        yield future.result()
+            except BaseException:  # Ctrl-C: every thread stops its cell's process, each checkpoint stays
+                STOP.set()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+                STOP.clear()
+
+
+@register(EXECUTORS, "ray")
+class Ray:
+    """One Ray task per cell on a running cluster (`address`, or RAY_ADDRESS), or on a local instance started
+    for the run. Each task asks for the cell's [resources]: 1 GPU where the cluster has GPUs, else an even
+    share of the cluster's CPUs. A parent's task is an argument of its children's, so Ray starts them after
+    it. The task claims the cell in the shared results folder and runs it in a child process, as locally."""
+    name = "ray"
+    parallel = True
+
+    def __init__(self, jobs: int = 1, resources: Resources | None = None, address: str | None = None, **_: Any):
+        self.jobs, self.resources, self.address = jobs, resources or Resources(), address
+
+    def _task_resources(self, ray, n_cells: int, device: torch.device) -> dict[str, Any]:
+        total = ray.cluster_resources()
+        res = self.resources
+        gpus = res.gpus if res.gpus is not None else (1.0 if total.get("GPU", 0) and device.type != "cpu" else 0.0)
+        at_once = self.jobs if self.jobs > 1 else min(n_cells, int(total.get("CPU", 1)))
+        cpus = res.cpus if res.cpus is not None else max(1.0, float(int(total.get("CPU", 1) // max(1, at_once))))
+        out = {"num_cpus": cpus, "num_gpus": gpus}
+        if res.memory_gb:
+            out["memory"] = int(res.memory_gb * 2**30)
+        return out
+
+    def run(self, cells: list[Cell], suite_dir: Path, device: torch.device, progress: LogProgress,
+            options: RunOptions) -> Iterator[Outcome]:
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--executor ray needs Ray, which is not installed",
+                            hint="pip install -e '.[ray]' (or pip install 'ray>=2.9')") from None
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, include_dashboard=False, logging_level="warning",
+                     log_to_driver=False)
+        try:
+            spec = self._task_resources(ray, len(cells), device)
+            task = ray.remote(run_job).options(**spec)
+            run_options = options if options.threads else replace(options, threads=max(1, int(spec["num_cpus"])))
+            dev = "cuda" if spec["num_gpus"] else "cpu"
+            refs: dict[str, Any] = {}
+            owner: dict[Any, Cell] = {}
+            for i, cell in enumerate(cells, 1):
+                after = [refs[cell.parent]] if cell.parent in refs else []
+                ref = task.remote(_job(cell, i, len(cells), suite_dir, dev, run_options, self.name), *after)
+                refs[cell.id], owner[ref] = ref, cell
+            remaining = list(owner)
+            try:
+                while remaining:
+                    done, remaining = ray.wait(remaining, num_returns=1)
+                    for ref in done:
+                        try:
+                            yield ray.get(ref)
+                        except ray.exceptions.RayError as e:  # the worker died, or the task could not start
+                            yield _lost(owner[ref], suite_dir, f"its Ray task failed: {_first_line(e)}")
+            except BaseException:
+                for ref in remaining:
+                    ray.cancel(ref, force=True)
+                raise
+        finally:
+            if started:
+                ray.shutdown()
+
+
+class CellTask:
+    """A Slurm array element: one cell. Checkpointable, so when Slurm preempts the job or its time runs out,
+    submitit requeues it and the cell goes on from its last epoch checkpoint."""
+
+    def __call__(self, job: Job) -> Outcome:
+        return run_job(job)
+
+    def checkpoint(self, job: Job):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, job)
+
+
+LOCAL_TIMEOUT_MIN = 3 * 24 * 60  # submitit's local executor kills a job after 2 minutes unless told otherwise
+
+
+@register(EXECUTORS, "slurm")
+class Slurm:
+    """The cells as submitit job arrays (one array per wave of staged cells, the next submitted once the one
+    before finished), with the suite's [resources] as sbatch options. Where Slurm is absent, submitit's
+    local executor runs the same jobs on this machine (what the tests use). The job folder is
+    results/<suite>/.submitit, which like the results must be on a file system the nodes share."""
+    name = "slurm"
+    parallel = True
+
+    def __init__(self, jobs: int = 1, resources: Resources | None = None, cluster: str | None = None, **_: Any):
+        self.jobs, self.resources, self.cluster = jobs, resources or Resources(), cluster
+
+    def _executor(self, suite_dir: Path, device: torch.device, n_cells: int):
+        try:
+            import submitit
+        except ImportError:
+            raise UserError("--executor slurm needs submitit, which is not installed",
+                            hint="pip install -e '.[slurm]' (or pip install submitit)") from None
+        ex = submitit.AutoExecutor(folder=suite_dir / ".submitit" / "%j", cluster=self.cluster)
+        res = self.resources
+        gpus = int(res.gpus) if res.gpus is not None else (1 if device.type == "cuda" else 0)
+        cpus = int(res.cpus) if res.cpus else (max(1, _cores() // min(n_cells, _cores())) if ex.cluster == "local"
+                                               else None)
+        ex.update_parameters(
+            name=f"bench-{suite_dir.name}", gpus_per_node=gpus, cpus_per_task=cpus,
+            mem_gb=res.memory_gb, timeout_min=res.time_min or (LOCAL_TIMEOUT_MIN if ex.cluster != "slurm" else None),
+            slurm_partition=res.partition, slurm_account=res.account,
+            slurm_array_parallelism=res.array_parallelism or (self.jobs if self.jobs > 1 else None),
+            slurm_additional_parameters=dict(res.sbatch) or None)
+        return ex, submitit, cpus
+
+    def run(self, cells: list[Cell], suite_dir: Path, device: torch.device, progress: LogProgress,
+            options: RunOptions) -> Iterator[Outcome]:
+        ex, submitit, cpus = self._executor(suite_dir, device, len(cells))
+        if ex.cluster != "slurm":
+            progress._say(f"[bench] no Slurm here (sbatch not found): submitit runs the jobs on this machine "
+                          f"({ex.cluster} executor)")
+        if cpus and not options.threads and device.type == "cpu":
+            options = replace(options, threads=cpus)
+        # a job is a process of its own, so the cell runs in it: a crash ends the job, which is recorded
+        options = replace(options, isolate=False)
+        index = {c.id: i for i, c in enumerate(cells, 1)}
+        for wave in _waves(cells):
+            jobs = ex.map_array(CellTask(), [_job(c, index[c.id], len(cells), suite_dir, device.type, options,
+                                                  self.name) for c in wave])
+            owner = {}
+            for cell, job in zip(wave, jobs, strict=True):
+                write_json(suite_dir / cell.id / JOB, {"executor": self.name, "cluster": ex.cluster,
+                                                       "job_id": job.job_id, "submitted": time.time()})
+                owner[job.job_id] = cell
+            try:
+                for job in submitit.helpers.as_completed(jobs, poll_frequency=1):
+                    try:
+                        yield job.result()
+                    except Exception as e:  # submitit's FailedJobError / UncompletedJobError: the job died
+                        yield _lost(owner[job.job_id], suite_dir, f"its job {job.job_id} ended without a "
+                                                                  f"result: {_first_line(e)}")
+            except BaseException:
+                for job in jobs:
+                    if not job.done():
+                        job.cancel(check=False)
+                raise
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _lost(cell: Cell, suite_dir: Path, why: str) -> Outcome:
+    """A cell whose worker died outside bench's own care: recorded unless the cell left a record itself."""
+    if not (suite_dir / cell.id / "result.json").is_file():
+        failure_record(cell, suite_dir, torch.device("cpu"), "crashed", why)
+    return Outcome(cell.id, "crashed", why)
+
+
+def make_executor(name: str, **settings: Any):
+    if name not in EXECUTORS:
+        from bench.errors import did_you_mean
+
+        raise UserError(f"unknown executor '{name}'", key="--executor", hint=did_you_mean(name, EXECUTORS))
+    return EXECUTORS[name](**settings)
