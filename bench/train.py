@@ -384,7 +384,7 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if checkpoint is not None:
+        if checkpoint is not None and checkpoint.due():
             checkpoint.save(epoch, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
@@ -431,6 +431,8 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
     }
     if views:
         timing["tta_time_s"] = tta_seconds
+    if checkpoint is not None:  # what surviving a kill cost this run of the cell (outside train_time_s)
+        timing.update(checkpoint_time_s=checkpoint.seconds, checkpoints=checkpoint.saves)
     info = {
         "resumed_at_epoch": resumed_at,
         "precision": cfg.precision, "autocast": str(autocast.keywords["dtype"]) if autocast else None,

@@ -394,3 +394,28 @@ def test_resume_is_bitwise_whatever_the_technique(write_suite, tmp_path, techniq
     assert cut == whole
     record = json.loads(next((tmp_path / "cut" / "tiny").glob("*/result.json")).read_text())
     assert record["train"]["resumed_at_epoch"] == 3
+
+
+def test_checkpoints_are_spaced_so_that_writing_them_costs_at_most_5_percent(tmp_path, monkeypatch):
+    import torch
+
+    from bench import checkpoint as ck
+
+    now = [100.0]
+    monkeypatch.setattr(ck.time, "perf_counter", lambda: now[0])
+    real_save = ck.torch.save
+
+    def slow_save(*args, **kwargs):  # a write that takes 0.5 s of the fake clock
+        now[0] += 0.5
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(ck.torch, "save", slow_save)
+    c = ck.Checkpoint(tmp_path, "fingerprint", 10)
+    assert c.due()  # the first epoch is always saved
+    c.save(1, {"w": torch.zeros(2)})
+    assert (c.seconds, c.saves) == (0.5, 1)
+    now[0] += 0.5 / ck.MAX_SHARE - 0.01  # epochs since: a little less than 40 writes' worth
+    assert not c.due()
+    now[0] += 0.02
+    assert c.due()
+    assert ck.saved_epoch(tmp_path) == 1
