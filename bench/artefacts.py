@@ -81,16 +81,6 @@ def intact(path: Path | str, *, quick: bool = False) -> bool:
     return file_digest(path) == record.get("sha256")
 
 
-def remove(path: Path | str) -> None:
-    """Remove an artefact (file or folder) and its seal."""
-    path = Path(path)
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-    _seal_path(path).unlink(missing_ok=True)
-
-
 def reserve(path: Path | str, nbytes: int, what: str) -> None:
     """Allocate `nbytes` for `path` now, so that a full disk is one clear error here rather than a bus error
     (SIGBUS) later, when a memory map writes into a hole the file system cannot fill."""

@@ -68,7 +68,8 @@ class Checkpoint:
     A checkpoint follows every epoch once 1 / MAX_SHARE times as long as writing the last checkpoint took
     has passed since it: every epoch of any real cell (a 100 MB checkpoint takes a fraction of a second, an
     iNat epoch minutes); for epochs of a fraction of a second, every few epochs, so that checkpoints never
-    cost more than 5% of the training and a kill loses under a second of work."""
+    cost more than 5% of the training, and a kill loses at most one epoch or 1 / MAX_SHARE writes' worth of
+    time, whichever is longer."""
 
     def __init__(self, cell_dir: Path, fingerprint: str, epochs: int):
         self.path, self.info = Path(cell_dir) / CHECKPOINT, Path(cell_dir) / CHECKPOINT_INFO

@@ -39,6 +39,21 @@ def _key_values(items: list[str], option: str) -> dict[str, str]:
     return out
 
 
+def _resources(spec, **options):
+    """The suite's [resources] with the command line's Slurm options over them, validated as the file is."""
+    from pydantic import ValidationError
+
+    from bench.config import Resources
+
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        return Resources.model_validate({**spec.resources.model_dump(), **given})
+    except ValidationError as e:
+        err0 = e.errors()[0]
+        option = "--" + str(err0["loc"][0]).replace("_", "-")
+        raise UserError(f"{err0['msg']} (got {err0.get('input')!r})", key=option) from None
+
+
 class Format(StrEnum):
     markdown = "markdown"
     csv = "csv"
@@ -101,10 +116,8 @@ def run(
     if in_process and (executor != Executor.local or (jobs or 1) > 1):
         raise UserError("--in-process runs cells one after another in this process", key="--in-process",
                         hint="drop --jobs/--executor, or drop --in-process")
-    resources = spec.resources.model_copy(update={k: v for k, v in {
-        "partition": partition, "account": account, "time_min": time_min,
-        "sbatch": {**spec.resources.sbatch, **_key_values(sbatch, "--sbatch")} if sbatch else None}.items()
-        if v is not None})
+    resources = _resources(spec, partition=partition, account=account, time_min=time_min,
+                           sbatch={**spec.resources.sbatch, **_key_values(sbatch, "--sbatch")} if sbatch else None)
     runner = make_executor(executor.value, jobs=jobs or default_jobs(device.value), resources=resources,
                            address=address)
     options = RunOptions(force=force, checkpoint=checkpoint, keep_checkpoint=keep_checkpoints,
@@ -132,7 +145,7 @@ def status(
     started."""
     from tabulate import tabulate
 
-    from bench.status import cell_states
+    from bench.status import cell_states, summary
 
     if target.suffix == ".toml":
         spec, cells = _cells(target, None, smoke, data=False)
@@ -144,10 +157,7 @@ def status(
     rows = cell_states(suite_dir, listed)
     print(tabulate([[r["id"], r["label"], r["state"], r["detail"]] for r in rows],
                    headers=["id", "label", "state", "detail"], tablefmt="github"))
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
-    err.print("[bench] " + ", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False, markup=False)
+    err.print(f"[bench] {summary(rows)}", highlight=False, markup=False)
 
 
 @app.command()

@@ -49,14 +49,13 @@ class Job:
 
 def run_job(job: Job, *after: Any) -> Outcome:
     """A worker's task: one cell. `after` are the parents' outcomes, which Ray hands over once they exist."""
-    os.chdir(job.cwd)  # relative data roots in a suite mean what they meant where `bench run` started
-    if not job.options.isolate:  # the worker is the cell's own process (a Slurm job): set it up as a child
-        from bench.models.plugins import load_plugins
+    from bench.worker import adopt
 
-        os.environ.update(job.env)
-        load_plugins()
-        if job.options.threads:
-            torch.set_num_threads(job.options.threads)
+    # relative data roots in a suite mean what they meant where `bench run` started
+    if job.options.isolate:
+        os.chdir(job.cwd)  # the cell's own process starts from here, with job.env
+    else:  # the worker is the cell's own process (a Slurm job)
+        adopt(job.env, job.cwd)
     return attempt(job.cell, job.suite_dir, torch.device(job.device), Quiet(), job.index, job.total,
                    job.options, job.env)
 
@@ -183,7 +182,7 @@ class Ray:
         res = self.resources
         gpus = res.gpus if res.gpus is not None else (1.0 if total.get("GPU", 0) and device.type != "cpu" else 0.0)
         at_once = self.jobs if self.jobs > 1 else min(n_cells, int(total.get("CPU", 1)))
-        cpus = res.cpus if res.cpus is not None else max(1.0, float(int(total.get("CPU", 1) // max(1, at_once))))
+        cpus = res.cpus if res.cpus is not None else max(1.0, total.get("CPU", 1) // max(1, at_once))
         out = {"num_cpus": cpus, "num_gpus": gpus}
         if res.memory_gb:
             out["memory"] = int(res.memory_gb * 2**30)
@@ -274,11 +273,13 @@ class Slurm:
             slurm_partition=res.partition, slurm_account=res.account,
             slurm_array_parallelism=res.array_parallelism or (self.jobs if self.jobs > 1 else None),
             slurm_additional_parameters=dict(res.sbatch) or None)
-        return ex, submitit, cpus
+        return ex, cpus
 
     def run(self, cells: list[Cell], suite_dir: Path, device: torch.device, progress: LogProgress,
             options: RunOptions) -> Iterator[Outcome]:
-        ex, submitit, cpus = self._executor(suite_dir, device, len(cells))
+        ex, cpus = self._executor(suite_dir, device, len(cells))
+        from submitit.helpers import as_completed
+
         if ex.cluster != "slurm":
             progress._say(f"[bench] no Slurm here (sbatch not found): submitit runs the jobs on this machine "
                           f"({ex.cluster} executor)")
@@ -296,7 +297,7 @@ class Slurm:
                                                        "job_id": job.job_id, "submitted": time.time()})
                 owner[job.job_id] = cell
             try:
-                for job in submitit.helpers.as_completed(jobs, poll_frequency=1):
+                for job in as_completed(jobs, poll_frequency=1):
                     try:
                         yield job.result()
                     except Exception as e:  # submitit's FailedJobError / UncompletedJobError: the job died

@@ -120,15 +120,6 @@ class LiveView(LogProgress):
         else:
             super()._say(text)
 
-    def start_cell(self, *args) -> None:  # the workers' own progress does not reach here: the folders do
-        pass
-
-    def epoch(self, row) -> None:
-        pass
-
-    def end_cell(self, status: str, detail: str = "") -> None:
-        pass
-
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
             self._refresh()
@@ -152,13 +143,11 @@ class LiveView(LogProgress):
     def _table(rows):
         from rich.table import Table
 
-        table = Table("cell", "label", "state", "detail", box=None)
+        from bench.status import summary
+
+        table = Table("cell", "label", "state", "detail", box=None, caption=summary(rows))
         for r in rows:
             table.add_row(r["id"], r["label"], r["state"], r["detail"])
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["state"]] = counts.get(r["state"], 0) + 1
-        table.caption = ", ".join(f"{n} {s}" for s, n in counts.items())
         return table
 
 

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_model
 
 import bench
+from bench.artefacts import sealed_digest
 from bench.checkpoint import Checkpoint
 from bench.claims import Claim, claim_live, read_claim
 from bench.cost import forward_gflops
@@ -30,7 +31,7 @@ from bench.data import prepare
 from bench.data.loaders import make_loaders
 from bench.errors import UserError
 from bench.features import feature_setup
-from bench.hashing import file_digest, stable_hash
+from bench.hashing import stable_hash
 from bench.models.freeze import apply_freeze, count_params
 from bench.progress import LogProgress
 from bench.store import RUN, atomic_path, atomic_write_text, read_json, write_json, write_npz
@@ -272,6 +273,8 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     cell_dir.mkdir(parents=True, exist_ok=True)
     write_json(cell_dir / "cell.json", cell_record(cell))
     (cell_dir / "result.json").unlink(missing_ok=True)  # a rerun is not done until it writes a new one
+    if options.threads:  # the executor's share of the cores (floating-point sums depend on it: recorded)
+        torch.set_num_threads(options.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
@@ -293,7 +296,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     if cfg.model.freeze == "features":  # the head alone trains, on the backbone's cached features
         model, loaders, features = feature_setup(model, cfg, data, loaders, device)
 
-    init_sha = file_digest(suite_dir / "init" / f"{init_key}.safetensors")
+    init_sha = sealed_digest(suite_dir / "init" / f"{init_key}.safetensors")  # verified by initial_model
     checkpoint = None
     if options.checkpoint:
         # valid for this config (the id), these images in these splits, these initial weights, this schema

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,14 @@ def cell_states(suite_dir: Path, cells: list[tuple[str, str]] | None = None) -> 
             if suite_dir.is_dir() else []
         cells = [(name, _label(suite_dir / name)) for name in names]
     return [{"id": cid, "label": label, **_state(suite_dir / cid)} for cid, label in cells]
+
+
+UNFINISHED = ("running", "resumable", "queued", "not started")  # every other state is a record the cell left
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """'3 done, 1 running, ...': how many cells stand in each state, in the order states first appear."""
+    return ", ".join(f"{n} {state}" for state, n in Counter(r["state"] for r in rows).items())
 
 
 def _label(cell_dir: Path) -> str:

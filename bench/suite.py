@@ -305,7 +305,7 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
 
     dev = resolve_device(device)  # the same check, and message, as the runner's
     classes: dict[str, int] = {}  # data config -> classes curation keeps (for init keys and model shapes)
-    files: dict[str, str] = {}  # data config -> the files curation keeps, as bench.data.files_key names them
+    files: dict[str, str] = {}  # data config -> its source's files, as bench.data.files_key names them
     changed: list[Cell] = []
     done: set[str] = set()
 
@@ -324,12 +324,9 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
             if data and data_key not in classes:
                 from bench.data.curate import preview, require_trainable
 
-                samples, keep, steps = preview(d)
+                samples, keep, steps, files[data_key] = preview(d)
                 require_trainable(samples, keep, steps, d)
                 classes[data_key] = len(np.unique(samples.labels[keep]))
-                from bench.data import files_key
-
-                files[data_key] = files_key(d, samples.subset(keep))
             if data_key in files and results is not None and not force \
                     and _trained_on_other_files(Path(results) / suite.suite.name / cell.id, files[data_key]):
                 changed.append(cell)
@@ -382,16 +379,13 @@ def _init_saved(cell: Cell, num_classes: int, known: bool, results: Path | None,
     saved weights that no longer match their seal are refused here, before any cell starts."""
     if results is None or not known or not (Path(results) / suite.suite.name / "init").is_dir():
         return False
-    from bench.artefacts import intact, sealed_digest
-    from bench.weights import init_key
+    from bench.weights import check_initial, init_key
 
     path = Path(results) / suite.suite.name / "init" / f"{init_key(cell.config, num_classes)}.safetensors"
     if not path.is_file():
         return False
-    if once("init", str(path)) and sealed_digest(path) is not None and not intact(path):
-        raise UserError(f"shared initial weights {path} changed since they were saved (their sha256 differs)",
-                        hint="the finished cells were trained from the original: restore it, or delete it "
-                             "(and its .sha256.json) and rerun the suite with --force")
+    if once("init", str(path)):
+        check_initial(path)
     return True
 
 

@@ -82,8 +82,8 @@ def _seed(cfg: CellConfig, num_classes: int) -> int:
 
 def initial_model(cfg: CellConfig, num_classes: int, init_dir: Path) -> tuple[nn.Module, str]:
     """The cell's model with its shared initial weights, and the key they are stored under. Made once, by one
-    process, and sealed; a saved file that no longer matches its seal is refused, since the cells that
-    finished were trained from what it held."""
+    process, and sealed (bench.artefacts.sealed_digest then names them); a saved file that no longer matches
+    its seal is refused, since the cells that finished were trained from what it held."""
     key = init_key(cfg, num_classes)
     path = init_dir / f"{key}.safetensors"
     with building(path):
@@ -108,18 +108,27 @@ def initial_model(cfg: CellConfig, num_classes: int, init_dir: Path) -> tuple[nn
     return model, key
 
 
+_INIT_FIX = ("the finished cells were trained from the original: restore it, or delete it (and its "
+             ".sha256.json) and rerun the suite with --force")
+
+
+def check_initial(path: Path) -> None:
+    """Refuse saved initial weights that no longer match their seal (preflight asks, and every cell). A file
+    saved by a bench before seals has none, and is taken as it is."""
+    if sealed_digest(path) is not None and not intact(path):
+        raise UserError(f"shared initial weights {path} changed since they were saved (their sha256 differs)",
+                        hint=_INIT_FIX)
+
+
 def _load_initial(model: nn.Module, path: Path) -> None:
-    fix = (f"the cells of this suite that finished were trained from the original; delete {path.name} (and "
-           "its .sha256.json) and rerun the suite with --force, or restore the file")
-    if sealed_digest(path) is None:  # saved by a bench before seals: taken as it is, and sealed now
+    check_initial(path)
+    if sealed_digest(path) is None:
         seal(path)
-    elif not intact(path):
-        raise UserError("shared initial weights changed since they were saved (their sha256 differs)",
-                        file=path, hint=fix)
     try:
         load_model(model, str(path))
     except Exception as e:  # a damaged header or tensors of other shapes
-        raise UserError(f"unreadable shared initial weights ({type(e).__name__})", file=path, hint=fix) from None
+        raise UserError(f"unreadable shared initial weights ({type(e).__name__})", file=path,
+                        hint=_INIT_FIX) from None
 
 
 def load_parent(model: nn.Module, parent_dir: Path) -> str:

@@ -56,6 +56,14 @@ def _exit_with_parent(lifeline) -> None:
     os._exit(1)
 
 
+def adopt(env: dict[str, str], cwd: str) -> None:
+    """Make this process the one a cell runs in: the launching run's environment (over this one's) and
+    folder, and the plugins that environment names."""
+    os.environ.update(env)
+    os.chdir(cwd)
+    load_plugins()
+
+
 def _child(cell: Cell, suite_dir: Path, device: str, index: int, total: int, options, conn, lifeline,
            env: dict[str, str], cwd: str) -> None:
     from bench.runner import execute  # imported already by the fork server
@@ -63,11 +71,7 @@ def _child(cell: Cell, suite_dir: Path, device: str, index: int, total: int, opt
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this child
     # the fork server kept the environment and folder of the moment it started; the cell gets today's
     os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    if options.threads:  # the executor's share of the cores (floating-point sums depend on it: recorded)
-        torch.set_num_threads(options.threads)
-    load_plugins()  # any named since the server started
+    adopt(env, cwd)
     log = os.open(suite_dir / cell.id / LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     os.dup2(log, 1)
     os.dup2(log, 2)

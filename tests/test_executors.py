@@ -244,6 +244,8 @@ def test_unknown_executor_and_missing_extras_are_one_line(tmp_path, cli, suite_f
     assert code == 2 and "--in-process" in err and "Traceback" not in err
     code, _, err = cli("run", suite_file, "--results", tmp_path, "--sbatch", "qos")
     assert code == 2 and "KEY=VALUE" in err
+    code, _, err = cli("run", suite_file, "--results", tmp_path / "t", "--time-min", "0")
+    assert code == 2 and "--time-min" in err and "greater than 0" in err and not (tmp_path / "t").exists()
     import builtins
 
     real_import = builtins.__import__
@@ -289,7 +291,7 @@ def test_slurm_jobs_get_the_resources_as_sbatch_options(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     resources = Resources(gpus=2, cpus=8, memory_gb=32, partition="a100", account="lab", time_min=600,
                           sbatch={"qos": "high"})
-    ex, _, _ = Slurm(jobs=4, resources=resources)._executor(tmp_path, torch.device("cuda"), 5)
+    ex, _ = Slurm(jobs=4, resources=resources)._executor(tmp_path, torch.device("cuda"), 5)
     assert isinstance(ex, submitit.AutoExecutor) and ex.cluster == "slurm"
     script = ex._executor._make_submission_file_text("python -m bench", "uid")
     for line in ("#SBATCH --partition=a100", "#SBATCH --account=lab", "#SBATCH --time=600",

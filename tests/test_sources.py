@@ -208,7 +208,7 @@ def test_preview_of_synthetic_data_is_what_generation_and_curation_give(keys):
     from bench.data.curate import preview
 
     cfg = DataConfig(synthetic={"classes": 4, "images": 120, "size": 16}, **keys)
-    samples, keep, steps = preview(cfg)
+    samples, keep, steps, _ = preview(cfg)
     cur = curated(cfg)
     assert samples.classes == cur.source.classes and samples.paths == cur.source.paths
     assert [s["images"] for s in steps] == [s["images"] for s in cur.steps[:-1]]  # all but "undecodable"

@@ -31,7 +31,7 @@ class Curated:
     rows: np.ndarray  # row of each kept sample in decoded.images
     steps: list[dict]
     bad: dict[str, str]  # relative path -> why it was excluded
-    files: str  # which files curation kept, as they are on disk now (see files_key)
+    files: str  # the source's files as they are on disk now (see files_key)
 
     @property
     def modes(self) -> dict[str, int]:
@@ -54,7 +54,7 @@ def curated(cfg: DataConfig) -> Curated:
                   "classes": [before[1], len(final.classes)]})
     bad_paths = {samples.paths[i]: why for i, why in bad.items()}
     bad_paths.update({kept.paths[i]: why for i, why in dec.bad.items()})
-    return Curated(samples, probe, final, dec, np.flatnonzero(ok), steps, bad_paths, files_key(cfg, kept))
+    return Curated(samples, probe, final, dec, np.flatnonzero(ok), steps, bad_paths, files_key(cfg, probe))
 
 
 @dataclass
@@ -69,13 +69,12 @@ class Prepared:
         return len(self.classes)
 
 
-def files_key(cfg: DataConfig, kept: Samples) -> str:
-    """The files curation keeps (before the decoder drops any), by name, size and mtime: when the images
-    change, so does the split's key, and finished cells trained on the old ones are not silently reused.
-    Generated data is a function of its config, which the split key holds already."""
-    if cfg.source == "synthetic":
-        return "generated"
-    return stable_hash({"paths": kept.paths, "stats": cache.file_stats(kept.root, kept.paths)}, 16)
+def files_key(cfg: DataConfig, probe: cache.Probe) -> str:
+    """The source's files by name, size and mtime (the key the probe of their headers is stored under, so
+    no second pass over the files): when the images change, so does the split's key, and finished cells
+    trained on the old ones are not silently reused. Generated data is a function of its config, which the
+    split key holds already."""
+    return "generated" if cfg.source == "synthetic" else probe.key
 
 
 def split_key(cfg: DataConfig, seed: int, files: str) -> str:

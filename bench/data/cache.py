@@ -32,7 +32,7 @@ PARALLEL_MIN = 256  # below this many images a process pool costs more than it s
 VERSION = 1
 
 
-def file_stats(root: Path, paths: list[str]) -> list[tuple[int, int]]:
+def _stats(root: Path, paths: list[str]) -> list[tuple[int, int]]:
     out = []
     for p in paths:
         try:
@@ -45,7 +45,7 @@ def file_stats(root: Path, paths: list[str]) -> list[tuple[int, int]]:
 
 def _key(root: Path, paths: list[str], **extra) -> str:
     return stable_hash({"v": VERSION, "root": str(Path(root).resolve()), "paths": paths,
-                   "stats": file_stats(root, paths), **extra}, 16)
+                   "stats": _stats(root, paths), **extra}, 16)
 
 
 def _chunks(n: int, parts: int) -> list[range]:
@@ -107,15 +107,17 @@ class Probe:
     width: np.ndarray
     height: np.ndarray
     bad: np.ndarray  # str per image: why it is unusable, '' when fine
+    key: str = ""  # the source's files by name, size and mtime: what the probe was read from
 
 
 def probe(root: Path, paths: list[str]) -> Probe:
-    file = cache_root() / "probe" / f"{_key(root, paths)}.npz"
+    key = _key(root, paths)
+    file = cache_root() / "probe" / f"{key}.npz"
     with building(file):
         if intact(file):
             try:
                 z = np.load(file, allow_pickle=False)
-                return Probe(z["modes"].astype(object), z["width"], z["height"], z["bad"].astype(object))
+                return Probe(z["modes"].astype(object), z["width"], z["height"], z["bad"].astype(object), key)
             except Exception:  # sealed yet unreadable (another numpy?): a derived cache is simply made again
                 pass
         jobs = [(str(root), paths, r) for r in _chunks(len(paths), 8 * _workers(len(paths)))]
@@ -123,7 +125,7 @@ def probe(root: Path, paths: list[str]) -> Probe:
                 for r in part]
         modes, w, h, bad = (zip(*rows, strict=True) if rows else ((), (), (), ()))
         result = Probe(np.array(modes, dtype=object), np.array(w, dtype=np.int64), np.array(h, dtype=np.int64),
-                       np.array(bad, dtype=object))
+                       np.array(bad, dtype=object), key)
         with atomic_path(file) as tmp:
             np.savez(tmp, modes=result.modes.astype(str), width=result.width, height=result.height,
                      bad=result.bad.astype(str))

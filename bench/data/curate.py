@@ -89,11 +89,11 @@ def curate(samples: Samples, probe: Probe, cfg: DataConfig) -> tuple[np.ndarray,
 SOURCE_KEY = {"folder": "data.root", "synthetic": "data.synthetic", "csv": "data.manifest", "inat": "data.annotations"}
 
 
-def preview(cfg: DataConfig) -> tuple[Samples, np.ndarray, list[dict]]:
-    """(the source's index, the mask curation keeps, its steps) from image headers alone, nothing decoded:
-    what `require_trainable` judges before a cell starts. Synthetic data is not generated for it: its class
+def preview(cfg: DataConfig) -> tuple[Samples, np.ndarray, list[dict], str]:
+    """(the source's index, the mask curation keeps, its steps, bench.data.files_key) from image headers
+    alone, nothing decoded: what `require_trainable` judges before a cell starts. Synthetic data is not generated for it: its class
     sizes and image size follow from the config, as bench.data.synthetic.generate draws them."""
-    from bench.data import cache
+    from bench.data import cache, files_key
     from bench.data.sources import read_source
 
     if cfg.source == "synthetic":
@@ -102,7 +102,7 @@ def preview(cfg: DataConfig) -> tuple[Samples, np.ndarray, list[dict]]:
         samples = read_source(cfg)
         probe = cache.probe(samples.root, samples.paths)
     keep, steps, _ = curate(samples, probe, cfg)
-    return samples, keep, steps
+    return samples, keep, steps, files_key(cfg, probe)
 
 
 def _synthetic_index(sc: SyntheticConfig) -> tuple[Samples, Probe]:

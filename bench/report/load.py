@@ -183,8 +183,9 @@ def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUM
 
 def progress_notes(targets: Path | Sequence[Path]) -> list[str]:
     """A note for each suite folder whose last `bench run` has not finished every cell it set out to run
-    (its run.json): the report then shows a run in progress, or an interrupted one, and says so."""
-    from bench.claims import claim_live, read_claim
+    (its run.json), as `bench status` sees them (a failed cell has finished, and is listed as failed): the
+    report then shows a run in progress, or an interrupted one, and says so."""
+    from bench.status import UNFINISHED, cell_states
 
     notes = []
     for suite_dir in [Path(targets)] if isinstance(targets, str | Path) else [Path(t) for t in targets]:
@@ -192,14 +193,8 @@ def progress_notes(targets: Path | Sequence[Path]) -> list[str]:
             planned = read_json(suite_dir / RUN)["cells"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        done = running = 0
-        for cell_id in planned:
-            try:
-                done += read_json(suite_dir / cell_id / "result.json").get("status") == "ok"
-                continue
-            except (OSError, ValueError, AttributeError):
-                pass
-            running += claim_live(read_claim(suite_dir / cell_id))
+        states = [r["state"] for r in cell_states(suite_dir, [(c, "") for c in planned])]
+        done, running = sum(s not in UNFINISHED for s in states), states.count("running")
         if done < len(planned):
             notes.append(f"partial: {done} of the {len(planned)} cells of the last run have finished"
                          + (f", {running} running" if running else "") + f" ({suite_dir.name}; see `bench status`)")
