@@ -79,7 +79,8 @@ def _cells(suite_path: Path, only: str | None, smoke: bool, *, device: str = "au
     if not chosen:
         raise UserError(f"--only '{only}' matches none of the {len(cells)} cells", file=suite_path,
                         hint="match a cell id or label; `bench plan` lists them")
-    preflight(suite, chosen, device, data=data, results=results, force=force)
+    for note in preflight(suite, chosen, device, data=data, results=results, force=force):
+        err.print(f"[bench] {note}", highlight=False, markup=False)
     return suite, chosen
 
 

@@ -88,6 +88,9 @@ class ModelConfig(Strict):
     # none | all_but_head | features | first:N | last:N (N layers with weights) | last_conv:N (convolutions)
     freeze: str = "none"
     init_from: str | None = None  # label of a [[cells]] entry whose best weights this cell starts from
+    # keyword arguments of the architecture's constructor (timm.create_model, torchvision's builders, a
+    # built-in), e.g. {drop_path_rate = 0.1}; a grid axis as "model.kwargs.drop_path_rate" = [0, 0.1]
+    kwargs: dict[str, Any] = Field(default_factory=dict)
     # the head, replacing the architecture's classifier (README, "Models, heads, freezing and staged cells")
     pool: Literal["avg", "max", "avgmax"] | None = None  # global pooling; unset: the architecture's own
     head_hidden: tuple[int, ...] = ()  # widths of dense layers between the pooled features and the classes
@@ -145,21 +148,32 @@ class TrainConfig(Strict):
     pct_start: float = Field(0.3, gt=0, lt=1)  # onecycle: fraction of the run spent rising
     warmup_epochs: float = Field(0.0, ge=0)  # linear warmup, multiplies any schedule
     # loss
-    loss: str = "ce"  # ce | weighted_ce | focal | complement
+    loss: str = "ce"  # ce | weighted_ce | focal | complement | bce | jsd
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weights: Literal["inverse", "sqrt_inverse", "effective"] = "inverse"  # weighted_ce
     effective_beta: float = Field(0.999, ge=0, lt=1)  # class_weights = "effective"
     focal_gamma: float = Field(2.0, ge=0)
     focal_alpha: float | None = Field(None, gt=0)  # a constant factor, as Keras' categorical focal loss
     complement_weight: float = Field(1.0, ge=0)  # complement: weight of the complement entropy term
+    bce_target_threshold: float | None = Field(None, ge=0, lt=1)  # bce: targets above it -> 1, the rest 0 (timm)
+    bce_pos_weight: float | None = Field(None, gt=0)  # bce: weight of the positive term (timm's pos_weight)
+    bce_sum: bool = False  # bce: sum over classes, then mean over the batch (timm's --bce-sum)
+    jsd_alpha: float = Field(12.0, ge=0)  # jsd: weight of the Jensen-Shannon consistency term (AugMix)
     head_l1: float = Field(0.0, ge=0)  # penalty on the head's weights, added to the loss (study 002)
     head_l2: float = Field(0.0, ge=0)
     # data seen in training
     augment: str | list[str | dict[str, Any]] = "none"  # preset, op, or list (README, "Techniques")
     offline: int = Field(0, ge=0)  # K >= 2: fixed K-times training set (original + K-1 augmented copies)
+    # K >= 2: each image in the batch K times, clean then K-1 augmented views (timm's --aug-splits, for jsd)
+    aug_splits: int = Field(0, ge=0)
     mix: str = "none"  # none | mixup | cutmix | cutmix_mixup, on the batch
-    mix_alpha: float = Field(1.0, gt=0)  # Beta(alpha, alpha) for the mixing ratio
-    mix_prob: float = Field(1.0, ge=0, le=1)  # fraction of batches mixed
+    mix_alpha: float = Field(1.0, gt=0)  # Beta(alpha, alpha) for the mixing ratio (mixup's, and cutmix's if unset)
+    cutmix_alpha: float | None = Field(None, gt=0)  # cutmix's Beta(alpha, alpha); unset: mix_alpha
+    cutmix_minmax: tuple[float, float] | None = None  # cutmix box side as a fraction of the image, drawn in [min, max]
+    mix_prob: float = Field(1.0, ge=0, le=1)  # fraction of batches (pairs, samples) mixed
+    mix_switch_prob: float = Field(0.5, ge=0, le=1)  # cutmix_mixup: probability of cutmix rather than mixup
+    mix_mode: Literal["batch", "pair", "elem"] = "batch"  # one ratio per batch, per pair of images, or per image
+    mix_off_epoch: int | None = Field(None, ge=1)  # mix epochs 1..N only, then train on clean images (timm)
     sampler: str = "uniform"  # uniform | balanced | sqrt
     # evaluation and stopping
     tta: list[str] = Field(default_factory=list)  # test-time views, e.g. ["hflip", "rotate:10", "shift:3"]
@@ -200,6 +214,22 @@ class TrainConfig(Strict):
                              f"poly), not '{self.schedule}'")
         if self.cooldown_epochs >= self.epochs:
             raise ValueError(f"cooldown_epochs ({self.cooldown_epochs}) must be < epochs ({self.epochs})")
+        if self.cutmix_minmax is not None and not 0 < self.cutmix_minmax[0] < self.cutmix_minmax[1] <= 1:
+            raise ValueError(f"cutmix_minmax must be [min, max] with 0 < min < max <= 1: {list(self.cutmix_minmax)}")
+        if self.mix_off_epoch is not None and self.mix == "none":
+            raise ValueError("mix_off_epoch switches train.mix off after an epoch; set train.mix too")
+        if self.aug_splits == 1:
+            raise ValueError("aug_splits = 1 is the clean image alone; use 0 (off) or K >= 2 (clean + K-1 views)")
+        if self.loss == "jsd" and self.aug_splits < 2:
+            raise ValueError('loss "jsd" compares a clean image with its augmented views: set aug_splits = 3 '
+                             '(and an augment, e.g. "augmix-m3-w3")')
+        if self.aug_splits:
+            for key, used in (("augment", self.augment in ("none", [])), ("mix", self.mix != "none"),
+                              ("offline", bool(self.offline))):
+                if used:
+                    raise ValueError(f"aug_splits {'needs' if key == 'augment' else 'excludes'} train.{key}: "
+                                     + ("the views are augmented by it" if key == "augment" else
+                                        "the clean and augmented views of an image must stay together"))
         if self.offline == 1:
             raise ValueError("offline = 1 is the original set alone; use 0 (online augmentation) or K >= 2")
         if self.offline and self.augment in ("none", []):
@@ -236,6 +266,66 @@ class Resources(Strict):
     sbatch: dict[str, str | int | float | bool] = Field(default_factory=dict)  # any other sbatch option
 
 
+class Dimension(Strict):
+    """One tuned key's range: `{low, high[, log, step]}` (floats, or ints when both ends are ints) or
+    `{choices = [...]}`, as Optuna's suggest_float / suggest_int / suggest_categorical take them."""
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False  # sample log-uniformly (learning rates, weight decays)
+    step: float | int | None = Field(None, gt=0)  # a grid step between low and high
+    choices: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> Dimension:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("give either choices = [...] or low/high (with log, step), not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (e.g. {low = 1e-4, high = 1e-1, log = true}) or choices = [...]")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log = true needs low > 0 (got {self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("log and step are exclusive (Optuna refuses a stepped log range)")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return self.choices is None and all(isinstance(v, int) and not isinstance(v, bool)
+                                            for v in (self.low, self.high))
+
+
+class Tune(Strict):
+    """`[tune]`: every cell of the suite is a contender that gets the same search over `space`, `trials`
+    trials each, chosen on validation only (see README, "Tuning")."""
+    space: dict[str, Dimension] = Field(min_length=1)  # dotted train.* / model.* keys -> their range
+    trials: int = Field(ge=1)  # the budget: trials per contender, the same for every one
+    sampler: Literal["tpe", "random", "grid"] = "tpe"  # Optuna's TPESampler, RandomSampler, GridSampler
+    startup_trials: int | None = Field(None, ge=1)  # tpe: random trials before TPE models; unset: Optuna's 10
+    pruner: Literal["none", "median", "halving"] = "none"  # stop hopeless trials after an epoch (Optuna's)
+    warmup_epochs: int = Field(1, ge=0)  # median: epochs a trial runs before it may be pruned
+    metric: Literal["val_error", "val_loss"] = "val_error"  # what a trial is judged on, per epoch and at the end
+    seed: int = 0  # the sampler's seed (with the contender's id): the same proposals on a rerun
+
+    @field_validator("space")
+    @classmethod
+    def _tunable_keys(cls, v: dict[str, Dimension]) -> dict[str, Dimension]:
+        for key in v:
+            if key.split(".")[0] not in ("train", "model") or "." not in key:
+                raise ValueError(f"'{key}' is not tunable: tune train.* or model.* keys, e.g. \"train.lr\"")
+        return v
+
+    @model_validator(mode="after")
+    def _grid_needs_choices(self) -> Tune:
+        if self.sampler == "grid":
+            for key, dim in self.space.items():
+                if dim.choices is None and dim.step is None:
+                    raise ValueError(f"sampler 'grid' needs choices (or a step) for every key; '{key}' has neither")
+        return self
+
+
 SECTIONS = ("data", "model", "train")
 
 
@@ -246,6 +336,9 @@ class Suite(Strict):
     grid: dict[str, list[Any]]
     cells: list[dict[str, Any]]
     resources: Resources = Field(default_factory=Resources)
+    tune: Tune | None = None
+    # [[datasets]]: name = "..." and data.* keys (relative to [data]) each; every cell runs on every one
+    datasets: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -257,11 +350,11 @@ def load_suite(path: str | Path) -> Suite:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"not valid TOML ({e})", file=path) from None
-    known = ("suite", *SECTIONS, "grid", "cells", "resources")
+    known = ("suite", *SECTIONS, "grid", "cells", "resources", "tune", "datasets")
     for key in raw:
         if key not in known:
             raise UserError("unknown table", file=path, key=key, hint=did_you_mean(key, known))
-    for key in ("suite", *SECTIONS, "grid", "resources"):
+    for key in ("suite", *SECTIONS, "grid", "resources", "tune"):
         if key in raw and not isinstance(raw[key], dict):
             raise UserError("must be a table", file=path, key=key, hint=f"write it as [{key}]")
     if "suite" not in raw:
@@ -278,8 +371,31 @@ def load_suite(path: str | Path) -> Suite:
         resources = Resources.model_validate(raw.get("resources", {}))
     except ValidationError as e:
         raise validation_error(e, path, prefix="resources", model=Resources) from None
+    tune = None
+    if "tune" in raw:
+        try:
+            tune = Tune.model_validate(raw["tune"])
+        except ValidationError as e:
+            raise validation_error(e, path, prefix="tune", model=Tune) from None
+    datasets = check_datasets(raw.get("datasets", []), path)
     return Suite(path=path, suite=meta, base={k: raw.get(k, {}) for k in SECTIONS}, grid=grid, cells=cells,
-                 resources=resources)
+                 resources=resources, tune=tune, datasets=datasets)
+
+
+def check_datasets(datasets: Any, path: Path) -> list[dict[str, Any]]:
+    """[[datasets]]: an array of tables, each with a unique name; their data keys are validated with the cells."""
+    if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):
+        raise UserError("must be an array of tables", file=path, key="datasets", hint="write each as [[datasets]]")
+    names = []
+    for i, d in enumerate(datasets):
+        name = d.get("name")
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
+            raise UserError("needs name = \"...\" (letters, digits, _ . -)", file=path, key=f"datasets[{i}].name")
+        if name in names:
+            raise UserError(f"dataset name '{name}' is used twice", file=path, key=f"datasets[{i}].name",
+                            hint="give each [[datasets]] entry its own name")
+        names.append(name)
+    return datasets
 
 
 def check_grid(grid: dict[str, Any], path: Path | None) -> dict[str, Any]:

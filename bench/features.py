@@ -63,7 +63,7 @@ def backbone_digest(model: nn.Module) -> str:
 
 def feature_key(cfg: CellConfig, model: nn.Module, data: Prepared, device: torch.device) -> str:
     return stable_hash({
-        "version": VERSION, "arch": cfg.model.arch, "pool": cfg.model.pool, "weights": backbone_digest(model),
+        "version": VERSION, "arch": cfg.model.arch, "kwargs": cfg.model.kwargs, "pool": cfg.model.pool, "weights": backbone_digest(model),
         "split": data.split_key, "image_size": cfg.data.image_size, "stored_size": cfg.data.stored_size,
         "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
         # the same backbone gives features that differ in the last bits on another device type

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import (
+    binary_precision_recall_curve,
     multiclass_accuracy,
     multiclass_auroc,
     multiclass_average_precision,
@@ -91,6 +92,58 @@ def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     """Counts, rows = true class, columns = predicted class."""
     logits, labels = torch.as_tensor(logits).float(), torch.as_tensor(labels).long()
     return multiclass_confusion_matrix(logits, labels, num_classes=logits.shape[1])
+
+
+def stored_confusion(cell_dir: Path, split: str = "test") -> torch.Tensor:
+    """The confusion matrix the runner saved beside the predictions (`<split>_confusion` in
+    predictions.npz), or, for a record written before it was saved, computed from the saved logits."""
+    path = Path(cell_dir) / "predictions.npz"
+    if path.is_file():
+        with np.load(path) as npz:
+            if f"{split}_confusion" in npz:
+                return torch.from_numpy(npz[f"{split}_confusion"])
+    return confusion_matrix(*load_predictions(cell_dir, split))
+
+
+RECALL_GRID = 101  # points from recall 0 to 1 at which averaged precision-recall curves are drawn
+EXACT_PR_LIMIT = 5_000_000  # scores above which a curve uses 1,001 fixed thresholds instead of every score
+
+
+def precision_at_recall(scores: torch.Tensor, targets: torch.Tensor, recall: np.ndarray) -> np.ndarray:
+    """One binary precision-recall curve (torchmetrics) read at each of `recall`, as average precision
+    integrates it: at recall r, the precision of the highest threshold whose recall is at least r, and at
+    r = 0 that of the highest threshold that recalls anything (thresholds that recall nothing span no
+    recall); 0 beyond the largest recall reached. The area under the result is the curve's average
+    precision, up to the grid spacing."""
+    scores, targets = torch.as_tensor(scores).flatten().float(), torch.as_tensor(targets).flatten().long()
+    thresholds = 1001 if scores.numel() > EXACT_PR_LIMIT else None
+    p, r, _ = binary_precision_recall_curve(scores, targets, thresholds=thresholds)
+    # torchmetrics lists thresholds ascending and appends (precision 1, recall 0), which no threshold
+    # reaches; with fixed thresholds, one above every score predicts nothing (precision nan)
+    p, r = p[:-1].flip(0).numpy(), r[:-1].flip(0).numpy()
+    keep = ~np.isnan(p) & ~np.isnan(r)
+    p, r = p[keep], r[keep]
+    out = np.zeros(len(recall))
+    at = np.searchsorted(r, np.maximum(recall, np.nextafter(0.0, 1.0)), side="left")  # recall rises as thresholds fall
+    inside = at < len(r)
+    out[inside] = p[at[inside]]
+    return out
+
+
+def averaged_pr_curves(logits: torch.Tensor, labels: torch.Tensor, points: int = RECALL_GRID
+                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"micro": (recall, precision), "macro": (recall, precision)} on a common grid of recall from 0 to 1.
+    Micro: one curve over every (image, class) pair. Macro: each class present in `labels` read at the
+    grid (precision_at_recall), then the mean over those classes at each recall (the way scikit-learn
+    averages curves: interpolate on a common axis, then average), so its area is the mAP column."""
+    logits, labels = torch.as_tensor(logits).float(), torch.as_tensor(labels).long()
+    probs = logits.softmax(1)
+    grid = np.linspace(0.0, 1.0, points)
+    onehot = torch.nn.functional.one_hot(labels, probs.shape[1])
+    present = torch.bincount(labels, minlength=probs.shape[1]).nonzero().flatten().tolist()
+    per_class = [precision_at_recall(probs[:, c], onehot[:, c], grid) for c in present]
+    return {"micro": (grid, precision_at_recall(probs, onehot, grid)),
+            "macro": (grid, np.mean(per_class, axis=0) if per_class else np.full(points, np.nan))}
 
 
 def load_predictions(cell_dir: Path, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:

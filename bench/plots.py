@@ -7,6 +7,7 @@ backend: the Agg canvas renders it), so tests can inspect axes and series before
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,9 +16,14 @@ import pandas as pd
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torchmetrics.functional.classification import multiclass_precision_recall_curve
 
-from bench.metrics import confusion_matrix, load_predictions
+from bench.metrics import (
+    RECALL_GRID,
+    averaged_pr_curves,
+    load_predictions,
+    precision_at_recall,
+    stored_confusion,
+)
 from bench.report import COLUMNS, Filter, frame, leaderboard
 
 COST_AXES = {"train_time_s": "training time (s)", "params_total": "parameters", "gflops": "forward GFLOPs per image"}
@@ -76,49 +82,49 @@ def cost_plot(board: pd.DataFrame, cost: str, metric: str = "val_error") -> Figu
 
 def pr_curves(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], sample: int = 6,
               seed: int = 0) -> Figure:
-    """Left: micro- and macro-averaged precision-recall curves; right: a random sample of classes."""
+    """Left: micro- and macro-averaged precision-recall curves; right: a random sample of classes. Every
+    curve is precision read on one grid of recall from 0 to 1 (bench.metrics.averaged_pr_curves): the
+    macro average is the mean over classes at each recall, and its area is the mAP."""
     n = logits.shape[1]
-    probs = logits.float().softmax(1)
+    labels = labels.long()
     fig = _figure(10, 4)
     avg, some = fig.subplots(1, 2)
-    for average in ("micro", "macro"):
-        p, r, _ = multiclass_precision_recall_curve(probs, labels.long(), n, thresholds=100, average=average)
-        avg.plot(*_defined(r, p), label=f"{average} average")
-    present = torch.bincount(labels.long(), minlength=n).nonzero().flatten()
+    for average, (recall, precision) in averaged_pr_curves(logits, labels).items():
+        avg.plot(recall, precision, label=f"{average} average")
+    present = torch.bincount(labels, minlength=n).nonzero().flatten()
     gen = torch.Generator().manual_seed(seed)
     chosen = present[torch.randperm(len(present), generator=gen)[:sample]].sort().values.tolist()
-    ps, rs, _ = multiclass_precision_recall_curve(probs, labels.long(), n, thresholds=100)
+    probs, grid = logits.float().softmax(1), np.linspace(0.0, 1.0, RECALL_GRID)
     for c in chosen:
-        some.plot(*_defined(rs[c], ps[c]), label=str(class_names[c]) if c < len(class_names) else str(c))
+        some.plot(grid, precision_at_recall(probs[:, c], labels == c, grid),
+                  label=str(class_names[c]) if c < len(class_names) else str(c))
     for ax, title in ((avg, "averaged over classes"), (some, f"{len(chosen)} sampled classes")):
         ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
         ax.legend(fontsize=7)
     return fig
 
 
-def _defined(recall: torch.Tensor, precision: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    # Above the highest score nothing is predicted and precision is 0/0 (nan): no point to draw there.
-    keep = ~torch.isnan(precision)
-    return recall[keep].numpy(), precision[keep].numpy()
-
-
-def confusion_plot(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], title: str = "") -> Figure:
-    """Row-normalised confusion matrix (each row: where one true class's images went), counts in cells
-    when the matrix is small."""
-    counts = confusion_matrix(logits, labels).numpy()
+def confusion_plot(counts: np.ndarray | torch.Tensor, class_names: Sequence[str], title: str = "") -> Figure:
+    """Row-normalised confusion matrix (`counts`: rows = true class, columns = predicted, as
+    bench.metrics.confusion_matrix and predictions.npz's test_confusion), counts in cells when the matrix is
+    small. The title spans the figure above the matrix and its colour bar, wrapped to the figure's width."""
+    counts = np.asarray(counts)
     rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     n = len(counts)
-    fig = _figure(max(5, 0.4 * n + 2), max(4, 0.4 * n + 1.5))
+    width = max(5, 0.4 * n + 2)
+    fig = _figure(width, max(4, 0.4 * n + 1.5))
     ax = fig.subplots()
     image = ax.imshow(rates, vmin=0, vmax=1, cmap="Blues")
-    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    fig.colorbar(image, ax=ax, label="fraction of the true class", shrink=0.9)
+    if title:  # characters per line: 72 pt per inch, ~0.65 em per character at 12 pt
+        fig.suptitle(textwrap.fill(title, max(20, int(width * 72 / (0.65 * 12)))), fontsize=12)
     if n <= MAX_LABELLED_CLASSES:
         ax.set_xticks(range(n), [str(c) for c in class_names[:n]], rotation=90, fontsize=7)
         ax.set_yticks(range(n), [str(c) for c in class_names[:n]], fontsize=7)
         for i, j in zip(*np.nonzero(counts), strict=True):
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
                     color="white" if rates[i, j] > 0.5 else "black")
-    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    ax.set(xlabel="predicted class", ylabel="true class")
     return fig
 
 
@@ -168,8 +174,8 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
             if (cell_dir / "predictions.npz").is_file():
                 logits, labels = load_predictions(cell_dir, split)
                 _save(pr_curves(logits, labels, names), dest / "pr_curves.png", written)
-                _save(confusion_plot(logits, labels, names, f"{row.label} ({split})"), dest / "confusion.png",
-                      written)
+                _save(confusion_plot(stored_confusion(cell_dir, split), names, f"{row.label} ({split})"),
+                      dest / "confusion.png", written)
             key = data.get("split_key")
             if data.get("train_class_counts") and key not in histograms:
                 histograms.add(key)

@@ -8,6 +8,7 @@ import fnmatch
 import io
 import os
 import platform
+import random
 import resource
 import signal
 import sys
@@ -32,6 +33,7 @@ from bench.data.loaders import make_loaders
 from bench.errors import UserError
 from bench.features import feature_setup
 from bench.hashing import stable_hash
+from bench.metrics import confusion_matrix
 from bench.models.freeze import apply_freeze, count_params
 from bench.progress import LogProgress
 from bench.store import RUN, atomic_path, atomic_write_text, read_json, write_json, write_npz
@@ -277,6 +279,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         torch.set_num_threads(options.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    random.seed(cfg.seed)  # timm's augmentation policies draw from Python's generator
 
     online = None if cfg.train.offline else build_augment(cfg.train.augment, cfg.data.image_size)
     data = prepare(cfg.data, cfg.seed, suite_dir / "splits", online)
@@ -288,7 +291,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
             raise UserError(f"parent cell {cell.parent} did not finish", key="model.init_from",
                             hint="see its result.json; the child runs once the parent has")
         parent = {"id": cell.parent, "sha256": load_parent(model, suite_dir / cell.parent)}
-    apply_freeze(model, cfg.model.freeze)
+    apply_freeze(model, cfg.model.freeze, cfg.data.image_size)
     params_total, params_trainable = count_params(model)
     gflops = forward_gflops(model, cfg.data.image_size)  # of the whole network, outside the timed region
     model.to(device)
@@ -327,6 +330,8 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     for split, (logits, labels) in result.predictions.items():
         arrays[f"{split}_logits"] = logits.numpy().astype(np.float32)
         arrays[f"{split}_labels"] = labels.numpy().astype(np.int64)
+    if "test" in result.predictions:  # rows = true class, columns = predicted (bench.metrics.stored_confusion)
+        arrays["test_confusion"] = confusion_matrix(*result.predictions["test"]).numpy().astype(np.int64)
     write_npz(cell_dir / "predictions.npz", **arrays)
     model.load_state_dict(result.best_state)
     with atomic_path(cell_dir / "best.safetensors") as tmp:

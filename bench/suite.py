@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from bench.config import SECTIONS, CellConfig, Suite, check_grid, flatten, validation_error
+from bench.config import SECTIONS, CellConfig, DataConfig, Suite, check_grid, flatten, validation_error
 from bench.errors import UserError, did_you_mean
 from bench.hashing import stable_hash
 
@@ -153,6 +153,15 @@ def _registry_checks(cfg: CellConfig) -> list[tuple[str, Any, Callable[[], Any]]
             except UserError as e:
                 raise ValueError(e.reason) from None
 
+    def model_kwargs() -> None:  # the constructor's verdict, on the meta device: milliseconds
+        from bench.models.factory import skeleton
+
+        if cfg.model.kwargs:
+            try:
+                skeleton(cfg.model.arch, 2, cfg.data.image_size, cfg.model.kwargs)
+            except UserError as e:
+                raise ValueError(f"{e.reason}; {e.hint}") from None
+
     def layer_decay() -> None:
         if t.layer_decay is not None and not cfg.model.arch.startswith("timm:"):
             raise ValueError(f"layer-wise lr decay needs a timm: architecture (timm's group_matcher names its "
@@ -164,6 +173,7 @@ def _registry_checks(cfg: CellConfig) -> list[tuple[str, Any, Callable[[], Any]]
               for f in ("optimizer", "schedule", "loss", "sampler", "mix")],
             ("train.betas", [t.optimizer, t.betas], optimizer_settings),
             ("train.layer_decay", [cfg.model.arch, t.layer_decay], layer_decay),
+            ("model.kwargs", [cfg.model.arch, cfg.data.image_size, cfg.model.kwargs], model_kwargs),
             ("train.augment", t.augment, lambda: check_augment(t.augment)),
             ("train.tta", t.tta, lambda: build_tta(t.tta))]
 
@@ -292,14 +302,14 @@ def _short(v: Any) -> str:
 
 
 def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bool = True,
-              results: Path | None = None, force: bool = False) -> None:
+              results: Path | None = None, force: bool = False) -> list[str]:
     """Checks that need the file system, the network or the hardware, made before anything is written, so
     that a mistake is one line and exit 2 rather than a failed cell: the device; with `data`, each data
     config's files as its source reads them and what curation leaves of them (image headers only, cached);
     local weights files and their fit; freeze modes against the network's depth; hub weights (not asked for
     a cell whose initial weights `results`/<suite>/init already holds); the precision on this device; and,
     unless `force`, that the files under the cells `results` holds finished are still the files they were
-    trained on."""
+    trained on. Returns notes for the console: a split carved from the source's train part, once per data."""
     from bench.runner import resolve_device
     from bench.train import precision_setup
 
@@ -308,6 +318,7 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
     files: dict[str, str] = {}  # data config -> its source's files, as bench.data.files_key names them
     changed: list[Cell] = []
     done: set[str] = set()
+    notes: list[str] = []
 
     def once(*what: Any) -> bool:
         """True the first time: a 1,000-cell grid reads each weights file and builds each network once."""
@@ -327,19 +338,20 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
                 samples, keep, steps, files[data_key] = preview(d)
                 require_trainable(samples, keep, steps, d)
                 classes[data_key] = len(np.unique(samples.labels[keep]))
+                notes.extend(_carved(d, samples.given))
             if data_key in files and results is not None and not force \
                     and _trained_on_other_files(Path(results) / suite.suite.name / cell.id, files[data_key]):
                 changed.append(cell)
             n = classes.get(data_key, 2)
             head = {"pool": m.pool, "hidden": m.head_hidden, "activation": m.head_activation,
                     "dropout": m.head_dropout}
-            if isinstance(m.pretrained, str) and once("weights", m.pretrained, m.arch, head, d.image_size):
-                _check_weights_file(Path(m.pretrained), m.arch, d.image_size, head)
-            if ":" in m.freeze and once("freeze", m.freeze, m.arch, head, d.image_size):
+            if isinstance(m.pretrained, str) and once("weights", m.pretrained, m.arch, m.kwargs, head, d.image_size):
+                _check_weights_file(Path(m.pretrained), m.arch, d.image_size, head, m.kwargs)
+            if ":" in m.freeze and once("freeze", m.freeze, m.arch, m.kwargs, head, d.image_size):
                 from bench.models.factory import skeleton
                 from bench.models.freeze import frozen_layers
 
-                frozen_layers(skeleton(m.arch, n, d.image_size, **head), m.freeze)
+                frozen_layers(skeleton(m.arch, n, d.image_size, m.kwargs, **head), m.freeze, d.image_size)
             saved = _init_saved(cell, n, data_key in classes, results, suite, once)
             if m.pretrained is True and not saved and once("hub", m.arch):
                 from bench.models.factory import require_hub_weights
@@ -360,6 +372,17 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
                         file=suite.path, key="data",
                         hint="restore the data, or rerun those cells on the new data with --force "
                              "(add --only to pick them)")
+    return notes
+
+
+def _carved(d: DataConfig, given: np.ndarray | None) -> list[str]:
+    """A note for each split the source lacks and bench carves from its train part."""
+    from bench.data.split import origins
+
+    if not d.source_split:
+        return []
+    return [f"data {d.root}: {split} is {origin}" for split, origin in origins(given, d.split).items()
+            if origin.startswith("carved")]
 
 
 def _trained_on_other_files(cell_dir: Path, files: str) -> bool:
@@ -389,7 +412,8 @@ def _init_saved(cell: Cell, num_classes: int, known: bool, results: Path | None,
     return True
 
 
-def _check_weights_file(path: Path, arch: str, image_size: int, head: dict[str, Any]) -> None:
+def _check_weights_file(path: Path, arch: str, image_size: int, head: dict[str, Any],
+                        model_kwargs: dict[str, Any]) -> None:
     """A local model.pretrained file reads as a state dict of tensors (never unpickling code: weights_only)
     and fits the architecture, checked on its skeleton, so a wrong file is refused before any cell starts."""
     import warnings
@@ -411,4 +435,4 @@ def _check_weights_file(path: Path, arch: str, image_size: int, head: dict[str, 
         raise UserError(f"'{path}' holds no tensors by name", key="model.pretrained", hint=hint)
     with warnings.catch_warnings():  # loading into meta tensors is a no-op that says so; the fit is the point
         warnings.simplefilter("ignore")
-        load_backbone(skeleton(arch, 2, image_size, **head), state, path)
+        load_backbone(skeleton(arch, 2, image_size, model_kwargs, **head), state, path)

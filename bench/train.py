@@ -353,6 +353,8 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         if stopper.stop:  # a checkpoint taken at the epoch early stopping ended on
             break
         lr = optimizer.param_groups[-1]["lr"]  # the head's when backbone and head differ
+        if mix is not None:
+            mix.set_epoch(epoch)
         tr = train_one_epoch(net, loaders["train"], optimizer, scheduler, loss_fn, prep, max_steps=cfg.max_steps,
                              on_step=on_step, mix=mix, autocast=autocast, scaler=scaler, penalty=penalty,
                              accumulate=cfg.accumulate, clip=clip, after_step=ema)
@@ -445,6 +447,8 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         "accumulate": cfg.accumulate, "effective_batch_size": cfg.batch_size * cfg.accumulate,
         "optimizer_steps_per_epoch": steps,
         "clip_grad": {"threshold": cfg.clip_grad, "mode": cfg.clip_mode, "tensors": clipped} if clip else None,
+        "aug_splits": max(1, cfg.aug_splits),
+        "mix": mix.record() if mix is not None else None,
         "ema": {"decay": cfg.ema_decay, "warmup": cfg.ema_warmup, "select": cfg.ema_select,
                 "updates": ema.updates} if ema else None,
     }

@@ -15,7 +15,7 @@ from bench.artefacts import building, intact, seal, sealed_digest
 from bench.config import CellConfig
 from bench.errors import UserError
 from bench.hashing import file_digest, stable_hash
-from bench.models.factory import accepts_image_size, create_model
+from bench.models.factory import accepts_image_size, create_model, structural_kwargs
 from bench.models.heads import build_head, head_name
 from bench.store import atomic_path
 
@@ -66,6 +66,8 @@ def init_key(cfg: CellConfig, num_classes: int) -> str:
     if accepts_image_size(cfg.model.arch):
         parts["image_size"] = cfg.data.image_size
     m = cfg.model
+    if structure := structural_kwargs(m.arch, cfg.data.image_size, m.kwargs):
+        parts["kwargs"] = structure  # drop rates alone do not: those cells share their initial weights
     if m.pool is not None or m.head_hidden or m.head_dropout > 0:
         # What decides the head's weights: its layers (dropout > 0 adds a Dropout module, which renames
         # them) and, for timm, the pool (reset_classifier draws a new classifier). Not the dropout rate.
@@ -94,7 +96,7 @@ def initial_model(cfg: CellConfig, num_classes: int, init_dir: Path) -> tuple[nn
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed(cfg, num_classes))
             hub = m.pretrained is True and not exists  # once saved, the hub is never asked again
-            model = create_model(m.arch, num_classes, cfg.data.image_size, pretrained=hub)
+            model = create_model(m.arch, num_classes, cfg.data.image_size, pretrained=hub, kwargs=m.kwargs)
             build_head(model, m.arch, num_classes, pool=m.pool, hidden=m.head_hidden,
                        activation=m.head_activation, dropout=m.head_dropout)
         if exists:

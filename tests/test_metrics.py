@@ -58,6 +58,56 @@ def test_per_class_accuracy_and_confusion_matrix():
     assert confusion_matrix(LOGITS, LABELS).tolist() == [[2, 1, 0], [0, 1, 0], [0, 0, 0]]
 
 
+def test_stored_confusion_reads_the_saved_matrix_else_computes_it(tmp_path):
+    import numpy as np
+
+    from bench.metrics import stored_confusion
+    from bench.store import write_npz
+
+    write_npz(tmp_path / "predictions.npz", test_logits=LOGITS.numpy(), test_labels=LABELS.numpy())
+    assert stored_confusion(tmp_path).tolist() == [[2, 1, 0], [0, 1, 0], [0, 0, 0]]  # an older record
+    saved = np.arange(9).reshape(3, 3)
+    write_npz(tmp_path / "predictions.npz", test_logits=LOGITS.numpy(), test_labels=LABELS.numpy(),
+              test_confusion=saved)
+    assert stored_confusion(tmp_path).tolist() == saved.tolist()
+
+
+def test_precision_at_recall_by_hand(monkeypatch):
+    import numpy as np
+
+    from bench import metrics
+
+    # thresholds from the top: 0.95 P 1 R 1/2; 0.85 P 1/2 R 1/2; 0.75 P 2/3 R 1; 0.65 P 1/2 R 1
+    scores, targets = torch.tensor([0.95, 0.85, 0.75, 0.65]), torch.tensor([1, 0, 1, 0])
+    grid = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    expected = [1, 1, 1, 2 / 3, 2 / 3]  # recall 0 takes the top threshold's precision, not 1 by fiat
+    assert metrics.precision_at_recall(scores, targets, grid) == pytest.approx(expected)
+    # the top-scored image is a negative (0.9: P 0, R 0); recall 0 starts with the first hit: 0.8 P 1/2 R 1/2
+    wrong_first = torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 1])
+    assert metrics.precision_at_recall(*wrong_first, grid) == pytest.approx([1 / 2, 1 / 2, 1 / 2, 2 / 3, 2 / 3])
+    monkeypatch.setattr(metrics, "EXACT_PR_LIMIT", 0)  # fixed thresholds, as for a large test split
+    assert metrics.precision_at_recall(scores, targets, grid) == pytest.approx(expected)
+    assert metrics.precision_at_recall(*wrong_first, grid) == pytest.approx([1 / 2, 1 / 2, 1 / 2, 2 / 3, 2 / 3])
+
+
+def test_macro_pr_curve_is_the_mean_of_the_present_classes_curves():
+    import numpy as np
+
+    from bench.metrics import averaged_pr_curves, full_metrics, precision_at_recall
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (80,), generator=gen)  # class 3 never occurs: it has no curve
+    logits = torch.randn(80, 4, generator=gen) + torch.eye(4)[labels]
+    curves = averaged_pr_curves(logits, labels, points=2001)
+    recall, macro = curves["macro"]
+    probs = logits.softmax(1)
+    per_class = [precision_at_recall(probs[:, c], labels == c, recall) for c in range(3)]
+    assert macro == pytest.approx(np.mean(per_class, axis=0))
+    assert np.trapezoid(macro, recall) == pytest.approx(full_metrics(logits, labels)["map"], abs=2e-3)
+    micro_recall, micro = curves["micro"]
+    assert np.all(np.diff(micro_recall) > 0) and micro_recall[0] == 0 and micro[0] > 0
+
+
 def test_higher_is_better_covers_every_report_column():
     from bench.metrics import HIGHER_IS_BETTER
     from bench.report import COLUMNS

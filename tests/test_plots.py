@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from tests.test_report import make_cell
@@ -61,14 +62,52 @@ def test_pr_curves_averaged_and_sampled_classes():
         assert np.all((line.get_ydata() >= 0) & (line.get_ydata() <= 1))
 
 
+def test_macro_pr_curve_runs_forward_in_recall_from_zero_and_encloses_the_map():
+    """Averaging precision and recall per threshold made the macro curve run backwards and start at
+    (0, 0); on a common recall grid it starts at recall 0 with the top predictions' precision."""
+    from bench.metrics import full_metrics
+    from bench.plots import pr_curves
+
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 12, (300,), generator=gen)
+    logits = torch.randn(300, 12, generator=gen) + 1.5 * torch.eye(12)[labels]
+    avg = pr_curves(logits, labels, [str(i) for i in range(12)]).axes[0]
+    macro = next(line for line in avg.get_lines() if line.get_label() == "macro average")
+    recall, precision = np.asarray(macro.get_xdata()), np.asarray(macro.get_ydata())
+    assert np.all(np.diff(recall) >= 0) and recall[0] == 0 and recall[-1] == 1
+    assert precision[0] > 0
+    # the mean over classes of each class's curve: its area is the mean average precision
+    assert np.trapezoid(precision, recall) == pytest.approx(full_metrics(logits, labels)["map"], abs=0.03)
+
+
 def test_confusion_plot_is_row_normalised():
+    from bench.metrics import confusion_matrix
     from bench.plots import confusion_plot
 
     logits = torch.tensor([[2.0, 1, 0], [0, 2, 1], [0, 2, 1], [2, 0, 1]])
-    fig = confusion_plot(logits, torch.tensor([0, 1, 0, 0]), ["a", "b", "c"])
+    fig = confusion_plot(confusion_matrix(logits, torch.tensor([0, 1, 0, 0])), ["a", "b", "c"])
     image = fig.axes[0].get_images()[0].get_array()
     assert np.allclose(image, [[2 / 3, 1 / 3, 0], [0, 1, 0], [0, 0, 0]])
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("classes", [3, 12])
+def test_confusion_plot_title_is_whole_and_clear_of_the_colour_bar(classes, tmp_path):
+    from matplotlib.text import Text
+
+    from bench.plots import confusion_plot
+
+    title = "deep+dropout+augment arch=bench:deep_cnn lr=0.0001 head_dropout=0.5 batch_size=256 (test)"
+    counts = np.eye(classes, dtype=int) * 5 + 1
+    fig = confusion_plot(counts, [f"species_{i}" for i in range(classes)], title)
+    fig.savefig(tmp_path / "confusion.png")  # lays the figure out, as write_plots does
+    renderer = fig.canvas.get_renderer()
+    shown = [t for t in fig.findobj(Text) if " ".join(t.get_text().split()) == title]
+    assert len(shown) == 1
+    box, page = shown[0].get_window_extent(renderer), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+    colorbar = fig.axes[1].get_tightbbox(renderer)
+    assert not box.overlaps(colorbar) and not box.overlaps(fig.axes[0].get_tightbbox(renderer))
 
 
 def test_class_histogram_sorted_largest_first():

@@ -92,8 +92,9 @@ ENV_B = {"device_name": "NVIDIA H100", "torch": "2.14.1", "torchvision": "0.29.1
 
 def make_cell(suite_dir, cell_id, *, arch="bench:mlp", freeze="none", seed=0, val_error=0.5, test_error=0.5,
               train_time_s=10.0, env=None, metrics=None, cost=None, status="ok", predictions=None,
-              split_key="k0", group=None, history=None):
-    """Write one cell folder by hand: cell.json, result.json and optionally predictions.npz/history.csv."""
+              split_key="k0", group=None, history=None, label=None, axes=None):
+    """Write one cell folder by hand: cell.json, result.json and optionally predictions.npz/history.csv.
+    `axes` ({dotted key: value}) adds varying keys to the config and the axes."""
     import numpy as np
 
     from bench.store import write_json, write_npz
@@ -103,9 +104,12 @@ def make_cell(suite_dir, cell_id, *, arch="bench:mlp", freeze="none", seed=0, va
     d = suite_dir / cell_id
     config = {"seed": seed, "model": {"arch": arch, "freeze": freeze, "pretrained": False},
               "data": {"image_size": 32, "min_per_class": 0}, "train": {"lr": 0.01}}
+    for key, value in (axes or {}).items():
+        section, name = key.split(".")
+        config[section][name] = value
     write_json(d / "cell.json", {"id": cell_id, "group": group or f"{arch}|{freeze}", "config": config,
-                                 "label": f"arch={arch} freeze={freeze}",
-                                 "axes": {"model.arch": arch, "model.freeze": freeze}})
+                                 "label": label or f"arch={arch} freeze={freeze}",
+                                 "axes": {"model.arch": arch, "model.freeze": freeze, **(axes or {})}})
     data = {"split_key": split_key, "class_names": ["a", "b", "c"], "train_class_counts": [30, 20, 10]}
     result = {"schema_version": SCHEMA_VERSION, "status": status, "env": env or ENV_A, "data": data}
     if status == "ok":
@@ -469,3 +473,121 @@ def test_a_corrupt_record_is_a_one_line_error_naming_the_file(tmp_path, cli, nam
         code, _, err = cli(*args)
         assert code == 2 and len(err.strip().splitlines()) == 1, (args, err)
         assert f"{bad / name}: not valid JSON" in err and "bench run SUITE --only bad --force" in err
+
+
+# ---------------------------------------------------------------- issue 11: labels, targets, integers, confusion
+
+LABELLED = """
+[suite]
+name = "x"
+
+[[cells]]
+label = "{first}"
+"model.arch" = "tv:resnet18"
+
+[[cells]]
+label = "{second}"
+"model.arch" = "tv:alexnet"
+"model.freeze" = "all_but_head"
+"""
+
+
+def _labelled_suite(s, first="scratch", second="frozen backbone"):
+    make_cell(s, "a", arch="tv:resnet18", label=first, val_error=0.2, axes={"train.epochs": 10})
+    make_cell(s, "b", arch="tv:alexnet", freeze="all_but_head", label=second, val_error=0.3, axes={"train.epochs": 20})
+    (s / "suite.toml").write_text(LABELLED.format(first=first, second=second))
+    return s
+
+
+def test_a_suite_of_labelled_cells_reports_one_label_column(tmp_path):
+    from bench.report import render
+
+    s = _labelled_suite(tmp_path / "s")
+    for fmt in ("markdown", "latex", "html", "table"):
+        board = PARSERS[fmt](render(s, fmt))
+        assert board.header[:2] == ["label", "val err"], fmt  # not arch, freeze, epochs
+        assert [r[0] for r in board.rows] == ["scratch", "frozen backbone"]
+    df = pd.read_csv(io.StringIO(render(s, "csv")))  # the numbers keep every config key
+    assert {"label", "model.arch", "model.freeze", "train.epochs"} <= set(df.columns) and "labelled" not in df
+    # the same records from a suite without [[cells]] labels: a column per key that varies
+    (s / "suite.toml").write_text('[suite]\nname = "x"\n[grid]\n"model.arch" = ["tv:resnet18", "tv:alexnet"]\n')
+    assert _md_rows(render(s, "markdown"))[0][:3] == ["arch", "freeze", "epochs"]
+    # several suites, one of them labelled: suite, then the label
+    other = tmp_path / "other"
+    make_cell(other, "z", arch="tv:vgg16", val_error=0.1)
+    _labelled_suite(tmp_path / "s")
+    rows = _md_rows(render([s, other], "markdown"))
+    assert rows[0][:3] == ["suite", "label", "val err"]
+    assert [r[:2] for r in rows[2:]] == [["other", "arch=tv:vgg16 freeze=none"], ["s", "scratch"],
+                                         ["s", "frozen backbone"]]
+
+
+def test_time_to_target_says_how_many_seeds_reached_it(tmp_path):
+    import statistics
+
+    from bench.report import render
+
+    s, target = tmp_path / "s", 0.45
+    runs = {  # per cell, per seed: (training seconds per epoch, validation error per epoch)
+        "fast": [([1.0] * 3, [0.4, 0.3, 0.3]), ([2.0] * 3, [0.44, 0.3, 0.3]), ([1.0] * 3, [0.6, 0.5, 0.46])],
+        "never": [([1.0] * 3, [0.9, 0.8, 0.7])] * 3,
+        "alone": [([1.0, 2.0, 3.0], [0.5, 0.4, 0.3])], "slow": [([1.0, 2.0, 3.0], [0.5, 0.5, 0.4])]}
+    expected = {}
+    for arch, seeds in runs.items():
+        expected[arch] = []
+        for seed, (seconds, errors) in enumerate(seeds):
+            history = {"epoch": [1, 2, 3], "train_seconds": seconds, "val_error": errors}
+            make_cell(s, f"{arch}{seed}", arch=arch, seed=seed, history=history, val_error=errors[-1])
+            hit = next((i for i, e in enumerate(errors) if e <= target), None)
+            if hit is not None:
+                expected[arch].append(sum(seconds[: hit + 1]))
+    rows = {r[0]: r for r in _md_rows(render(s, "markdown", metrics=["val_error"], target_error=target))[2:]}
+    fast = expected["fast"]
+    assert rows["fast"][-1] == f"{statistics.mean(fast):.1f} ± {statistics.stdev(fast):.1f} (2 of 3)"
+    assert rows["never"][-1] == "not reached (0 of 3)"
+    assert rows["slow"][-1] == f"{expected['slow'][0]:.1f}"  # one seed: no count
+    # the fastest of the cells whose every seed reached it is bold; "fast" is faster on the seeds that did
+    assert rows["alone"][-1] == f"**{expected['alone'][0]:.1f}**" and statistics.mean(fast) < expected["alone"][0]
+    df = pd.read_csv(io.StringIO(render(s, "csv", metrics=["val_error"], target_error=target))).set_index("model.arch")
+    assert df.loc["fast", "time_to_target_reached"] == 2 and df.loc["fast", "time_to_target_runs"] == 3
+    assert df.loc["never", "time_to_target_reached"] == 0 and pd.isna(df.loc["never", "time_to_target_s"])
+    assert df.loc["fast", "time_to_target_s"] == pytest.approx(statistics.mean(fast))
+    pivot = _md_rows(render(s, "markdown", rows=["model.arch"], value="time_to_target_s", target_error=target))
+    assert {r[0]: r[1] for r in pivot[2:]}["never"] == "not reached (0 of 3)"
+
+
+def test_integers_stay_integers_in_a_report_of_several_suites(tmp_path):
+    from bench.report import render
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    params = {"a1": 1234, "a2": 56789, "b1": 123456}
+    epochs = {"a1": 10, "a2": 20}
+    for suite, cid in ((a, "a1"), (a, "a2"), (b, "b1")):
+        make_cell(suite, cid, arch=cid, cost={"params_total": params[cid], "params_trainable": params[cid] // 2},
+                  axes={"train.epochs": epochs[cid]} if cid in epochs else None)
+    rows = _md_rows(render([a, b], "markdown"))
+    epoch_col, params_col = rows[0].index("epochs"), rows[0].index("params")
+    shown = {r[1]: r for r in rows[2:]}
+    assert {k: shown[k][epoch_col] for k in params} == {"a1": "10", "a2": "20", "b1": "—"}
+    assert {k: shown[k][params_col].strip("*") for k in params} == {k: f"{v:,}" for k, v in params.items()}
+    df = pd.read_csv(io.StringIO(render([a, b], "csv")), dtype=str, keep_default_na=False).set_index("model.arch")
+    assert df["params_total"].to_dict() == {k: str(v) for k, v in params.items()}  # 1234, not 1234.0
+    assert df["train.epochs"].to_dict() == {"a1": "10", "a2": "20", "b1": ""}
+    for r in json.loads(render([a, b], "json")):
+        assert r["params_total"] == params[r["model.arch"]] and isinstance(r["params_total"], int)
+        assert r["train.epochs"] == epochs.get(r["model.arch"]) and not isinstance(r["train.epochs"], float)
+
+
+def test_the_runner_stores_the_test_confusion_matrix(finished):
+    import numpy as np
+
+    from bench.metrics import confusion_matrix, stored_confusion
+
+    cells = [d for d in finished.iterdir() if (d / "predictions.npz").is_file()]
+    assert cells
+    for d in cells:
+        with np.load(d / "predictions.npz") as npz:
+            logits, labels, saved = npz["test_logits"], npz["test_labels"], npz["test_confusion"]
+        assert saved.sum() == len(labels) and saved.shape == (logits.shape[1],) * 2
+        assert saved.tolist() == confusion_matrix(torch.from_numpy(logits), torch.from_numpy(labels)).tolist()
+        assert stored_confusion(d).tolist() == saved.tolist()

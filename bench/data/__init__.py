@@ -95,6 +95,7 @@ def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None)
                                    augment_transform if name == "train" else None)
                 for name, idx in parts.items()}
     info = {"source": cfg.source, "root": str(s.root), "files": cur.files, "images": {k: len(v) for k, v in parts.items()},
+            "origin": split.origins(s.given, cfg.split),
             "classes": len(s.classes), "curation": cur.steps, "modes": cur.modes,
             "bad_images": {"count": len(cur.bad), "files": dict(list(sorted(cur.bad.items()))[:100])},
             "train_class_counts": np.bincount(s.labels[parts["train"]], minlength=len(s.classes)).tolist()}

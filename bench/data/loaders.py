@@ -48,11 +48,18 @@ class ArrayDataset(Dataset):
             x = x[..., o:o + self.size, o:o + self.size]
         return x
 
+    splits = 1  # > 1 (train.aug_splits): the batch holds each image clean, then splits - 1 augmented views
+
     def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.raw(idx)
+        y = self.labels[torch.as_tensor(idx)]
+        if self.splits > 1:  # timm's AugMixDataset + fast_collate layout: [clean..., view 1..., view 2...]
+            views = [self.crop(x)] + [self.crop(torch.stack([self.transform(im) for im in x]))
+                                      for _ in range(self.splits - 1)]
+            return torch.cat(views).contiguous(), y.repeat(self.splits)
         if self.transform is not None:
             x = torch.stack([self.transform(im) for im in x])
-        return self.crop(x).contiguous(), self.labels[torch.as_tensor(idx)]
+        return self.crop(x).contiguous(), y
 
     def __getitem__(self, i: int):
         x, y = self.__getitems__([i])
@@ -86,6 +93,8 @@ def make_loaders(datasets: dict, cfg: TrainConfig, seed: int, image_size: int, w
         if split == "train":
             if cfg.offline:
                 ds = OfflineAugmented(ds, cfg.offline, build_augment(cfg.augment, image_size), seed)
+            elif cfg.aug_splits > 1:
+                ds.splits = cfg.aug_splits
             sampler = SAMPLERS[cfg.sampler](ds.labels, seed)
             loaders[split] = make_loader(ds, cfg.batch_size, train=True, seed=seed, workers=workers, sampler=sampler)
         else:

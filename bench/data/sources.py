@@ -20,6 +20,8 @@ from bench.registry import register
 
 SOURCES: dict = {}
 SPLITS = ("train", "val", "test")
+# split folder names as other tools write them: timm's default is validation/, Kaggle and Roboflow use valid/
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation", "valid"), "test": ("test",)}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
 
@@ -103,10 +105,14 @@ def _duplicates(paths: list[str], rows: list[str], key: str) -> None:
 
 
 def scan_folder(root: str | Path) -> Samples:
-    """ImageFolder layout, `root/<class>/*.jpg`, or with split folders, `root/{train,val,test}/<class>/*`."""
+    """ImageFolder layout, `root/<class>/*.jpg`, or with split folders, `root/{train,val,test}/<class>/*`
+    (val/ may be named validation/ or valid/)."""
     root = _data_root(root)
-    split_dirs = [s for s in SPLITS if (root / s).is_dir()]
-    parts = [(s, root / s) for s in split_dirs] if "train" in split_dirs else [(None, root)]
+    found = {s: [n for n in names if (root / n).is_dir()] for s, names in SPLIT_FOLDERS.items()}
+    if len(found["val"]) > 1:
+        raise UserError(f"'{root}' has {' and '.join(f + '/' for f in found['val'])}: which one is the validation "
+                        "split is ambiguous", key="data.root", hint="keep one of them (or merge them)")
+    parts = [(s, root / found[s][0]) for s in SPLITS if found[s]] if found["train"] else [(None, root)]
     paths, names, given = [], [], []
     for split, base in parts:
         for cls in sorted(d for d in base.iterdir() if d.is_dir()):
@@ -116,7 +122,8 @@ def scan_folder(root: str | Path) -> Samples:
                 given.append(split)
     if not paths:
         raise UserError(f"no class subfolders with images in '{root}'", key="data.root",
-                        hint="lay it out as <root>/<class>/<image>.jpg, optionally under train/ val/ test/")
+                        hint="lay it out as <root>/<class>/<image>.jpg, optionally under train/ val/ test/ "
+                             "(val/ may be validation/ or valid/)")
     return _from_names(root, paths, names, given if parts[0][0] else None)
 
 

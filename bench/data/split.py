@@ -60,6 +60,22 @@ def make(samples: Samples, ratios: tuple[float, float, float], seed: int) -> dic
     return out
 
 
+def origins(given: np.ndarray | None, ratios: tuple[float, float, float]) -> dict[str, str]:
+    """Where each split comes from, in words, as `make` draws it: recorded in the result (data.origin), and
+    said on the console when a split is carved from the source's train part, so that nobody is surprised to
+    train on fewer images than the train folder holds."""
+    if given is None or not (given == "train").any():
+        return {s: f"{r:.0%} of all images, stratified per class" for s, r in zip(SPLITS, ratios, strict=True)}
+    present = {s: bool((given == s).any()) for s in SPLITS}
+    out = {s: f"the source's {s} split" for s in SPLITS if present[s]}
+    carved = [(s, r) for s, r in zip(SPLITS[1:], ratios[1:], strict=True) if not present[s] and r > 0]
+    for s, r in carved:
+        out[s] = f"carved from the source's train split ({r:.0%} of its images, stratified per class)"
+    if carved:
+        out["train"] = f"the source's train split, less the {' and '.join(s for s, _ in carved)} carved from it"
+    return out
+
+
 def load_or_make(samples: Samples, ratios: tuple[float, float, float], seed: int, path: Path
                  ) -> dict[str, np.ndarray]:
     """The saved split at `path` if it covers exactly these images, else a new one, saved there (by one

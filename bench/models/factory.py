@@ -3,8 +3,12 @@ when asked (failing at once with a clear error when they are neither cached nor 
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import socket
+from functools import cache
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,24 +24,44 @@ def accepts_image_size(arch: str) -> bool:
     prefix, name = split_arch(arch)
     if prefix != "bench":
         return False
-    import inspect
-
     return "image_size" in inspect.signature(BUILTINS[name]).parameters
 
 
-def create_model(arch: str, num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
-    """A model with a fresh `num_classes` head; `pretrained=True` fetches hub weights for the backbone."""
+def create_model(arch: str, num_classes: int, image_size: int, pretrained: bool = False,
+                 kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """A model with a fresh `num_classes` head; `pretrained=True` fetches hub weights for the backbone;
+    `kwargs` (model.kwargs) go to the architecture's constructor, and one it refuses is a UserError that
+    lists what it accepts."""
+    if not kwargs:
+        return _create(arch, num_classes, image_size, pretrained, {})
+    try:
+        return _create(arch, num_classes, image_size, pretrained, dict(kwargs))
+    except (TypeError, ValueError, AssertionError) as e:
+        with torch.device("meta"), torch.random.fork_rng(devices=[]):
+            accepted = constructor_params(_create(arch, num_classes, image_size, False, {}))
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{arch} refuses model.kwargs {kwargs} ({first})", key="model.kwargs",
+                        hint=f"{arch} accepts: {', '.join(accepted) or 'no keyword arguments'}") from None
+
+
+def constructor_params(model: nn.Module) -> list[str]:
+    """The keyword arguments the model's class takes (what model.kwargs may set)."""
+    params = inspect.signature(type(model).__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _create(arch: str, num_classes: int, image_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     prefix, name = split_arch(arch)
     if pretrained:
         require_hub_weights(arch)
     if prefix == "bench":
-        kwargs = {"image_size": image_size} if accepts_image_size(arch) else {}
-        return BUILTINS[name](num_classes=num_classes, **kwargs)
+        size = {"image_size": image_size} if accepts_image_size(arch) else {}
+        return BUILTINS[name](num_classes=num_classes, **size, **kwargs)
     if prefix == "timm":
         import timm
 
         try:
-            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
         except (OSError, RuntimeError) as e:
             if not pretrained:
                 raise
@@ -46,17 +70,34 @@ def create_model(arch: str, num_classes: int, image_size: int, pretrained: bool 
 
     extra = {"aux_logits": False} if name in ("inception_v3", "googlenet") else {}
     if not pretrained:
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra, **kwargs)
     weights = torchvision.models.get_model_weights(name).DEFAULT
     try:
-        model = torchvision.models.get_model(name, weights=weights, **extra)
+        model = torchvision.models.get_model(name, weights=weights, **extra, **kwargs)
     except OSError as e:
         raise _download_error(arch, e) from None
     replace_head(model, num_classes)
     return model
 
 
-def skeleton(arch: str, num_classes: int, image_size: int, **head) -> nn.Module:
+@cache
+def _structure(arch: str, image_size: int, kwargs_json: str) -> tuple:
+    model = skeleton(arch, 2, image_size, model_kwargs=json.loads(kwargs_json))
+    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+def structural_kwargs(arch: str, image_size: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Those of `kwargs` that change the network's parameters (names or shapes), each tried alone: cells that
+    differ only in a drop rate (dropout, stochastic depth, DropBlock) then share their initial weights, as
+    cells that differ only in a technique do."""
+    if not kwargs:
+        return {}
+    plain = _structure(arch, image_size, "{}")
+    return {k: v for k, v in kwargs.items() if _structure(arch, image_size, json.dumps({k: v})) != plain}
+
+
+def skeleton(arch: str, num_classes: int, image_size: int, model_kwargs: dict[str, Any] | None = None,
+             **head) -> nn.Module:
     """The network's structure, with the head that `head` (bench.models.heads.build_head's options) makes,
     on the meta device: no memory, no initialisation, so checks that only count or shape its layers (freeze
     modes, a weights file's fit) cost milliseconds even for ConvNeXt-Large. A model whose constructor needs
@@ -65,12 +106,14 @@ def skeleton(arch: str, num_classes: int, image_size: int, **head) -> nn.Module:
 
     def build(device: str) -> nn.Module:
         with torch.device(device), torch.random.fork_rng(devices=[]):
-            model = create_model(arch, num_classes, image_size)
+            model = create_model(arch, num_classes, image_size, kwargs=model_kwargs)
             build_head(model, arch, num_classes, **head)
         return model
 
     try:
         return build("meta")
+    except UserError:
+        raise
     except Exception:  # e.g. .item() on a meta tensor in a constructor; a real error repeats on the CPU
         return build("cpu")
 

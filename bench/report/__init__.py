@@ -52,6 +52,10 @@ def render(targets: Path | Sequence[Path], fmt: str = "markdown", *, metrics: Se
         if not explicit and len(df):  # default columns that no record has are noise
             columns = [c for c in columns if c in ("val_error", "test_error") or df[c].notna().any()]
         table = leaderboard_table(df, columns, sort)
+    if target_error is not None and (value == "time_to_target_s" if rows or cols else "time_to_target_s" in columns):
+        table.notes.insert(1, f"s to target: training seconds until val error first ≤ {target_error:g}, mean ± std "
+                              f"over the seeds that reached it, (k of n): how many of the n seeds did; only cells "
+                              f"whose every seed reached it are bold.")
     table.notes.extend(progress_notes(targets))  # a run in progress, or cut short, is not the whole suite
     return FORMATS[fmt](table)
 

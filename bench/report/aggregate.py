@@ -12,23 +12,29 @@ import pandas as pd
 
 from bench.errors import UserError, did_you_mean
 from bench.metrics import HIGHER_IS_BETTER
-from bench.report.load import COLUMNS, SORT_BY, Column
+from bench.report.load import COLUMNS, REACHED, SORT_BY, Column
 
 MARKS = ("†", "‡", "§", "¶", "#")
 
 
 def leaderboard(df: pd.DataFrame, columns: Sequence[str] | None = None, sort: str | None = None,
                 keys: Sequence[str] = ()) -> pd.DataFrame:
-    """Finished cells grouped over seeds (per suite): mean, std and n per column, env; sorted by `sort`
-    (default: val_error) in its own direction."""
+    """Finished cells grouped over seeds (per suite): mean, std and n per column, env; with
+    time_to_target_s, time_to_target_reached (seeds that reached the target) and time_to_target_runs (seeds
+    with a history); sorted by `sort` (default: val_error) in its own direction."""
     ok = df[df["status"] == "ok"] if len(df) else df
     if ok.empty:
         return pd.DataFrame()
     columns = [c for c in (columns or COLUMNS) if c in ok.columns]
-    firsts = ["label", *[c for c in ok.columns if c.startswith("axis:")], *[f"key:{k}" for k in keys]]
+    firsts = ["label", *[c for c in ("labelled",) if c in ok.columns],
+              *[c for c in ok.columns if c.startswith("axis:")], *[f"key:{k}" for k in keys]]
     grouped = ok.groupby(["suite", "group"], sort=False)
     agg = grouped[firsts].first()
     agg["n"] = grouped["seed"].count()
+    if "time_to_target_s" in columns and REACHED in ok.columns:
+        reached = pd.to_numeric(ok[REACHED], errors="coerce").groupby([ok["suite"], ok["group"]], sort=False)
+        agg[REACHED] = reached.sum().astype(int)
+        agg["time_to_target_runs"] = reached.count()
     if ok["env"].nunique() == 1:  # the common case, without a Python call per group
         agg["env"] = ok["env"].iloc[0]
     else:
@@ -55,6 +61,49 @@ def _fmt(mean: Any, std: Any, n: int, digits: int) -> str:
     if n > 1 and std is not None and not pd.isna(std) and round(std, digits) > 0:
         text += f" ± {std:,.{digits}f} ({n})"
     return text
+
+
+def _fmt_target(mean: Any, std: Any, reached: int, runs: int, digits: int) -> str:
+    """Time to target: mean ± std over the seeds that reached it, and how many of the seeds did."""
+    of = f" ({reached} of {runs})" if runs > 1 else ""
+    if not runs:
+        return "—"  # no history to read
+    if not reached:
+        return "not reached" + of
+    text = f"{mean:,.{digits}f}"
+    if reached > 1 and std is not None and not pd.isna(std) and round(std, digits) > 0:
+        text += f" ± {std:,.{digits}f}"
+    return text + of
+
+
+def _cell_texts(board: pd.DataFrame | list[dict], name: str) -> list[str]:
+    """The display strings of column `name` for each leaderboard row."""
+    rows = board.to_dict("records") if isinstance(board, pd.DataFrame) else board
+    digits = COLUMNS[name].digits
+    if name == "time_to_target_s" and rows and REACHED in rows[0]:
+        return [_fmt_target(r[name], r[f"{name}_std"], int(r[REACHED]), int(r["time_to_target_runs"]), digits)
+                for r in rows]
+    return [_fmt(r[name], r[f"{name}_std"], int(r["n"]), digits) for r in rows]
+
+
+def _rankable(board: pd.DataFrame | list[dict], name: str) -> np.ndarray:
+    """The means that may be bold: for time to target, only those of cells whose every seed reached it."""
+    rows = board.to_dict("records") if isinstance(board, pd.DataFrame) else board
+    values = np.array([np.nan if r[name] is None or pd.isna(r[name]) else float(r[name]) for r in rows])
+    if name == "time_to_target_s" and rows and REACHED in rows[0]:
+        values[[r[REACHED] < r["time_to_target_runs"] for r in rows]] = np.nan
+    return values
+
+
+def _integers(data: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """`columns` (counts, Column.integer: parameters) as integers when every value of them is one, so csv
+    and json write 1234, not 1234.0."""
+    values = data[list(columns)].apply(pd.to_numeric, errors="coerce")
+    finite = values.stack().dropna()
+    if len(columns) and len(finite) and (finite == finite.round()).all():
+        for c in columns:
+            data[c] = values[c].round().astype("Int64")
+    return data
 
 
 def _best_mask(values: np.ndarray, column: Column, envs: Sequence[str]) -> np.ndarray:
@@ -101,9 +150,12 @@ def leaderboard_table(df: pd.DataFrame, columns: Sequence[str], sort: str | None
     if board.empty:
         return Table(title, ["cell"], [], [], _failure_notes(df), board)
     columns = [c for c in columns if c in board.columns]
-    axes = [c for c in board.columns if c.startswith("axis:")]
+    # a suite that names its [[cells]] is read by those names: one label column, not one per config key
+    labelled = "labelled" in board.columns and bool(board["labelled"].fillna(False).astype(bool).any())
+    axes = [] if labelled else [c for c in board.columns if c.startswith("axis:")]
     several = board["suite"].nunique() > 1
-    headers = (["suite"] if several else []) + ([a.removeprefix("axis:").split(".")[-1] for a in axes] or ["cell"])
+    headers = (["suite"] if several else []) + (["label"] if labelled else
+                                                [a.removeprefix("axis:").split(".")[-1] for a in axes] or ["cell"])
     lead = [[s] if several else [] for s in board["suite"]]
     if axes:
         lead = [p + ["—" if pd.isna(v) else str(v) for v in vals]
@@ -113,13 +165,11 @@ def leaderboard_table(df: pd.DataFrame, columns: Sequence[str], sort: str | None
     marks, notes = _marks(board["env"])
     for row, env in zip(lead, board["env"], strict=True):
         row[-1] += marks.get(env, "")
-    envs, n = board["env"].tolist(), board["n"].astype(int).tolist()
+    envs, records = board["env"].tolist(), board.to_dict("records")
     cells, bold = [], []
     for c in columns:
-        col = COLUMNS[c]
-        means, stds = board[c].tolist(), board[f"{c}_std"].tolist()
-        cells.append([_fmt(m, s, k, col.digits) for m, s, k in zip(means, stds, n, strict=True)])
-        bold.append(_best_mask(board[c].to_numpy(), col, envs))
+        cells.append(_cell_texts(records, c))
+        bold.append(_best_mask(_rankable(records, c), COLUMNS[c], envs))
     headers += [COLUMNS[c].header for c in columns]
     rows = [lead[i] + [col[i] for col in cells] for i in range(len(board))]
     flags = [[False] * len(lead[i]) + [bool(b[i]) for b in bold] for i in range(len(board))]
@@ -128,7 +178,8 @@ def leaderboard_table(df: pd.DataFrame, columns: Sequence[str], sort: str | None
     notes = [f"Sorted by {COLUMNS[sort].header} ({direction} is better); mean ± std (n) over seeds; errors "
              f"are fractions (0–1); the best value of each column is bold. Measured on: "
              f"{', '.join(sorted(set(df['env'].dropna())))}.", *notes, *_failure_notes(df)]
-    data = board.drop(columns=["group"])
+    data = board.drop(columns=[c for c in ("group", "labelled") if c in board.columns])
+    data = _integers(data, [c for c in columns if COLUMNS[c].integer])
     data.columns = [c.removeprefix("axis:") for c in data.columns]
     return Table(title, headers, rows, flags, notes, data, len(lead[0]))
 
@@ -167,8 +218,8 @@ def pivot_table(df: pd.DataFrame, rows: Sequence[str], cols: Sequence[str], valu
     marks, notes = _marks(board["env"])
     headers = [k.split(".")[-1] for k in rows] or [""]
     headers += [", ".join(c) if c else col.header for c in col_keys]
-    grid_means = np.array([[at[(r, c)][value] if (r, c) in at else np.nan for c in col_keys] for r in row_keys],
-                          dtype=float)
+    grid_means = np.array([[_rankable([at[(r, c)]], value)[0] if (r, c) in at else np.nan for c in col_keys]
+                           for r in row_keys], dtype=float)
     grid_envs = [[at[(r, c)]["env"] if (r, c) in at else "" for c in col_keys] for r in row_keys]
     bold = np.zeros_like(grid_means, dtype=bool)
     if rows:  # best per column; with one row (--cols only), best along it
@@ -181,15 +232,17 @@ def pivot_table(df: pd.DataFrame, rows: Sequence[str], cols: Sequence[str], valu
         texts = []
         for c in col_keys:
             rec = at.get((r, c))
-            texts.append("—" if rec is None else
-                         _fmt(rec[value], rec[f"{value}_std"], int(rec["n"]), col.digits) + marks.get(rec["env"], ""))
+            texts.append("—" if rec is None else _cell_texts([rec], value)[0] + marks.get(rec["env"], ""))
         out_rows.append(list(r or (col.header,)) + texts)
         flags.append([False] * max(1, len(rows)) + bold[i].tolist())
     by = " × ".join(filter(None, [", ".join(rows), ", ".join(cols)]))
     direction = "higher" if HIGHER_IS_BETTER.get(col.metric) else "lower"
     notes = [f"{col.header} by {by}" + (f" (columns: {', '.join(cols)})" if cols else "")
              + f"; mean ± std (n) over seeds; {direction} is better, best in bold.", *notes, *_failure_notes(df)]
-    data = pd.DataFrame(grid_means, columns=[", ".join(c) if c else value for c in col_keys])
+    means = [[at[(r, c)][value] if (r, c) in at else np.nan for c in col_keys] for r in row_keys]
+    data = pd.DataFrame(np.array(means, dtype=float), columns=[", ".join(c) if c else value for c in col_keys])
+    if col.integer:
+        data = _integers(data, list(data.columns))
     for k, name in enumerate(rows):
         data.insert(k, name, [r[k] for r in row_keys])
     return Table(f"{col.header} by {by}", headers, out_rows, flags, notes, data, max(1, len(rows)))

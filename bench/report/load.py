@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ class Column:
     digits: int
     metric: str  # key of HIGHER_IS_BETTER: the column's direction
     timing: bool = False  # depends on the device and library versions: never ranked across them
+    integer: bool = False  # a count: csv and json write it as an integer when every value is one
 
 
 _SPLIT_METRICS = (  # (suffix, key in result.json["metrics"][split], header)
@@ -49,12 +51,13 @@ COLUMNS.update({
     "gflops": Column("GFLOPs", ("cost", "gflops_forward"), 3, "gflops_forward"),
     "peak_rss_mb": Column("peak RSS MB", ("cost", "peak_rss_mb"), 0, "peak_rss_mb"),
     "peak_cuda_mb": Column("peak CUDA MB", ("cost", "peak_cuda_mb"), 0, "peak_cuda_mb"),
-    "params_total": Column("params", ("cost", "params_total"), 0, "params_total"),
-    "params_trainable": Column("trainable", ("cost", "params_trainable"), 0, "params_trainable"),
+    "params_total": Column("params", ("cost", "params_total"), 0, "params_total", integer=True),
+    "params_trainable": Column("trainable", ("cost", "params_trainable"), 0, "params_trainable", integer=True),
 })
 DEFAULT_COLUMNS = ("val_error", "test_error", "test_top5_error", "train_time_s", "train_images_per_s",
                    "peak_rss_mb", "params_total", "params_trainable", "gflops")
 SORT_BY = "val_error"
+REACHED = "time_to_target_reached"  # beside time_to_target_s: 1 reached, 0 never did, missing without a history
 FIELDS = ("suite", "id", "group", "label", "seed", "status", "device")  # filter/pivot keys besides config
 
 
@@ -130,12 +133,23 @@ def _dotted(tree: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def labelled_suite(suite_dir: Path) -> bool:
+    """Whether the suite that ran in `suite_dir` (its copy, suite.toml) names its [[cells]] with labels."""
+    try:
+        cells = tomllib.loads((Path(suite_dir) / "suite.toml").read_text()).get("cells")
+    except (OSError, ValueError):  # unreadable, or not TOML: no labels to show
+        return False
+    return isinstance(cells, list) and any(isinstance(c, dict) and isinstance(c.get("label"), str) for c in cells)
+
+
 def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUMNS, *, keys: Sequence[str] = (),
           filters: Sequence[Filter] = (), recompute: bool = False, target_error: float | None = None,
           records: bool = False) -> pd.DataFrame:
-    """One row per cell record that passes `filters`: suite, id, group, label, seed, status, error, device,
-    env, dir, axes (axis:<key>), `keys` (key:<key>), each of `columns` and, with `records`, record (the
-    store.Record, for callers such as the plots that need more of it than the columns).
+    """One row per cell record that passes `filters`: suite, id, group, label, labelled (its suite labels
+    its [[cells]]), seed, status, error, device, env, dir, axes (axis:<key>, the values as the config has
+    them), `keys` (key:<key>), each of `columns` (with time_to_target_s, also time_to_target_reached) and,
+    with `records`, record (the store.Record, for callers such as the plots that need more of it than the
+    columns).
 
     Only on request: 10,000 parsed results kept alive make every garbage collection rescan them, which
     doubles the time of a report that never looks at them again.
@@ -153,7 +167,7 @@ def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUM
     checked = False
     rows = []
     for suite_dir in targets:
-        suite = suite_dir.name
+        suite, labelled = suite_dir.name, labelled_suite(suite_dir)
         for record in load_records(suite_dir):
             cell, result = record.cell, record.result
             if not checked:
@@ -163,7 +177,7 @@ def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUM
                 continue
             status = result.get("status")
             row = {"suite": suite, "id": cell["id"], "group": cell["group"], "label": cell["label"],
-                   "seed": cell["config"]["seed"], "status": status, "error": result.get("error"),
+                   "labelled": labelled, "seed": cell["config"]["seed"], "status": status, "error": result.get("error"),
                    "device": _get(result, ("env", "device_name")), "env": _env(result), "dir": record.dir}
             if records:
                 row["record"] = record
@@ -174,8 +188,13 @@ def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUM
                 row[name] = None if recompute and status == "ok" and path[0] == "metrics" else _get(result, path)
             for name in derived:
                 row[name] = _derived(name, record.dir, result, target_error)
+            if "time_to_target_s" in derived:
+                row[REACHED] = _reached(record.dir, result, row["time_to_target_s"])
             rows.append(row)
     df = pd.DataFrame(rows)
+    # as the config has them: 10 stays 10 where another suite's cells lack the key (a float column otherwise)
+    for c in dict.fromkeys(k for r in rows for k in r if k.startswith("axis:")):
+        df[c] = pd.Series([r.get(c) for r in rows], index=df.index, dtype=object)
     if len(df):
         _fill_missing_metrics(df, columns, recompute)
     return df
@@ -208,6 +227,13 @@ def _derived(name: str, cell_dir: Path, result: dict, target_error: float | None
     if name == "time_to_target_s":
         return time_to_accuracy(read_history(cell_dir), target_error) if result.get("status") == "ok" else None
     raise AssertionError(f"no rule derives column '{name}'")
+
+
+def _reached(cell_dir: Path, result: dict, seconds: float | None) -> float | None:
+    """1.0 if the cell reached the target error, 0.0 if its history shows it never did, None without one."""
+    if seconds is not None:
+        return 1.0
+    return 0.0 if result.get("status") == "ok" and read_history(cell_dir) else None
 
 
 def _fill_missing_metrics(df: pd.DataFrame, columns: Sequence[str], recompute: bool) -> None:

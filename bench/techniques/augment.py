@@ -2,7 +2,9 @@
 
 `train.augment` is a preset name ("crop_flip"), one op ("rotate:15"), or a list of ops and presets,
 each a string "name" / "name:value" (the value sets the op's first parameter) or an inline table
-{op = "rotate", degrees = 15} that can set any parameter. A transform takes one uint8 CHW tensor and
+{op = "rotate", degrees = 15} that can set any parameter, or one of timm's policy strings
+("rand-m9-mstd0.5-inc1", "augmix-m5-w4-d2", "original", "v0", "3a"), built by timm's own factories as its
+train.py's --aa builds them. A transform takes one uint8 CHW tensor and
 returns one uint8 CHW tensor of its input's size or of image_size (ArrayDataset centre-crops the rest);
 it runs on the training split only, after the split, so no augmented copy can leak into val or test.
 """
@@ -10,6 +12,7 @@ it runs on the training split only, after the split, so no augmented copy can le
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 from torchvision.transforms import v2
@@ -131,6 +134,53 @@ def autoaugment(image_size: int, policy: str = "imagenet"):
     return v2.AutoAugment(v2.AutoAugmentPolicy(policy))
 
 
+@register(AUGMENT_OPS, "grayscale")
+def grayscale(image_size: int, p: float = 0.2):
+    """With probability p, the image in grey (kept in three channels), as timm's --grayscale-prob."""
+    return v2.RandomGrayscale(p)
+
+
+@register(AUGMENT_OPS, "blur")
+def blur(image_size: int, p: float = 0.5, sigma_max: float = 2.0, sigma_min: float = 0.1, kernel: int | None = None):
+    """With probability p, a Gaussian blur of sigma uniform in [sigma_min, sigma_max]; the kernel (odd)
+    defaults to a tenth of the side, as SimCLR's (timm's --gaussian-blur-prob uses 23 px at 224)."""
+    k = kernel if kernel is not None else max(3, image_size // 10) | 1
+    return v2.RandomApply([v2.GaussianBlur(k, (sigma_min, sigma_max))], p=p)
+
+
+# timm's policy strings: RandAugment, AugMix, AutoAugment (timm.data.auto_augment's config grammar)
+TIMM_POLICY = re.compile(r"^(rand|augmix)(-[A-Za-z0-9.]+)*$|^(original|originalr|v0|v0r|3a)(-[A-Za-z0-9.]+)*$")
+
+
+class TimmPolicy:
+    """One of timm's PIL transforms on a uint8 CHW tensor (PIL in between, as timm's pipeline has it), with
+    the parameters timm's transforms_imagenet_train gives it for this image size."""
+
+    def __init__(self, config: str, image_size: int):
+        from timm.data import IMAGENET_DEFAULT_MEAN
+        from timm.data.auto_augment import (
+            augment_and_mix_transform,
+            auto_augment_transform,
+            rand_augment_transform,
+        )
+
+        hparams = {"translate_const": int(image_size * 0.45),
+                   "img_mean": tuple(min(255, round(255 * m)) for m in IMAGENET_DEFAULT_MEAN)}
+        if config.startswith("rand"):
+            self.policy = rand_augment_transform(config, hparams)
+        elif config.startswith("augmix"):
+            self.policy = augment_and_mix_transform(config, {**hparams, "translate_pct": 0.3})
+        else:
+            self.policy = auto_augment_transform(config, hparams)
+        self.config = config
+
+    def __call__(self, image):
+        return v2.functional.pil_to_tensor(self.policy(v2.functional.to_pil_image(image)))
+
+    def __repr__(self) -> str:
+        return f"TimmPolicy({self.config!r})"
+
+
 # ------------------------------------------------------------------------------------------ parsing
 def op_params(name: str) -> list[str]:
     return list(inspect.signature(AUGMENT_OPS[name]).parameters)[1:]
@@ -149,6 +199,8 @@ def parse_item(item: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """'rotate:15' -> ('rotate', {'degrees': 15}); {op = 'rotate', degrees = 15} -> the same."""
     from bench.errors import did_you_mean
 
+    if isinstance(item, str) and TIMM_POLICY.match(item):
+        return item, {}
     if isinstance(item, dict):
         params = dict(item)
         name = params.pop("op", None)
@@ -191,9 +243,12 @@ def build_augment(spec: str | list, image_size: int):
     for item in items:
         name, params = parse_item(item)
         try:
-            t = AUGMENTS[name](image_size) if name in AUGMENTS else AUGMENT_OPS[name](image_size, **params)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"augment '{name}' with {params}: {e}") from None
+            if TIMM_POLICY.match(name):
+                t = TimmPolicy(name, image_size)
+            else:
+                t = AUGMENTS[name](image_size) if name in AUGMENTS else AUGMENT_OPS[name](image_size, **params)
+        except (TypeError, ValueError, KeyError, AssertionError) as e:  # timm's parser asserts and looks up
+            raise ValueError(f"augment '{name}'" + (f" with {params}" if params else "") + f": {e!r}") from None
         if t is not None:
             transforms.append(t)
     if not transforms:

@@ -1,7 +1,8 @@
 """Losses: name -> function(train_config, class_counts) -> loss(logits, target).
 
 `target` is either class indices (int64, N) or a distribution over classes (float, N x K, what
-CutMix/MixUp produce); every loss accepts both. Label smoothing applies to all of them, the torch way
+CutMix/MixUp produce); every loss accepts both but jsd, whose batches are never mixed (train.aug_splits
+excludes train.mix). Label smoothing applies to all of them, the torch way
 (target = (1 - eps) * target + eps / K). Every loss is a mean over the batch.
 """
 
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.loss import BinaryCrossEntropy, JsdCrossEntropy
 
 from bench.registry import register
 
@@ -96,3 +98,27 @@ def complement(cfg, counts) -> Callable:
                 + cfg.complement_weight * complement_entropy(logits, t))
 
     return loss
+
+
+@register(LOSSES, "bce")
+def bce(cfg, counts) -> Callable:
+    """timm's BinaryCrossEntropy: a sigmoid per class against the (smoothed, mixed) one-hot target, as the
+    ResNet strikes-back recipes train; bce_target_threshold turns a soft target into 0/1 first."""
+    pos_weight = None if cfg.bce_pos_weight is None else torch.tensor(cfg.bce_pos_weight)
+    loss = BinaryCrossEntropy(smoothing=0.0, target_threshold=cfg.bce_target_threshold, pos_weight=pos_weight,
+                              sum_classes=cfg.bce_sum)
+
+    def fn(logits, t):
+        if pos_weight is not None and loss.pos_weight.device != logits.device:
+            loss.to(logits.device)
+        return loss(logits, as_probs(t, logits.shape[1], cfg.label_smoothing))
+
+    return fn
+
+
+@register(LOSSES, "jsd")
+def jsd(cfg, counts) -> Callable:
+    """timm's JsdCrossEntropy (AugMix, Hendrycks et al. 2020): cross-entropy on the clean images plus
+    jsd_alpha x the Jensen-Shannon divergence among the clean and augmented views of each image, which
+    train.aug_splits puts in the batch."""
+    return JsdCrossEntropy(num_splits=cfg.aug_splits, alpha=cfg.jsd_alpha, smoothing=cfg.label_smoothing)

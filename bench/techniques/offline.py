@@ -9,10 +9,29 @@ online augmentation costs per epoch.
 
 from __future__ import annotations
 
+import contextlib
+import random
+
 import numpy as np
 import torch
 
 from bench.data.loaders import ArrayDataset
+
+
+@contextlib.contextmanager
+def fixed_draw(seed: int):
+    """torch's, numpy's and Python's global generators seeded for one draw, and restored after it: the
+    v2 ops draw from torch's, timm's policy strings from Python's and numpy's."""
+    py, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
 
 
 class OfflineAugmented(torch.utils.data.Dataset):
@@ -28,8 +47,7 @@ class OfflineAugmented(torch.utils.data.Dataset):
         out = []
         for i, im in zip(idx, self.base.raw(np.asarray(idx) % n), strict=True):
             if i >= n and self.transform is not None:  # augment = ["none"] leaves nothing to do
-                with torch.random.fork_rng(devices=[]):  # a fixed draw per (seed, index), global RNG untouched
-                    torch.manual_seed(self.seed * 1_000_003 + i)
+                with fixed_draw(self.seed * 1_000_003 + i):
                     im = self.transform(im)
             out.append(self.base.crop(im))
         return torch.stack(out).contiguous(), self.labels[torch.as_tensor(idx)]
