@@ -73,8 +73,17 @@ def _cells(suite_path: Path, only: str | None, smoke: bool, *, device: str = "au
     if smoke:
         from bench.smoke import smoke_suite
 
+        tune = suite.tune
         suite = smoke_suite(suite)
+        if tune is not None:  # the smoke suite is rebuilt from the cells' tables; its [tune] runs fewer trials
+            from bench.tune import smoke_tune
+
+            suite = suite.model_copy(update={"tune": smoke_tune(tune)})
     cells = expand(suite)
+    if suite.tune is not None:  # every cell is a contender: the space must fit each of them
+        from bench.tune import check_space
+
+        check_space(suite, cells)
     chosen = select(cells, only)
     if not chosen:
         raise UserError(f"--only '{only}' matches none of the {len(cells)} cells", file=suite_path,
@@ -124,6 +133,9 @@ def run(
     options = RunOptions(force=force, checkpoint=checkpoint, keep_checkpoint=keep_checkpoints,
                          isolate=not in_process, threads=threads)
     try:
+        if spec.tune is not None:
+            _run_tuned(spec, suite, cells, results, device.value, make_progress(err), options, runner)
+            return
         summary = run_suite(suite.read_text(), spec.suite.name, cells, results, device=device.value,
                             progress=make_progress(err), options=options, executor=runner)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished epoch is in a checkpoint
@@ -132,6 +144,22 @@ def run(
     busy = f", {len(summary.busy)} running elsewhere" if summary.busy else ""
     err.print(f"[bench] {len(summary.ran)} ran, {len(summary.skipped)} skipped, {len(summary.failed)} failed"
               f"{busy} -> {summary.suite_dir}", highlight=False, markup=False)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _run_tuned(spec, suite: Path, cells, results: Path, device: str, progress, options, runner) -> None:
+    """`bench run` of a suite with [tune]: every cell a contender, tuned to its budget (bench.tune)."""
+    from bench.tune import describe, tune_suite
+
+    summary = tune_suite(spec, suite.read_text(), cells, results, device=device, progress=progress,
+                         options=options, executor=runner)
+    for row in summary.contenders:
+        err.print(f"[bench] {describe(row)}", highlight=False, markup=False, soft_wrap=True)
+    busy = f", {len(summary.busy)} held by another run" if summary.busy else ""
+    err.print(f"[bench] {len(summary.contenders)} contender(s) tuned: {len(summary.ran)} trial(s) ran, "
+              f"{len(summary.skipped)} finished earlier, {len(summary.failed)} failed{busy} -> "
+              f"{summary.suite_dir}/tune", highlight=False, markup=False)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -180,6 +208,10 @@ def plan(suite: Path = typer.Argument(..., help="suite file"),
             row.append(f"{c.parent} ({labels[c.parent]})" if c.parent in labels else c.parent or "")
         headers.append("starts from")
     print(f"{spec.suite.name}: {len(cells)} cell(s). {spec.suite.description}".rstrip())
+    if spec.tune is not None:  # each cell is a contender, tuned with the same budget
+        t = spec.tune
+        print(f"tuned: {len(cells)} contender(s), {t.trials} trials each over {', '.join(t.space)} "
+              f"({t.sampler} sampler, {t.pruner} pruner; chosen on {t.metric}, then tested once)")
     print(tabulate(rows, headers=headers, tablefmt="github"))
     if data:
         from bench.data import curated
@@ -209,12 +241,16 @@ def report(
                                              help="KEY=GLOB or KEY!=GLOB, e.g. 'model.arch=tv:*'; repeat to AND"),
     rows: str | None = typer.Option(None, help="pivot: keys whose values make the rows, e.g. model.arch"),
     cols: str | None = typer.Option(None, help="pivot: keys whose values make the columns, e.g. model.freeze"),
-    value: str = typer.Option("val_error", help="pivot: the metric in each pivot cell"),
+    value: str | None = typer.Option(None, help="pivot: the metric in each pivot cell (default val_error); "
+                                                 "leaderboard: the score that ranks contenders across "
+                                                 "[[datasets]] (default test_error)"),
     sort: str | None = typer.Option(None, help="sort by this column, in its own direction (default val_error)"),
     recompute: bool = typer.Option(False, help="recompute every metric from predictions.npz"),
     target_error: float | None = typer.Option(None, help="add a time-to-target column: train seconds until "
                                                           "validation error <= this"),
     plots: Path | None = typer.Option(None, help="also write PNG plots to this folder"),
+    significance: bool = typer.Option(True, help="mark rows significantly worse than the best row (a paired "
+                                                 "test on the test images; reads every row's predictions)"),
 ) -> None:
     """Leaderboard or pivot table of one or more runs (default: the most recent one under results/)."""
     from bench.report import render
@@ -234,7 +270,7 @@ def report(
 
     text = render(suite_dirs, fmt.value, metrics=split(metrics) if metrics else None, filters=filter_ or [],
                   rows=split(rows), cols=split(cols), value=value, sort=sort, recompute=recompute,
-                  target_error=target_error)
+                  target_error=target_error, marks=significance)
     if out:
         from bench.store import atomic_write_text
 
@@ -245,7 +281,7 @@ def report(
     if plots:
         from bench.plots import write_plots
 
-        written = write_plots(suite_dirs, plots, filters=filter_ or [])
+        written = write_plots(suite_dirs, plots, filters=filter_ or [], rank_by=value or "test_error")
         err.print(f"[bench] wrote {len(written)} plot(s) to {plots}", highlight=False, markup=False)
 
 
@@ -281,6 +317,29 @@ def export(
 
     n = export_submission(find_cell(cell, suite), out, split=split, k=k)
     err.print(f"[bench] wrote {n} predictions to {out}", highlight=False, markup=False)
+
+
+@app.command()
+def predict(
+    cell: str = typer.Argument(..., help="a finished cell's folder, or a cell id or label within --suite"),
+    images: Path = typer.Option(..., help="an unlabelled test set: a folder of images, or an iNat-style JSON "
+                                          "(images[].id, file_name), e.g. test2019.json"),
+    out: Path = typer.Option(..., help="the submission CSV to write: id,predicted"),
+    suite: Path | None = typer.Option(None, help="the results/<suite> folder that CELL is an id or label in"),
+    root: Path | None = typer.Option(None, help="with a JSON: the folder its file names are relative to "
+                                                "(default: the JSON's folder)"),
+    k: int = typer.Option(5, help="predicted classes per image, best first"),
+    device: Device = typer.Option(Device.auto, help="auto picks cuda, then mps, then cpu"),
+) -> None:
+    """Run a finished cell's best weights over unlabelled images and write a Kaggle submission CSV."""
+    from bench.export import predict_unlabelled, unlabelled_images, write_submission
+    from bench.store import find_cell
+
+    record = find_cell(cell, suite)
+    listed = unlabelled_images(images, root)
+    logits = predict_unlabelled(record, [f for _, f in listed], device.value)
+    write_submission([i for i, _ in listed], logits, record.result["data"]["class_names"], out, k)
+    err.print(f"[bench] wrote {len(listed)} predictions to {out}", highlight=False, markup=False)
 
 
 def _suite_dir(target: Path | None, results: Path) -> Path | None:

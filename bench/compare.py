@@ -5,11 +5,16 @@ B right: c). Under "equally good" each such image is a fair coin, so the two-sid
 binomial one while b + c is small, and the chi-square with continuity correction (1 degree of freedom)
 beyond. The paired bootstrap resamples the images (the same draw for both cells) and gives a confidence
 interval of err(A) - err(B).
+
+Over several seeds (`pooled_mcnemar`, the report's significance marks) each seed pairs two cells on that
+seed's own split, and the discordant counts are summed over the seeds: McNemar's test stratified by seed
+(the Mantel-Haenszel test for matched pairs), so every seed's images count and none is paired across splits.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,3 +133,51 @@ def compare_cells(a: Record, b: Record, split: str = "test", resamples: int = 10
     low, high = bootstrap_ci(wrong_a, wrong_b, resamples, confidence, seed)
     return Comparison(_label(a), _label(b), split, len(labels_a), float(wrong_a.mean()), float(wrong_b.mean()),
                       b_count, c_count, p, method, low, high, confidence)
+
+
+def correctness(cell_dir: Path | str, split: str = "test") -> tuple[np.ndarray, np.ndarray] | None:
+    """(right, labels) per image of a cell's saved `split` predictions; None when it saved none (a cell
+    whose suite has no test split, a record from before predictions were kept)."""
+    if not (Path(cell_dir) / "predictions.npz").is_file():
+        return None
+    try:
+        logits, labels = read_predictions(cell_dir, split)
+    except UserError as e:
+        if "has no" in e.reason:  # no such split saved: nothing to pair, which is not damage
+            return None
+        raise
+    if not len(labels):
+        return None
+    return (logits.argmax(1) == labels).numpy(), labels.numpy()
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """McNemar's test over the seeds two cells share: A right & B wrong (b), A wrong & B right (c)."""
+    seeds: int
+    images: int
+    error_a: float
+    error_b: float
+    a_only_right: int
+    b_only_right: int
+    p_value: float
+    method: str
+
+
+def pooled_mcnemar(pairs: Iterable[tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]]
+                   ) -> Pooled | None:
+    """McNemar's test on the discordant images summed over pairs ((right_a, labels_a), (right_b, labels_b)),
+    one pair per seed, each on one split; a pair whose labels differ (not the same images) is left out.
+    None when no pair is left."""
+    b = c = n = wrong_a = wrong_b = seeds = 0
+    for (right_a, labels_a), (right_b, labels_b) in pairs:
+        if labels_a.shape != labels_b.shape or not np.array_equal(labels_a, labels_b):
+            continue
+        seeds, n = seeds + 1, n + len(labels_a)
+        b += int((right_a & ~right_b).sum())
+        c += int((~right_a & right_b).sum())
+        wrong_a, wrong_b = wrong_a + int((~right_a).sum()), wrong_b + int((~right_b).sum())
+    if not seeds:
+        return None
+    p, method = mcnemar(b, c)
+    return Pooled(seeds, n, wrong_a / n, wrong_b / n, b, c, p, method)

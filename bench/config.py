@@ -50,6 +50,9 @@ class DataConfig(Strict):
     max_aspect: float | None = Field(None, ge=1.0)  # drop images with long side / short side above this
     modal_size: bool = False  # keep only images of the most common width x height (study 004)
     min_per_class: int = Field(0, ge=0)  # prune classes with fewer training images (study 001: 100)
+    # the splits class pruning (min_per_class, top_classes) takes images from, counted on the train split
+    # after splitting (study 001: ["train"]: val and test keep every class); unset: pruned before splitting
+    prune_splits: list[Literal["train", "val", "test"]] | None = None
     top_classes: int | None = Field(None, ge=2)  # keep the K most frequent classes (study 000: 100)
     max_per_class: int | None = Field(None, ge=1)  # cap each class, a random subset
     fraction: float = Field(1.0, gt=0, le=1)  # a stratified random fraction of what is left
@@ -68,6 +71,8 @@ class DataConfig(Strict):
             raise ValueError(f"source '{self.source}' needs data.root, the folder that holds the images")
         if self.source == "inat" and "train" not in self.annotations:
             raise ValueError('source "inat" needs data.annotations.train (e.g. "train2019.json") and usually .val')
+        if self.prune_splits is not None and (not self.prune_splits or "train" not in self.prune_splits):
+            raise ValueError('prune_splits lists the splits pruned classes leave, train among them, e.g. ["train"]')
         if self.cache_size is not None and self.cache_size < self.image_size:
             raise ValueError(f"cache_size ({self.cache_size}) must be >= image_size ({self.image_size})")
         return self
@@ -96,6 +101,14 @@ class ModelConfig(Strict):
     head_hidden: tuple[int, ...] = ()  # widths of dense layers between the pooled features and the classes
     head_activation: Literal["relu", "gelu", "silu", "tanh", "elu", "leaky_relu"] = "relu"  # after each hidden
     head_dropout: float = Field(0.0, ge=0, lt=1)  # dropout before each linear layer of the head
+    # what the head replaces: "last" (the class layer) or "classifier" (VGG's and AlexNet's whole dense
+    # classifier and adaptive pooling: the head reads the convolutional base's flattened output, study 000)
+    head_replaces: Literal["last", "classifier"] = "last"
+
+    def head_options(self) -> dict[str, Any]:
+        """bench.models.heads.build_head's keyword arguments."""
+        return {"pool": self.pool, "hidden": self.head_hidden, "activation": self.head_activation,
+                "dropout": self.head_dropout, "replaces": self.head_replaces}
 
     @field_validator("freeze")
     @classmethod
@@ -111,6 +124,10 @@ class ModelConfig(Strict):
         if any(w < 1 for w in v):
             raise ValueError("head_hidden widths must be >= 1, e.g. [256]")
         return v
+
+
+# the deterministic copies an offline list may hold (bench/techniques/offline.py builds them)
+OfflineCopy = Literal["identity", "hflip", "vflip", "hvflip", "rot90", "rot180", "rot270"]
 
 
 class TrainConfig(Strict):
@@ -163,7 +180,10 @@ class TrainConfig(Strict):
     head_l2: float = Field(0.0, ge=0)
     # data seen in training
     augment: str | list[str | dict[str, Any]] = "none"  # preset, op, or list (README, "Techniques")
-    offline: int = Field(0, ge=0)  # K >= 2: fixed K-times training set (original + K-1 augmented copies)
+    # K >= 2: a fixed K-times training set (the original + K-1 copies augmented by `augment`), or a list of
+    # fixed copies, e.g. ["identity", "hflip", "vflip", "hvflip"] (study 004), each then augmented offline_random times
+    offline: int | list[OfflineCopy] = 0
+    offline_random: int = Field(0, ge=0)  # with a list: randomly augmented versions of every fixed copy
     # K >= 2: each image in the batch K times, clean then K-1 augmented views (timm's --aug-splits, for jsd)
     aug_splits: int = Field(0, ge=0)
     mix: str = "none"  # none | mixup | cutmix | cutmix_mixup, on the batch
@@ -230,9 +250,17 @@ class TrainConfig(Strict):
                     raise ValueError(f"aug_splits {'needs' if key == 'augment' else 'excludes'} train.{key}: "
                                      + ("the views are augmented by it" if key == "augment" else
                                         "the clean and augmented views of an image must stay together"))
-        if self.offline == 1:
+        if isinstance(self.offline, int) and self.offline < 0:
+            raise ValueError(f"offline must be 0, K >= 2, or a list of copies (got {self.offline})")
+        if self.offline == 1 or self.offline == ["identity"] and not self.offline_random:
             raise ValueError("offline = 1 is the original set alone; use 0 (online augmentation) or K >= 2")
-        if self.offline and self.augment in ("none", []):
+        if self.offline == []:
+            raise ValueError('offline needs copies, e.g. ["identity", "hflip", "vflip", "hvflip"]')
+        if self.offline_random and not isinstance(self.offline, list):
+            raise ValueError("offline_random augments each fixed copy of an offline list; with offline = K the "
+                             "K-1 copies are already augmented")
+        random_copies = self.offline_random if isinstance(self.offline, list) else self.offline
+        if random_copies and self.augment in ("none", []):
             raise ValueError("offline augmentation needs train.augment, e.g. augment = [\"hflip\", \"rotate:15\"]")
         return self
 
@@ -410,11 +438,12 @@ def check_grid(grid: dict[str, Any], path: Path | None) -> dict[str, Any]:
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'model': {'arch': x}} and {'model.arch': x} both become {'model.arch': x}."""
+    """{'model': {'arch': x}} and {'model.arch': x} both become {'model.arch': x}. An empty table stays a value:
+    `"model.kwargs" = {}` in a [[cells]] entry clears the base's keyword arguments."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
+        if isinstance(v, dict) and v:
             out.update(flatten(v, key))
         else:
             out[key] = v

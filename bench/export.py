@@ -1,4 +1,5 @@
-"""A cell's saved predictions as a Kaggle-style submission CSV (iNaturalist 2019: `id,predicted`)."""
+"""Kaggle-style submission CSVs (iNaturalist 2019: `id,predicted`): from a cell's saved predictions
+(`bench export`), or from its best weights run over an unlabelled test set (`bench predict`)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ def class_ids(class_names: list[str]) -> list[str]:
 
 def submission_rows(record: Record, split: str = "test", k: int = 5) -> list[tuple[str, str]]:
     """(image id, top-k class ids space-separated, best first) per image, in the split's order."""
-    if k < 1:
-        raise UserError(f"--k must be at least 1, not {k}")
     data = record.result.get("data", {})
     split_file = record.dir.parent / "splits" / f"{data.get('split_key')}.json"
     if not split_file.is_file():
@@ -36,20 +35,106 @@ def submission_rows(record: Record, split: str = "test", k: int = 5) -> list[tup
     logits, _ = read_predictions(record.dir, split)
     if len(files) != len(logits):
         raise UserError(f"'{split_file}' lists {len(files)} {split} images but the predictions hold {len(logits)}")
-    names = class_ids(data.get("class_names") or [str(i) for i in range(logits.shape[1])])
-    top = torch.topk(logits, min(k, logits.shape[1]), dim=1).indices.tolist()
     ids = [Path(f).stem for f in files]
     if len(set(ids)) < len(ids):  # stems repeat across class folders: keep the folder to stay unique
         ids = [str(Path(f).with_suffix("")) for f in files]
+    return top_k_rows(ids, logits, data.get("class_names") or [str(i) for i in range(logits.shape[1])], k)
+
+
+def top_k_rows(ids: list[str], logits: torch.Tensor, class_names: list[str], k: int) -> list[tuple[str, str]]:
+    if k < 1:
+        raise UserError(f"--k must be at least 1, not {k}")
+    names = class_ids(class_names)
+    top = torch.topk(logits, min(k, logits.shape[1]), dim=1).indices.tolist()
     return [(i, " ".join(names[c] for c in row)) for i, row in zip(ids, top, strict=True)]
 
 
 def export_submission(record: Record, out: Path, split: str = "test", k: int = 5) -> int:
     """Write the CSV atomically; returns the number of images."""
     rows = submission_rows(record, split, k)
+    _write_rows(rows, out)
+    return len(rows)
+
+
+def _write_rows(rows, out: Path) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "predicted"])
     writer.writerows(rows)
     atomic_write_text(Path(out), buf.getvalue())
-    return len(rows)
+
+
+def unlabelled_images(images: Path, root: Path | None = None) -> list[tuple[str, Path]]:
+    """(id, file) for an unlabelled test set: every image under a folder (id: the file stem, or the relative
+    path where stems repeat), or an iNat-style JSON's `images` (id: its `id`; files relative to `root`,
+    default the JSON's folder), e.g. iNat 2019's test2019.json."""
+    from bench.data.sources import IMAGE_SUFFIXES
+
+    images = Path(images)
+    if images.is_dir():
+        files = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise UserError(f"no images under '{images}'", key="--images", hint="give a folder of images or a JSON")
+        rel = [p.relative_to(images) for p in files]
+        stems = [p.stem for p in rel]
+        ids = stems if len(set(stems)) == len(stems) else [str(p.with_suffix("")) for p in rel]
+        return list(zip(ids, files, strict=True))
+    if not images.is_file():
+        raise UserError(f"no such folder or file '{images}'", key="--images",
+                        hint="a folder of images, or an iNat-style JSON such as test2019.json")
+    try:
+        doc = read_json(images)
+        entries = [(str(im["id"]), im["file_name"]) for im in doc["images"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"not an iNat-style JSON with images[].id and file_name ({type(e).__name__})",
+                        file=images) from None
+    base = Path(root) if root is not None else images.parent
+    missing = [f for _, f in entries if not (base / f).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(entries)} images listed in '{images}' are missing under "
+                        f"'{base}' (e.g. {missing[0]})", key="--root", hint="give the folder the file names are relative to")
+    return [(i, base / f) for i, f in entries]
+
+
+def predict_unlabelled(record: Record, files: list[Path], device: str = "auto", batch_size: int = 64) -> torch.Tensor:
+    """A finished cell's best weights (with its test-time views, at its precision) over images it has never
+    seen: the logits, in the order of `files`. Each image is read as the cell's evaluation reads it: RGB,
+    shorter side to data.image_size, centre crop."""
+    import numpy as np
+
+    from bench.config import CellConfig
+    from bench.data.cache import load_image
+    from bench.data.loaders import Preprocess
+    from bench.runner import resolve_device
+    from bench.techniques import build_tta
+    from bench.train import precision_setup, predict
+    from bench.weights import initial_model, load_parent
+
+    if record.result.get("status") != "ok":
+        raise UserError(f"cell {record.dir.name} has not finished (status {record.result.get('status')})",
+                        hint="run it first; only a finished cell has best weights")
+    cfg = CellConfig.model_validate(record.cell["config"])
+    classes = record.result["data"]["class_names"]
+    dev = resolve_device(device)
+    model, _ = initial_model(cfg, len(classes), record.dir.parent / "init")  # the backbone a head-only cell used
+    load_parent(model, record.dir)
+    model.to(dev)
+    autocast, _ = precision_setup(cfg.train.precision, dev)
+    size = cfg.data.image_size
+
+    def batches():
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            try:
+                x = np.stack([load_image(f, size) for f in chunk])
+            except OSError as e:
+                raise UserError(f"cannot read an image of {chunk[0].parent} ({e})", key="--images") from None
+            yield torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.zeros(len(chunk), dtype=torch.long)
+
+    logits, _, _ = predict(model, batches(), Preprocess(dev, cfg.train.channels_last), autocast=autocast,
+                           views=build_tta(cfg.train.tta))
+    return logits
+
+
+def write_submission(ids: list[str], logits: torch.Tensor, class_names: list[str], out: Path, k: int = 5) -> None:
+    _write_rows(top_k_rows(ids, logits, class_names, k), out)

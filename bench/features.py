@@ -62,9 +62,14 @@ def backbone_digest(model: nn.Module) -> str:
 
 
 def feature_key(cfg: CellConfig, model: nn.Module, data: Prepared, device: torch.device) -> str:
+    d, m = cfg.data, cfg.model
+    # keys that are new since the cache was keyed join it only when set, so existing caches keep their keys
+    newer = {**({"kwargs": m.kwargs} if m.kwargs else {}),
+             **({"head_replaces": m.head_replaces} if m.head_replaces != "last" else {}),
+             **({"prune": [d.prune_splits, d.min_per_class, d.top_classes]} if d.prune_splits else {})}
     return stable_hash({
-        "version": VERSION, "arch": cfg.model.arch, "kwargs": cfg.model.kwargs, "pool": cfg.model.pool, "weights": backbone_digest(model),
-        "split": data.split_key, "image_size": cfg.data.image_size, "stored_size": cfg.data.stored_size,
+        "version": VERSION, "arch": m.arch, "pool": m.pool, "weights": backbone_digest(model),
+        "split": data.split_key, "image_size": d.image_size, "stored_size": d.stored_size, **newer,
         "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
         # the same backbone gives features that differ in the last bits on another device type
         "device": device.type}, 16)

@@ -1,5 +1,7 @@
 """PNG figures of a run: learning curves, accuracy against cost with its Pareto front, precision-recall
-curves, confusion matrices and the class histogram.
+curves, confusion matrices, the class histogram; over several data sets the critical-difference diagram and
+the performance profile (drawn by bench.ranking); for a tuned suite, each trial's validation metric against
+each tuned key.
 
 Each plotting function returns a matplotlib Figure built without pyplot (no global figure state, no GUI
 backend: the Agg canvas renders it), so tests can inspect axes and series before anything is saved.
@@ -17,6 +19,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from bench import ranking
 from bench.metrics import (
     RECALL_GRID,
     averaged_pr_curves,
@@ -24,7 +27,7 @@ from bench.metrics import (
     precision_at_recall,
     stored_confusion,
 )
-from bench.report import COLUMNS, Filter, frame, leaderboard
+from bench.report import COLUMNS, Filter, cross_dataset, frame, leaderboard, read_studies
 
 COST_AXES = {"train_time_s": "training time (s)", "params_total": "parameters", "gflops": "forward GFLOPs per image"}
 MAX_LABELLED_CLASSES = 30  # beyond this, class names on a confusion matrix are unreadable
@@ -140,6 +143,42 @@ def class_histogram(counts: Sequence[int], class_names: Sequence[str]) -> Figure
     return fig
 
 
+def tuning_plot(studies: Sequence[dict], key: str) -> Figure:
+    """Each trial's value (the validation metric it was judged on) against its value of `key`, one marker
+    series per contender; pruned trials hollow (their value is where they were stopped), the chosen trial
+    ringed in black. Trials without a value (failed, running) or without `key` are left out. Choices that
+    are not numbers are categories; numbers spanning more than a factor of 20 (learning rates) a log axis."""
+    fig = _figure()
+    ax = fig.subplots()
+    shown = [[t for t in s["trials"] if t.get("value") is not None and key in (t.get("params") or {})]
+             for s in studies]
+    values = [t["params"][key] for trials in shown for t in trials]
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+    def x(trials: list[dict]) -> list:
+        return [t["params"][key] if numeric else str(t["params"][key]) for t in trials]
+
+    for i, (study, trials) in enumerate(zip(studies, shown, strict=True)):
+        color, name = f"C{i % 10}", str(study.get("label", study.get("contender")))
+        for state, face, suffix in (("complete", color, ""), ("pruned", "none", " (pruned)")):
+            these = [t for t in trials if t.get("state") == state]
+            if these:
+                ax.scatter(x(these), [t["value"] for t in these], marker="o", facecolors=face, edgecolors=color,
+                           s=36, label=name + suffix)
+        chosen = [t for t in trials if t.get("cell") is not None and t.get("cell") == study.get("chosen")]
+        if chosen:
+            ax.scatter(x(chosen), [t["value"] for t in chosen], marker="o", facecolors="none", edgecolors="black",
+                       s=140, linewidths=1.5)
+    if numeric and values and min(values) > 0 and max(values) / min(values) > 20:
+        ax.set_xscale("log")
+    metric = next((s["metric"] for s in studies if s.get("metric")), "val_error")
+    ax.set(xlabel=key, ylabel=COLUMNS[metric].header if metric in COLUMNS else metric,
+           title=f"{metric} of each trial against {key} (black ring: chosen)")
+    if values:
+        ax.legend(fontsize=7)
+    return fig
+
+
 def _save(fig: Figure, path: Path, written: list[Path]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -147,15 +186,21 @@ def _save(fig: Figure, path: Path, written: list[Path]) -> None:
 
 
 def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str] = (), split: str = "test",
-                metric: str = "val_error") -> list[Path]:
+                metric: str = "val_error", rank_by: str = "test_error") -> list[Path]:
     """Every figure for the finished cells of `suite_dirs` that pass `filters`; returns the files written.
 
     out_dir/<suite>/cost_<cost>.png, class_histogram_<split key>.png, and per cell
-    out_dir/<suite>/<cell id>/learning_curves.png, pr_curves.png, confusion.png."""
+    out_dir/<suite>/<cell id>/learning_curves.png, pr_curves.png, confusion.png; over two or more
+    [[datasets]], cd_diagram.png and performance_profile.png (contenders ranked by `rank_by`); for a tuned
+    suite, tuning_<key>.png per tuned key."""
     out_dir = Path(out_dir)
-    columns = [metric, *COST_AXES]
+    columns = list(dict.fromkeys([metric, *COST_AXES, rank_by]))
     df = frame(list(suite_dirs), columns, filters=[Filter.parse(f) for f in filters], records=True)
     written: list[Path] = []
+    for suite_dir in suite_dirs:  # every trial of a study, not only the chosen ones the frame keeps
+        studies = list(read_studies(suite_dir).values())
+        for key in dict.fromkeys(k for s in studies for k in (s.get("space") or {})):
+            _save(tuning_plot(studies, key), out_dir / Path(suite_dir).name / f"tuning_{key}.png", written)
     if not len(df):
         return written
     for suite, part in df.groupby("suite", sort=False):
@@ -163,6 +208,13 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
         for cost in COST_AXES:
             if not board.empty and board[cost].notna().any():
                 _save(cost_plot(board, cost, metric), out_dir / suite / f"cost_{cost}.png", written)
+        for r in cross_dataset(board, rank_by):
+            if r.test is not None:
+                what = f"{COLUMNS[rank_by].header} over {r.test.datasets} data sets"
+                written.append(ranking.draw_cd_diagram(r.test, out_dir / suite / "cd_diagram.png"))
+                profile = ranking.performance_profile(r.complete, higher_is_better=r.higher)
+                written.append(ranking.draw_performance_profile(profile, out_dir / suite / "performance_profile.png",
+                                                                f"Performance profile: {what}"))
         histograms = set()
         for row in part[part["status"] == "ok"].itertuples():
             cell_dir, dest = row.record.dir, out_dir / suite / row.id

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,25 +22,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_model
+from safetensors.torch import load_model, save_model
 
 import bench
 from bench.artefacts import sealed_digest
-from bench.checkpoint import Checkpoint
+from bench.checkpoint import CHECKPOINT, CHECKPOINT_INFO, Checkpoint
 from bench.claims import Claim, claim_live, read_claim
 from bench.cost import forward_gflops
 from bench.data import prepare
-from bench.data.loaders import make_loaders
+from bench.data.loaders import Preprocess, make_loaders
 from bench.errors import UserError
 from bench.features import feature_setup
 from bench.hashing import stable_hash
-from bench.metrics import confusion_matrix
+from bench.metrics import confusion_matrix, full_metrics
 from bench.models.freeze import apply_freeze, count_params
 from bench.progress import LogProgress
 from bench.store import RUN, atomic_path, atomic_write_text, read_json, write_json, write_npz
 from bench.suite import Cell
-from bench.techniques import build_augment
-from bench.train import Diverged, fit, steps_per_epoch
+from bench.techniques import build_augment, build_tta
+from bench.train import Diverged, Pruned, fit, precision_setup, predict, steps_per_epoch
 from bench.weights import initial_model, load_parent
 
 
@@ -53,6 +54,20 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
+class TrialSpec:
+    """A tuning trial's part in its cell's run (bench.tune owns the rest): wherever the cell runs, it trains on
+    validation only, and with a pruner reports every epoch to its study. Plain data, so that unpickling it
+    in a cell's process imports nothing."""
+    contender: str  # the contender's cell id, which is also its study's name
+    number: int  # the trial's number in that study
+    params: dict[str, Any]  # the sampled values, by dotted key
+    journal: str  # the study's journal file (absolute)
+    pruner: str = "none"
+    warmup_epochs: int = 1
+    metric: str = "val_error"
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """How cells run, as opposed to what they are: nothing here changes a cell's id. On the CPU, `threads`
     can change the last bits of a cell's numbers (reductions split otherwise): each record says how many."""
@@ -61,13 +76,16 @@ class RunOptions:
     keep_checkpoint: bool = False  # keep checkpoint.pt once the cell has finished
     isolate: bool = True  # each cell in a child process, so a crash is that cell's record
     threads: int | None = None  # torch threads per cell; None: torch's default (every core)
+    # cell id -> its tuning trial (bench.tune): trained on validation only, its epochs reported to its study
+    trials: Mapping[str, TrialSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What became of one attempt at a cell, small and picklable: it travels back from Ray and Slurm workers."""
     cell: str
-    state: str  # ok | failed | diverged | oom | crashed | skipped (finished earlier) | busy (running elsewhere)
+    # ok | failed | diverged | pruned | oom | crashed | skipped (finished earlier) | busy (running elsewhere)
+    state: str
     detail: str = ""  # the one-line error, why it was skipped, or its errors
 
 
@@ -168,7 +186,7 @@ def attempt(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProg
     finally:
         claim.release()
     if record["status"] == "ok":
-        test = record["metrics"].get("test", {})
+        test = record["metrics"].get("test", {})  # none for a tuning trial
         detail = f"val_error {record['metrics']['val']['top1_error']:.4f}" + \
             (f" test_error {test['top1_error']:.4f}" if test else "")
         progress.end_cell("ok", detail)
@@ -223,31 +241,42 @@ def execute(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProg
             options: RunOptions, claim: Claim | None = None) -> dict[str, Any]:
     """Run one cell here and return its record, written to result.json whatever happened: ok, or a failure
     saying what it was (diverged, oom, failed) so a suite goes on past it."""
+    trial = options.trials.get(cell.id)
     try:
         return run_cell(cell, suite_dir, device, progress, index, total, options=options, claim=claim)
     except KeyboardInterrupt:
         raise
     except Diverged as e:  # a result: the history so far is kept, and the report lists it
         _write_history(suite_dir / cell.id, e.history)
-        return failure_record(cell, suite_dir, device, "diverged", str(e), epoch=e.epoch, history=e.history)
+        return failure_record(cell, suite_dir, device, "diverged", str(e), trial=trial, epoch=e.epoch,
+                              history=e.history)
+    except Pruned as e:  # final as well: a rerun never trains it on (its study was told it was pruned)
+        _write_history(suite_dir / cell.id, e.history)
+        if not options.keep_checkpoint:
+            for name in (CHECKPOINT, CHECKPOINT_INFO):
+                (suite_dir / cell.id / name).unlink(missing_ok=True)
+        train_s = sum(r.get("train_seconds", 0.0) for r in e.history)
+        return failure_record(cell, suite_dir, device, "pruned", str(e), trial=trial, epoch=e.epoch,
+                              history=e.history, cost={"train_time_s": train_s, **getattr(e, "cost", {})})
     except torch.OutOfMemoryError as e:
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         error = (f"out of memory at train.batch_size {cell.config.train.batch_size}"
                  + (f" (peak {peak:.0f} MiB allocated)" if peak is not None else "")
                  + "; lower train.batch_size (train.accumulate keeps the effective batch), or use bf16")
-        return failure_record(cell, suite_dir, device, "oom", error, peak_cuda_mb=peak, detail=str(e)[:500])
+        return failure_record(cell, suite_dir, device, "oom", error, trial=trial, peak_cuda_mb=peak,
+                              detail=str(e)[:500])
     except Exception as e:  # one cell's failure is a record, and the suite goes on
         line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return failure_record(cell, suite_dir, device, "failed", f"{type(e).__name__}: {line}",
+        return failure_record(cell, suite_dir, device, "failed", f"{type(e).__name__}: {line}", trial=trial,
                               traceback=traceback.format_exc())
 
 
-def failure_record(cell: Cell, suite_dir: Path, device: torch.device, status: str, error: str, **extra: Any
-                   ) -> dict[str, Any]:
+def failure_record(cell: Cell, suite_dir: Path, device: torch.device, status: str, error: str, *,
+                   trial: TrialSpec | None = None, **extra: Any) -> dict[str, Any]:
     """Write and return the record of a cell that did not finish."""
     cell_dir = suite_dir / cell.id
     cell_dir.mkdir(parents=True, exist_ok=True)
-    write_json(cell_dir / "cell.json", cell_record(cell))
+    write_json(cell_dir / "cell.json", cell_record(cell, trial))
     record = {"schema_version": bench.SCHEMA_VERSION, "status": status, "error": error, **extra,
               "env": environment(device)}
     write_json(cell_dir / "result.json", record)
@@ -260,23 +289,30 @@ def _write_history(cell_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(cell_dir / "history.csv", buf.getvalue())
 
 
-def cell_record(cell: Cell) -> dict[str, Any]:
-    return {"id": cell.id, "group": cell.group, "label": cell.label, "axes": cell.axes, "parent": cell.parent,
-            "config": cell.config.model_dump(mode="json")}
+def cell_record(cell: Cell, trial: TrialSpec | None = None) -> dict[str, Any]:
+    record = {"id": cell.id, "group": cell.group, "label": cell.label, "axes": cell.axes, "parent": cell.parent,
+              "config": cell.config.model_dump(mode="json")}
+    if trial is not None:  # which contender's study this cell is a trial of (bench.tune)
+        record["tune"] = {"contender": trial.contender, "trial": trial.number, "params": trial.params}
+    return record
 
 
-def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProgress,
-             index: int = 1, total: int = 1, *, options: RunOptions | None = None,
-             claim: Claim | None = None) -> dict[str, Any]:
-    """Train and evaluate one cell in this process, going on from its checkpoint; write its records."""
-    options = options or RunOptions()
+@dataclass
+class Network:
+    """A cell's data, loaders and network as training starts: the initial (or parent's) weights, frozen as
+    the config says, on the device; with freeze = "features", the head on cached-feature loaders."""
+    data: Any
+    loaders: dict[str, Any]
+    model: torch.nn.Module
+    init_key: str
+    parent: dict[str, Any] | None
+    params: tuple[int, int]  # total, trainable
+    gflops: float | None
+    features: dict[str, Any] | None
+
+
+def build_network(cell: Cell, suite_dir: Path, device: torch.device) -> Network:
     cfg = cell.config
-    cell_dir = suite_dir / cell.id
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    write_json(cell_dir / "cell.json", cell_record(cell))
-    (cell_dir / "result.json").unlink(missing_ok=True)  # a rerun is not done until it writes a new one
-    if options.threads:  # the executor's share of the cores (floating-point sums depend on it: recorded)
-        torch.set_num_threads(options.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)  # timm's augmentation policies draw from Python's generator
@@ -292,12 +328,31 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
                             hint="see its result.json; the child runs once the parent has")
         parent = {"id": cell.parent, "sha256": load_parent(model, suite_dir / cell.parent)}
     apply_freeze(model, cfg.model.freeze, cfg.data.image_size)
-    params_total, params_trainable = count_params(model)
+    params = count_params(model)
     gflops = forward_gflops(model, cfg.data.image_size)  # of the whole network, outside the timed region
     model.to(device)
     features = None
     if cfg.model.freeze == "features":  # the head alone trains, on the backbone's cached features
         model, loaders, features = feature_setup(model, cfg, data, loaders, device)
+    return Network(data, loaders, model, init_key, parent, params, gflops, features)
+
+
+def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProgress,
+             index: int = 1, total: int = 1, *, options: RunOptions | None = None,
+             claim: Claim | None = None) -> dict[str, Any]:
+    """Train and evaluate one cell in this process, going on from its checkpoint; write its records."""
+    options = options or RunOptions()
+    cfg = cell.config
+    trial = options.trials.get(cell.id)
+    cell_dir = suite_dir / cell.id
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    write_json(cell_dir / "cell.json", cell_record(cell, trial))
+    (cell_dir / "result.json").unlink(missing_ok=True)  # a rerun is not done until it writes a new one
+    if options.threads:  # the executor's share of the cores (floating-point sums depend on it: recorded)
+        torch.set_num_threads(options.threads)
+    net = build_network(cell, suite_dir, device)
+    data, loaders, model, init_key, parent = net.data, net.loaders, net.model, net.init_key, net.parent
+    (params_total, params_trainable), gflops, features = net.params, net.gflops, net.features
 
     init_sha = sealed_digest(suite_dir / "init" / f"{init_key}.safetensors")  # verified by initial_model
     checkpoint = None
@@ -309,10 +364,21 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         if options.force:
             checkpoint.remove()
 
+    report = None
+    if trial is not None and trial.pruner != "none":  # the study hears every epoch, and may stop it
+        start = time.perf_counter()
+        from bench.tune import EpochReporter  # Optuna, imported only by a trial's process: tuning's cost
+
+        imported = time.perf_counter() - start
+        report = EpochReporter(trial, cfg.train)
+        report.seconds += imported
+
     def on_epoch(row: dict[str, Any]) -> None:
         progress.epoch(row)
         if claim is not None:
             claim.update(epoch=row["epoch"])
+        if report is not None:
+            report(row)
 
     steps = steps_per_epoch(loaders["train"], cfg.train.max_steps)
     progress.start_cell(index, total, cell.label, cell.id, cfg.train.epochs, steps)
@@ -321,8 +387,12 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    result = fit(model, loaders, cfg.train, device, on_epoch=on_epoch, on_step=progress.step,
-                 class_counts=data.info["train_class_counts"], checkpoint=checkpoint)
+    try:
+        result = fit(model, loaders, cfg.train, device, on_epoch=on_epoch, on_step=progress.step,
+                     class_counts=data.info["train_class_counts"], checkpoint=checkpoint, test=trial is None)
+    except Pruned as e:
+        e.cost = {"pruner_s": report.seconds}  # what reporting to the study cost: tuning, not training
+        raise
     wall = time.perf_counter() - start
 
     _write_history(cell_dir, result.history)
@@ -353,6 +423,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
             "params_total": params_total,
             "params_trainable": params_trainable,
             "gflops_forward": gflops,
+            **({"pruner_s": report.seconds} if report is not None else {}),
         },
         "data": {**data.info, "split_key": data.split_key, "class_names": data.classes},
         "init": {"key": init_key, "sha256": init_sha},
@@ -363,6 +434,53 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     if checkpoint is not None and not options.keep_checkpoint:
         checkpoint.remove()
     return record
+
+
+def evaluate_test(cell: Cell, suite_dir: Path, device: torch.device) -> dict[str, dict[str, float]]:
+    """The test split, once, for a finished cell that trained without looking at it (the chosen trial of a
+    tuning study): its best weights' test metrics (and TTA's), added to its result.json, and the test
+    logits, labels and confusion matrix to its predictions.npz, as a cell trained with test has them."""
+    cell_dir = suite_dir / cell.id
+    record = read_json(cell_dir / "result.json")
+    if record.get("status") != "ok":
+        raise UserError(f"cell {cell.id} has not finished (status {record.get('status')})", file=cell_dir)
+    tested = {k: v for k, v in record["metrics"].items() if k.startswith("test")}
+    if tested:  # test is looked at once
+        return tested
+    claim = Claim(cell_dir, cell.config.train.epochs)
+    if not claim.acquire():
+        raise UserError(f"cell {cell.id} is held by another run ({_owner(cell_dir)})", file=cell_dir,
+                        hint="run again once it has finished")
+    try:
+        cfg = cell.config
+        net = build_network(cell, suite_dir, device)
+        if len(net.loaders["test"].dataset) == 0:
+            return {}
+        load_model(net.model, str(cell_dir / "best.safetensors"), device=str(device))
+        if cfg.train.channels_last:
+            net.model.to(memory_format=torch.channels_last)
+        autocast, _ = precision_setup(cfg.train.precision, device)
+        prep = Preprocess(device, cfg.train.channels_last)
+        start = time.perf_counter()
+        logits, labels, _ = predict(net.model, net.loaders["test"], prep, autocast=autocast)
+        metrics = {"test": full_metrics(logits, labels)}
+        arrays = {"test_logits": logits.numpy().astype(np.float32), "test_labels": labels.numpy().astype(np.int64),
+                  "test_confusion": confusion_matrix(logits, labels).numpy().astype(np.int64)}
+        views = build_tta(cfg.train.tta)
+        if views:
+            logits, labels, _ = predict(net.model, net.loaders["test"], prep, autocast=autocast, views=views)
+            metrics["test_tta"] = full_metrics(logits, labels)
+            arrays.update(test_tta_logits=logits.numpy().astype(np.float32),
+                          test_tta_labels=labels.numpy().astype(np.int64))
+        seconds = time.perf_counter() - start
+        with np.load(cell_dir / "predictions.npz") as saved:
+            write_npz(cell_dir / "predictions.npz", **{k: saved[k] for k in saved.files}, **arrays)
+        record["metrics"].update(metrics)
+        record["test_evaluated"] = {"at": time.time(), "seconds": seconds, "env": environment(device)}
+        write_json(cell_dir / "result.json", record)
+        return metrics
+    finally:
+        claim.release()
 
 
 def reset_peak_rss() -> bool:

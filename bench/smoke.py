@@ -175,4 +175,41 @@ def smoke_suite(suite: Suite) -> Suite:
     entries = [{k: v if k == "label" else _rewrite(k, v, maps, rules) for k, v in flatten(entry).items()}
                for entry in suite.cells]
     meta = suite.suite.model_copy(update={"name": suite.suite.name + "-smoke"})
-    return Suite(path=suite.path, suite=meta, base=base, grid=grid, cells=entries, resources=suite.resources)
+    small = Suite(path=suite.path, suite=meta, base=base, grid=grid, cells=entries, resources=suite.resources,
+                  tune=suite.tune, datasets=suite.datasets)
+    if _merges(small):  # [[cells]] that differ only in hub weights vs none (study 001's scratch vs fine-tuned)
+        for entry, cell_table in zip(entries, suite.cells, strict=True):
+            cell = next(c for c in cells if c.explicit_label == cell_table.get("label"))
+            if cell.config.model.pretrained is True and "model.arch" not in suite.grid:
+                entry["model.pretrained"] = str(stand_in_weights(cell.config.model.arch, size))
+        small = small.model_copy(update={"cells": entries})
+    return small
+
+
+def _merges(suite: Suite) -> bool:
+    from bench.errors import UserError
+
+    try:
+        expand(suite)
+    except UserError as e:
+        if "resolve to the same config" in e.reason:
+            return True
+        raise
+    return False
+
+
+def stand_in_weights(arch: str, size: int) -> Path:
+    """Random weights saved as a local file standing in for `arch`'s hub weights, so that a cell trained from
+    them stays apart from one trained from scratch (never downloads; the same file every run)."""
+    from bench.weights import save_model
+
+    path = cache_root() / "smoke" / "weights" / f"{arch.replace(':', '_')}.safetensors"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            model = create_model(arch, CLASSES, size)
+        tmp = path.with_suffix(".tmp")
+        save_model(model, str(tmp))
+        tmp.replace(path)
+    return path

@@ -23,10 +23,10 @@ def cell_states(suite_dir: Path, cells: list[tuple[str, str]] | None = None) -> 
         names = sorted(e.name for e in os.scandir(suite_dir) if e.is_dir() and (Path(e.path) / "cell.json").is_file()) \
             if suite_dir.is_dir() else []
         cells = [(name, _label(suite_dir / name)) for name in names]
-    return [{"id": cid, "label": label, **_state(suite_dir / cid)} for cid, label in cells]
+    return [{"id": cid, "label": label, **(_tuning(suite_dir, cid) or _state(suite_dir / cid))} for cid, label in cells]
 
 
-UNFINISHED = ("running", "resumable", "queued", "not started")  # every other state is a record the cell left
+UNFINISHED = ("running", "resumable", "queued", "not started", "tuning")  # every other state is a record the cell left
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
@@ -39,6 +39,28 @@ def _label(cell_dir: Path) -> str:
         return read_json(cell_dir / "cell.json")["label"]
     except (OSError, ValueError, KeyError, TypeError):
         return ""
+
+
+def _tuning(suite_dir: Path, cell_id: str) -> dict[str, str] | None:
+    """A contender of a tuned suite (it has no folder of its own; its trials do): from its tune record."""
+    if (suite_dir / cell_id).is_dir():
+        return None
+    try:
+        record = read_json(suite_dir / "tune" / f"{cell_id}.json")
+        trials, cost = record["trials"], record["cost"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    running = sum(t.get("state") == "running" for t in trials)
+    done = f"{cost['trials']} of {record['budget']} trials finished ({cost['pruned']} pruned, {cost['failed']} failed)"
+    if record.get("chosen"):
+        chosen = next((t for t in trials if t.get("cell") == record["chosen"]), {})
+        test = (record.get("test") or {}).get("top1_error")
+        value = chosen.get("value")
+        detail = f"{done}; chose trial {chosen.get('number')} ({record['chosen']})"
+        detail += f", {record['metric']} {value:.4f}" if isinstance(value, float) else ""
+        detail += f", test_error {test:.4f}" if isinstance(test, float) else ""
+        return {"state": "tuned", "detail": detail}
+    return {"state": "tuning", "detail": done + (f", {running} running" if running else "")}
 
 
 def _state(cell_dir: Path) -> dict[str, str]:
@@ -56,6 +78,8 @@ def _state(cell_dir: Path) -> dict[str, str]:
     if isinstance(result, dict) and result.get("status") == "ok":
         val = result.get("metrics", {}).get("val", {}).get("top1_error")
         return {"state": "done", "detail": f"val_error {val:.4f}" if isinstance(val, float) else ""}
+    if isinstance(result, dict) and result.get("status") == "pruned":  # final, even with a kept checkpoint
+        return {"state": "pruned", "detail": str(result.get("error", ""))}
     epoch = saved_epoch(cell_dir)
     if epoch is not None:
         why = f"; last attempt {result.get('status')}: {result.get('error')}" if isinstance(result, dict) else ""

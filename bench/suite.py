@@ -1,8 +1,15 @@
-"""Expansion of a suite into cells: [[cells]] x [grid] x seeds, each a fully resolved, validated config.
+"""Expansion of a suite into cells: [[datasets]] x [[cells]] x [grid] x seeds, each a fully resolved,
+validated config.
 
 Validation has two passes per cell: the schema (bench.config, pure data), then `check_names`, which looks
 up every name a registry owns (architectures, optimizers, schedules, augmentations, ...). Both report the
-place in the suite file that set the bad value: a grid axis, a [[cells]] entry, or a section default.
+place in the suite file that set the bad value: a grid axis, a [[cells]] entry, a [[datasets]] entry, or a
+section default.
+
+A [[datasets]] entry is one more axis, named "dataset": its keys (relative to [data]) override [data], and
+[[cells]] and [grid] override them in turn, so a grid over data.image_size still means what it says on
+every data set. Its name, not the data keys it sets, goes into the cell's axes and label, so that a report
+can tell "the same configuration on another data set" (the label without its dataset=... part).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class Cell:
     overrides: dict[str, Any] = field(default_factory=dict)
     grid_values: str = ""  # this cell's [grid] combination (JSON); with label and seed it finds a parent
     parent: str | None = None  # id of the cell whose best weights it starts from (model.init_from), see link()
+    dataset: str | None = None  # the [[datasets]] entry's name; a staged cell's parent is on the same one
 
     @property
     def id(self) -> str:
@@ -73,61 +81,114 @@ def _grid_entries(suite: Suite) -> list[tuple[str, list[Any]]]:
     return list(check_grid(suite.grid, suite.path).items())  # again: a Suite may be built in code (smoke)
 
 
+DATASET = "dataset"  # the axis a [[datasets]] entry's name is recorded under (cell.json axes, labels)
+
+
+def dataset_overrides(suite: Suite) -> list[tuple[str | None, dict[str, Any]]]:
+    """(name, {data.<key>: value}) per [[datasets]] entry; one nameless entry without [[datasets]], so that a
+    suite without them expands exactly as it always did."""
+    if not suite.datasets:
+        return [(None, {})]
+    return [(d["name"], {f"data.{k}": v for k, v in flatten({k: v for k, v in d.items() if k != "name"}).items()})
+            for d in suite.datasets]
+
+
 def expand(suite: Suite) -> list[Cell]:
-    """Every cell of the suite, validated; errors name the grid key or [[cells]] entry that caused them."""
+    """Every cell of the suite, validated; errors name the grid key, [[cells]] or [[datasets]] entry that
+    caused them."""
     grid = _grid_entries(suite)
     explicit = suite.cells or [{}]
-    resolved: list[tuple[CellConfig, str | None, dict[str, Any], dict[str, Any]]] = []
+    resolved: list[Resolved] = []
     checked: dict[str, UserError | None] = {}
-    for ci, cell_table in enumerate(explicit):
-        label = cell_table.get("label")
-        if label is not None and not isinstance(label, str):
-            raise UserError("must be a string", file=suite.path, key=f"cells[{ci}].label")
-        cell_over = flatten({k: v for k, v in cell_table.items() if k != "label"})
-        for combo in itertools.product(*(values for _, values in grid)):
-            grid_over = {key: value for (key, _), value in zip(grid, combo, strict=True)}
-            for seed in suite.suite.seeds:
-                overrides = {**cell_over, **grid_over}
-                config = _resolve(suite, overrides, seed, cell_over, grid_over, ci if suite.cells else None, checked)
-                resolved.append((config, label, cell_over, grid_over))
+    for di, (dataset, data_over) in enumerate(dataset_overrides(suite)):
+        for ci, cell_table in enumerate(explicit):
+            label = cell_table.get("label")
+            if label is not None and not isinstance(label, str):
+                raise UserError("must be a string", file=suite.path, key=f"cells[{ci}].label")
+            cell_over = flatten({k: v for k, v in cell_table.items() if k != "label"})
+            for combo in itertools.product(*(values for _, values in grid)):
+                grid_over = {key: value for (key, _), value in zip(grid, combo, strict=True)}
+                for seed in suite.suite.seeds:
+                    where = Where(cell_over, grid_over, ci if suite.cells else None,
+                                  data_over, di if dataset is not None else None)
+                    config = _resolve(suite, seed, where, checked)
+                    resolved.append(Resolved(config, label, cell_over, grid_over, dataset))
     cells = _label(suite, resolved)
     _check_features(suite, cells)
     return link(cells, suite)
 
 
-def _resolve(suite: Suite, overrides: dict[str, Any], seed: int, cell_over: dict, grid_over: dict,
-             cell_index: int | None, checked: dict[str, UserError | None]) -> CellConfig:
+@dataclass(frozen=True)
+class Where:
+    """What one cell's overrides are and where in the suite file each came from, for error messages."""
+    cell_over: dict[str, Any]
+    grid_over: dict[str, Any]
+    cell_index: int | None  # its [[cells]] entry, if the suite has any
+    data_over: dict[str, Any] = field(default_factory=dict)  # data.<key> of its [[datasets]] entry
+    dataset_index: int | None = None
+
+    def key(self, key: str) -> str:
+        if key in self.grid_over:
+            return f'grid."{key}"'
+        if key in self.cell_over:
+            return f"cells[{self.cell_index}].{key}"
+        return f"datasets[{self.dataset_index}].{key.removeprefix('data.')}"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    config: CellConfig
+    label: str | None
+    cell_over: dict[str, Any]
+    grid_over: dict[str, Any]
+    dataset: str | None
+
+
+def _resolve(suite: Suite, seed: int, where: Where, checked: dict[str, UserError | None]) -> CellConfig:
     tree = copy.deepcopy(suite.base)
-    for key, value in overrides.items():
+    # later wins: a [[datasets]] entry over [data], then the [[cells]] entry, then the grid combination
+    for key, value in {**where.data_over, **where.cell_over, **where.grid_over}.items():
         if key.split(".")[0] not in SECTIONS:  # seeds come from [suite] seeds, never per cell
-            where = f'grid."{key}"' if key in grid_over else f"cells[{cell_index}].{key}"
-            raise UserError("unknown key", file=suite.path, key=where,
+            raise UserError("unknown key", file=suite.path, key=where.key(key),
                             hint="keys are dotted: data.*, model.*, train.* (see README)")
         try:
             set_dotted(tree, key, value)
         except UserError as e:
-            raise UserError(e.reason, file=suite.path, key=key) from None
+            raise UserError(e.reason, file=suite.path, key=where.key(key)) from None
     tree["seed"] = seed
     try:
         config = CellConfig.model_validate(tree)
         check_names(config, checked)
     except ValidationError as e:
-        raise _located(validation_error(e, suite.path, model=CellConfig), suite, cell_over, grid_over,
-                       cell_index) from None
+        raise _located(validation_error(e, suite.path, model=CellConfig), suite, where) from None
     except UserError as e:
-        raise _located(e, suite, cell_over, grid_over, cell_index) from None
+        raise _located(e, suite, where) from None
     return config
 
 
-def _located(err: UserError, suite: Suite, cell_over: dict, grid_over: dict, cell_index: int | None) -> UserError:
-    """The error re-addressed to where the bad value came from: the grid, a [[cells]] entry, or the section."""
+def _located(err: UserError, suite: Suite, where: Where) -> UserError:
+    """The error re-addressed to where the bad value came from: the grid, a [[cells]] entry, a [[datasets]]
+    entry, or the section."""
     dotted = err.key or ""
-    for key in grid_over:
-        if dotted == key or dotted.startswith(key + "."):
-            return UserError(err.reason + f" (value {grid_over[key]!r})", file=suite.path, key=f'grid."{key}"',
-                             hint=err.hint)
-    if cell_index is not None and any(dotted == k or dotted.startswith(k + ".") for k in cell_over):
-        return UserError(err.reason, file=suite.path, key=f"cells[{cell_index}].{dotted}", hint=err.hint)
+
+    def sets(keys: dict[str, Any]) -> str | None:
+        return next((k for k in keys if dotted == k or dotted.startswith(k + ".")), None)
+
+    if key := sets(where.grid_over):
+        return UserError(err.reason + f" (value {where.grid_over[key]!r})", file=suite.path, key=f'grid."{key}"',
+                         hint=err.hint)
+    if where.cell_index is not None and sets(where.cell_over):
+        return UserError(err.reason, file=suite.path, key=f"cells[{where.cell_index}].{dotted}", hint=err.hint)
+    # a pydantic error on a table ("data.data", an unknown key whose value is a table) names the table
+    entry = next((k for k in where.data_over if dotted == k or dotted.startswith(k + ".") or
+                  ("." in dotted and k.startswith(dotted + "."))), None)
+    if where.dataset_index is not None and entry:
+        hint = err.hint
+        if entry.startswith("data.data."):  # keys are relative to [data]: "data.source" is data.data.source
+            short = entry.removeprefix("data.data.")
+            hint = f'keys of [[datasets]] are relative to [data]: write "{short}", not "data.{short}"'
+        return UserError(err.reason, file=suite.path,
+                         key=f"datasets[{where.dataset_index}].{dotted.removeprefix('data.')}", hint=hint)
     return UserError(err.reason, file=suite.path, key=dotted, hint=err.hint)
 
 
@@ -194,25 +255,48 @@ def check_names(cfg: CellConfig, checked: dict[str, UserError | None] | None = N
             raise checked[memo]
 
 
-def _label(suite: Suite, resolved: list[tuple[CellConfig, str | None, dict, dict]]) -> list[Cell]:
-    dumps = [flatten(c.model_dump(mode="json")) for c, *_ in resolved]
-    varying = [k for k in dumps[0] if k != "seed" and len({json.dumps(d[k]) for d in dumps}) > 1]
+def _label(suite: Suite, resolved: list[Resolved]) -> list[Cell]:
+    dumps = [flatten(r.config.model_dump(mode="json")) for r in resolved]
+    # keys that vary only because the data set does are shown by its name, not one by one
+    by_dataset = {k for _, over in dataset_overrides(suite) for k in over}
+    elsewhere = {k for r in resolved for k in (*r.cell_over, *r.grid_over)}
+    # the union of keys: a table-valued field (model.kwargs) flattens to other keys in other cells
+    keys = dict.fromkeys(k for d in dumps for k in d)
+    varying = [k for k in keys if k != "seed" and len({json.dumps(d.get(k)) for d in dumps}) > 1
+               and (k not in by_dataset or k in elsewhere)]
+    several = len({r.dataset for r in resolved}) > 1
     cells, seen = [], set()
-    for (config, label, cell_over, grid_over), flat in zip(resolved, dumps, strict=True):
-        axes = {k: flat[k] for k in varying}
-        parts = [label] if label else []
+    for r, flat in zip(resolved, dumps, strict=True):
+        axes = {k: flat.get(k) for k in varying}
+        parts = [r.label] if r.label else []
         # a [[cells]] label names what its entry sets: only grid values are added to it;
         # model.init_from is shown by `bench plan` as the parent, not in the label
-        parts += [f"{k.split('.')[-1]}={_short(flat[k])}" for k in varying
-                  if (k in grid_over if label else True) and k != "model.init_from"]
-        cell = Cell(config=config, label=" ".join(parts) or "default", axes=axes, explicit_label=label,
-                    overrides={**cell_over, **grid_over}, grid_values=json.dumps(grid_over, sort_keys=True))
+        parts += [f"{k.split('.')[-1]}={_short(flat.get(k))}" for k in varying
+                  if (k in r.grid_over if r.label else True) and k != "model.init_from"]
+        if r.dataset is not None:
+            axes[DATASET] = r.dataset
+            if several:  # last, so that the label less its last word names the contender across data sets
+                parts.append(f"{DATASET}={r.dataset}")
+        cell = Cell(config=r.config, label=" ".join(parts) or "default", axes=axes, explicit_label=r.label,
+                    overrides={**r.cell_over, **r.grid_over}, grid_values=json.dumps(r.grid_over, sort_keys=True),
+                    dataset=r.dataset)
         if cell.id in seen:  # two entries resolving to the same config would share one results folder
-            raise UserError(f"two cells resolve to the same config ({cell.label})", file=suite.path, key="cells",
-                            hint="remove the duplicate [[cells]] entry or grid value")
+            what = "[[datasets]] entry, [[cells]] entry or grid value" if suite.datasets else \
+                "[[cells]] entry or grid value"
+            raise UserError(f"two cells resolve to the same config ({cell.label})", file=suite.path,
+                            key="datasets" if several and _same_data(resolved) else "cells",
+                            hint=f"remove the duplicate {what}")
         seen.add(cell.id)
         cells.append(cell)
     return cells
+
+
+def _same_data(resolved: list[Resolved]) -> bool:
+    """Whether two [[datasets]] entries resolve to the same data config (then they are the duplicate)."""
+    data: dict[str, str] = {}
+    for r in resolved:
+        data.setdefault(r.dataset or "", r.config.data.model_dump_json())
+    return len(set(data.values())) < len(data)
 
 
 def _where(suite: Suite | None, cell: Cell, key: str) -> str:
@@ -231,6 +315,10 @@ def _where(suite: Suite | None, cell: Cell, key: str) -> str:
         entry_key = sets(flatten(entry))
         if entry.get("label") == cell.explicit_label and entry_key:
             return f"cells[{i}].{entry_key}"
+    for i, (name, over) in enumerate(dataset_overrides(suite)):
+        data_key = sets(over) if name is not None and name == cell.dataset else None
+        if data_key:
+            return f"datasets[{i}].{data_key.removeprefix('data.')}"
     return key
 
 
@@ -250,14 +338,14 @@ def _check_features(suite: Suite, cells: list[Cell]) -> None:
 
 def link(cells: list[Cell], suite: Suite | None = None) -> list[Cell]:
     """Staged cells (model.init_from = "<label>"): each child gets the id of its parent, the cell with that
-    [[cells]] label, the same seed and the same grid values; the list comes back parents first, otherwise in
+    [[cells]] label, the same seed, the same grid values and the same [[datasets]] entry; the list comes back parents first, otherwise in
     order. A parent missing from `cells` (run with --only) keeps the id found when the suite was expanded."""
     path = suite.path if suite else None
     labels = sorted({c.explicit_label for c in cells if c.explicit_label})
     index: dict[tuple, Cell] = {}
     for c in cells:
         if c.explicit_label:
-            k = (c.explicit_label, c.seed, c.grid_values)
+            k = (c.explicit_label, c.seed, c.grid_values, c.dataset)
             if k in index and any(x.config.model.init_from == c.explicit_label for x in cells):
                 raise UserError(f"label '{c.explicit_label}' names more than one [[cells]] entry, so "
                                 "model.init_from cannot tell which to start from", file=path, key="cells",
@@ -280,7 +368,7 @@ def link(cells: list[Cell], suite: Suite | None = None) -> list[Cell]:
                 chain = " -> ".join((*trail, name, src))
                 raise UserError(f"model.init_from forms a cycle ({chain})", file=path, key=where,
                                 hint="a cell cannot start from itself or from a cell that starts from it")
-            parent = index.get((src, c.seed, c.grid_values))
+            parent = index.get((src, c.seed, c.grid_values, c.dataset))
             if parent is not None:
                 p, m = parent.config.model, c.config.model
                 if (p.arch, p.head_hidden) != (m.arch, m.head_hidden):
@@ -343,8 +431,7 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
                     and _trained_on_other_files(Path(results) / suite.suite.name / cell.id, files[data_key]):
                 changed.append(cell)
             n = classes.get(data_key, 2)
-            head = {"pool": m.pool, "hidden": m.head_hidden, "activation": m.head_activation,
-                    "dropout": m.head_dropout}
+            head = m.head_options()
             if isinstance(m.pretrained, str) and once("weights", m.pretrained, m.arch, m.kwargs, head, d.image_size):
                 _check_weights_file(Path(m.pretrained), m.arch, d.image_size, head, m.kwargs)
             if ":" in m.freeze and once("freeze", m.freeze, m.arch, m.kwargs, head, d.image_size):

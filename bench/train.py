@@ -142,6 +142,15 @@ class Diverged(Exception):
                          + "; lower train.lr, or add warmup_epochs or clip_grad")
 
 
+class Pruned(Exception):
+    """Raised by an on_epoch callback to end training after this epoch as a result, not a crash: a tuning
+    trial that its pruner judged hopeless (bench.tune). fit adds the history so far, as for Diverged."""
+
+    def __init__(self, epoch: int, why: str):
+        self.epoch, self.history = epoch, []
+        super().__init__(why)
+
+
 def _generators(loader) -> dict[str, torch.Generator]:
     """The training loader's own random generators: its shuffle and worker seeds, and a sampler's draws."""
     found = {"loader": loader.generator}
@@ -301,21 +310,55 @@ def _as_selected(row: dict[str, Any], variant: str) -> dict[str, Any]:
     return {**row, **{k: row[f"{k}_{variant}"] for k in ("val_loss", "val_error", "val_top5_error")}}
 
 
+def compile_warm_up(net: nn.Module, model: nn.Module, loaders: dict, prep: Callable, autocast: Callable | None,
+                    batch_size: int) -> float:
+    """torch.compile compiles on first use; left there, the compilation would count as training time (and
+    evaluation time) and make a compiled cell look slower than it trains. So the graphs are built here, on a
+    validation batch at the training batch size and one image less (which makes the shape dynamic, as the
+    last, shorter batch would), forward and backward in training mode and forward in eval mode, and timed
+    apart (cost.compile_time_s). Every state it touches is put back: the weights and running statistics,
+    the gradients, and the random generators (dropout draws), so the run trains as it would without it."""
+    x, _ = next(iter(loaders["val"]))
+    device = prep.device if isinstance(prep, Preprocess) else None
+    state = copy.deepcopy(model.state_dict())
+    start = time.perf_counter()
+    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        for n in sorted({min(batch_size, len(x)), max(1, min(batch_size, len(x)) - 1)}, reverse=True):
+            batch = prep(x[:n])
+            set_train_mode(model)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                out = net(batch)
+            out.float().sum().backward()
+            model.eval()
+            with torch.no_grad(), autocast() if autocast is not None else contextlib.nullcontext():
+                net(batch)
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    model.load_state_dict(state)
+    return seconds
+
+
 # ----------------------------------------------------------------------------------------- fit
 def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device, class_counts: list[int],
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
-        on_step: Callable[[], None] | None = None, checkpoint: Checkpoint | None = None) -> FitResult:
+        on_step: Callable[[], None] | None = None, checkpoint: Checkpoint | None = None,
+        test: bool = True) -> FitResult:
     """Train `model` in place. `class_counts`, the training images per class, come from the data: their
     length is the class count (for mixing), their values feed class-weighted losses. With `checkpoint`,
     training goes on after the epoch it holds, and every epoch is saved to it.
 
     Raises Diverged when an epoch's mean training loss is not finite or exceeds DIVERGENCE_FACTOR times
-    the larger of the first batch's loss and ln(classes) (the loss of a uniform guess)."""
+    the larger of the first batch's loss and ln(classes) (the loss of a uniform guess); on_epoch may raise
+    Pruned. `test = False` never looks at the test split (a tuning trial: only the chosen one is tested)."""
     autocast, scaler = precision_setup(cfg.precision, device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if cfg.compile else model  # weights are shared: state_dicts come from `model`
     prep = Preprocess(device, cfg.channels_last)
+    compile_seconds = compile_warm_up(net, model, loaders, prep, autocast, cfg.batch_size) if cfg.compile else None
     steps = steps_per_epoch(loaders["train"], cfg.max_steps, cfg.accumulate)  # optimizer steps
     optimizer, scheduler = build_optimizer(model, cfg, steps)
     loss_fn = LOSSES[cfg.loss](cfg, class_counts)
@@ -385,7 +428,11 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         scheduler.epoch_end(_as_selected(row, selected))  # a plateau schedule hears what early stopping reads
         history.append(row)
         if on_epoch is not None:
-            on_epoch(row)
+            try:
+                on_epoch(row)
+            except Pruned as e:
+                e.history = history
+                raise
         if checkpoint is not None and checkpoint.due():
             checkpoint.save(epoch, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -406,7 +453,7 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
     tta_seconds = 0.0
     for suffix, state in variants:
         model.load_state_dict(state)
-        for split in ("val", "test"):
+        for split in ("val", "test") if test else ("val",):
             if len(loaders[split].dataset) == 0:
                 continue
             name = split + suffix
@@ -427,6 +474,7 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
     train_images = sum(r["train_images"] for r in history)
     timing = {
         "train_time_s": train_seconds,
+        **({"compile_time_s": compile_seconds} if compile_seconds is not None else {}),
         "time_per_epoch_s": train_seconds / len(history),
         "train_images_per_s": train_images / train_seconds if train_seconds else 0.0,
         "eval_images_per_s": eval_images / eval_seconds if eval_seconds else 0.0,

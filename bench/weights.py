@@ -68,18 +68,20 @@ def init_key(cfg: CellConfig, num_classes: int) -> str:
     m = cfg.model
     if structure := structural_kwargs(m.arch, cfg.data.image_size, m.kwargs):
         parts["kwargs"] = structure  # drop rates alone do not: those cells share their initial weights
-    if m.pool is not None or m.head_hidden or m.head_dropout > 0:
+    if m.pool is not None or m.head_hidden or m.head_dropout > 0 or m.head_replaces != "last":
         # What decides the head's weights: its layers (dropout > 0 adds a Dropout module, which renames
         # them) and, for timm, the pool (reset_classifier draws a new classifier). Not the dropout rate.
         parts["head"] = {"pool": m.pool, "hidden": list(m.head_hidden), "dropout": m.head_dropout > 0,
-                         "activation": m.head_activation if m.head_hidden else None}
+                         "activation": m.head_activation if m.head_hidden else None,
+                         **({"replaces": m.head_replaces} if m.head_replaces != "last" else {})}
     return stable_hash(parts, 16)
 
 
 def _seed(cfg: CellConfig, num_classes: int) -> int:
     # From the key without the head: cells that differ only in their head start from the same backbone.
     return int(init_key(cfg.model_copy(update={"model": cfg.model.model_copy(
-        update={"pool": None, "head_hidden": (), "head_dropout": 0.0})}), num_classes)[:8], 16)
+        update={"pool": None, "head_hidden": (), "head_dropout": 0.0, "head_replaces": "last"})}),
+        num_classes)[:8], 16)
 
 
 def initial_model(cfg: CellConfig, num_classes: int, init_dir: Path) -> tuple[nn.Module, str]:
@@ -97,8 +99,7 @@ def initial_model(cfg: CellConfig, num_classes: int, init_dir: Path) -> tuple[nn
             torch.manual_seed(_seed(cfg, num_classes))
             hub = m.pretrained is True and not exists  # once saved, the hub is never asked again
             model = create_model(m.arch, num_classes, cfg.data.image_size, pretrained=hub, kwargs=m.kwargs)
-            build_head(model, m.arch, num_classes, pool=m.pool, hidden=m.head_hidden,
-                       activation=m.head_activation, dropout=m.head_dropout)
+            build_head(model, m.arch, num_classes, image_size=cfg.data.image_size, **m.head_options())
         if exists:
             _load_initial(model, path)
             return model, key

@@ -92,3 +92,19 @@ def test_cli_compare_by_id_and_label(tmp_path, cli):
     assert code == 2 and "matches 2 cells" in err
     code, _, err = cli("compare", tmp_path / "nowhere", "a")
     assert code == 2 and "not a cell folder" in err
+
+
+def test_pooled_mcnemar_sums_the_discordant_images_of_each_seed():
+    from bench.compare import mcnemar, pooled_mcnemar
+
+    labels = np.arange(50) % 5
+    a = np.ones(50, dtype=bool)
+    b = a.copy()
+    b[:4] = False  # seed 0: A alone right on 4
+    c = a.copy()
+    c[:3], a2 = False, a.copy()
+    a2[10] = False  # seed 1: A alone right on 3, B alone right on 1
+    pooled = pooled_mcnemar([((a, labels), (b, labels)), ((a2, labels), (c, labels))])
+    assert (pooled.seeds, pooled.images, pooled.a_only_right, pooled.b_only_right) == (2, 100, 7, 1)
+    assert pooled.p_value == pytest.approx(mcnemar(7, 1)[0]) and pooled.error_b == pytest.approx(0.07)
+    assert pooled_mcnemar([((a, labels), (b, labels[::-1]))]) is None  # other images: nothing to pair

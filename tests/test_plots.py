@@ -134,3 +134,47 @@ def test_write_plots_writes_every_figure(tmp_path, cli):
                        "s/class_histogram_k0.png", "s/cost_gflops.png", "s/cost_params_total.png",
                        "s/cost_train_time_s.png"]
     assert (tmp_path / "plots" / "s" / "cost_gflops.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tuning_plot_one_series_per_contender_pruned_hollow():
+    from bench.plots import tuning_plot
+
+    studies = [{"label": "a", "chosen": "a1", "metric": "val_error", "trials": [
+        {"cell": "a0", "params": {"train.lr": 0.1}, "state": "complete", "value": 0.4},
+        {"cell": "a1", "params": {"train.lr": 0.001}, "state": "complete", "value": 0.2},
+        {"cell": "a2", "params": {"train.lr": 0.0001}, "state": "pruned", "value": 0.7},
+        {"cell": None, "params": {"train.lr": 0.01}, "state": "running", "value": None}]},
+        {"label": "b", "chosen": None, "trials": [
+            {"cell": "b0", "params": {"train.lr": 0.05}, "state": "complete", "value": 0.3}]}]
+    ax = tuning_plot(studies, "train.lr").axes[0]
+    series = {c.get_label(): c for c in ax.collections if not c.get_label().startswith("_")}
+    assert set(series) == {"a", "a (pruned)", "b"}
+    assert len(series["a"].get_offsets()) == 2 and len(series["a (pruned)"].get_offsets()) == 1  # running: no value
+    assert series["a (pruned)"].get_facecolors().size == 0 and series["a"].get_facecolors()[0][3] > 0  # hollow
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "train.lr"
+
+
+def test_write_plots_draws_the_ranking_and_the_tuning_of_a_tuned_suite_over_data_sets(tmp_path, cli):
+    import json
+
+    from tests.test_report import _study, _trial
+
+    s = tmp_path / "t"
+    for d, errs in (("d1", (0.2, 0.3, 0.35)), ("d2", (0.25, 0.5, 0.4))):
+        for arch, err in zip("abc", errs, strict=True):
+            c = f"{arch}{d}"
+            trials = [_trial(s, c, 0, 0.1, "complete", err + 0.1, arch=arch),
+                      _trial(s, c, 1, 0.01, "complete", err, arch=arch, test=err),
+                      _trial(s, c, 2, 0.0001, "pruned", 0.9, arch=arch)]
+            _study(s, c, f"arch={arch} dataset={d}", trials, f"{c}-t1", {"top1_error": err}, arch=arch)
+            path = s / "tune" / f"{c}.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "axes": {"model.arch": arch, "dataset": d}}))
+    code, out, err = cli("report", s, "--plots", tmp_path / "plots")
+    assert code == 0, err
+    assert "ranking across 2 data sets" in out
+    written = {p.name: p for p in (tmp_path / "plots" / "t").glob("*.png")}
+    assert {"cd_diagram.png", "performance_profile.png", "tuning_train.lr.png"} <= set(written), sorted(written)
+    assert all(written[n].read_bytes()[:4] == b"\x89PNG" and written[n].stat().st_size > 5000
+               for n in ("cd_diagram.png", "performance_profile.png", "tuning_train.lr.png"))
+    chosen = {p.parent.name for p in (tmp_path / "plots" / "t").glob("*/confusion.png")}
+    assert not chosen or chosen <= {f"{a}{d}-t1" for a in "abc" for d in ("d1", "d2")}  # per-cell figures: chosen trials

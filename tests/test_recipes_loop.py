@@ -260,3 +260,38 @@ def test_bad_recipe_values_are_one_line_errors_naming_the_key(write_suite, extra
     with pytest.raises(UserError) as e:
         expand(load_suite(write_suite(extra)))
     assert e.value.key == key and fragment in str(e.value), str(e.value)
+
+
+# ----------------------------------------------------------------------------------------- compile time
+class FirstCallCost(nn.Module):
+    """Stands in for torch.compile's output: the first call for each (shape, mode) pays `cost` seconds, as
+    a compilation would; the numbers are the model's own."""
+
+    def __init__(self, model: nn.Module, cost: float):
+        super().__init__()
+        self.model, self.cost, self.seen = model, cost, set()
+
+    def forward(self, x):
+        import time
+
+        key = (tuple(x.shape), self.model.training)
+        if key not in self.seen:
+            self.seen.add(key)
+            time.sleep(self.cost)
+        return self.model(x)
+
+
+def test_compile_time_is_measured_apart_and_the_warm_up_changes_no_number(monkeypatch):
+    cfg = TrainConfig(epochs=2, optimizer="sgd", lr=0.05, compile=True, batch_size=8)
+    monkeypatch.setattr(train.torch, "compile", lambda m, **kw: FirstCallCost(m, 1.0))
+    compiled = fit(cnn(), loaders(dataset()), cfg, CPU, COUNTS)
+    monkeypatch.setattr(train.torch, "compile", lambda m, **kw: m)
+    plain = fit(cnn(), loaders(dataset()), cfg, CPU, COUNTS)
+    # four graphs (train and eval, at two batch sizes) paid for before training, none during it: the
+    # compiled run's training takes less than one more graph's cost than the plain run's
+    assert compiled.timing["compile_time_s"] >= 4.0
+    assert compiled.timing["train_time_s"] < plain.timing["train_time_s"] + 0.9
+    assert "compile_time_s" not in TrainConfig().model_dump()  # a record, not a key
+    for a, b in zip(compiled.best_state.values(), plain.best_state.values(), strict=True):
+        assert torch.equal(a, b)  # the warm-up put every state back
+    assert compiled.metrics == plain.metrics

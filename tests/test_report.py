@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -92,9 +93,10 @@ ENV_B = {"device_name": "NVIDIA H100", "torch": "2.14.1", "torchvision": "0.29.1
 
 def make_cell(suite_dir, cell_id, *, arch="bench:mlp", freeze="none", seed=0, val_error=0.5, test_error=0.5,
               train_time_s=10.0, env=None, metrics=None, cost=None, status="ok", predictions=None,
-              split_key="k0", group=None, history=None, label=None, axes=None):
+              split_key="k0", group=None, history=None, label=None, axes=None, dataset=None, tune=None):
     """Write one cell folder by hand: cell.json, result.json and optionally predictions.npz/history.csv.
-    `axes` ({dotted key: value}) adds varying keys to the config and the axes."""
+    `axes` ({dotted key: value}) adds varying keys to the config and the axes; `dataset` a [[datasets]]
+    name (the dataset axis, last in the label); `tune` a trial's cell.json "tune" entry."""
     import numpy as np
 
     from bench.store import write_json, write_npz
@@ -107,9 +109,11 @@ def make_cell(suite_dir, cell_id, *, arch="bench:mlp", freeze="none", seed=0, va
     for key, value in (axes or {}).items():
         section, name = key.split(".")
         config[section][name] = value
-    write_json(d / "cell.json", {"id": cell_id, "group": group or f"{arch}|{freeze}", "config": config,
-                                 "label": label or f"arch={arch} freeze={freeze}",
-                                 "axes": {"model.arch": arch, "model.freeze": freeze, **(axes or {})}})
+    label = label or f"arch={arch} freeze={freeze}" + (f" dataset={dataset}" if dataset else "")
+    cell = {"id": cell_id, "group": group or f"{arch}|{freeze}|{dataset}", "config": config, "label": label,
+            "axes": {"model.arch": arch, "model.freeze": freeze, **(axes or {}),
+                     **({"dataset": dataset} if dataset else {})}}
+    write_json(d / "cell.json", {**cell, **({"tune": tune} if tune else {})})
     data = {"split_key": split_key, "class_names": ["a", "b", "c"], "train_class_counts": [30, 20, 10]}
     result = {"schema_version": SCHEMA_VERSION, "status": status, "env": env or ENV_A, "data": data}
     if status == "ok":
@@ -591,3 +595,196 @@ def test_the_runner_stores_the_test_confusion_matrix(finished):
         assert saved.sum() == len(labels) and saved.shape == (logits.shape[1],) * 2
         assert saved.tolist() == confusion_matrix(torch.from_numpy(logits), torch.from_numpy(labels)).tolist()
         assert stored_confusion(d).tolist() == saved.tolist()
+
+
+# ---------------------------------------------------------------- several data sets, significance, tuning
+
+
+def _answers(right, classes=4):
+    """Logits and labels of len(right) test images: right[i] says whether the cell gets image i right."""
+    labels = np.arange(len(right)) % classes
+    predicted = np.where(right, labels, (labels + 1) % classes)
+    return np.eye(classes)[predicted] * 3, labels
+
+
+# test error per data set; a is best on all three, b and c trade places on d3, d never ran on d3
+SCORES = {"a": {"d1": 0.10, "d2": 0.20, "d3": 0.30}, "b": {"d1": 0.15, "d2": 0.25, "d3": 0.45},
+          "c": {"d1": 0.20, "d2": 0.30, "d3": 0.40}, "d": {"d1": 0.50, "d2": 0.50}}
+
+
+@pytest.fixture
+def datasets(tmp_path):
+    s = tmp_path / "multi"
+    for arch, by in SCORES.items():
+        for dataset, err in by.items():
+            for seed in (0, 1):  # the score is the mean over seeds
+                make_cell(s, f"{arch}-{dataset}-{seed}", arch=arch, dataset=dataset, seed=seed,
+                          val_error=err, test_error=err + (0.02 if seed else -0.02), split_key=f"{dataset}{seed}")
+    return s
+
+
+def test_contenders_are_ranked_across_data_sets_with_friedman_and_nemenyi(datasets):
+    from bench import ranking
+    from bench.report import render
+
+    text = render(datasets, "markdown")
+    board, _, section = text.partition("ranking across 3 data sets")
+    assert section, text
+    rows = _md_rows(section)
+    assert rows[0] == ["contender", "d1", "d2", "d3", "mean rank", "mean z", "CD group"]
+    # a: 1, 1, 1; b: 2, 2, 3; c: 3, 3, 2 (the label less its dataset=... part names the contender)
+    assert [(r[0], r[4]) for r in rows[2:]] == [("arch=a freeze=none", "**1.00**"), ("arch=b freeze=none", "2.33"),
+                                                ("arch=c freeze=none", "2.67")]
+    assert rows[3][3] == "0.450 (3)" and rows[2][1] == "**0.100 (1)**"
+    table = pd.DataFrame({k: v for k, v in SCORES.items() if k != "d"}).T
+    test = ranking.friedman_nemenyi(table)
+    assert f"p = {test.p_value:.3g}" in section and f"CD = {test.critical_difference:.3f}" in section
+    assert "dropped from the ranking and the Friedman test" in section and "arch=d freeze=none (missing on d3)" in section
+    z = ranking.mean_z_scores(table)
+    assert rows[2][5] == f"**{z.iloc[0]:+.2f}**"
+    # every format carries it: the text formats as a second table, csv and json as columns of every row
+    for fmt in ("latex", "html", "table"):
+        out = render(datasets, fmt)
+        assert "ranking across 3 data sets" in out and "Friedman" in out and "2.33" in out, fmt
+    df = pd.read_csv(io.StringIO(render(datasets, "csv")))
+    b = df[df["contender"] == "arch=b freeze=none"]
+    assert len(b) == 3 and b["mean_rank"].round(3).tolist() == [2.333] * 3 and sorted(b["rank"]) == [2, 2, 3]
+    assert df.loc[df["contender"] == "arch=d freeze=none", "mean_rank"].isna().all()
+    assert df["friedman_p"].dropna().round(6).unique().tolist() == [round(test.p_value, 6)]
+    records = json.loads(render(datasets, "json"))
+    assert {r["dataset"] for r in records} == {"d1", "d2", "d3"} and all("mean_z" in r for r in records)
+
+
+def test_one_data_set_adds_no_ranking_and_value_picks_the_score(datasets):
+    from bench.report import render
+
+    assert "ranking across" not in render(datasets, "markdown", filters=["dataset=d1"])
+    by_val = render(datasets, "markdown", value="val_error")
+    assert "by val err, mean over seeds" in by_val and "ranking across 3 data sets" in by_val
+
+
+def _sig_suite(s, seeds=(0, 1)):
+    """Three rows on the same images per seed: the best, a near tie, one clearly worse; and one row on
+    another data set, worse than all, that has nothing of its own to be compared with."""
+    n = 200
+    best = np.ones(n, dtype=bool)
+    best[:20] = False  # 10% wrong
+    tie = best.copy()
+    tie[20:23] = False  # 3 more wrong, 1 fewer
+    tie[0] = True
+    bad = best.copy()
+    bad[20:80] = False  # 60 more wrong
+    for seed in seeds:
+        for name, right, val in (("best", best, 0.10), ("tie", tie, 0.11), ("bad", bad, 0.30)):
+            make_cell(s, f"{name}{seed}", arch=name, seed=seed, val_error=val, test_error=1 - right.mean(),
+                      predictions=_answers(right), split_key=f"k{seed}")
+        make_cell(s, f"other{seed}", arch="other", seed=seed, val_error=0.9, test_error=0.9,
+                  predictions=_answers(np.arange(n) % 10 == 0), split_key=f"elsewhere{seed}")
+    return s
+
+
+def test_rows_significantly_worse_than_the_best_are_marked(tmp_path):
+    from bench.report import render
+
+    s = _sig_suite(tmp_path / "s")
+    def marked(text):
+        col = _md_rows(text)[0].index("test err")
+        return {r[0]: r[col].removeprefix("**").removesuffix("**").endswith("*") for r in _md_rows(text)[2:]}
+
+    text = render(s, "markdown")
+    assert marked(text) == {"best": False, "tie": False, "bad": True, "other": False}
+    assert "significantly worse on the test images than the best row by val err" in text
+    assert "McNemar" in text and "Holm-corrected over the rows compared with the same best row, 2 compared" in text
+    assert "alpha 0.05" in text
+    df = pd.read_csv(io.StringIO(render(s, "csv")))
+    assert df.set_index("model.arch")["worse"].to_dict() == {"best": False, "tie": False, "bad": True, "other": False}
+    plain = render(s, "markdown", marks=False)
+    assert not any(marked(plain).values()) and "significantly worse" not in plain
+    for fmt in ("latex", "html", "table"):
+        assert "significantly worse" in render(s, fmt), fmt
+
+
+def test_significance_pools_the_seeds_paired_by_seed(tmp_path):
+    from bench.compare import correctness, mcnemar, pooled_mcnemar
+
+    s = _sig_suite(tmp_path / "s", seeds=(0, 1, 2))
+    pairs = [(correctness(s / f"best{k}"), correctness(s / f"tie{k}")) for k in range(3)]
+    pooled = pooled_mcnemar(pairs)
+    assert (pooled.seeds, pooled.images, pooled.a_only_right, pooled.b_only_right) == (3, 600, 9, 3)
+    assert pooled.p_value == pytest.approx(mcnemar(9, 3)[0])
+    other = correctness(s / "other0")
+    assert pooled_mcnemar([(pairs[0][0], (other[0][:-1], other[1][:-1]))]) is None  # not the same images
+
+
+def _trial(s, contender, n, lr, state, value, *, test=None, arch="a", time_s=10.0, predictions=None):
+    cell_id = f"{contender}-t{n}"
+    metrics = {"val": {"top1_error": value}, **({"test": {"top1_error": test}} if test is not None else {})}
+    make_cell(s, cell_id, arch=arch, axes={"train.lr": lr}, metrics=metrics, label=f"arch={arch} lr={lr}",
+              tune={"contender": contender, "trial": n, "params": {"train.lr": lr}}, predictions=predictions,
+              status="ok" if state != "failed" else "failed")
+    return {"number": n, "cell": cell_id, "params": {"train.lr": lr}, "state": state, "value": value,
+            "train_time_s": time_s}
+
+
+def _study(s, contender, label, trials, chosen, test=None, arch="a"):
+    from bench.store import write_json
+
+    write_json(s / "tune" / f"{contender}.json", {
+        "contender": contender, "label": label, "axes": {"model.arch": arch},
+        "space": {"train.lr": {"low": 1e-4, "high": 1e-1, "log": True}}, "budget": 3, "sampler": "tpe",
+        "pruner": "median", "metric": "val_error", "trials": trials, "chosen": chosen,
+        "cost": {"trials": sum(t["state"] != "running" for t in trials),
+                 "pruned": sum(t["state"] == "pruned" for t in trials),
+                 "failed": sum(t["state"] == "failed" for t in trials),
+                 "train_time_s": sum(t["train_time_s"] for t in trials), "tuning_overhead_s": 2.5},
+        "test": test})
+
+
+@pytest.fixture
+def tuned(tmp_path):
+    s = tmp_path / "tuned"
+    a = [_trial(s, "ca", 0, 0.1, "complete", 0.40), _trial(s, "ca", 1, 0.003, "complete", 0.20, test=0.22),
+         _trial(s, "ca", 2, 0.0001, "pruned", 0.60)]
+    _study(s, "ca", "arch=a", a, "ca-t1", {"top1_error": 0.22})
+    b = [_trial(s, "cb", 0, 0.01, "complete", 0.30, arch="b", test=0.05,  # a test figure it must never show
+                predictions=_answers(np.ones(20, dtype=bool))),
+         {"number": 1, "cell": None, "params": {"train.lr": 0.02}, "state": "running", "value": None,
+          "train_time_s": 0.0}]
+    _study(s, "cb", "arch=b", b, None, arch="b")
+    return s
+
+
+def test_a_tuned_suite_shows_one_row_per_contender_with_its_chosen_trial_and_cost(tuned):
+    from bench.report import render
+
+    text = render(tuned, "markdown")
+    rows = _md_rows(text)
+    assert rows[0][:7] == ["arch", "train.lr", "trials", "pruned", "tuning s", "val err", "test err"]
+    assert rows[2][:7] == ["a", "0.003", "3", "1", "32.5", "0.200", "0.220"]  # 3 x 10 s trials + 2.5 s; nothing bold: b is not done
+    assert rows[3][:7] == ["b (partial)", "0.01", "1", "0", "12.5", "0.300", "—"]  # best so far, never its test
+    assert len(rows) == 4  # the other trials are no rows
+    assert "tuned: 3 trials per contender over train.lr, chosen on validation (val_error); test evaluated once, " \
+           "for the chosen trial" in text
+    assert "partial: tuning of 1 of 2 contenders has not finished: arch=b (1 of 3 trials complete)" in text
+    df = pd.read_csv(io.StringIO(render(tuned, "csv")))
+    assert df[["train.lr", "trials", "pruned"]].values.tolist() == [[0.003, 3, 1], [0.01, 1, 0]]
+    assert df["test_error"].isna().tolist() == [False, True]
+
+
+def test_a_tuned_suite_over_data_sets_ranks_the_chosen_trials(tmp_path):
+    from bench.report import render
+
+    s = tmp_path / "tuned"
+    for d, errs in (("d1", (0.2, 0.3)), ("d2", (0.25, 0.5))):
+        for arch, err in zip("ab", errs, strict=True):
+            c = f"{arch}{d}"
+            trials = [_trial(s, c, 0, 0.1, "complete", err + 0.1, arch=arch),
+                      _trial(s, c, 1, 0.01, "complete", err, arch=arch, test=err)]
+            _study(s, c, f"arch={arch} dataset={d}", trials, f"{c}-t1", {"top1_error": err}, arch=arch)
+            for path in (s / "tune").glob(f"{c}.json"):  # the contender's axes name its data set
+                study = json.loads(path.read_text())
+                path.write_text(json.dumps({**study, "axes": {"model.arch": arch, "dataset": d}}))
+    section = render(s, "markdown").partition("ranking across 2 data sets")[2]
+    rows = _md_rows(section)
+    assert [(r[0], r[1], r[2], r[3]) for r in rows[2:]] == [("arch=a", "**0.200 (1)**", "**0.250 (1)**", "**1.00**"),
+                                                            ("arch=b", "0.300 (2)", "0.500 (2)", "2.00")]

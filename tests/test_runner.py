@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import bench
 from bench import runner
 from bench.config import load_suite
 from bench.progress import LogProgress
@@ -29,7 +30,7 @@ def test_cell_records_on_disk(write_suite, tmp_path):
     assert len(summary.ran) == 1 and not summary.failed
     cell_dir = summary.suite_dir / summary.ran[0]
     result = json.loads((cell_dir / "result.json").read_text())
-    assert result["status"] == "ok" and result["schema_version"] == 1
+    assert result["status"] == "ok" and result["schema_version"] == bench.SCHEMA_VERSION
     for split in ("val", "test"):
         assert set(result["metrics"][split]) == {"top1_error", "top5_error", "loss", "f1_macro", "f1_weighted",
                                                  "auc_macro", "map"}

@@ -21,7 +21,7 @@ from bench.models.builtins import MLP, SmallCNN
 from bench.progress import LogProgress
 from bench.suite import expand
 from bench.techniques import build_augment, build_tta
-from bench.techniques.offline import OfflineAugmented
+from bench.techniques.offline import OfflineAugmented, copies
 from bench.train import build_optimizer, fit, head_penalty, precision_setup, predict
 from tests.conftest import TINY
 
@@ -125,17 +125,17 @@ def array_dataset(tmp_path, n: int = 6, size: int = 20) -> ArrayDataset:
 def test_offline_augmentation_is_k_times_the_set_and_fixed(tmp_path):
     base = array_dataset(tmp_path)
     transform = build_augment(["rotate:30", "jitter:0.3"], 16)
-    ds = OfflineAugmented(base, 3, transform, seed=7)
+    ds = OfflineAugmented(base, copies(3), transform, seed=7)
     assert len(ds) == 18 and ds.labels.tolist() == base.labels.tolist() * 3
     x, _ = ds.__getitems__(list(range(18)))
     assert x.shape == (18, 3, 16, 16)
     assert torch.equal(x[:6], base.__getitems__(list(range(6)))[0])  # copy 0 is the original
     assert not torch.equal(x[6:12], x[:6]) and not torch.equal(x[6:12], x[12:])  # copies differ
     rng = torch.get_rng_state()
-    again = OfflineAugmented(base, 3, transform, seed=7).__getitems__(list(reversed(range(18))))[0]
+    again = OfflineAugmented(base, copies(3), transform, seed=7).__getitems__(list(reversed(range(18))))[0]
     assert torch.equal(again.flip(0), x)  # any order, any epoch: the same images
     assert torch.equal(torch.get_rng_state(), rng)  # and the training RNG untouched
-    other = OfflineAugmented(base, 3, transform, seed=8).__getitems__(list(range(18)))[0]
+    other = OfflineAugmented(base, copies(3), transform, seed=8).__getitems__(list(range(18)))[0]
     assert not torch.equal(other[6:], x[6:])
 
 

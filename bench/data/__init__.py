@@ -79,7 +79,9 @@ def files_key(cfg: DataConfig, probe: cache.Probe) -> str:
 
 def split_key(cfg: DataConfig, seed: int, files: str) -> str:
     """Everything that decides which image lands in which split, and nothing else (not sizes or workers)."""
-    spec = cfg.model_dump(mode="json", exclude={"image_size", "cache_size", "workers"})
+    spec = cfg.model_dump(mode="json", exclude={"image_size", "cache_size", "workers", "prune_splits"})
+    if cfg.prune_splits is not None:  # pruned after the split: the split itself does not depend on it
+        spec.pop("min_per_class"), spec.pop("top_classes")
     return stable_hash({**spec, "seed": seed, "files": files}, 16)
 
 
@@ -90,13 +92,17 @@ def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None)
     if not cfg.source_split:  # study 001 pooled iNat's train and val, then split 90/10 itself
         s = dataclasses.replace(s, given=None)
     parts = split.load_or_make(s, cfg.split, seed, Path(split_dir) / f"{key}.json")
+    steps = cur.steps
+    if cfg.prune_splits is not None:
+        parts, pruned = curate.prune_after_split(s.labels, parts, cfg)
+        steps = [*steps, *pruned]
     file = cur.decoded.folder / "images.npy"
     datasets = {name: ArrayDataset(file, cur.rows[idx], s.labels[idx], cfg.image_size,
                                    augment_transform if name == "train" else None)
                 for name, idx in parts.items()}
     info = {"source": cfg.source, "root": str(s.root), "files": cur.files, "images": {k: len(v) for k, v in parts.items()},
             "origin": split.origins(s.given, cfg.split),
-            "classes": len(s.classes), "curation": cur.steps, "modes": cur.modes,
+            "classes": len(s.classes), "curation": steps, "modes": cur.modes,
             "bad_images": {"count": len(cur.bad), "files": dict(list(sorted(cur.bad.items()))[:100])},
             "train_class_counts": np.bincount(s.labels[parts["train"]], minlength=len(s.classes)).tolist()}
     return Prepared(datasets, s.classes, key, info)

@@ -60,15 +60,9 @@ def curate(samples: Samples, probe: Probe, cfg: DataConfig) -> tuple[np.ndarray,
         sizes = Counter(zip(probe.width[keep].tolist(), probe.height[keep].tolist(), strict=True))
         (w, h), _ = sizes.most_common(1)[0]
         step("modal_size", (probe.width == w) & (probe.height == h), f"{w}x{h}")
-    if cfg.min_per_class:
-        counts = _counts(samples, keep)
-        step("min_per_class", counts[samples.labels] >= cfg.min_per_class, f">= {cfg.min_per_class}")
-    if cfg.top_classes is not None:
-        counts = _counts(samples, keep)
-        # most frequent first; ties broken by class order, so the choice is stable
-        top = np.argsort(-counts, kind="stable")[: cfg.top_classes]
-        top = top[counts[top] > 0]
-        step("top_classes", np.isin(samples.labels, top), f"{cfg.top_classes}")
+    if cfg.prune_splits is None:  # else after the split, from the listed splits: prune_after_split
+        for name, detail, kept_classes in class_pruning(lambda: _counts(samples, keep), cfg):
+            step(name, kept_classes[samples.labels], detail)
     rng = np.random.default_rng(CURATION_SEED)
     if cfg.max_per_class is not None:
         cap = np.zeros_like(keep)
@@ -83,6 +77,41 @@ def curate(samples: Samples, probe: Probe, cfg: DataConfig) -> tuple[np.ndarray,
             frac[rng.permutation(idx)[: max(1, int(round(len(idx) * cfg.fraction)))]] = True
         step("fraction", frac, f"{cfg.fraction}")
     return keep, steps, {int(i): str(probe.bad[i]) for i in np.flatnonzero(bad)}
+
+
+def class_pruning(counts, cfg: DataConfig):
+    """(step, detail, kept classes mask) for min_per_class, then top_classes, each judged on `counts()`, the
+    training images per class that the step before left."""
+    if cfg.min_per_class:
+        yield "min_per_class", f">= {cfg.min_per_class}", counts() >= cfg.min_per_class
+    if cfg.top_classes is not None:
+        c = counts()
+        # most frequent first; ties broken by class order, so the choice is stable
+        top = np.argsort(-c, kind="stable")[: cfg.top_classes]
+        yield "top_classes", f"{cfg.top_classes}", np.isin(np.arange(len(c)), top[c[top] > 0])
+
+
+def prune_after_split(labels: np.ndarray, parts: dict[str, np.ndarray], cfg: DataConfig
+                      ) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """data.prune_splits: classes pruned by their training images in the split, their images taken from the
+    listed splits only, so two cells that prune differently are evaluated on the very same images (study 001,
+    Table 2). Every class stays an output of the model."""
+    parts = dict(parts)
+    steps = []
+    n_classes = int(labels.max()) + 1 if len(labels) else 0
+
+    def counts():
+        return np.bincount(labels[parts["train"]], minlength=n_classes)
+
+    for name, detail, kept in class_pruning(counts, cfg):
+        before = {s: len(parts[s]) for s in cfg.prune_splits}
+        classes_before = int((counts() > 0).sum())
+        for s in cfg.prune_splits:
+            parts[s] = parts[s][kept[labels[parts[s]]]]
+        steps.append({"step": name, "detail": f"{detail}, from {', '.join(cfg.prune_splits)}",
+                      "images": [sum(before.values()), sum(len(parts[s]) for s in cfg.prune_splits)],
+                      "classes": [classes_before, int((counts() > 0).sum())]})
+    return parts, steps
 
 
 # The suite key that names the data itself, by source: where a data set too small to train on comes from.

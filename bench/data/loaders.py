@@ -86,13 +86,14 @@ def make_loaders(datasets: dict, cfg: TrainConfig, seed: int, image_size: int, w
     train.sampler; evaluation in order. Online augmentation is already in the training dataset."""
     # imported here: offline.py imports this module, and reading data need not load the techniques
     from bench.techniques import SAMPLERS, build_augment
-    from bench.techniques.offline import OfflineAugmented
+    from bench.techniques.offline import OfflineAugmented, copies
 
     loaders = {}
     for split, ds in datasets.items():
         if split == "train":
             if cfg.offline:
-                ds = OfflineAugmented(ds, cfg.offline, build_augment(cfg.augment, image_size), seed)
+                ds = OfflineAugmented(ds, copies(cfg.offline, cfg.offline_random),
+                                      build_augment(cfg.augment, image_size), seed)
             elif cfg.aug_splits > 1:
                 ds.splits = cfg.aug_splits
             sampler = SAMPLERS[cfg.sampler](ds.labels, seed)

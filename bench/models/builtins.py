@@ -34,20 +34,24 @@ class MLP(nn.Module):
 
 @register(BUILTINS, "cifar_cnn")
 class CifarCNN(nn.Module):
-    """Study 004's CNN from the PyTorch CIFAR-10 tutorial: two 5x5 convs with max-pooling, then 120-84-n."""
+    """Study 004's CNN from the PyTorch CIFAR-10 tutorial: two 5x5 convs with max-pooling, then 120-84-n;
+    with `dropout` (model.kwargs), the study's two Dropout layers: after the second pooling and after the
+    84-wide layer (its summary's Dropout-5 and Dropout-8)."""
 
     min_size = 16
 
-    def __init__(self, num_classes: int, image_size: int):
+    def __init__(self, num_classes: int, image_size: int, dropout: float = 0.0):
         super().__init__()
+        drop = [nn.Dropout(dropout)] if dropout else []  # no module at 0: the weights keep their names
         self.features = nn.Sequential(
             nn.Conv2d(3, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), *drop, nn.Flatten(),
         )
         side = ((image_size - 4) // 2 - 4) // 2
         if side < 1:
             raise UserError(f"bench:cifar_cnn needs image_size >= 16, got {image_size}", key="data.image_size")
-        self.classifier = nn.Sequential(nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                                        *drop)
         self.head = nn.Linear(84, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,6 +107,54 @@ class ShallowCNN(nn.Module):
                                       nn.Flatten())
         self.classifier = nn.Sequential(nn.Linear(16 * side * side, 16), nn.ReLU(inplace=True))
         self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.classifier(self.features(x)))
+
+
+@register(BUILTINS, "deeper_cnn")
+class DeeperCNN(nn.Module):
+    """Study 000's second deep CNN, "even deeper", with "almost 6 million parameters, and a much deeper
+    convolutional base": ten 3x3 convs in five stages (32-64-128-256-512 filters, two convs each), each
+    stage max-pooled, then a 64-unit dense layer (5,898,436 params at 200 px, 100 classes). The report gives
+    neither widths nor depth: these are bench's, chosen to match its two figures."""
+
+    min_size = 32
+
+    def __init__(self, num_classes: int, image_size: int):
+        super().__init__()
+        side = _flat_side("bench:deeper_cnn", image_size, 5)
+        convs: list[nn.Module] = []
+        cin = 3
+        for cout in (32, 64, 128, 256, 512):
+            convs += [*_conv_relu(cin, cout), *_conv_relu(cout, cout), nn.MaxPool2d(2)]
+            cin = cout
+        self.features = nn.Sequential(*convs, nn.Flatten())
+        self.classifier = nn.Sequential(nn.Linear(512 * side * side, 64), nn.ReLU(inplace=True))
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.classifier(self.features(x)))
+
+
+@register(BUILTINS, "plain_cnn")
+class PlainCNN(nn.Module):
+    """Study 002's first CNN: three 3x3 conv layers (32-64-128 filters, 'same' padding) each followed by
+    max-pooling, Flatten, a 128-unit dense layer, Dropout, and the class layer: 2.45M parameters at 96 px
+    and 8 classes (the study: "almost 2.5 million"; it does not give the widths, these are the Keras
+    tutorial's). The dropout rate is not given either: Keras' customary 0.5."""
+
+    min_size = 8
+
+    def __init__(self, num_classes: int, image_size: int, dropout: float = 0.5):
+        super().__init__()
+        side = _flat_side("bench:plain_cnn", image_size, 3)
+        convs: list[nn.Module] = []
+        for cin, cout in ((3, 32), (32, 64), (64, 128)):
+            convs += [*_conv_relu(cin, cout), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*convs, nn.Flatten())
+        self.classifier = nn.Sequential(nn.Linear(128 * side * side, 128), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.head = nn.Linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.classifier(self.features(x)))

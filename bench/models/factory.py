@@ -107,7 +107,7 @@ def skeleton(arch: str, num_classes: int, image_size: int, model_kwargs: dict[st
     def build(device: str) -> nn.Module:
         with torch.device(device), torch.random.fork_rng(devices=[]):
             model = create_model(arch, num_classes, image_size, kwargs=model_kwargs)
-            build_head(model, arch, num_classes, **head)
+            build_head(model, arch, num_classes, image_size=image_size, **head)
         return model
 
     try:

@@ -106,12 +106,23 @@ def apply_freeze(model: nn.Module, mode: str, image_size: int | None = None) -> 
 
 
 def set_train_mode(model: nn.Module) -> None:
-    """train(), but normalisation layers whose weights are frozen keep their ImageNet running statistics."""
+    """train(), but normalisation layers whose weights are frozen keep their ImageNet running statistics,
+    and dropout before a frozen layer does not drop: a frozen part of the network runs as it was trained
+    (VGG's and AlexNet's fc6/fc7 under all_but_head, as a frozen Keras base), while the dropout that feeds
+    a trainable layer, the head's own, still regularises it."""
     model.train()
+    pending: list[nn.Module] = []  # dropout modules waiting for the next layer with weights
     for m in model.modules():
         params = list(m.parameters(recurse=False))
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+        frozen = bool(params) and not any(p.requires_grad for p in params)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and frozen:
             m.eval()
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            pending.append(m)
+        elif params:
+            for d in pending if frozen else ():
+                d.eval()
+            pending = []
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

@@ -90,11 +90,15 @@ def set_pool(model: nn.Module, arch: str, num_classes: int, pool: str) -> None:
 
 
 def build_head(model: nn.Module, arch: str, num_classes: int, *, pool: str | None = None,
-               hidden: tuple[int, ...] = (), activation: str = "relu", dropout: float = 0.0) -> None:
+               hidden: tuple[int, ...] = (), activation: str = "relu", dropout: float = 0.0,
+               replaces: str = "last", image_size: int | None = None) -> None:
     """Apply the model.pool / model.head_* options to a model that already has a `num_classes` classifier.
     With none set the model is left as created (a plain Linear classifier)."""
     if pool is not None:
         set_pool(model, arch, num_classes, pool)
+    if replaces == "classifier":
+        replace_classifier(model, arch, num_classes, hidden, activation, dropout, image_size)
+        return
     if not hidden and dropout == 0:
         return
     name = head_name(model)
@@ -103,3 +107,25 @@ def build_head(model: nn.Module, arch: str, num_classes: int, *, pool: str | Non
         raise UserError(f"{arch} classifies with a {type(old).__name__}, not a linear layer",
                         key="model.head_hidden", hint="leave model.head_hidden and model.head_dropout unset")
     _set(model, name, Head(old.in_features, num_classes, tuple(hidden), activation, dropout))
+
+
+def replace_classifier(model: nn.Module, arch: str, num_classes: int, hidden: tuple[int, ...], activation: str,
+                       dropout: float, image_size: int | None) -> None:
+    """model.head_replaces = "classifier": VGG's and AlexNet's dense classifier (fc6, fc7 and the class
+    layer) and the adaptive pooling before it make way for bench's Head, which then reads the convolutional
+    base's output flattened as it is — Keras' include_top=False and Flatten, the study-000 "presence maps"
+    (torchvision's pooling would stretch a 6x6 map of a 200 px image to 7x7)."""
+    import torch
+
+    classifier = getattr(model, "classifier", None)
+    linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)] if isinstance(classifier, nn.Module) else []
+    if len(linears) < 2 or not isinstance(getattr(model, "features", None), nn.Module) \
+            or not hasattr(model, "avgpool"):
+        raise UserError(f"{arch} has no multi-layer dense classifier after a convolutional base (VGG's, AlexNet's)",
+                        key="model.head_replaces", hint='use "last": the head then replaces its class layer')
+    if image_size is None:
+        raise ValueError("replace_classifier needs the image size to size the head")
+    with torch.no_grad():
+        channels, h, w = model.features(torch.zeros(1, 3, image_size, image_size, device="meta")).shape[1:]
+    model.avgpool = nn.Identity()
+    model.classifier = Head(channels * h * w, num_classes, tuple(hidden), activation, dropout)

@@ -1,4 +1,6 @@
-"""The output formats, one registered function each: a Table in, text out."""
+"""The output formats, one registered function each: a Table in, text out. The text formats print a
+Table's sections (the cross-dataset ranking) after it, each as a table of its own with its notes; csv and
+json write the Table's data alone, one record per leaderboard row, where the sections' figures are columns."""
 
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def _markdown(table: Table) -> str:
              for line in [table.headers, *rows]]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     notes = table.notes[:1] + [f"- {n}" for n in table.notes[1:]]
-    return f"### {table.title}\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    text = f"### {table.title}\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    return text + "".join("\n" + _markdown(s) for s in table.sections)
 
 
 @register(FORMATS, "csv")
@@ -43,7 +46,8 @@ def _json(table: Table) -> str:
 _LATEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
           "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
           "±": r"$\pm$", "—": "---", "–": "--", "×": r"$\times$", "†": r"\textsuperscript{\dag}",
-          "‡": r"\textsuperscript{\ddag}", "§": r"\textsuperscript{\S}", "¶": r"\textsuperscript{\P}"}
+          "‡": r"\textsuperscript{\ddag}", "§": r"\textsuperscript{\S}", "¶": r"\textsuperscript{\P}",
+          "²": r"\textsuperscript{2}", "*": r"\textsuperscript{*}"}
 
 
 def latex_escape(text: str) -> str:
@@ -60,7 +64,7 @@ def _latex(table: Table) -> str:
     lines += [" & ".join(row) + r" \\" for row in _styled(table, lambda v: rf"\textbf{{{v}}}", latex_escape)]
     lines += [r"\bottomrule", r"\end{tabular}"]
     lines += [rf"\par\smallskip{{\footnotesize {latex_escape(n)}}}" for n in table.notes]
-    return "\n".join([*lines, r"\end{table}"]) + "\n"
+    return "\n".join([*lines, r"\end{table}"]) + "\n" + "".join("\n" + _latex(s) for s in table.sections)
 
 
 @register(FORMATS, "html")
@@ -73,7 +77,7 @@ def _html(table: Table) -> str:
             for row in _styled(table, lambda v: f"<b>{v}</b>", html.escape)]
     notes = "".join(f"<p>{html.escape(n)}</p>\n" for n in table.notes)
     return (f"<table>\n<caption>{html.escape(table.title)}</caption>\n<thead>{head}</thead>\n<tbody>\n"
-            + "\n".join(body) + "\n</tbody>\n</table>\n" + notes)
+            + "\n".join(body) + "\n</tbody>\n</table>\n" + notes + "".join(_html(s) for s in table.sections))
 
 
 @register(FORMATS, "table")
@@ -82,14 +86,15 @@ def _terminal(table: Table) -> str:
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    out = RichTable(title=table.title)
-    for h in table.headers:
-        out.add_column(escape(h))
-    for row in _styled(table, lambda v: f"[bold]{v}[/bold]", escape):
-        out.add_row(*row)
     console = Console(record=True, width=200, file=io.StringIO())
-    console.print(out)
-    for note in table.notes:
-        console.print(note, markup=False, highlight=False)
+    for part in (table, *table.sections):
+        out = RichTable(title=part.title)
+        for h in part.headers:
+            out.add_column(escape(h))
+        for row in _styled(part, lambda v: f"[bold]{v}[/bold]", escape):
+            out.add_row(*row)
+        console.print(out)
+        for note in part.notes:
+            console.print(note, markup=False, highlight=False)
     return console.export_text()
 

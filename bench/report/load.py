@@ -1,5 +1,10 @@
-"""Reading cell records into one table: the report's columns, filters over config keys, and metrics
-missing from result.json filled from predictions.npz."""
+"""Reading cell records into one table: the report's columns, filters over config keys, metrics missing
+from result.json filled from predictions.npz, and tuned suites read as one row per contender.
+
+A tuned suite's trial cells are ordinary cell folders (cell.json has "tune": {contender, trial, params});
+results/<suite>/tune/<contender id>.json is the contender's study: its label and axes, the space, every
+trial, the chosen trial and the cost. The report shows the chosen trial under the contender's label and
+leaves the other trials out: they were only ever judged on validation."""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ class Column:
     metric: str  # key of HIGHER_IS_BETTER: the column's direction
     timing: bool = False  # depends on the device and library versions: never ranked across them
     integer: bool = False  # a count: csv and json write it as an integer when every value is one
+    ranked: bool = True  # False: a count with no better direction (trials): never bold
 
 
 _SPLIT_METRICS = (  # (suffix, key in result.json["metrics"][split], header)
@@ -44,6 +50,8 @@ COLUMNS: dict[str, Column] = {
 COLUMNS.update({
     "train_time_s": Column("train s", ("cost", "train_time_s"), 1, "train_time_s", timing=True),
     "time_per_epoch_s": Column("s/epoch", ("cost", "time_per_epoch_s"), 1, "time_per_epoch_s", timing=True),
+    # torch.compile's graph building, measured apart so that train_time_s compares with uncompiled cells
+    "compile_time_s": Column("compile s", ("cost", "compile_time_s"), 1, "compile_time_s", timing=True),
     "train_images_per_s": Column("train img/s", ("cost", "train_images_per_s"), 0, "train_images_per_s", True),
     "eval_images_per_s": Column("eval img/s", ("cost", "eval_images_per_s"), 0, "eval_images_per_s", True),
     "time_to_target_s": Column("s to target", (), 1, "time_to_target_s", timing=True),
@@ -53,12 +61,19 @@ COLUMNS.update({
     "peak_cuda_mb": Column("peak CUDA MB", ("cost", "peak_cuda_mb"), 0, "peak_cuda_mb"),
     "params_total": Column("params", ("cost", "params_total"), 0, "params_total", integer=True),
     "params_trainable": Column("trainable", ("cost", "params_trainable"), 0, "params_trainable", integer=True),
+    # a tuned contender's search, from its study file (TUNE below), on the row of its chosen trial
+    "trials": Column("trials", ("tune", "trials"), 0, "trials", integer=True, ranked=False),
+    "pruned": Column("pruned", ("tune", "pruned"), 0, "pruned", integer=True, ranked=False),
+    "tuning_time_s": Column("tuning s", ("tune", "tuning_time_s"), 1, "tuning_time_s", timing=True),
 })
-DEFAULT_COLUMNS = ("val_error", "test_error", "test_top5_error", "train_time_s", "train_images_per_s",
-                   "peak_rss_mb", "params_total", "params_trainable", "gflops")
+DEFAULT_COLUMNS = ("trials", "pruned", "tuning_time_s", "val_error", "test_error", "test_top5_error", "train_time_s",
+                   "compile_time_s", "train_images_per_s", "peak_rss_mb", "params_total", "params_trainable", "gflops")
 SORT_BY = "val_error"
 REACHED = "time_to_target_reached"  # beside time_to_target_s: 1 reached, 0 never did, missing without a history
-FIELDS = ("suite", "id", "group", "label", "seed", "status", "device")  # filter/pivot keys besides config
+FIELDS = ("suite", "id", "group", "label", "seed", "status", "device", "dataset")  # filter/pivot keys besides config
+DATASET = "dataset"  # the axis a [[datasets]] entry's name is recorded under (bench.suite.DATASET)
+TUNE = "tune"  # results/<suite>/tune/<contender id>.json
+PARAM = "param:"  # frame columns of a tuned contender's chosen values, param:train.lr
 
 
 def _get(d: Any, path: Sequence[str]) -> Any:
@@ -95,6 +110,8 @@ def _key_value(key: str, suite: str, cell: dict, result: dict) -> Any:
         return result.get("status")
     if key in ("id", "group", "label"):
         return cell[key]
+    if key == DATASET:
+        return cell["axes"].get(DATASET)
     return _get(cell["config"], key.split("."))  # seed is a config key too
 
 
@@ -146,7 +163,7 @@ def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUM
           filters: Sequence[Filter] = (), recompute: bool = False, target_error: float | None = None,
           records: bool = False) -> pd.DataFrame:
     """One row per cell record that passes `filters`: suite, id, group, label, labelled (its suite labels
-    its [[cells]]), seed, status, error, device, env, dir, axes (axis:<key>, the values as the config has
+    its [[cells]]), seed, status, error, device, env, dir, split_key, axes (axis:<key>, the values as the config has
     them), `keys` (key:<key>), each of `columns` (with time_to_target_s, also time_to_target_reached) and,
     with `records`, record (the store.Record, for callers such as the plots that need more of it than the
     columns).
@@ -155,7 +172,11 @@ def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUM
     doubles the time of a report that never looks at them again.
 
     Metric columns missing from result.json (or all of them, with `recompute`) are computed from the
-    cell's predictions.npz, so records written before a metric existed still report it."""
+    cell's predictions.npz, so records written before a metric existed still report it.
+
+    A tuned suite's trials appear only as their contender's chosen trial (partial: False) or, while the
+    contender is still being tuned, its best trial so far (partial: True), under the contender's label,
+    with the chosen values as param:<key> columns."""
     targets = [Path(targets)] if isinstance(targets, str | Path) else [Path(t) for t in targets]
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
@@ -168,8 +189,15 @@ def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUM
     rows = []
     for suite_dir in targets:
         suite, labelled = suite_dir.name, labelled_suite(suite_dir)
+        shown = shown_trials(read_studies(suite_dir))
         for record in load_records(suite_dir):
             cell, result = record.cell, record.result
+            tuned = None
+            if isinstance(cell.get("tune"), dict):  # a trial: shown only as its contender's chosen (or best) one
+                if cell["id"] not in shown:
+                    continue
+                tuned = shown[cell["id"]]
+                cell, result = _as_contender(cell, result, *tuned)
             if not checked:
                 _check_keys([*keys, *(f.key for f in filters)], cell)
                 checked = True
@@ -178,9 +206,13 @@ def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUM
             status = result.get("status")
             row = {"suite": suite, "id": cell["id"], "group": cell["group"], "label": cell["label"],
                    "labelled": labelled, "seed": cell["config"]["seed"], "status": status, "error": result.get("error"),
-                   "device": _get(result, ("env", "device_name")), "env": _env(result), "dir": record.dir}
+                   "device": _get(result, ("env", "device_name")), "env": _env(result), "dir": record.dir,
+                   "split_key": _get(result, ("data", "split_key"))}
             if records:
                 row["record"] = record
+            if tuned is not None:
+                row["partial"] = tuned[1]
+                row.update({f"{PARAM}{k}": v for k, v in cell["tune"].get("params", {}).items()})
             row.update({f"axis:{k}": _text(v) if isinstance(v, list | dict | bool) or v is None else v
                         for k, v in cell["axes"].items()})
             row.update({f"key:{k}": _text(_key_value(k, suite, cell, result)) for k in keys})
@@ -198,6 +230,99 @@ def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUM
     if len(df):
         _fill_missing_metrics(df, columns, recompute)
     return df
+
+
+# ---------------------------------------------------------------- tuned suites
+
+
+def read_studies(suite_dir: Path) -> dict[str, dict]:
+    """The tuning studies of a suite, by contender id (empty for a suite that was not tuned)."""
+    folder = Path(suite_dir) / TUNE
+    if not folder.is_dir():
+        return {}
+    studies = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            study = read_json(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read this tuning study ({type(e).__name__})", file=path,
+                            hint="rerun the tuned suite: bench run SUITE resumes its studies") from None
+        if not isinstance(study, dict) or not isinstance(study.get("trials"), list):
+            raise UserError("not a tuning study (needs contender, label, trials)", file=path)
+        studies[str(study.get("contender", path.stem))] = study
+    return studies
+
+
+def _complete(study: dict) -> list[dict]:
+    return [t for t in study["trials"] if t.get("state") == "complete" and t.get("value") is not None]
+
+
+def shown_trials(studies: dict[str, dict]) -> dict[str, tuple[dict, bool]]:
+    """Trial cell id -> (its study, partial): the chosen trial of each finished contender, and for one
+    whose tuning has not finished, its best complete trial so far (partial: judged on validation only)."""
+    shown = {}
+    for study in studies.values():
+        if study.get("chosen"):
+            shown[study["chosen"]] = (study, False)
+        elif done := _complete(study):
+            shown[min(done, key=lambda t: t["value"])["cell"]] = (study, True)  # metrics are val_error, val_loss
+    return shown
+
+
+def _tuning_cost(study: dict) -> dict[str, Any]:
+    cost, trials = study.get("cost") or {}, study["trials"]
+    spent = [cost.get("train_time_s"), cost.get("tuning_overhead_s")]
+    if spent[0] is None:
+        spent[0] = sum(t.get("train_time_s") or 0.0 for t in trials)
+    return {"trials": cost.get("trials", len(trials)),
+            "pruned": cost.get("pruned", sum(t.get("state") == "pruned" for t in trials)),
+            "tuning_time_s": spent[0] + (spent[1] or 0.0)}
+
+
+def _as_contender(cell: dict, result: dict, study: dict, partial: bool) -> tuple[dict, dict]:
+    """A trial's records read as its contender's: the contender's label and axes (not the trial's, whose
+    tuned keys vary), one group for the contender's seeds, the search's cost under "tune", and test metrics
+    from the study when result.json lacks them; a partial contender has none (no test was run for it)."""
+    label = study.get("label") or cell["label"]
+    cell = {**cell, "label": label, "axes": study.get("axes") or {}, "group": f"tuned:{label}"}
+    metrics = dict(result.get("metrics") or {})
+    if partial:
+        metrics.pop("test", None)
+    elif "test" not in metrics and study.get("test"):
+        metrics["test"] = study["test"]
+    return cell, {**result, "metrics": metrics, "tune": _tuning_cost(study)}
+
+
+def tuning_notes(targets: Path | Sequence[Path]) -> list[str]:
+    """What a tuned leaderboard means, and which contenders are still being tuned."""
+    targets = [Path(targets)] if isinstance(targets, str | Path) else [Path(t) for t in targets]
+    notes = []
+    for suite_dir in targets:
+        studies = read_studies(suite_dir)
+        if not studies:
+            continue
+        where = f" ({suite_dir.name})" if len(targets) > 1 else ""
+        budgets = sorted({_budget(s) for s in studies.values()})
+        keys = list(dict.fromkeys(k for s in studies.values() for k in (s.get("space") or {})))
+        metric = next((s["metric"] for s in studies.values() if s.get("metric")), "val_error")
+        n = str(budgets[0]) if len(budgets) == 1 else f"{budgets[0]}–{budgets[-1]}"
+        notes.append(f"tuned{where}: {n} trials per contender over {', '.join(keys) or 'no keys'}, chosen on "
+                     f"validation ({metric}); test evaluated once, for the chosen trial. Hyperparameter "
+                     "columns are the chosen trial's values; trials, pruned and tuning s are the search's cost.")
+        open_ = [s for s in studies.values() if not s.get("chosen")]
+        if open_:
+            said = ", ".join(f"{s.get('label', s.get('contender'))} ({len(_complete(s))} of {_budget(s)} trials "
+                             "complete)" for s in open_)
+            notes.append(f"partial{where}: tuning of {len(open_)} of {len(studies)} contenders has not finished: "
+                         f"{said}; a partial row shows its best trial so far, on validation only (no test).")
+    return notes
+
+
+def _budget(study: dict) -> int:
+    budget = study.get("budget")
+    if isinstance(budget, dict):
+        budget = budget.get("trials")
+    return int(budget) if isinstance(budget, int | float) else len(study["trials"])
 
 
 def progress_notes(targets: Path | Sequence[Path]) -> list[str]:
@@ -242,6 +367,9 @@ def _fill_missing_metrics(df: pd.DataFrame, columns: Sequence[str], recompute: b
         return
     ok = (df["status"] == "ok").to_numpy()
     missing = df[metric_cols].isna().to_numpy() & ok[:, None]
+    if "partial" in df.columns:  # a contender still being tuned has no test figures, whatever its files hold
+        partial = df["partial"].fillna(False).astype(bool).to_numpy()
+        missing &= ~(partial[:, None] & np.array([COLUMNS[c].path[1] == "test" for c in metric_cols])[None, :])
     for i in np.flatnonzero(missing.any(axis=1)):
         cache: dict[str, dict[str, float]] = {}
         for j in np.flatnonzero(missing[i]):

@@ -1,0 +1,256 @@
+"""[tune]: equal budgets per contender, chosen on validation only, tested once; pruning, resume, bad spaces."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import optuna
+import pytest
+
+from bench import runner, train, tune
+from bench.config import load_suite
+from bench.progress import LogProgress
+from bench.runner import RunOptions
+from bench.status import cell_states
+from bench.store import read_json
+from bench.suite import expand
+
+BASE = """
+[suite]
+name = "tuned"
+
+[data]
+image_size = 16
+
+[data.synthetic]
+classes = 4
+images = 120
+size = 16
+
+[model]
+arch = "bench:mlp"
+
+[train]
+epochs = 2
+batch_size = 16
+optimizer = "adam"
+lr = 0.003
+"""
+
+
+def tune_run(path, results, **options) -> tune.TuneSummary:
+    """The tuning run `bench run` makes, with every trial in this process (so that tests can script it)."""
+    suite = load_suite(path)
+    return tune.tune_suite(suite, path.read_text(), expand(suite), results, device="cpu",
+                           progress=LogProgress(io.StringIO()), options=RunOptions(isolate=False, **options))
+
+
+def records(results) -> dict[str, dict]:
+    return {p.stem: read_json(p) for p in sorted((results / "tuned" / "tune").glob("*.json"))}
+
+
+def trial_dirs(results) -> list:
+    return sorted(p.parent for p in (results / "tuned").glob("*/cell.json"))
+
+
+def count_fits(monkeypatch, on_call=None) -> list:
+    """Every training a trial starts, in order; `on_call(n, cfg)` may script or interrupt it."""
+    calls, real = [], runner.fit
+
+    def fit(model, loaders, cfg, *args, **kw):
+        calls.append(cfg)
+        if on_call is not None:
+            on_call(len(calls) - 1, cfg)
+        return real(model, loaders, cfg, *args, **kw)
+
+    monkeypatch.setattr(runner, "fit", fit)
+    return calls
+
+
+SPACE_LR = '''
+[tune]
+space = {"train.lr" = {choices = [0.001, 0.002, 0.003]}}
+trials = 3
+sampler = "grid"
+'''
+
+
+def test_selection_is_on_validation_and_only_the_chosen_trial_sees_test_once(monkeypatch, write_suite, tmp_path):
+    # scripted so that the best trial on validation (lr 0.002) is the worst on test
+    val = {0.001: 0.40, 0.002: 0.20, 0.003: 0.30}
+    test = {0.001: 0.10, 0.002: 0.50, 0.003: 0.30}
+    real_fit, real_eval, real_full = runner.fit, tune.evaluate_test, runner.full_metrics
+
+    def fit(model, loaders, cfg, *args, **kw):
+        result = real_fit(model, loaders, cfg, *args, **kw)
+        assert kw["test"] is False  # a trial never evaluates test
+        result.metrics["val"] = {**result.metrics["val"], "top1_error": val[cfg.lr]}
+        return result
+
+    tested = []
+
+    def evaluate(cell, *args):
+        tested.append(cell.id)
+        monkeypatch.setattr(runner, "full_metrics", lambda lo, la: {**real_full(lo, la),
+                                                                    "top1_error": test[cell.config.train.lr]})
+        return real_eval(cell, *args)
+
+    monkeypatch.setattr(runner, "fit", fit)
+    monkeypatch.setattr(tune, "evaluate_test", evaluate)
+    path = write_suite(SPACE_LR + '[grid]\n"train.weight_decay" = [0.0, 0.01]\n', base=BASE)
+    summary = tune_run(path, tmp_path)
+
+    recs = records(tmp_path)
+    assert len(recs) == 2 and len(summary.contenders) == 2 and not summary.failed
+    for contender, rec in recs.items():
+        assert rec["budget"] == 3 and len(rec["trials"]) == 3 and rec["cost"]["trials"] == 3
+        assert all(t["state"] == "complete" for t in rec["trials"])
+        # the grid sampler covers its grid, one point per trial
+        assert sorted(t["params"]["train.lr"] for t in rec["trials"]) == [0.001, 0.002, 0.003]
+        best = next(t for t in rec["trials"] if t["params"]["train.lr"] == 0.002)
+        assert rec["chosen"] == best["cell"] and best["value"] == pytest.approx(0.20)
+        assert rec["test"]["top1_error"] == pytest.approx(0.50)  # not the trial best on test (lr 0.001)
+        assert rec["cost"]["train_time_s"] > 0 and rec["cost"]["tuning_overhead_s"] > 0
+        for t in rec["trials"]:
+            cell_dir = tmp_path / "tuned" / t["cell"]
+            cell = read_json(cell_dir / "cell.json")
+            assert cell["tune"] == {"contender": contender, "trial": t["number"], "params": t["params"]}
+            result = read_json(cell_dir / "result.json")
+            arrays = np.load(cell_dir / "predictions.npz").files
+            if t["cell"] == rec["chosen"]:
+                assert result["metrics"]["test"]["top1_error"] == pytest.approx(0.50)
+                assert {"test_logits", "test_labels", "test_confusion"} <= set(arrays)
+            else:
+                assert "test" not in result["metrics"] and not any(a.startswith("test") for a in arrays)
+    assert sorted(tested) == sorted(r["chosen"] for r in recs.values())  # once each, the chosen alone
+
+    count_fits(monkeypatch)
+    tune_run(path, tmp_path)  # all done: nothing trains, test is not looked at again
+    assert sorted(tested) == sorted(r["chosen"] for r in recs.values())
+
+
+SPACE_RANDOM = '''
+[tune]
+space = {"train.lr" = {low = 1e-3, high = 1e-2, log = true}}
+trials = {trials}
+sampler = "random"
+seed = 3
+'''
+
+
+def test_a_resumed_tuning_run_redoes_nothing_and_finishes_the_interrupted_trial(monkeypatch, write_suite,
+                                                                                 tmp_path):
+    path = write_suite(SPACE_RANDOM.replace("{trials}", "3"), base=BASE)
+
+    def interrupt_second(n, cfg):
+        if n == 1:
+            raise KeyboardInterrupt  # killed during trial 1, after trial 0 finished
+
+    calls = count_fits(monkeypatch, interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        tune_run(path, tmp_path)
+    assert len(calls) == 2 and len(trial_dirs(tmp_path)) == 2
+    first = [d for d in trial_dirs(tmp_path) if (d / "result.json").is_file()]
+    assert len(first) == 1
+    stamp = (first[0] / "result.json").stat().st_mtime_ns
+    study = optuna.load_study(study_name=expand(load_suite(path))[0].id,
+                              storage=tune.journal(next((tmp_path / "tuned" / "tune").glob("*.journal"))))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]
+    interrupted_lr = study.trials[1].params["train.lr"]
+
+    calls = count_fits(monkeypatch)
+    tune_run(path, tmp_path)
+    assert len(calls) == 2 and calls[0].lr == interrupted_lr  # the running trial first, with its values
+    assert (first[0] / "result.json").stat().st_mtime_ns == stamp  # trial 0 untouched
+    (rec,) = records(tmp_path).values()
+    assert [t["number"] for t in rec["trials"]] == [0, 1, 2] and len(trial_dirs(tmp_path)) == 3
+    assert all(t["state"] == "complete" for t in rec["trials"]) and rec["chosen"] is not None
+
+    calls = count_fits(monkeypatch)
+    tune_run(path, tmp_path)
+    assert calls == []
+    path.write_text(path.read_text().replace("trials = 3", "trials = 4"))  # a raised budget adds one trial
+    tune_run(path, tmp_path)
+    assert len(calls) == 1 and len(trial_dirs(tmp_path)) == 4
+    (rec,) = records(tmp_path).values()
+    assert len(rec["trials"]) == 4 and rec["chosen"] is not None
+
+
+def test_sequential_tuning_proposes_the_same_trials_given_the_seed(write_suite, tmp_path):
+    path = write_suite(SPACE_RANDOM.replace("{trials}", "2").replace('"random"', '"tpe"'), base=BASE)
+    for folder in ("a", "b"):
+        tune_run(path, tmp_path / folder)
+    (a,), (b,) = records(tmp_path / "a").values(), records(tmp_path / "b").values()
+    assert [t["params"] for t in a["trials"]] == [t["params"] for t in b["trials"]]
+    assert [t["cell"] for t in a["trials"]] == [t["cell"] for t in b["trials"]]
+
+
+def test_the_median_pruner_prunes_a_hopeless_trial_and_its_record_says_so(monkeypatch, write_suite, tmp_path):
+    # Optuna's median pruner waits for 5 finished trials; the sixth is far worse after its first epoch
+    scripts = [[0.5, 0.4]] * 5 + [[0.9, 0.9]]
+    state = {"errors": [], "i": 0}
+    real = train.classification_metrics
+
+    def metrics(logits, labels):
+        out = real(logits, labels)
+        if state["i"] < len(state["errors"]):
+            out = {**out, "top1_error": state["errors"][state["i"]]}
+        state["i"] += 1
+        return out
+
+    def script(n, cfg):
+        state.update(errors=scripts[n], i=0)
+
+    monkeypatch.setattr(train, "classification_metrics", metrics)
+    calls = count_fits(monkeypatch, script)
+    path = write_suite(SPACE_RANDOM.replace("{trials}", "6") + 'pruner = "median"\nwarmup_epochs = 1\n', base=BASE)
+    tune_run(path, tmp_path)
+    (rec,) = records(tmp_path).values()
+    assert [t["state"] for t in rec["trials"]] == ["complete"] * 5 + ["pruned"]
+    assert rec["cost"]["pruned"] == 1 and rec["chosen"] != rec["trials"][5]["cell"]
+    pruned = tmp_path / "tuned" / rec["trials"][5]["cell"]
+    result = read_json(pruned / "result.json")
+    assert result["status"] == "pruned" and result["epoch"] == 1 and "test" not in json.dumps(result)
+    assert len(result["history"]) == 1 and (pruned / "history.csv").is_file()
+    assert not (pruned / "checkpoint.pt").exists()
+    assert cell_states(tmp_path / "tuned", [(pruned.name, "")])[0]["state"] == "pruned"
+
+    calls.clear()
+    tune_run(path, tmp_path)  # final: a rerun does not train it on
+    assert calls == []
+
+
+@pytest.mark.parametrize(("space", "key", "says"), [
+    ('{"train.lrr" = {low = 1e-4, high = 1e-1}}', 'tune.space."train.lrr"', "did you mean 'lr'"),
+    ('{"train.epochs" = {low = 1.0, high = 5.0}}', 'tune.space."train.epochs"', "integer"),
+    ('{"train.lr" = {low = -1.0, high = 1.0}}', 'tune.space."train.lr"', "greater than 0"),
+    ('{"train.optimizer" = {choices = ["adam", "adamm"]}}', 'tune.space."train.optimizer"', "adamm"),
+    ('{"model.head_hidden" = {choices = [[], [8]]}, "train.lr" = {low = 1e-3, high = 1e-2, step = 1e-3}}',
+     "tune.trials", "the grid has 20 point(s)"),
+])
+def test_a_bad_search_space_is_one_line_naming_the_key(cli, write_suite, space, key, says):
+    path = write_suite(f'[tune]\nspace = {space}\ntrials = 30\nsampler = "grid"\n'
+                       if "step" in space else f"[tune]\nspace = {space}\ntrials = 2\n", base=BASE)
+    code, out, err = cli("plan", path, "--no-data")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and key in err and says in err
+
+
+def test_plan_lists_contenders_and_a_smoke_run_tunes_each_with_two_trials_in_parallel(cli, write_suite, tmp_path):
+    path = write_suite('[grid]\n"train.weight_decay" = [0.0, 0.01]\n' + SPACE_RANDOM.replace("{trials}", "5")
+                       + 'pruner = "median"\n', base=BASE)
+    code, out, err = cli("plan", path, "--no-data")
+    assert code == 0, err
+    assert "2 contender(s), 5 trials each over train.lr" in out
+    code, out, err = cli("run", path, "--smoke", "--jobs", "2", "--results", tmp_path)  # trials in children
+    assert code == 0, err
+    assert err.count("chose trial") == 2
+    recs = {p.stem: read_json(p) for p in (tmp_path / "tuned-smoke" / "tune").glob("*.json")}
+    assert len(recs) == 2 and all(len(r["trials"]) == 2 and r["chosen"] for r in recs.values())
+    for rec in recs.values():
+        for t in rec["trials"]:
+            assert read_json(tmp_path / "tuned-smoke" / t["cell"] / "cell.json")["tune"]["trial"] == t["number"]
+    code, out, err = cli("status", path, "--smoke", "--results", tmp_path)
+    assert code == 0 and out.count("tuned") >= 2
