@@ -46,7 +46,12 @@ README_PARAMS = [
     ("deep_cnn", 64, 10, 624_554),
     ("inception_cnn", 64, 10, 135_010),
     ("small_cnn", 64, 10, 94_762),
+    ("plain_cnn", 64, 10, 1_143_242),
+    ("deeper_cnn", 64, 10, 4_844_010),
     ("mlp", 300, 3, 68_851_023),  # study 004's report
+    ("cifar_cnn", 300, 3, 9_966_691),  # study 004's report
+    ("plain_cnn", 96, 8, 2_453_704),  # study 002: "almost 2.5 million"
+    ("deeper_cnn", 200, 100, 5_898_436),  # study 000: "almost 6 million"
     ("shallow_cnn", 200, 100, 643_108),  # study 000: "over 600 thousand"
     ("deep_cnn", 200, 100, 4_841_988),  # study 000: "almost 5 million"
 ]
