@@ -334,6 +334,7 @@ class Tune(Strict):
     startup_trials: int | None = Field(None, ge=1)  # tpe: random trials before TPE models; unset: Optuna's 10
     pruner: Literal["none", "median", "halving"] = "none"  # stop hopeless trials after an epoch (Optuna's)
     warmup_epochs: int = Field(1, ge=0)  # median: epochs a trial runs before it may be pruned
+    pruner_startup_trials: int = Field(5, ge=0)  # median: finished trials before any is pruned (Optuna's 5)
     metric: Literal["val_error", "val_loss"] = "val_error"  # what a trial is judged on, per epoch and at the end
     seed: int = 0  # the sampler's seed (with the contender's id): the same proposals on a rerun
 

@@ -64,6 +64,7 @@ class TrialSpec:
     journal: str  # the study's journal file (absolute)
     pruner: str = "none"
     warmup_epochs: int = 1
+    startup_trials: int = 5  # the median pruner's n_startup_trials
     metric: str = "val_error"
 
 

@@ -175,8 +175,12 @@ def smoke_suite(suite: Suite) -> Suite:
     entries = [{k: v if k == "label" else _rewrite(k, v, maps, rules) for k, v in flatten(entry).items()}
                for entry in suite.cells]
     meta = suite.suite.model_copy(update={"name": suite.suite.name + "-smoke"})
+    # a data set's keys are data.* keys written relative to [data]: shrunk, and their roots stood in, alike
+    datasets = [{"name": d["name"], **{k: _rewrite(f"data.{k}", v, maps, rules)
+                                       for k, v in flatten({k: v for k, v in d.items() if k != "name"}).items()}}
+                for d in suite.datasets]
     small = Suite(path=suite.path, suite=meta, base=base, grid=grid, cells=entries, resources=suite.resources,
-                  tune=suite.tune, datasets=suite.datasets)
+                  tune=suite.tune, datasets=datasets)
     if _merges(small):  # [[cells]] that differ only in hub weights vs none (study 001's scratch vs fine-tuned)
         for entry, cell_table in zip(entries, suite.cells, strict=True):
             cell = next(c for c in cells if c.explicit_label == cell_table.get("label"))

@@ -63,10 +63,10 @@ SAMPLERS: dict[str, Callable[[Tune, int], optuna.samplers.BaseSampler]] = {
 }
 # a trial reports its validation metric after every epoch (step = epoch, from 1): warmup_epochs = 1 lets the
 # median pruner stop a trial after its first epoch
-PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
-    "none": lambda warmup: optuna.pruners.NopPruner(),
-    "median": lambda warmup: optuna.pruners.MedianPruner(n_warmup_steps=warmup),
-    "halving": lambda warmup: optuna.pruners.SuccessiveHalvingPruner(),
+PRUNERS: dict[str, Callable[[int, int], optuna.pruners.BasePruner]] = {
+    "none": lambda warmup, startup: optuna.pruners.NopPruner(),
+    "median": lambda warmup, startup: optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup),
+    "halving": lambda warmup, startup: optuna.pruners.SuccessiveHalvingPruner(),
 }
 METRICS = {"val_error": "top1_error", "val_loss": "loss"}  # tune.metric -> its name in result.json's metrics.val
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
@@ -197,7 +197,7 @@ class EpochReporter:
         self.column = spec.metric + ("_ema" if train.ema and train.ema_select == "ema" else "")
         study = optuna.load_study(study_name=spec.contender, storage=journal(spec.journal),
                                   sampler=optuna.samplers.RandomSampler(),  # samples nothing here
-                                  pruner=PRUNERS[spec.pruner](spec.warmup_epochs))
+                                  pruner=PRUNERS[spec.pruner](spec.warmup_epochs, spec.startup_trials))
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, spec.number)
         self.trial = optuna.trial.Trial(study, trial_id)
         self.seconds = time.perf_counter() - start
@@ -262,7 +262,7 @@ class Contender:
                 self.earlier_overhead, self.earlier_test_eval_s = float(cost["tuning_overhead_s"]), cost["test_eval_s"]
             self.study = optuna.create_study(
                 study_name=self.cell.id, storage=journal(self.journal), direction="minimize", load_if_exists=True,
-                pruner=PRUNERS[self.tune.pruner](self.tune.warmup_epochs))
+                pruner=PRUNERS[self.tune.pruner](self.tune.warmup_epochs, self.tune.pruner_startup_trials))
             # One stream per contender. A seeded sampler's generator starts over in every process, so a
             # resumed run would draw the first run's values again: its seed also counts the trials so far.
             earlier = len(self.study.trials)
@@ -290,7 +290,7 @@ class Contender:
 
     def _spec(self, number: int, params: dict[str, Any]) -> TrialSpec:
         return TrialSpec(self.cell.id, number, params, str(self.journal), self.tune.pruner,
-                         self.tune.warmup_epochs, self.tune.metric)
+                         self.tune.warmup_epochs, self.tune.pruner_startup_trials, self.tune.metric)
 
     def _pending(self, trial: optuna.trial.Trial) -> Pending | None:
         """The trial's cell, or None when its values make a config bench refuses: that trial failed."""

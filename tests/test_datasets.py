@@ -118,3 +118,28 @@ def test_two_data_sets_with_the_same_data_are_refused(write_suite):
     assert e.value.key == "datasets"
     with pytest.raises(UserError, match="used twice"):
         _cells(write_suite, '[[datasets]]\nname = "a"\n[[datasets]]\nname = "a"\nimage_size = 24\n')
+
+
+def test_smoke_stands_in_for_every_data_sets_own_folder(write_suite, tmp_path):
+    """--smoke never reads a data set's real folder: each entry's root gets a generated stand-in, and data
+    sets that differ only in a shrunk key stay apart."""
+    from bench.smoke import smoke_suite
+
+    path = write_suite(f'''
+        [suite]
+        name = "two-folders"
+        [data]
+        source = "folder"
+        image_size = 64
+        [[datasets]]
+        name = "birds"
+        root = "{tmp_path / 'nowhere' / 'birds'}"
+        [[datasets]]
+        name = "plants"
+        root = "{tmp_path / 'nowhere' / 'plants'}"
+        min_side = 20
+    ''', base="")
+    cells = expand(smoke_suite(load_suite(path)))
+    assert [c.dataset for c in cells] == ["birds", "plants"] and len({c.id for c in cells}) == 2
+    for c in cells:
+        assert "nowhere" not in c.config.data.root and Path(c.config.data.root).is_dir()

@@ -254,3 +254,26 @@ def test_plan_lists_contenders_and_a_smoke_run_tunes_each_with_two_trials_in_par
             assert read_json(tmp_path / "tuned-smoke" / t["cell"] / "cell.json")["tune"]["trial"] == t["number"]
     code, out, err = cli("status", path, "--smoke", "--results", tmp_path)
     assert code == 0 and out.count("tuned") >= 2
+
+
+@pytest.mark.parametrize(("startup", "third"), [(2, "pruned"), (5, "complete")])
+def test_pruner_startup_trials_is_how_many_finished_trials_the_median_pruner_waits_for(
+        monkeypatch, write_suite, tmp_path, startup, third):
+    scripts = [[0.5, 0.4], [0.5, 0.4], [0.9, 0.9]]
+    state = {"errors": [], "i": 0}
+    real = train.classification_metrics
+
+    def metrics(logits, labels):
+        out = real(logits, labels)
+        if state["i"] < len(state["errors"]):
+            out = {**out, "top1_error": state["errors"][state["i"]]}
+        state["i"] += 1
+        return out
+
+    monkeypatch.setattr(train, "classification_metrics", metrics)
+    count_fits(monkeypatch, lambda n, cfg: state.update(errors=scripts[n], i=0))
+    path = write_suite(SPACE_RANDOM.replace("{trials}", "3") + f'pruner = "median"\npruner_startup_trials = {startup}\n',
+                       base=BASE)
+    tune_run(path, tmp_path)
+    (rec,) = records(tmp_path).values()
+    assert [t["state"] for t in rec["trials"]] == ["complete", "complete", third]
