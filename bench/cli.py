@@ -73,12 +73,7 @@ def _cells(suite_path: Path, only: str | None, smoke: bool, *, device: str = "au
     if smoke:
         from bench.smoke import smoke_suite
 
-        tune = suite.tune
         suite = smoke_suite(suite)
-        if tune is not None:  # the smoke suite is rebuilt from the cells' tables; its [tune] runs fewer trials
-            from bench.tune import smoke_tune
-
-            suite = suite.model_copy(update={"tune": smoke_tune(tune)})
     cells = expand(suite)
     if suite.tune is not None:  # every cell is a contender: the space must fit each of them
         from bench.tune import check_space

@@ -218,7 +218,8 @@ class Ray:
                         try:
                             yield ray.get(ref)
                         except ray.exceptions.RayError as e:  # the worker died, or the task could not start
-                            yield _lost(owner[ref], suite_dir, f"its Ray task failed: {_first_line(e)}")
+                            yield _lost(owner[ref], suite_dir, f"its Ray task failed: {_first_line(e)}",
+                                        run_options)
             except BaseException:
                 for ref in remaining:
                     ray.cancel(ref, force=True)
@@ -302,7 +303,7 @@ class Slurm:
                         yield job.result()
                     except Exception as e:  # submitit's FailedJobError / UncompletedJobError: the job died
                         yield _lost(owner[job.job_id], suite_dir, f"its job {job.job_id} ended without a "
-                                                                  f"result: {_first_line(e)}")
+                                                                  f"result: {_first_line(e)}", options)
             except BaseException:
                 for job in jobs:
                     if not job.done():
@@ -315,10 +316,10 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def _lost(cell: Cell, suite_dir: Path, why: str) -> Outcome:
+def _lost(cell: Cell, suite_dir: Path, why: str, options: RunOptions) -> Outcome:
     """A cell whose worker died outside bench's own care: recorded unless the cell left a record itself."""
     if not (suite_dir / cell.id / "result.json").is_file():
-        failure_record(cell, suite_dir, torch.device("cpu"), "crashed", why)
+        failure_record(cell, suite_dir, torch.device("cpu"), "crashed", why, trial=options.trials.get(cell.id))
     return Outcome(cell.id, "crashed", why)
 
 

@@ -35,10 +35,15 @@ def submission_rows(record: Record, split: str = "test", k: int = 5) -> list[tup
     logits, _ = read_predictions(record.dir, split)
     if len(files) != len(logits):
         raise UserError(f"'{split_file}' lists {len(files)} {split} images but the predictions hold {len(logits)}")
+    return top_k_rows(image_ids(files), logits, data.get("class_names") or [str(i) for i in range(logits.shape[1])],
+                      k)
+
+
+def image_ids(files: list[str] | list[Path]) -> list[str]:
+    """A submission's ids: the file stems, or the paths less their suffix where stems repeat (the same name
+    in two class folders), so that every id stays unique."""
     ids = [Path(f).stem for f in files]
-    if len(set(ids)) < len(ids):  # stems repeat across class folders: keep the folder to stay unique
-        ids = [str(Path(f).with_suffix("")) for f in files]
-    return top_k_rows(ids, logits, data.get("class_names") or [str(i) for i in range(logits.shape[1])], k)
+    return ids if len(set(ids)) == len(ids) else [str(Path(f).with_suffix("")) for f in files]
 
 
 def top_k_rows(ids: list[str], logits: torch.Tensor, class_names: list[str], k: int) -> list[tuple[str, str]]:
@@ -68,17 +73,14 @@ def unlabelled_images(images: Path, root: Path | None = None) -> list[tuple[str,
     """(id, file) for an unlabelled test set: every image under a folder (id: the file stem, or the relative
     path where stems repeat), or an iNat-style JSON's `images` (id: its `id`; files relative to `root`,
     default the JSON's folder), e.g. iNat 2019's test2019.json."""
-    from bench.data.sources import IMAGE_SUFFIXES
+    from bench.data.sources import image_files
 
     images = Path(images)
     if images.is_dir():
-        files = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = image_files(images)
         if not files:
             raise UserError(f"no images under '{images}'", key="--images", hint="give a folder of images or a JSON")
-        rel = [p.relative_to(images) for p in files]
-        stems = [p.stem for p in rel]
-        ids = stems if len(set(stems)) == len(stems) else [str(p.with_suffix("")) for p in rel]
-        return list(zip(ids, files, strict=True))
+        return list(zip(image_ids([p.relative_to(images) for p in files]), files, strict=True))
     if not images.is_file():
         raise UserError(f"no such folder or file '{images}'", key="--images",
                         hint="a folder of images, or an iNat-style JSON such as test2019.json")

@@ -96,17 +96,6 @@ def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return multiclass_confusion_matrix(logits, labels, num_classes=logits.shape[1])
 
 
-def stored_confusion(cell_dir: Path, split: str = "test") -> torch.Tensor:
-    """The confusion matrix the runner saved beside the predictions (`<split>_confusion` in
-    predictions.npz), or, for a record written before it was saved, computed from the saved logits."""
-    path = Path(cell_dir) / "predictions.npz"
-    if path.is_file():
-        with np.load(path) as npz:
-            if f"{split}_confusion" in npz:
-                return torch.from_numpy(npz[f"{split}_confusion"])
-    return confusion_matrix(*load_predictions(cell_dir, split))
-
-
 RECALL_GRID = 101  # points from recall 0 to 1 at which averaged precision-recall curves are drawn
 EXACT_PR_LIMIT = 5_000_000  # scores above which a curve uses 1,001 fixed thresholds instead of every score
 

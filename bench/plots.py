@@ -23,9 +23,9 @@ from bench import ranking
 from bench.metrics import (
     RECALL_GRID,
     averaged_pr_curves,
+    confusion_matrix,
     load_predictions,
     precision_at_recall,
-    stored_confusion,
 )
 from bench.report import COLUMNS, Filter, cross_dataset, frame, leaderboard, read_studies
 
@@ -226,7 +226,7 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
             if (cell_dir / "predictions.npz").is_file():
                 logits, labels = load_predictions(cell_dir, split)
                 _save(pr_curves(logits, labels, names), dest / "pr_curves.png", written)
-                _save(confusion_plot(stored_confusion(cell_dir, split), names, f"{row.label} ({split})"),
+                _save(confusion_plot(confusion_matrix(logits, labels), names, f"{row.label} ({split})"),
                       dest / "confusion.png", written)
             key = data.get("split_key")
             if data.get("train_class_counts") and key not in histograms:

@@ -26,7 +26,7 @@ from safetensors.torch import load_model, save_model
 
 import bench
 from bench.artefacts import sealed_digest
-from bench.checkpoint import CHECKPOINT, CHECKPOINT_INFO, Checkpoint
+from bench.checkpoint import Checkpoint
 from bench.claims import Claim, claim_live, read_claim
 from bench.cost import forward_gflops
 from bench.data import prepare
@@ -253,12 +253,8 @@ def execute(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProg
                               history=e.history)
     except Pruned as e:  # final as well: a rerun never trains it on (its study was told it was pruned)
         _write_history(suite_dir / cell.id, e.history)
-        if not options.keep_checkpoint:
-            for name in (CHECKPOINT, CHECKPOINT_INFO):
-                (suite_dir / cell.id / name).unlink(missing_ok=True)
-        train_s = sum(r.get("train_seconds", 0.0) for r in e.history)
         return failure_record(cell, suite_dir, device, "pruned", str(e), trial=trial, epoch=e.epoch,
-                              history=e.history, cost={"train_time_s": train_s, **getattr(e, "cost", {})})
+                              history=e.history, cost=e.cost)
     except torch.OutOfMemoryError as e:
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         error = (f"out of memory at train.batch_size {cell.config.train.batch_size}"
@@ -392,7 +388,10 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         result = fit(model, loaders, cfg.train, device, on_epoch=on_epoch, on_step=progress.step,
                      class_counts=data.info["train_class_counts"], checkpoint=checkpoint, test=trial is None)
     except Pruned as e:
-        e.cost = {"pruner_s": report.seconds}  # what reporting to the study cost: tuning, not training
+        if checkpoint is not None and not options.keep_checkpoint:
+            checkpoint.remove()
+        # what reporting to the study cost is tuning's time, not training's
+        e.cost = {"train_time_s": sum(r.get("train_seconds", 0.0) for r in e.history), "pruner_s": report.seconds}
         raise
     wall = time.perf_counter() - start
 
@@ -401,7 +400,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     for split, (logits, labels) in result.predictions.items():
         arrays[f"{split}_logits"] = logits.numpy().astype(np.float32)
         arrays[f"{split}_labels"] = labels.numpy().astype(np.int64)
-    if "test" in result.predictions:  # rows = true class, columns = predicted (bench.metrics.stored_confusion)
+    if "test" in result.predictions:  # rows = true class, columns = predicted (bench.metrics.confusion_matrix)
         arrays["test_confusion"] = confusion_matrix(*result.predictions["test"]).numpy().astype(np.int64)
     write_npz(cell_dir / "predictions.npz", **arrays)
     model.load_state_dict(result.best_state)

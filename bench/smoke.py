@@ -32,6 +32,7 @@ from bench.suite import Cell, expand, set_dotted
 
 SIZES = (32, 64, 96, 128, 160, 224)
 CLASSES, IMAGES, STEPS, BATCH, EVAL_BATCH = 4, 64, 2, 8, 32
+TRIALS = 2  # per tuned contender: --smoke proves that trials run, not that tuning finds anything
 
 
 @cache
@@ -101,12 +102,17 @@ def _value_maps(flats: Sequence[dict[str, Any]], rules: dict[str, Shrink]) -> di
                 maps[key] = {_js(v): rule.small(v) for v in values}
         groups: dict[str, list[dict]] = defaultdict(list)
         for f in flats:
-            groups[_js({k: maps[k][_js(v)] if k in maps else v for k, v in f.items()})].append(f)
+            groups[_js(_shrunk(f, maps))].append(f)
         merged = {k for g in groups.values() if len(g) > 1 for k in rules
                   if rules[k].ladder is not None and len({_js(f[k]) for f in g}) > 1}
         if not merged - spread:
             return maps  # merges left (cells that differ only in model.pretrained) are refused by expand
         spread |= merged
+
+
+def _shrunk(flat: dict[str, Any], maps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A cell's flattened config as the smoke maps leave it."""
+    return {k: maps[k][_js(v)] if k in maps and _js(v) in maps[k] else v for k, v in flat.items()}
 
 
 def stand_in_root(root: str, formats: set[tuple], stand_in: SyntheticConfig) -> Path:
@@ -180,8 +186,10 @@ def smoke_suite(suite: Suite) -> Suite:
                                        for k, v in flatten({k: v for k, v in d.items() if k != "name"}).items()}}
                 for d in suite.datasets]
     small = Suite(path=suite.path, suite=meta, base=base, grid=grid, cells=entries, resources=suite.resources,
-                  tune=suite.tune, datasets=datasets)
-    if _merges(small):  # [[cells]] that differ only in hub weights vs none (study 001's scratch vs fine-tuned)
+                  tune=suite.tune and suite.tune.model_copy(update={"trials": min(suite.tune.trials, TRIALS)}),
+                  datasets=datasets)
+    # cells that only hub weights told apart (study 001's scratch vs fine-tuned) would merge without them
+    if len({_js(_shrunk(f, maps)) for f in flats}) < len(flats):
         for entry, cell_table in zip(entries, suite.cells, strict=True):
             cell = next(c for c in cells if c.explicit_label == cell_table.get("label"))
             if cell.config.model.pretrained is True and "model.arch" not in suite.grid:
@@ -190,22 +198,12 @@ def smoke_suite(suite: Suite) -> Suite:
     return small
 
 
-def _merges(suite: Suite) -> bool:
-    from bench.errors import UserError
-
-    try:
-        expand(suite)
-    except UserError as e:
-        if "resolve to the same config" in e.reason:
-            return True
-        raise
-    return False
-
-
 def stand_in_weights(arch: str, size: int) -> Path:
     """Random weights saved as a local file standing in for `arch`'s hub weights, so that a cell trained from
     them stays apart from one trained from scratch (never downloads; the same file every run)."""
-    from bench.weights import save_model
+    from safetensors.torch import save_model
+
+    from bench.store import atomic_path
 
     path = cache_root() / "smoke" / "weights" / f"{arch.replace(':', '_')}.safetensors"
     if not path.exists():
@@ -213,7 +211,6 @@ def stand_in_weights(arch: str, size: int) -> Path:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
             model = create_model(arch, CLASSES, size)
-        tmp = path.with_suffix(".tmp")
-        save_model(model, str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_model(model, str(tmp))
     return path

@@ -148,6 +148,7 @@ class Pruned(Exception):
 
     def __init__(self, epoch: int, why: str):
         self.epoch, self.history = epoch, []
+        self.cost: dict[str, float] = {}  # the runner's: training and pruner-report seconds
         super().__init__(why)
 
 
@@ -310,7 +311,7 @@ def _as_selected(row: dict[str, Any], variant: str) -> dict[str, Any]:
     return {**row, **{k: row[f"{k}_{variant}"] for k in ("val_loss", "val_error", "val_top5_error")}}
 
 
-def compile_warm_up(net: nn.Module, model: nn.Module, loaders: dict, prep: Callable, autocast: Callable | None,
+def compile_warm_up(net: nn.Module, model: nn.Module, loaders: dict, prep: Preprocess, autocast: Callable | None,
                     batch_size: int) -> float:
     """torch.compile compiles on first use; left there, the compilation would count as training time (and
     evaluation time) and make a compiled cell look slower than it trains. So the graphs are built here, on a
@@ -319,10 +320,10 @@ def compile_warm_up(net: nn.Module, model: nn.Module, loaders: dict, prep: Calla
     apart (cost.compile_time_s). Every state it touches is put back: the weights and running statistics,
     the gradients, and the random generators (dropout draws), so the run trains as it would without it."""
     x, _ = next(iter(loaders["val"]))
-    device = prep.device if isinstance(prep, Preprocess) else None
+    device = prep.device
     state = copy.deepcopy(model.state_dict())
     start = time.perf_counter()
-    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         for n in sorted({min(batch_size, len(x)), max(1, min(batch_size, len(x)) - 1)}, reverse=True):
             batch = prep(x[:n])
@@ -333,7 +334,7 @@ def compile_warm_up(net: nn.Module, model: nn.Module, loaders: dict, prep: Calla
             model.eval()
             with torch.no_grad(), autocast() if autocast is not None else contextlib.nullcontext():
                 net(batch)
-    if device is not None and device.type == "cuda":
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)

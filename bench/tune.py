@@ -41,7 +41,6 @@ from bench.suite import Cell, check_names, set_dotted
 from bench.train import Pruned
 
 TUNE = "tune"  # the folder under results/<suite>/ that holds the studies and the contenders' records
-SMOKE_TRIALS = 2  # --smoke proves that trials run, not that tuning finds anything
 
 # Optuna logs every trial at INFO; bench prints its own line per trial
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -76,11 +75,6 @@ FINAL = ("ok", "pruned", "diverged")  # a trial cell's record that is its result
 
 def journal(path: Path | str) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-
-
-def smoke_tune(tune: Tune) -> Tune:
-    """[tune] as --smoke runs it: at most SMOKE_TRIALS trials per contender."""
-    return tune.model_copy(update={"trials": min(tune.trials, SMOKE_TRIALS)})
 
 
 # ----------------------------------------------------------------------------------------- the space
@@ -407,19 +401,17 @@ def _train_time(result: dict[str, Any] | None) -> float:
     return float(sum(r.get("train_seconds") or 0.0 for r in result.get("history") or []))
 
 
-def _final(cell_dir: Path) -> dict[str, Any] | None:
-    try:
-        record = read_json(cell_dir / "result.json")
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("status") in FINAL else None
-
-
 def _result(cell_dir: Path) -> dict[str, Any] | None:
     try:
         return read_json(cell_dir / "result.json")
     except (OSError, ValueError):
         return None
+
+
+def _final(cell_dir: Path) -> dict[str, Any] | None:
+    """The trial's record if it is its result (ok, pruned, diverged), else None."""
+    record = _result(cell_dir)
+    return record if isinstance(record, dict) and record.get("status") in FINAL else None
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -457,14 +449,20 @@ def _next_wave(studies: list[Contender], width: int) -> list[Pending]:
     another in turn so that all of them progress alike."""
     wave: list[Pending] = []
     for s in studies:
-        for frozen in s.running():
+        with s.timed():  # reading the journal is tuning's time too
+            running = s.running()
+        for frozen in running:
             if len(wave) >= width:
                 return wave
             pending = s.resume(frozen)
             if pending is not None:
                 wave.append(pending)
     while len(wave) < width:
-        asking = [s for s in studies if s.left() > 0]
+        asking = []
+        for s in studies:
+            with s.timed():
+                if s.left() > 0:
+                    asking.append(s)
         if not asking:
             break
         for s in asking:
@@ -474,17 +472,6 @@ def _next_wave(studies: list[Contender], width: int) -> list[Pending]:
             if pending is not None:
                 wave.append(pending)
     return wave
-
-
-def _stamp(cell_dir: Path, spec: TrialSpec) -> None:
-    """The trial's "tune" entry in its cell.json, where a record written without it (a crashed child's) lacks it."""
-    try:
-        record = read_json(cell_dir / "cell.json")
-    except (OSError, ValueError):
-        return
-    if isinstance(record, dict) and "tune" not in record:
-        record["tune"] = {"contender": spec.contender, "trial": spec.number, "params": spec.params}
-        write_json(cell_dir / "cell.json", record)
 
 
 def _sort_wave(wave: list[Pending], suite_dir: Path, force: bool, fresh: set[str]
@@ -514,7 +501,6 @@ def _settle(to_run: dict[str, Pending], later: list[Pending], outcomes: dict[str
                 summary.busy.append(cid)
                 continue
             fresh.add(cid)
-            _stamp(suite_dir / cid, p.spec)
             result = _result(suite_dir / cid)
             if (result or {}).get("status") in FINAL:
                 summary.ran.append(cid)

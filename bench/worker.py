@@ -138,7 +138,7 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
             log.unlink(missing_ok=True)
         return record
     return failure_record(cell, suite_dir, device, "crashed", _cause(proc.exitcode), exitcode=proc.exitcode,
-                          stderr_tail=_tail(log))
+                          stderr_tail=_tail(log), trial=options.trials.get(cell.id))
 
 
 def _cause(exitcode: int | None) -> str:

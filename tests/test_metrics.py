@@ -58,20 +58,6 @@ def test_per_class_accuracy_and_confusion_matrix():
     assert confusion_matrix(LOGITS, LABELS).tolist() == [[2, 1, 0], [0, 1, 0], [0, 0, 0]]
 
 
-def test_stored_confusion_reads_the_saved_matrix_else_computes_it(tmp_path):
-    import numpy as np
-
-    from bench.metrics import stored_confusion
-    from bench.store import write_npz
-
-    write_npz(tmp_path / "predictions.npz", test_logits=LOGITS.numpy(), test_labels=LABELS.numpy())
-    assert stored_confusion(tmp_path).tolist() == [[2, 1, 0], [0, 1, 0], [0, 0, 0]]  # an older record
-    saved = np.arange(9).reshape(3, 3)
-    write_npz(tmp_path / "predictions.npz", test_logits=LOGITS.numpy(), test_labels=LABELS.numpy(),
-              test_confusion=saved)
-    assert stored_confusion(tmp_path).tolist() == saved.tolist()
-
-
 def test_precision_at_recall_by_hand(monkeypatch):
     import numpy as np
 

@@ -64,7 +64,7 @@ def _from_names(root: Path, paths: list[str], names: list[str], given: list[str]
                    None if given is None else np.array(given, dtype=object), class_meta or {})
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
@@ -116,7 +116,7 @@ def scan_folder(root: str | Path) -> Samples:
     paths, names, given = [], [], []
     for split, base in parts:
         for cls in sorted(d for d in base.iterdir() if d.is_dir()):
-            for f in _image_files(cls):
+            for f in image_files(cls):
                 paths.append(f.relative_to(root).as_posix())
                 names.append(cls.name)
                 given.append(split)

@@ -17,6 +17,14 @@ from bench.registry import register
 BUILTINS: dict[str, Callable[..., nn.Module]] = {}
 
 
+class FlatteningCNN(nn.Module):
+    """The Keras-era networks of the studies: `features` (convolutions, pooling, Flatten), a dense
+    `classifier`, and the class layer `head` (the name bench's head and freeze code look for)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.classifier(self.features(x)))
+
+
 @register(BUILTINS, "mlp")
 class MLP(nn.Module):
     """Study 004's baseline: the flattened image into one hidden layer of 255 ReLU units."""
@@ -33,7 +41,7 @@ class MLP(nn.Module):
 
 
 @register(BUILTINS, "cifar_cnn")
-class CifarCNN(nn.Module):
+class CifarCNN(FlatteningCNN):
     """Study 004's CNN from the PyTorch CIFAR-10 tutorial: two 5x5 convs with max-pooling, then 120-84-n;
     with `dropout` (model.kwargs), the study's two Dropout layers: after the second pooling and after the
     84-wide layer (its summary's Dropout-5 and Dropout-8)."""
@@ -53,9 +61,6 @@ class CifarCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
                                         *drop)
         self.head = nn.Linear(84, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.classifier(self.features(x)))
 
 
 @register(BUILTINS, "small_cnn")
@@ -94,7 +99,7 @@ def _conv_relu(cin: int, cout: int, k: int = 3) -> list[nn.Module]:
 
 
 @register(BUILTINS, "shallow_cnn")
-class ShallowCNN(nn.Module):
+class ShallowCNN(FlatteningCNN):
     """Study 000's first CNN: two 3x3 conv layers (8, 16 filters) with max-pooling, a 16-unit dense layer.
     Most weights sit in that dense layer, which reads the flattened maps (620k params at 200 px, 100 classes)."""
 
@@ -108,12 +113,9 @@ class ShallowCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(16 * side * side, 16), nn.ReLU(inplace=True))
         self.head = nn.Linear(16, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.classifier(self.features(x)))
-
 
 @register(BUILTINS, "deeper_cnn")
-class DeeperCNN(nn.Module):
+class DeeperCNN(FlatteningCNN):
     """Study 000's second deep CNN, "even deeper", with "almost 6 million parameters, and a much deeper
     convolutional base": ten 3x3 convs in five stages (32-64-128-256-512 filters, two convs each), each
     stage max-pooled, then a 64-unit dense layer (5,898,436 params at 200 px, 100 classes). The report gives
@@ -133,12 +135,9 @@ class DeeperCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(512 * side * side, 64), nn.ReLU(inplace=True))
         self.head = nn.Linear(64, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.classifier(self.features(x)))
-
 
 @register(BUILTINS, "plain_cnn")
-class PlainCNN(nn.Module):
+class PlainCNN(FlatteningCNN):
     """Study 002's first CNN: three 3x3 conv layers (32-64-128 filters, 'same' padding) each followed by
     max-pooling, Flatten, a 128-unit dense layer, Dropout, and the class layer: 2.45M parameters at 96 px
     and 8 classes (the study: "almost 2.5 million"; it does not give the widths, these are the Keras
@@ -156,12 +155,9 @@ class PlainCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(128 * side * side, 128), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.head = nn.Linear(128, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.classifier(self.features(x)))
-
 
 @register(BUILTINS, "deep_cnn")
-class DeepCNN(nn.Module):
+class DeepCNN(FlatteningCNN):
     """Study 000's chosen deeper CNN: four 3x3 conv layers (16-32-64-128 filters), each followed by
     max-pooling, then a 256-unit dense layer (4.8M params at 200 px, 100 classes; the study: "almost 5M").
     Its regularised version adds dropout 0.5 after the dense layers: model.head_dropout = 0.5."""
@@ -177,9 +173,6 @@ class DeepCNN(nn.Module):
         self.features = nn.Sequential(*convs, nn.Flatten())
         self.classifier = nn.Sequential(nn.Linear(128 * side * side, 256), nn.ReLU(inplace=True))
         self.head = nn.Linear(256, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.classifier(self.features(x)))
 
 
 class InceptionModule(nn.Module):

@@ -17,7 +17,7 @@ from bench import ranking
 from bench.compare import correctness, pooled_mcnemar
 from bench.errors import UserError, did_you_mean
 from bench.metrics import HIGHER_IS_BETTER
-from bench.report.load import COLUMNS, DATASET, PARAM, REACHED, SORT_BY, Column
+from bench.report.load import COLUMNS, DATASET, DATASET_AXIS, PARAM, REACHED, SORT_BY, Column
 
 MARKS = ("†", "‡", "§", "¶", "#")
 WORSE = "*"  # beside the test error of a row significantly worse than the best row
@@ -63,12 +63,12 @@ def leaderboard(df: pd.DataFrame, columns: Sequence[str] | None = None, sort: st
     if COLUMNS[sort].timing and agg["env"].nunique() > 1:
         by, ascending = ["env", sort], [True, ascending[0]]  # times rank only within one environment
     if _datasets(agg) > 1:  # a row ranks among the rows of its own data set
-        by, ascending = [f"axis:{DATASET}", *by], [True, *ascending]
+        by, ascending = [DATASET_AXIS, *by], [True, *ascending]
     return agg.sort_values(by, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 
 
 def _datasets(board: pd.DataFrame) -> int:
-    column = f"axis:{DATASET}"
+    column = DATASET_AXIS
     return board[column].nunique() if column in board.columns else 0
 
 
@@ -219,7 +219,7 @@ def leaderboard_table(df: pd.DataFrame, columns: Sequence[str], sort: str | None
     marked = "test_error" if "test_error" in columns else sort
     cells, bold = [], []
     per_dataset = _datasets(board) > 1  # the best of each column is the best on each data set
-    blocks = (list(board.groupby(f"axis:{DATASET}", sort=False, dropna=False).indices.values()) if per_dataset
+    blocks = (list(board.groupby(DATASET_AXIS, sort=False, dropna=False).indices.values()) if per_dataset
               else [np.arange(len(board))])
     for c in columns:
         texts = _cell_texts(records, c)
@@ -288,7 +288,7 @@ def significance(df: pd.DataFrame, board: pd.DataFrame, sort: str, alpha: float 
         return seen[cell_dir]
 
     blocks: dict[tuple, list[int]] = {}
-    column = f"axis:{DATASET}"
+    column = DATASET_AXIS
     datasets = board[column] if column in board.columns else pd.Series(None, index=board.index, dtype=object)
     for i, suite, group, test, by, dataset in zip(board.index, *(board[c].tolist() for c in ("suite", "group",
                                                   "test_error", sort)), datasets.tolist(), strict=True):
@@ -394,7 +394,7 @@ def cross_dataset(board: pd.DataFrame, metric: str = RANK_BY, alpha: float = ALP
     """Per suite whose leaderboard spans two or more data sets (the dataset axis): each contender's
     `metric` (mean over seeds) per data set, its ranks, mean rank, mean z-score, and the Friedman test with
     the Nemenyi critical difference over the contenders scored on every data set."""
-    column = f"axis:{DATASET}"
+    column = DATASET_AXIS
     if board.empty or column not in board.columns or metric not in board.columns:
         return []
     out = []

@@ -25,6 +25,7 @@ from bench.cost import achieved_gflops_per_s, read_history, time_to_accuracy
 from bench.errors import UserError, did_you_mean
 from bench.metrics import full_metrics
 from bench.store import RUN, load_records, read_json
+from bench.suite import DATASET
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ DEFAULT_COLUMNS = ("trials", "pruned", "tuning_time_s", "val_error", "test_error
 SORT_BY = "val_error"
 REACHED = "time_to_target_reached"  # beside time_to_target_s: 1 reached, 0 never did, missing without a history
 FIELDS = ("suite", "id", "group", "label", "seed", "status", "device", "dataset")  # filter/pivot keys besides config
-DATASET = "dataset"  # the axis a [[datasets]] entry's name is recorded under (bench.suite.DATASET)
+DATASET_AXIS = f"axis:{DATASET}"  # the column a row's data set name is in
 TUNE = "tune"  # results/<suite>/tune/<contender id>.json
 PARAM = "param:"  # frame columns of a tuned contender's chosen values, param:train.lr
 
@@ -219,9 +220,7 @@ def frame(targets: Path | Sequence[Path], columns: Sequence[str] = DEFAULT_COLUM
             for name, path in plain:
                 row[name] = None if recompute and status == "ok" and path[0] == "metrics" else _get(result, path)
             for name in derived:
-                row[name] = _derived(name, record.dir, result, target_error)
-            if "time_to_target_s" in derived:
-                row[REACHED] = _reached(record.dir, result, row["time_to_target_s"])
+                row.update(_derived(name, record.dir, result, target_error))
             rows.append(row)
     df = pd.DataFrame(rows)
     # as the config has them: 10 stays 10 where another suite's cells lack the key (a float column otherwise)
@@ -345,20 +344,17 @@ def progress_notes(targets: Path | Sequence[Path]) -> list[str]:
     return notes
 
 
-def _derived(name: str, cell_dir: Path, result: dict, target_error: float | None) -> Any:
+def _derived(name: str, cell_dir: Path, result: dict, target_error: float | None) -> dict[str, Any]:
+    """The column `name` computed from the record (and, for time to target, with REACHED beside it: 1.0 if
+    the cell reached the target error, 0.0 if its history shows it never did, None without one)."""
     if name == "gflops_per_s":
-        return achieved_gflops_per_s(_get(result, ("cost", "gflops_forward")),
-                                     _get(result, ("cost", "train_images_per_s")))
+        return {name: achieved_gflops_per_s(_get(result, ("cost", "gflops_forward")),
+                                            _get(result, ("cost", "train_images_per_s")))}
     if name == "time_to_target_s":
-        return time_to_accuracy(read_history(cell_dir), target_error) if result.get("status") == "ok" else None
+        history = read_history(cell_dir) if result.get("status") == "ok" else []
+        seconds = time_to_accuracy(history, target_error) if history else None
+        return {name: seconds, REACHED: 1.0 if seconds is not None else (0.0 if history else None)}
     raise AssertionError(f"no rule derives column '{name}'")
-
-
-def _reached(cell_dir: Path, result: dict, seconds: float | None) -> float | None:
-    """1.0 if the cell reached the target error, 0.0 if its history shows it never did, None without one."""
-    if seconds is not None:
-        return 1.0
-    return 0.0 if result.get("status") == "ok" and read_history(cell_dir) else None
 
 
 def _fill_missing_metrics(df: pd.DataFrame, columns: Sequence[str], recompute: bool) -> None:
