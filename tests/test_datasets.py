@@ -109,7 +109,7 @@ def test_a_bad_data_set_key_is_one_line_naming_the_entry(write_suite, cli, entry
         expand(load_suite(path))
     assert e.value.key == key and all(w in str(e.value) for w in words), str(e.value)
     code, _, err = cli("plan", path)
-    assert code == 2 and key in err and len(err.strip().splitlines()) <= 2, err
+    assert code == 2 and key in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_two_data_sets_with_the_same_data_are_refused(write_suite):

@@ -94,7 +94,7 @@ def test_aug_splits_put_each_image_clean_then_augmented_in_the_batch(tmp_path):
 def test_bad_data_recipe_values_are_one_line_errors(write_suite, extra, fragment):
     with pytest.raises(UserError) as e:
         expand(load_suite(write_suite(extra)))  # the TINY base ends inside its [train] table
-    assert fragment in str(e.value) and e.value.key.startswith("train"), str(e.value)
+    assert fragment in str(e.value) and e.value.key.startswith("train") and "\n" not in str(e.value), str(e.value)
 
 
 # ----------------------------------------------------------------------------------------- augmentation

@@ -259,17 +259,19 @@ def test_every_recipe_key_round_trips_through_a_suite_and_lands_in_result_json(w
 def test_bad_recipe_values_are_one_line_errors_naming_the_key(write_suite, extra, key, fragment):
     with pytest.raises(UserError) as e:
         expand(load_suite(write_suite(extra)))
-    assert e.value.key == key and fragment in str(e.value), str(e.value)
+    assert e.value.key == key and fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 # ----------------------------------------------------------------------------------------- compile time
 class FirstCallCost(nn.Module):
     """Stands in for torch.compile's output: the first call for each (shape, mode) pays `cost` seconds, as
-    a compilation would; the numbers are the model's own."""
+    a compilation would, and is counted as paid during training when `training` says so; the numbers are
+    the model's own."""
 
     def __init__(self, model: nn.Module, cost: float):
         super().__init__()
-        self.model, self.cost, self.seen = model, cost, set()
+        self.model, self.cost, self.seen, self.paid_in_training = model, cost, set(), 0
+        self.training_now = False
 
     def forward(self, x):
         import time
@@ -277,21 +279,32 @@ class FirstCallCost(nn.Module):
         key = (tuple(x.shape), self.model.training)
         if key not in self.seen:
             self.seen.add(key)
+            self.paid_in_training += self.training_now
             time.sleep(self.cost)
         return self.model(x)
 
 
 def test_compile_time_is_measured_apart_and_the_warm_up_changes_no_number(monkeypatch):
     cfg = TrainConfig(epochs=2, optimizer="sgd", lr=0.05, compile=True, batch_size=8)
-    monkeypatch.setattr(train.torch, "compile", lambda m, **kw: FirstCallCost(m, 1.0))
+    made = []
+    monkeypatch.setattr(train.torch, "compile", lambda m, **kw: made.append(FirstCallCost(m, 0.1)) or made[-1])
+    real_epoch = train.train_one_epoch
+
+    def epoch(net, *args, **kw):  # the calls made while an epoch trains
+        net.training_now = True
+        try:
+            return real_epoch(net, *args, **kw)
+        finally:
+            net.training_now = False
+
+    monkeypatch.setattr(train, "train_one_epoch", epoch)
     compiled = fit(cnn(), loaders(dataset()), cfg, CPU, COUNTS)
     monkeypatch.setattr(train.torch, "compile", lambda m, **kw: m)
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
     plain = fit(cnn(), loaders(dataset()), cfg, CPU, COUNTS)
-    # four graphs (train and eval, at two batch sizes) paid for before training, none during it: the
-    # compiled run's training takes less than one more graph's cost than the plain run's
-    assert compiled.timing["compile_time_s"] >= 4.0
-    assert compiled.timing["train_time_s"] < plain.timing["train_time_s"] + 0.9
-    assert "compile_time_s" not in TrainConfig().model_dump()  # a record, not a key
+    # four graphs (train and eval, at two batch sizes) built and timed before training, none during it
+    assert made[0].paid_in_training == 0 and len(made[0].seen) >= 4
+    assert compiled.timing["compile_time_s"] >= 4 * 0.1
     for a, b in zip(compiled.best_state.values(), plain.best_state.values(), strict=True):
         assert torch.equal(a, b)  # the warm-up put every state back
     assert compiled.metrics == plain.metrics

@@ -59,11 +59,12 @@ def test_study000_settings_and_model_sizes():
 
 
 def test_a_head_that_replaces_vggs_classifier_reads_the_flattened_conv_base():
-    model = create_model("tv:vgg16", 100, 200)
-    build_head(model, "tv:vgg16", 100, hidden=(256,), dropout=0.5, replaces="classifier", image_size=200)
+    from bench.errors import UserError
+
+    model = skeleton("tv:vgg16", 100, 200, hidden=(256,), dropout=0.5, replaces="classifier")  # meta device
     assert isinstance(model.avgpool, torch.nn.Identity) and model.classifier[1].in_features == 18432
-    assert model(torch.zeros(1, 3, 200, 200)).shape == (1, 100)
-    with pytest.raises(Exception, match="no multi-layer dense classifier"):
+    assert model(torch.zeros(1, 3, 200, 200, device="meta")).shape == (1, 100)
+    with pytest.raises(UserError, match="no multi-layer dense classifier"):
         build_head(create_model("tv:resnet18", 3, 32), "tv:resnet18", 3, replaces="classifier", image_size=32)
 
 
@@ -140,7 +141,10 @@ def test_bench_compare_pairs_the_table2_cells(write_suite, cli, tmp_path):
     code, out, err = cli("compare", "min_per_class=0", "min_per_class=12", "--suite", tmp_path / "r" / "t2",
                          "--split", "val")
     assert code == 0, err
-    assert "val images" in out
+    # both cells are scored on the very same validation images: the shared split's
+    import re
+
+    assert re.search(r"val images: [1-9]\d*;", out), out
 
 
 # ----------------------------------------------------------------------------------------- study 002
@@ -181,16 +185,18 @@ def test_study004_settings_and_sizes_as_the_report():
     assert (base.train.batch_size, base.train.lr, base.train.patience, base.train.monitor) == (
         8, 1e-4, 3, "val_accuracy")
     assert base.data.split == (0.8, 0.2, 0.0) and base.data.modal_size
-    assert sorted(v.train.batch_size for k, v in c.items() if k.startswith("cnn-bs") or k == "cnn") == [8, 64, 256]
-    assert sorted(v.train.lr for k, v in c.items() if k.startswith("cnn-lr") or k == "cnn") == [1e-5, 1e-4, 1e-3, 1e-2]
-    assert all(v.train.lr == 1e-4 for k, v in c.items() if k.startswith("cnn-bs"))
-    assert all(v.train.batch_size == 8 for k, v in c.items() if k.startswith("cnn-lr"))
+    assert [(c[k].train.batch_size, c[k].train.lr) for k in ("cnn", "cnn-bs64", "cnn-bs256")] == [
+        (8, 1e-4), (64, 1e-4), (256, 1e-4)]  # the batch sweep at lr 1e-4
+    assert [(c[k].train.batch_size, c[k].train.lr) for k in ("cnn-lr1e-5", "cnn", "cnn-lr1e-3", "cnn-lr1e-2")] == [
+        (8, 1e-5), (8, 1e-4), (8, 1e-3), (8, 1e-2)]  # the lr sweep at batch 8
     assert params(c["mlp"], 3) == (68_851_023, 68_851_023)  # the report's model summaries
     assert params(base, 3) == (9_966_691, 9_966_691)
     assert base.model.kwargs == {"dropout": 0.5} and c["cnn-no-dropout"].model.kwargs == {}
     from bench.techniques.offline import copies
     assert len(copies(base.train.offline, base.train.offline_random)) == 8  # 3,312 -> 26,496 images
-    assert all(v.model.freeze == "last:1" for k, v in c.items() if k.endswith("-transfer"))
+    transfer = {k for k in c if k.endswith("-transfer")}
+    assert transfer == {"vgg16-transfer", "resnet50-transfer", "efficientnet_b2-transfer"}
+    assert all(c[k].model.freeze == "last:1" and c[k].model.pretrained is True for k in transfer)
 
 
 def test_offline_copies_flip_deterministically_then_augment_each_copy(tmp_path):

@@ -141,7 +141,7 @@ def test_mixup_blends_images_and_labels_with_the_same_lam(seed):
     other = out[0].unique()
     assert len(other) == 1  # a uniform blend of two flat images
     assert target[0, 1].item() == pytest.approx(other.item(), abs=1e-6)  # 1 - lam of image 1
-    assert target[0].sum().item() == pytest.approx(1.0)
+    assert 0 < other.item() < 1  # mixed: some of each image
 
 
 @pytest.mark.parametrize("name", sorted(n for n in MIXES if n != "none"))

@@ -16,28 +16,9 @@ from bench.runner import RunOptions
 from bench.status import cell_states
 from bench.store import read_json
 from bench.suite import expand
+from tests.conftest import TINY
 
-BASE = """
-[suite]
-name = "tuned"
-
-[data]
-image_size = 16
-
-[data.synthetic]
-classes = 4
-images = 120
-size = 16
-
-[model]
-arch = "bench:mlp"
-
-[train]
-epochs = 2
-batch_size = 16
-optimizer = "adam"
-lr = 0.003
-"""
+BASE = TINY.replace('name = "tiny"', 'name = "tuned"').replace("[train]", '[model]\narch = "bench:mlp"\n\n[train]')
 
 
 def tune_run(path, results, **options) -> tune.TuneSummary:
@@ -67,6 +48,21 @@ def count_fits(monkeypatch, on_call=None) -> list:
 
     monkeypatch.setattr(runner, "fit", fit)
     return calls
+
+
+def script_val_errors(monkeypatch, scripts: list[list[float]]) -> list:
+    """Trial n reports scripts[n][e] as its validation top-1 error after epoch e + 1; count_fits' calls."""
+    state, real = {"errors": [], "i": 0}, train.classification_metrics
+
+    def metrics(logits, labels):
+        out = real(logits, labels)
+        if state["i"] < len(state["errors"]):
+            out = {**out, "top1_error": state["errors"][state["i"]]}
+        state["i"] += 1
+        return out
+
+    monkeypatch.setattr(train, "classification_metrics", metrics)
+    return count_fits(monkeypatch, lambda n, cfg: state.update(errors=scripts[n], i=0))
 
 
 SPACE_LR = '''
@@ -126,8 +122,9 @@ def test_selection_is_on_validation_and_only_the_chosen_trial_sees_test_once(mon
                 assert "test" not in result["metrics"] and not any(a.startswith("test") for a in arrays)
     assert sorted(tested) == sorted(r["chosen"] for r in recs.values())  # once each, the chosen alone
 
-    count_fits(monkeypatch)
+    calls = count_fits(monkeypatch)
     tune_run(path, tmp_path)  # all done: nothing trains, test is not looked at again
+    assert calls == []
     assert sorted(tested) == sorted(r["chosen"] for r in recs.values())
 
 
@@ -189,22 +186,7 @@ def test_sequential_tuning_proposes_the_same_trials_given_the_seed(write_suite, 
 
 def test_the_median_pruner_prunes_a_hopeless_trial_and_its_record_says_so(monkeypatch, write_suite, tmp_path):
     # Optuna's median pruner waits for 5 finished trials; the sixth is far worse after its first epoch
-    scripts = [[0.5, 0.4]] * 5 + [[0.9, 0.9]]
-    state = {"errors": [], "i": 0}
-    real = train.classification_metrics
-
-    def metrics(logits, labels):
-        out = real(logits, labels)
-        if state["i"] < len(state["errors"]):
-            out = {**out, "top1_error": state["errors"][state["i"]]}
-        state["i"] += 1
-        return out
-
-    def script(n, cfg):
-        state.update(errors=scripts[n], i=0)
-
-    monkeypatch.setattr(train, "classification_metrics", metrics)
-    calls = count_fits(monkeypatch, script)
+    calls = script_val_errors(monkeypatch, [[0.5, 0.4]] * 5 + [[0.9, 0.9]])
     path = write_suite(SPACE_RANDOM.replace("{trials}", "6") + 'pruner = "median"\nwarmup_epochs = 1\n', base=BASE)
     tune_run(path, tmp_path)
     (rec,) = records(tmp_path).values()
@@ -253,25 +235,13 @@ def test_plan_lists_contenders_and_a_smoke_run_tunes_each_with_two_trials_in_par
         for t in rec["trials"]:
             assert read_json(tmp_path / "tuned-smoke" / t["cell"] / "cell.json")["tune"]["trial"] == t["number"]
     code, out, err = cli("status", path, "--smoke", "--results", tmp_path)
-    assert code == 0 and out.count("tuned") >= 2
+    assert code == 0 and out.count("| tuned ") == 2 and out.count("2 of 2 trials finished") == 2
 
 
 @pytest.mark.parametrize(("startup", "third"), [(2, "pruned"), (5, "complete")])
 def test_pruner_startup_trials_is_how_many_finished_trials_the_median_pruner_waits_for(
         monkeypatch, write_suite, tmp_path, startup, third):
-    scripts = [[0.5, 0.4], [0.5, 0.4], [0.9, 0.9]]
-    state = {"errors": [], "i": 0}
-    real = train.classification_metrics
-
-    def metrics(logits, labels):
-        out = real(logits, labels)
-        if state["i"] < len(state["errors"]):
-            out = {**out, "top1_error": state["errors"][state["i"]]}
-        state["i"] += 1
-        return out
-
-    monkeypatch.setattr(train, "classification_metrics", metrics)
-    count_fits(monkeypatch, lambda n, cfg: state.update(errors=scripts[n], i=0))
+    script_val_errors(monkeypatch, [[0.5, 0.4], [0.5, 0.4], [0.9, 0.9]])
     path = write_suite(SPACE_RANDOM.replace("{trials}", "3") + f'pruner = "median"\npruner_startup_trials = {startup}\n',
                        base=BASE)
     tune_run(path, tmp_path)
