@@ -20,9 +20,7 @@ import torch
 
 from bench import SCHEMA_VERSION
 from bench.errors import UserError
-from bench.store import atomic_path, read_json, write_json
-
-CHECKPOINT, CHECKPOINT_INFO = "checkpoint.pt", "checkpoint.json"
+from bench.store import CHECKPOINT, CHECKPOINT_INFO, atomic_path, read_json, write_json
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:

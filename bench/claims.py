@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.locks import FileLock
-from bench.store import read_json, write_json
+from bench.store import CLAIM, LOCK, read_json, write_json
 
-CLAIM, LOCK = "claim.json", ".lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
 HOST = socket.gethostname()
@@ -30,6 +29,12 @@ def read_claim(cell_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return claim if isinstance(claim, dict) else None
+
+
+def holder(cell_dir: Path) -> str:
+    """Who holds the cell, for a message: host, pid, epoch k of n."""
+    claim = read_claim(cell_dir) or {}
+    return f"{claim.get('host', '?')} pid {claim.get('pid', '?')}, epoch {claim.get('epoch', '?')}/{claim.get('epochs', '?')}"
 
 
 def pid_alive(pid: int) -> bool:

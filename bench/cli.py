@@ -63,29 +63,13 @@ class Format(StrEnum):
     table = "table"
 
 
-def _cells(suite_path: Path, only: str | None, smoke: bool, *, device: str = "auto", results: Path | None = None,
-           data: bool = True, force: bool = False):
-    from bench.config import load_suite
-    from bench.runner import select
-    from bench.suite import expand, preflight
+def _plan(suite_path: Path, only: str | None, smoke: bool, **kwargs):
+    from bench.api import plan
 
-    suite = load_suite(suite_path)
-    if smoke:
-        from bench.smoke import smoke_suite
-
-        suite = smoke_suite(suite)
-    cells = expand(suite)
-    if suite.tune is not None:  # every cell is a contender: the space must fit each of them
-        from bench.tune import check_space
-
-        check_space(suite, cells)
-    chosen = select(cells, only)
-    if not chosen:
-        raise UserError(f"--only '{only}' matches none of the {len(cells)} cells", file=suite_path,
-                        hint="match a cell id or label; `bench plan` lists them")
-    for note in preflight(suite, chosen, device, data=data, results=results, force=force):
+    planned = plan(suite_path, only=only, smoke=smoke, **kwargs)
+    for note in planned.notes:
         err.print(f"[bench] {note}", highlight=False, markup=False)
-    return suite, chosen
+    return planned
 
 
 @app.command()
@@ -113,11 +97,13 @@ def run(
     sbatch: list[str] = typer.Option([], help="Slurm: any other sbatch option as KEY=VALUE (repeatable)"),
 ) -> None:
     """Run every cell of a suite; finished cells are skipped, unfinished ones resumed, failed ones recorded."""
+    from bench.api import run as run_plan
+    from bench.cell import RunOptions
     from bench.executors import default_jobs, make_executor
     from bench.progress import make_progress
-    from bench.runner import RunOptions, run_suite
 
-    spec, cells = _cells(suite, only, smoke, device=device.value, results=results, force=force)
+    planned = _plan(suite, only, smoke, device=device.value, results=results, force=force)
+    spec = planned.suite
     if in_process and (executor != Executor.local or (jobs or 1) > 1):
         raise UserError("--in-process runs cells one after another in this process", key="--in-process",
                         hint="drop --jobs/--executor, or drop --in-process")
@@ -128,14 +114,14 @@ def run(
     options = RunOptions(force=force, checkpoint=checkpoint, keep_checkpoint=keep_checkpoints,
                          isolate=not in_process, threads=threads)
     try:
-        if spec.tune is not None:
-            _run_tuned(spec, suite, cells, results, device.value, make_progress(err), options, runner)
-            return
-        summary = run_suite(suite.read_text(), spec.suite.name, cells, results, device=device.value,
-                            progress=make_progress(err), options=options, executor=runner)
+        summary = run_plan(planned, results=results, device=device.value, options=options, executor=runner,
+                           progress=make_progress(err))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished epoch is in a checkpoint
         err.print("[bench] interrupted; run the same command again to resume", highlight=False, markup=False)
         raise typer.Exit(130) from None
+    if spec.tune is not None:
+        _tuned(summary)
+        return
     busy = f", {len(summary.busy)} running elsewhere" if summary.busy else ""
     err.print(f"[bench] {len(summary.ran)} ran, {len(summary.skipped)} skipped, {len(summary.failed)} failed"
               f"{busy} -> {summary.suite_dir}", highlight=False, markup=False)
@@ -143,12 +129,10 @@ def run(
         raise typer.Exit(1)
 
 
-def _run_tuned(spec, suite: Path, cells, results: Path, device: str, progress, options, runner) -> None:
-    """`bench run` of a suite with [tune]: every cell a contender, tuned to its budget (bench.tune)."""
-    from bench.tune import describe, tune_suite
+def _tuned(summary) -> None:
+    """What `bench run` of a suite with [tune] says: a line per contender, then the totals."""
+    from bench.tune.waves import describe
 
-    summary = tune_suite(spec, suite.read_text(), cells, results, device=device, progress=progress,
-                         options=options, executor=runner)
     for row in summary.contenders:
         err.print(f"[bench] {describe(row)}", highlight=False, markup=False, soft_wrap=True)
     busy = f", {len(summary.busy)} held by another run" if summary.busy else ""
@@ -172,8 +156,8 @@ def status(
     from bench.status import cell_states, summary
 
     if target.suffix == ".toml":
-        spec, cells = _cells(target, None, smoke, data=False)
-        suite_dir, listed = results / spec.suite.name, [(c.id, c.label) for c in cells]
+        planned = _plan(target, None, smoke, data=False)
+        suite_dir, listed = results / planned.suite.suite.name, [(c.id, c.label) for c in planned.cells]
     else:
         suite_dir, listed = target, None
         if not suite_dir.is_dir():
@@ -193,7 +177,8 @@ def plan(suite: Path = typer.Argument(..., help="suite file"),
     """Expand and validate a suite without training; print its cells and what curation does to its data."""
     from tabulate import tabulate
 
-    spec, cells = _cells(suite, only, smoke)  # in run order, parents first, with the ids `bench run` uses
+    planned = _plan(suite, only, smoke)
+    spec, cells = planned.suite, planned.cells
     rows = [[c.id, c.label, c.config.model.arch, c.config.data.image_size, c.config.train.epochs, c.seed]
             for c in cells]
     headers = ["id", "label", "arch", "px", "epochs", "seed"]
@@ -378,7 +363,7 @@ def data_inspect(
     from bench.data.inspect import describe, plot_histogram, render
 
     if target.suffix == ".toml":
-        configs = _data_configs(_cells(target, None, smoke=False, data=False)[1])
+        configs = _data_configs(_plan(target, None, smoke=False, data=False).cells)
     else:
         configs = [DataConfig(source="folder", root=str(target))]
     for i, cfg in enumerate(configs):

@@ -27,3 +27,13 @@ def did_you_mean(word: str, choices: Iterable[str], *, limit: int = 12) -> str:
         return f"did you mean '{close[0]}'?"
     shown = ", ".join(choices[:limit]) + (", ..." if len(choices) > limit else "")
     return f"valid choices: {shown}"
+
+
+def first_line(e: BaseException | object, *, typed: bool = False) -> str:
+    """An exception as one line for a UserError or a record (parsers' and kernels' messages run over several);
+    its type name when it says nothing, or in front of the line with `typed`."""
+    text = str(e).strip()
+    name = type(e).__name__
+    if not text:
+        return name
+    return f"{name}: {text.splitlines()[0]}" if typed else text.splitlines()[0]

@@ -2,7 +2,7 @@
 Slurm job array through submitit.
 
 An executor decides only where each cell's process runs. Claims, checkpoints and records live in the results
-folder and every worker goes through `bench.runner.attempt`, so every executor writes the same files, never
+folder and every worker goes through `bench.attempt.attempt`, so every executor writes the same files, never
 runs one cell twice (two launches, or a launch and a local run, included), and — at the same torch threads
 per cell — gives the same numbers. A staged cell (`model.init_from`) starts only once its parent finished.
 Shared artefacts (split, caches, initial weights) are built under their own locks by the first cell that
@@ -21,17 +21,18 @@ from typing import Any
 
 import torch
 
+from bench.attempt import attempt
+from bench.cell import Cell, Outcome, RunOptions
 from bench.config import Resources
-from bench.errors import UserError
+from bench.environment import EXECUTOR_ENV
+from bench.errors import UserError, first_line
+from bench.execute import failure_record
 from bench.progress import LogProgress
 from bench.registry import register
-from bench.runner import EXECUTOR_ENV, Outcome, RunOptions, attempt, failure_record
-from bench.store import write_json
-from bench.suite import Cell
+from bench.store import JOB, SUBMITIT, read_result, write_json
 
 EXECUTORS: dict[str, Callable[..., Any]] = {}
 FORWARDED_ENV = ("BENCH_CACHE", "BENCH_PLUGINS", "XDG_CACHE_HOME")  # what a remote worker must see as we do
-JOB = "job.json"  # a cell's submitted job (executor, id), for `bench status` while it waits in a queue
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def run_job(job: Job, *after: Any) -> Outcome:
 class Quiet(LogProgress):
     """A worker's progress when a live view of the whole suite (read from the cell folders) shows it."""
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         pass
 
 
@@ -218,7 +219,7 @@ class Ray:
                         try:
                             yield ray.get(ref)
                         except ray.exceptions.RayError as e:  # the worker died, or the task could not start
-                            yield _lost(owner[ref], suite_dir, f"its Ray task failed: {_first_line(e)}",
+                            yield _lost(owner[ref], suite_dir, f"its Ray task failed: {first_line(e)[:300]}",
                                         run_options)
             except BaseException:
                 for ref in remaining:
@@ -263,7 +264,7 @@ class Slurm:
         except ImportError:
             raise UserError("--executor slurm needs submitit, which is not installed",
                             hint="pip install -e '.[slurm]' (or pip install submitit)") from None
-        ex = submitit.AutoExecutor(folder=suite_dir / ".submitit" / "%j", cluster=self.cluster)
+        ex = submitit.AutoExecutor(folder=suite_dir / SUBMITIT / "%j", cluster=self.cluster)
         res = self.resources
         gpus = int(res.gpus) if res.gpus is not None else (1 if device.type == "cuda" else 0)
         cpus = int(res.cpus) if res.cpus else (max(1, _cores() // min(n_cells, _cores())) if ex.cluster == "local"
@@ -282,7 +283,7 @@ class Slurm:
         from submitit.helpers import as_completed
 
         if ex.cluster != "slurm":
-            progress._say(f"[bench] no Slurm here (sbatch not found): submitit runs the jobs on this machine "
+            progress.say(f"[bench] no Slurm here (sbatch not found): submitit runs the jobs on this machine "
                           f"({ex.cluster} executor)")
         if cpus and not options.threads and device.type == "cpu":
             options = replace(options, threads=cpus)
@@ -303,7 +304,7 @@ class Slurm:
                         yield job.result()
                     except Exception as e:  # submitit's FailedJobError / UncompletedJobError: the job died
                         yield _lost(owner[job.job_id], suite_dir, f"its job {job.job_id} ended without a "
-                                                                  f"result: {_first_line(e)}", options)
+                                                                  f"result: {first_line(e)[:300]}", options)
             except BaseException:
                 for job in jobs:
                     if not job.done():
@@ -311,14 +312,9 @@ class Slurm:
                 raise
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
 def _lost(cell: Cell, suite_dir: Path, why: str, options: RunOptions) -> Outcome:
     """A cell whose worker died outside bench's own care: recorded unless the cell left a record itself."""
-    if not (suite_dir / cell.id / "result.json").is_file():
+    if read_result(suite_dir / cell.id) is None:
         failure_record(cell, suite_dir, torch.device("cpu"), "crashed", why, trial=options.trials.get(cell.id))
     return Outcome(cell.id, "crashed", why)
 

@@ -11,7 +11,7 @@ import torch
 
 from bench.compare import read_predictions
 from bench.errors import UserError
-from bench.store import Record, atomic_write_text, read_json
+from bench.store import SPLITS, Record, atomic_write_text, read_json
 
 
 def class_ids(class_names: list[str]) -> list[str]:
@@ -24,7 +24,7 @@ def class_ids(class_names: list[str]) -> list[str]:
 def submission_rows(record: Record, split: str = "test", k: int = 5) -> list[tuple[str, str]]:
     """(image id, top-k class ids space-separated, best first) per image, in the split's order."""
     data = record.result.get("data", {})
-    split_file = record.dir.parent / "splits" / f"{data.get('split_key')}.json"
+    split_file = record.dir.parent / SPLITS / f"{data.get('split_key')}.json"
     if not split_file.is_file():
         raise UserError(f"the split file '{split_file}' is missing", hint="export reads the image list from it")
     try:
@@ -107,10 +107,11 @@ def predict_unlabelled(record: Record, files: list[Path], device: str = "auto", 
     from bench.config import CellConfig
     from bench.data.cache import load_image
     from bench.data.loaders import Preprocess
-    from bench.runner import resolve_device
+    from bench.device import resolve_device
+    from bench.store import INIT, load_best
     from bench.techniques import build_tta
     from bench.train import precision_setup, predict
-    from bench.weights import initial_model, load_parent
+    from bench.weights import initial_model
 
     if record.result.get("status") != "ok":
         raise UserError(f"cell {record.dir.name} has not finished (status {record.result.get('status')})",
@@ -118,8 +119,8 @@ def predict_unlabelled(record: Record, files: list[Path], device: str = "auto", 
     cfg = CellConfig.model_validate(record.cell["config"])
     classes = record.result["data"]["class_names"]
     dev = resolve_device(device)
-    model, _ = initial_model(cfg, len(classes), record.dir.parent / "init")  # the backbone a head-only cell used
-    load_parent(model, record.dir)
+    model, _ = initial_model(cfg, len(classes), record.dir.parent / INIT)  # the backbone a head-only cell used
+    load_best(model, record.dir)
     model.to(dev)
     autocast, _ = precision_setup(cfg.train.precision, dev)
     size = cfg.data.image_size

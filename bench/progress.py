@@ -21,25 +21,25 @@ class LogProgress:
     def __exit__(self, *exc):
         return False
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
     def start_run(self, total: int, name: str) -> None:
-        self._say(f"[bench] {name}: {total} cell(s)")
+        self.say(f"[bench] {name}: {total} cell(s)")
 
     def start_cell(self, index: int, total: int, label: str, cell_id: str, epochs: int, steps: int) -> None:
         self._label = label
-        self._say(f"[bench] cell {index}/{total} {cell_id} {label}")
+        self.say(f"[bench] cell {index}/{total} {cell_id} {label}")
 
     def step(self) -> None:
         pass
 
     def epoch(self, row: dict[str, Any]) -> None:
-        self._say(f"[bench]   epoch {row['epoch']}: train_loss {row['train_loss']:.4f} "
+        self.say(f"[bench]   epoch {row['epoch']}: train_loss {row['train_loss']:.4f} "
                   f"val_error {row['val_error']:.4f} ({row['train_seconds']:.1f}s)")
 
     def end_cell(self, status: str, detail: str = "") -> None:
-        self._say(f"[bench]   {status}{': ' + detail if detail else ''}")
+        self.say(f"[bench]   {status}{': ' + detail if detail else ''}")
 
 
 class RichProgress(LogProgress):
@@ -56,7 +56,7 @@ class RichProgress(LogProgress):
     def __exit__(self, *exc):
         return self.bars.__exit__(*exc)
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         self.console.print(text, highlight=False)
 
     def start_run(self, total: int, name: str) -> None:
@@ -79,7 +79,7 @@ class RichProgress(LogProgress):
 
     def end_cell(self, status: str, detail: str = "") -> None:
         self.bars.advance(self.cells)
-        self._say(f"  {status} {detail}")
+        self.say(f"  {status} {detail}")
 
 
 class LiveView(LogProgress):
@@ -114,11 +114,11 @@ class LiveView(LogProgress):
             self.live.__exit__(*exc)
         return False
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         if self.live:
             self.live.console.print(text, highlight=False)
         else:
-            super()._say(text)
+            super().say(text)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
@@ -135,7 +135,7 @@ class LiveView(LogProgress):
             key = (r["state"], r.get("epoch"))
             if self.seen.get(r["id"]) != key:
                 if r["id"] in self.seen or r["state"] != "not started":
-                    super()._say(f"[bench] {r['label']} ({r['id']}): {r['state']}"
+                    super().say(f"[bench] {r['label']} ({r['id']}): {r['state']}"
                                  + (f" {r['detail']}" if r["detail"] else ""))
                 self.seen[r["id"]] = key
 

@@ -22,13 +22,14 @@ from typing import Any
 
 import torch
 
+from bench.cell import Cell
 from bench.config import CellConfig, Suite, SyntheticConfig, flatten
 from bench.data import synthetic
 from bench.data.cachedir import cache_root
 from bench.data.sources import scan_folder
 from bench.hashing import stable_hash
 from bench.models import create_model
-from bench.suite import Cell, expand, set_dotted
+from bench.suite import expand, set_dotted
 
 SIZES = (32, 64, 96, 128, 160, 224)
 CLASSES, IMAGES, STEPS, BATCH, EVAL_BATCH = 4, 64, 2, 8, 32

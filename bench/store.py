@@ -1,11 +1,22 @@
-"""The results layout on disk, atomic writes, and the one reader of cell records.
+"""The results folder: its layout (every file name below is defined here and nowhere else), atomic writes,
+and the one reader and writer of cell records, histories, predictions and best weights.
 
 results/<suite>/
   suite.toml              copy of what was run
+  run.json                the cells the last `bench run` set out to run (a report of fewer says "partial")
   init/<key>.safetensors  shared initial weights
   splits/<key>.json       the split used
-  run.json                the cells the last `bench run` set out to run (a report of fewer says "partial")
-  <cell-id>/cell.json, result.json, history.csv, predictions.npz, best.safetensors
+  tune/                   a tuned suite's studies and contenders' records (bench.tune)
+  .submitit/              Slurm job folders (bench.executors)
+  <cell-id>/
+    cell.json             the cell as its suite expanded it
+    result.json           its record (status ok marks it done), written last
+    history.csv           one row per epoch
+    predictions.npz       logits and labels per split, the test confusion matrix
+    best.safetensors      the weights validation selected
+    checkpoint.pt/.json   the last epoch's state, while it runs
+    claim.json, .lock     who runs it (bench.claims)
+    stderr.log, job.json  its process's output; its queued job (bench.executors)
 """
 
 from __future__ import annotations
@@ -25,11 +36,16 @@ from typing import Any
 import numpy as np
 
 from bench import SCHEMA_VERSION
-from bench.errors import UserError
+from bench.errors import UserError, first_line
 
 # The permissions a plain open() would give: mkstemp's 0600 would hide results from the user's group.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+SUITE_FILE, RUN, INIT, SPLITS, TUNE, SUBMITIT = "suite.toml", "run.json", "init", "splits", "tune", ".submitit"
+CELL, RESULT, HISTORY, PREDICTIONS, BEST = "cell.json", "result.json", "history.csv", "predictions.npz", "best.safetensors"
+CHECKPOINT, CHECKPOINT_INFO, CLAIM, LOCK, LOG, JOB = "checkpoint.pt", "checkpoint.json", "claim.json", ".lock", \
+    "stderr.log", "job.json"
 
 
 @contextmanager
@@ -94,16 +110,104 @@ def read_json(path: Path | str) -> Any:
 
 
 def is_suite_dir(path: Path) -> bool:
-    return (Path(path) / "suite.toml").is_file()
+    return (Path(path) / SUITE_FILE).is_file()
 
 
 def latest_suite_dir(results: Path) -> Path | None:
     """The suite folder under `results` whose last run is most recent."""
     runs = [d for d in Path(results).iterdir() if d.is_dir() and is_suite_dir(d)] if Path(results).is_dir() else []
-    return max(runs, key=lambda d: (d / "suite.toml").stat().st_mtime, default=None)
+    return max(runs, key=lambda d: (d / SUITE_FILE).stat().st_mtime, default=None)
 
 
-RUN = "run.json"
+def init_file(suite_dir: Path, key: str) -> Path:
+    return Path(suite_dir) / INIT / f"{key}.safetensors"
+
+
+def read_result(cell_dir: Path | str) -> dict[str, Any] | None:
+    """A cell's result.json as it stands, None when it has none or it does not parse: for a runner deciding
+    what to do (a report reads records through load_records, which refuses what it cannot trust)."""
+    try:
+        result = read_json(Path(cell_dir) / RESULT)
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def is_done(cell_dir: Path | str) -> bool:
+    return (read_result(cell_dir) or {}).get("status") == "ok"
+
+
+def write_cell(cell_dir: Path, record: dict[str, Any]) -> None:
+    write_json(Path(cell_dir) / CELL, record)
+
+
+def write_result(cell_dir: Path, record: dict[str, Any]) -> None:
+    """Last of a cell's files: its presence with status ok marks the cell done."""
+    write_json(Path(cell_dir) / RESULT, record)
+
+
+def forget_result(cell_dir: Path) -> None:
+    """A rerun is not done until it writes a new result."""
+    (Path(cell_dir) / RESULT).unlink(missing_ok=True)
+
+
+def write_history(cell_dir: Path, history: list[dict[str, Any]]) -> None:
+    import pandas as pd
+
+    buf = io.StringIO()
+    pd.DataFrame(history).to_csv(buf, index=False)
+    atomic_write_text(Path(cell_dir) / HISTORY, buf.getvalue())
+
+
+def read_history(cell_dir: Path | str):
+    """The cell's per-epoch history as a DataFrame, None when it has none."""
+    import pandas as pd
+
+    path = Path(cell_dir) / HISTORY
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def add_predictions(cell_dir: Path, arrays: dict[str, np.ndarray]) -> None:
+    """`arrays` into the cell's predictions.npz, beside those it holds (a later test evaluation's)."""
+    path = Path(cell_dir) / PREDICTIONS
+    saved = {}
+    if path.is_file():
+        with np.load(path) as npz:
+            saved = {k: npz[k] for k in npz.files}
+    write_npz(path, **saved, **arrays)
+
+
+def save_best(model, cell_dir: Path) -> None:
+    from safetensors.torch import save_model
+
+    with atomic_path(Path(cell_dir) / BEST) as tmp:
+        save_model(model.cpu(), str(tmp))
+
+
+def load_best(model, cell_dir: Path | str, *, key: str | None = None) -> str:
+    """A finished cell's best weights into `model`, in place; returns their sha256. A cell trained on cached
+    features (freeze = "features") saved its head only: that goes into the model's head, and the backbone
+    stays what the caller built (the shared initial weights, which the features came from). `key` names the
+    suite key that asked (model.init_from for a staged start) in the errors."""
+    from safetensors.torch import load_file
+
+    from bench.hashing import file_digest
+    from bench.models.heads import head_name
+
+    cell_dir = Path(cell_dir)
+    path = cell_dir / BEST
+    if not path.is_file():
+        raise UserError(f"cell {cell_dir.name} has no best weights (it has not finished)", key=key,
+                        hint="run that cell first; `bench plan` shows the order")
+    state = load_file(str(path))
+    head = model.get_submodule(head_name(model))
+    target = head if set(state) == set(head.state_dict()) else model
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"cell {cell_dir.name}'s weights do not fit this network ({first_line(e)})", key=key,
+                        hint="the cells need the same model.arch and head") from None
+    return file_digest(path)
 
 CELL_KEYS = {"id", "group", "label", "axes"}  # with config: what reports and comparisons read from cell.json
 
@@ -144,7 +248,7 @@ def load_record(cell_dir: Path | str) -> Record:
 
 def find_cell(name: str, suite_dir: Path | str | None = None) -> Record:
     """A cell's record from its folder, or from a cell id or label (a glob) within `suite_dir`."""
-    if suite_dir is None or os.path.isfile(os.path.join(name, "result.json")):
+    if suite_dir is None or os.path.isfile(os.path.join(name, RESULT)):
         return load_record(name)
     matches = [r for r in load_records(suite_dir)
                if r.cell["id"] == name or fnmatch.fnmatchcase(r.cell["label"], name)]
@@ -161,8 +265,8 @@ def _read(cell_dir: str) -> Record | None:
     """The folder's record, None when it has no result; refuses a record of another schema, so no report or
     comparison ever mixes results that mean different things."""
     try:
-        result = _parse(os.path.join(cell_dir, "result.json"))
-        cell = _parse(os.path.join(cell_dir, "cell.json"))
+        result = _parse(os.path.join(cell_dir, RESULT))
+        cell = _parse(os.path.join(cell_dir, CELL))
     except (FileNotFoundError, NotADirectoryError):
         return None
     version = result.get("schema_version") if isinstance(result, dict) else None
@@ -174,7 +278,7 @@ def _read(cell_dir: str) -> Record | None:
     # every reader indexes these without a guard: a hand-edited cell.json is refused here, once
     if not isinstance(cell, dict) or not isinstance(cell.get("config"), dict) or not CELL_KEYS <= cell.keys():
         raise UserError(f"not a bench cell record (needs {', '.join(sorted(CELL_KEYS))} and config)",
-                        file=os.path.join(cell_dir, "cell.json"),
+                        file=os.path.join(cell_dir, CELL),
                         hint=f"rerun the cell: bench run SUITE --only {os.path.basename(cell_dir)} --force")
     return Record(Path(cell_dir), cell, result)
 

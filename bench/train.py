@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 
+from bench.cell import Diverged, Pruned
 from bench.checkpoint import Checkpoint, rng_state, set_rng_state
 from bench.config import TrainConfig
 from bench.data.loaders import Preprocess
@@ -130,26 +131,6 @@ def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | N
 
 
 DIVERGENCE_FACTOR = 100.0
-
-
-class Diverged(Exception):
-    """Training blew up: a result, not a crash (study 004's lr sweep diverges at 1e-2)."""
-
-    def __init__(self, epoch: int, loss: float, limit: float, history: list[dict[str, Any]]):
-        self.epoch, self.loss, self.limit, self.history = epoch, loss, limit, history
-        super().__init__(f"diverged at epoch {epoch}: mean training loss {loss:.4g} "
-                         + ("is not finite" if not math.isfinite(loss) else f"> {limit:.4g}")
-                         + "; lower train.lr, or add warmup_epochs or clip_grad")
-
-
-class Pruned(Exception):
-    """Raised by an on_epoch callback to end training after this epoch as a result, not a crash: a tuning
-    trial that its pruner judged hopeless (bench.tune). fit adds the history so far, as for Diverged."""
-
-    def __init__(self, epoch: int, why: str):
-        self.epoch, self.history = epoch, []
-        self.cost: dict[str, float] = {}  # the runner's: training and pruner-report seconds
-        super().__init__(why)
 
 
 def _generators(loader) -> dict[str, torch.Generator]:

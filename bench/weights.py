@@ -132,23 +132,3 @@ def _load_initial(model: nn.Module, path: Path) -> None:
     except Exception as e:  # a damaged header or tensors of other shapes
         raise UserError(f"unreadable shared initial weights ({type(e).__name__})", file=path,
                         hint=_INIT_FIX) from None
-
-
-def load_parent(model: nn.Module, parent_dir: Path) -> str:
-    """Start a staged cell (model.init_from) from its parent's best weights, in place; returns their sha256.
-    A parent trained on cached features (freeze = "features") saved its head only: that goes into this
-    model's head, and the backbone stays the shared initial weights, which the features came from."""
-    path = parent_dir / "best.safetensors"
-    if not path.is_file():
-        raise UserError(f"parent cell {parent_dir.name} has no best weights (it has not finished)",
-                        key="model.init_from", hint="run the parent cell first; `bench plan` shows the order")
-    state = load_file(str(path))
-    head = head_name(model)
-    target = model.get_submodule(head) if set(state) == set(model.get_submodule(head).state_dict()) else model
-    try:
-        target.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(f"parent cell {parent_dir.name}'s weights do not fit this cell ({first})",
-                        key="model.init_from", hint="parent and child need the same model.arch and head") from None
-    return file_digest(path)

@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
+from bench.cell import Cell
 from bench.claims import Claim
+from bench.execute import execute, failure_record
 from bench.models.plugins import load_plugins
-from bench.suite import Cell
+from bench.store import LOG
 
-LOG = "stderr.log"
 TAIL_LINES = 20
 
 
@@ -33,7 +34,7 @@ TAIL_LINES = 20
 def _context():
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["bench.runner"])
+        ctx.set_forkserver_preload(["bench.execute"])
         return ctx
     return mp.get_context("spawn")
 
@@ -66,8 +67,6 @@ def adopt(env: dict[str, str], cwd: str) -> None:
 
 def _child(cell: Cell, suite_dir: Path, device: str, index: int, total: int, options, conn, lifeline,
            env: dict[str, str], cwd: str) -> None:
-    from bench.runner import execute  # imported already by the fork server
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this child
     # the fork server kept the environment and folder of the moment it started; the cell gets today's
     os.environ.clear()
@@ -91,8 +90,6 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
                  options, claim: Claim, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run `cell` in a child process (with `env` over this process's environment, e.g. the GPU it may see);
     its record, or the record of how the child died."""
-    from bench.runner import failure_record
-
     ctx = _context()
     (suite_dir / cell.id).mkdir(parents=True, exist_ok=True)
     conn, child_conn = ctx.Pipe()

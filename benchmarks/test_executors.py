@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.cell import RunOptions
 from bench.config import Resources, load_suite
 from bench.executors import make_executor
 from bench.progress import LogProgress
-from bench.runner import RunOptions, run_suite
+from bench.runner import run_suite
 from bench.suite import expand
 
 QUICKSTART = Path(__file__).parents[1] / "suites" / "quickstart.toml"

@@ -23,9 +23,9 @@ import time
 import pytest
 import torch
 
-from bench import runner
 from bench.config import load_suite
 from bench.data.cachedir import cache_root
+from bench.execute import run_cell
 from bench.progress import LogProgress
 from bench.suite import expand
 
@@ -72,7 +72,7 @@ def cells(tmp_path, monkeypatch):
 
 def timed(cell, suite_dir) -> tuple[float, dict]:
     start = time.perf_counter()
-    record = runner.run_cell(cell, suite_dir, torch.device("cpu"), LogProgress())
+    record = run_cell(cell, suite_dir, torch.device("cpu"), LogProgress())
     return time.perf_counter() - start, record
 
 

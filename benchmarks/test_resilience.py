@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench import runner
+from bench.cell import RunOptions
 from bench.config import load_suite
 from bench.progress import LogProgress
 from bench.smoke import smoke_suite
@@ -34,7 +35,7 @@ def _run(cells, results: Path, **options) -> float:
     start = time.perf_counter()
     summary = runner.run_suite(QUICKSTART.read_text(), "quickstart", cells, results, device="cpu",
                                progress=LogProgress(open("/dev/null", "w")),
-                               options=runner.RunOptions(force=True, **options))
+                               options=RunOptions(force=True, **options))
     assert len(summary.ran) == len(cells), summary.failed
     return time.perf_counter() - start
 

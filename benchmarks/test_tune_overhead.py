@@ -15,11 +15,11 @@ import os
 import time
 from pathlib import Path
 
+from bench.cell import RunOptions
 from bench.config import load_suite
 from bench.progress import LogProgress
-from bench.runner import RunOptions
 from bench.suite import expand
-from bench.tune import tune_suite
+from bench.tune.waves import tune_suite
 
 QUICKSTART = Path(__file__).parents[1] / "suites" / "quickstart.toml"
 EPOCHS, TRIALS = 3, 4

@@ -522,7 +522,8 @@ def test_hub_is_not_asked_when_the_initial_weights_are_saved(write_suite, tmp_pa
 def test_pickle_payloads_never_run_as_weights_checkpoint_or_parent(tmp_path):
     from bench.checkpoint import Checkpoint
     from bench.models import create_model
-    from bench.weights import load_parent, read_state_file
+    from bench.store import load_best
+    from bench.weights import read_state_file
 
     marker = tmp_path / "pwned"
     evil = {"conv.weight": Payload(marker)}
@@ -538,5 +539,5 @@ def test_pickle_payloads_never_run_as_weights_checkpoint_or_parent(tmp_path):
         Checkpoint(cell, "f", 3).load()
     torch.save(evil, cell / "best.safetensors")  # a staged cell's parent weights: safetensors never unpickle
     with pytest.raises(Exception):  # noqa: B017 - any refusal will do; what matters is that nothing ran
-        load_parent(create_model("bench:small_cnn", 4, 32), cell)
+        load_best(create_model("bench:small_cnn", 4, 32), cell)
     assert not marker.exists()

@@ -111,8 +111,8 @@ def test_plan_lists_cells_without_training(write_suite, cli, tmp_path):
 
 def test_a_key_a_newer_bench_adds_at_its_default_keeps_every_id(write_suite):
     """Finished results survive an upgrade: ids hash only the values that differ from the defaults."""
+    from bench.cell import Cell
     from bench.config import CellConfig
-    from bench.suite import Cell
 
     class Newer(CellConfig):
         future_key: int = 3

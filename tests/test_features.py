@@ -10,17 +10,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bench import features, runner
-from bench.config import load_suite
+from bench import api, features
+from bench.cell import RunOptions
 from bench.models import create_model
 from bench.progress import LogProgress
-from bench.suite import expand
 
 
 def run(path, results, **kw):  # in this process: a test counts feature extractions, which a child would hide
-    suite = load_suite(path)
-    return runner.run_suite(path.read_text(), suite.suite.name, expand(suite), results, device="cpu",
-                            progress=LogProgress(), options=runner.RunOptions(isolate=False), **kw)
+    return api.run(api.plan(path, check=False), results=results, device="cpu", progress=LogProgress(),
+                   options=RunOptions(isolate=False), **kw)
 
 
 def results_by_label(summary):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench import runner
+from bench import api
 from bench.config import DataConfig, TrainConfig, load_suite
 from bench.data import prepare
 from bench.data.loaders import ArrayDataset
@@ -149,10 +149,9 @@ label = "bce-mix-elem"
 
 def test_data_recipes_run_through_a_suite_and_are_recorded(write_suite, tmp_path):
     path = write_suite(RECIPE_CELLS)
-    suite = load_suite(path)
-    cells = expand(suite)
-    summary = runner.run_suite(path.read_text(), suite.suite.name, cells, tmp_path / "r", device="cpu",
-                               progress=LogProgress())
+    planned = api.plan(path, check=False)
+    cells = planned.cells
+    summary = api.run(planned, results=tmp_path / "r", device="cpu", progress=LogProgress())
     assert not summary.failed, summary.failed
     by = {c.label: json.loads((summary.suite_dir / c.id / "result.json").read_text()) for c in cells}
     jsd, bce = by["augmix-jsd"]["train"], by["bce-mix-elem"]["train"]

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import bench.train as train
-from bench import runner
+from bench import api
 from bench.config import TrainConfig, load_suite
 from bench.data.loaders import Preprocess
 from bench.errors import UserError
@@ -218,11 +218,10 @@ ema_warmup = true
 
 def test_every_recipe_key_round_trips_through_a_suite_and_lands_in_result_json(write_suite, tmp_path):
     path = write_suite(RECIPES)
-    suite = load_suite(path)
-    cells = expand(suite)
+    planned = api.plan(path, check=False)
+    cells = planned.cells
     assert sorted(c.config.train.ema_select for c in cells) == ["ema", "raw"]
-    summary = runner.run_suite(path.read_text(), suite.suite.name, cells, tmp_path / "r", device="cpu",
-                               progress=LogProgress())
+    summary = api.run(planned, results=tmp_path / "r", device="cpu", progress=LogProgress())
     assert not summary.failed, summary.failed
     for cell in cells:
         t = cell.config.train

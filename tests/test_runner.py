@@ -10,19 +10,16 @@ import torch
 from safetensors.torch import load_file
 
 import bench
-from bench import runner
-from bench.config import load_suite
+from bench import api, execute
+from bench.cell import RunOptions
 from bench.progress import LogProgress
-from bench.suite import expand
 from tests.conftest import write_plugin
 
-IN_PROCESS = runner.RunOptions(isolate=False)  # where a test spies on the runner, which a child would not see
+IN_PROCESS = RunOptions(isolate=False)  # where a test spies on the runner, which a child would not see
 
 
 def run(path, results, **kw):
-    suite = load_suite(path)
-    return runner.run_suite(path.read_text(), suite.suite.name, expand(suite), results, device="cpu",
-                            progress=LogProgress(), **kw)
+    return api.run(api.plan(path, check=False), results=results, device="cpu", progress=LogProgress(), **kw)
 
 
 def test_cell_records_on_disk(write_suite, tmp_path):
@@ -69,13 +66,13 @@ def test_same_cell_twice_gives_identical_metrics(write_suite, tmp_path):
 def test_cells_differing_in_technique_start_from_identical_weights(write_suite, tmp_path, monkeypatch):
     path = write_suite('[grid]\n"train.lr" = [0.003, 0.0003]\n"train.augment" = ["none", "flip"]\n')
     seen = []
-    real_fit = runner.fit
+    real_fit = execute.fit
 
     def spy(model, *a, **k):
         seen.append({k: v.clone() for k, v in model.state_dict().items()})
         return real_fit(model, *a, **k)
 
-    monkeypatch.setattr(runner, "fit", spy)
+    monkeypatch.setattr(execute, "fit", spy)
     summary = run(path, tmp_path / "r", options=IN_PROCESS)
     assert len(summary.ran) == 4 and len(seen) == 4
     for other in seen[1:]:
@@ -97,7 +94,7 @@ def test_another_seed_or_arch_gets_other_initial_weights(write_suite, tmp_path):
 
 def test_resume_skips_finished_cells_and_force_reruns(write_suite, tmp_path, monkeypatch):
     path = write_suite('[grid]\n"train.lr" = [0.01, 0.003, 0.001]\n')
-    real = runner.run_cell
+    real = execute.run_cell
     calls = []
 
     def stop_at_third(cell, *a, **k):
@@ -106,16 +103,16 @@ def test_resume_skips_finished_cells_and_force_reruns(write_suite, tmp_path, mon
             raise KeyboardInterrupt  # the user hits Ctrl-C during the third cell
         return real(cell, *a, **k)
 
-    monkeypatch.setattr(runner, "run_cell", stop_at_third)
+    monkeypatch.setattr(execute, "run_cell", stop_at_third)
     with pytest.raises(KeyboardInterrupt):
         run(path, tmp_path / "r", options=IN_PROCESS)
-    monkeypatch.setattr(runner, "run_cell", real)
+    monkeypatch.setattr(execute, "run_cell", real)
     first_two = calls[:2]
     mtimes = {c: (tmp_path / "r" / "tiny" / c / "result.json").stat().st_mtime_ns for c in first_two}
     summary = run(path, tmp_path / "r")
     assert summary.skipped == first_two and summary.ran == [calls[2]]
     assert all((tmp_path / "r" / "tiny" / c / "result.json").stat().st_mtime_ns == t for c, t in mtimes.items())
-    forced = run(path, tmp_path / "r", options=runner.RunOptions(force=True))
+    forced = run(path, tmp_path / "r", options=RunOptions(force=True))
     assert len(forced.ran) == 3 and not forced.skipped
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench import runner
+from bench import api, execute
+from bench.cell import RunOptions
 from bench.config import load_suite
 from bench.errors import UserError
 from bench.progress import LogProgress
@@ -52,17 +53,16 @@ def test_cells_are_ordered_parents_first_and_linked_per_seed(write_suite):
 
 def test_a_staged_cell_starts_from_its_parents_best_weights(write_suite, tmp_path, monkeypatch):
     started = {}
-    real_fit = runner.fit
+    real_fit = execute.fit
 
     def spy(model, *a, **k):
         started[len(started)] = {k: v.clone() for k, v in model.state_dict().items()}
         return real_fit(model, *a, **k)
 
-    monkeypatch.setattr(runner, "fit", spy)
+    monkeypatch.setattr(execute, "fit", spy)
     path = write_suite(STAGED)
-    suite = load_suite(path)
-    summary = runner.run_suite(path.read_text(), "tiny", expand(suite), tmp_path / "r", device="cpu",
-                               progress=LogProgress(), options=runner.RunOptions(isolate=False))
+    summary = api.run(api.plan(path, check=False), results=tmp_path / "r", device="cpu", progress=LogProgress(),
+                      options=RunOptions(isolate=False))
     assert not summary.failed and len(summary.ran) == 3
     extract, finetune, everything = (summary.suite_dir / c for c in summary.ran)
     results = [json.loads((d / "result.json").read_text()) for d in (extract, finetune, everything)]

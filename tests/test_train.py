@@ -13,13 +13,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import bench.train as train
-from bench import runner
-from bench.config import TrainConfig, load_suite
+from bench import api
+from bench.config import TrainConfig
 from bench.data.loaders import ArrayDataset, Preprocess
 from bench.errors import UserError
 from bench.models.builtins import MLP, SmallCNN
 from bench.progress import LogProgress
-from bench.suite import expand
 from bench.techniques import build_augment, build_tta
 from bench.techniques.offline import OfflineAugmented, copies
 from bench.train import build_optimizer, fit, head_penalty, precision_setup, predict
@@ -184,9 +183,7 @@ patience = 5
 
 
 def run_suite(path, results):
-    suite = load_suite(path)
-    return runner.run_suite(path.read_text(), suite.suite.name, expand(suite), results, device="cpu",
-                            progress=LogProgress())
+    return api.run(api.plan(path, check=False), results=results, device="cpu", progress=LogProgress())
 
 
 def test_a_cell_with_every_technique_records_it_and_repeats_exactly(write_suite, tmp_path):

@@ -9,23 +9,24 @@ import numpy as np
 import optuna
 import pytest
 
-from bench import runner, train, tune
+from bench import api, evaluate, execute, train
+from bench.cell import RunOptions
 from bench.config import load_suite
 from bench.progress import LogProgress
-from bench.runner import RunOptions
 from bench.status import cell_states
 from bench.store import read_json
 from bench.suite import expand
+from bench.tune import contender as tune_contender
+from bench.tune import pruning, waves
 from tests.conftest import TINY
 
 BASE = TINY.replace('name = "tiny"', 'name = "tuned"').replace("[train]", '[model]\narch = "bench:mlp"\n\n[train]')
 
 
-def tune_run(path, results, **options) -> tune.TuneSummary:
+def tune_run(path, results, **options) -> waves.TuneSummary:
     """The tuning run `bench run` makes, with every trial in this process (so that tests can script it)."""
-    suite = load_suite(path)
-    return tune.tune_suite(suite, path.read_text(), expand(suite), results, device="cpu",
-                           progress=LogProgress(io.StringIO()), options=RunOptions(isolate=False, **options))
+    return api.run(api.plan(path, check=False), results=results, device="cpu", progress=LogProgress(io.StringIO()),
+                   options=RunOptions(isolate=False, **options))
 
 
 def records(results) -> dict[str, dict]:
@@ -38,7 +39,7 @@ def trial_dirs(results) -> list:
 
 def count_fits(monkeypatch, on_call=None) -> list:
     """Every training a trial starts, in order; `on_call(n, cfg)` may script or interrupt it."""
-    calls, real = [], runner.fit
+    calls, real = [], execute.fit
 
     def fit(model, loaders, cfg, *args, **kw):
         calls.append(cfg)
@@ -46,7 +47,7 @@ def count_fits(monkeypatch, on_call=None) -> list:
             on_call(len(calls) - 1, cfg)
         return real(model, loaders, cfg, *args, **kw)
 
-    monkeypatch.setattr(runner, "fit", fit)
+    monkeypatch.setattr(execute, "fit", fit)
     return calls
 
 
@@ -77,7 +78,7 @@ def test_selection_is_on_validation_and_only_the_chosen_trial_sees_test_once(mon
     # scripted so that the best trial on validation (lr 0.002) is the worst on test
     val = {0.001: 0.40, 0.002: 0.20, 0.003: 0.30}
     test = {0.001: 0.10, 0.002: 0.50, 0.003: 0.30}
-    real_fit, real_eval, real_full = runner.fit, tune.evaluate_test, runner.full_metrics
+    real_fit, real_eval, real_full = execute.fit, tune_contender.evaluate_test, evaluate.full_metrics
 
     def fit(model, loaders, cfg, *args, **kw):
         result = real_fit(model, loaders, cfg, *args, **kw)
@@ -87,14 +88,14 @@ def test_selection_is_on_validation_and_only_the_chosen_trial_sees_test_once(mon
 
     tested = []
 
-    def evaluate(cell, *args):
+    def evaluate_spy(cell, *args):
         tested.append(cell.id)
-        monkeypatch.setattr(runner, "full_metrics", lambda lo, la: {**real_full(lo, la),
+        monkeypatch.setattr(evaluate, "full_metrics", lambda lo, la: {**real_full(lo, la),
                                                                     "top1_error": test[cell.config.train.lr]})
         return real_eval(cell, *args)
 
-    monkeypatch.setattr(runner, "fit", fit)
-    monkeypatch.setattr(tune, "evaluate_test", evaluate)
+    monkeypatch.setattr(execute, "fit", fit)
+    monkeypatch.setattr(tune_contender, "evaluate_test", evaluate_spy)
     path = write_suite(SPACE_LR + '[grid]\n"train.weight_decay" = [0.0, 0.01]\n', base=BASE)
     summary = tune_run(path, tmp_path)
 
@@ -153,7 +154,7 @@ def test_a_resumed_tuning_run_redoes_nothing_and_finishes_the_interrupted_trial(
     assert len(first) == 1
     stamp = (first[0] / "result.json").stat().st_mtime_ns
     study = optuna.load_study(study_name=expand(load_suite(path))[0].id,
-                              storage=tune.journal(next((tmp_path / "tuned" / "tune").glob("*.journal"))))
+                              storage=pruning.journal(next((tmp_path / "tuned" / "tune").glob("*.journal"))))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]
     interrupted_lr = study.trials[1].params["train.lr"]
 

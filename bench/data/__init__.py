@@ -15,11 +15,12 @@ import numpy as np
 
 from bench.config import DataConfig
 from bench.data import cache, curate, split
+from bench.data.cache import files_key
 from bench.data.loaders import ArrayDataset
 from bench.data.sources import Samples, read_source
 from bench.hashing import stable_hash
 
-__all__ = ["Curated", "Prepared", "curated", "files_key", "prepare", "split_key"]
+__all__ = ["Curated", "Prepared", "curated", "prepare", "split_key"]
 
 
 @dataclass
@@ -67,14 +68,6 @@ class Prepared:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-
-def files_key(cfg: DataConfig, probe: cache.Probe) -> str:
-    """The source's files by name, size and mtime (the key the probe of their headers is stored under, so
-    no second pass over the files): when the images change, so does the split's key, and finished cells
-    trained on the old ones are not silently reused. Generated data is a function of its config, which the
-    split key holds already."""
-    return "generated" if cfg.source == "synthetic" else probe.key
 
 
 def split_key(cfg: DataConfig, seed: int, files: str) -> str:

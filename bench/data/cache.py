@@ -19,6 +19,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -27,6 +28,9 @@ from bench.artefacts import building, intact, reserve, seal
 from bench.data.cachedir import cache_root
 from bench.hashing import stable_hash
 from bench.store import atomic_dir, atomic_path
+
+if TYPE_CHECKING:
+    from bench.config import DataConfig
 
 PARALLEL_MIN = 256  # below this many images a process pool costs more than it saves
 VERSION = 1
@@ -209,3 +213,11 @@ def _open_decoded(folder: Path, count: int, size: int) -> Decoded | None:
             or not intact(folder / "images.npy", quick=True):
         return None
     return Decoded(images, bad, folder)
+
+
+def files_key(cfg: DataConfig, probe: Probe) -> str:
+    """The source's files by name, size and mtime (the key the probe of their headers is stored under, so
+    no second pass over the files): when the images change, so does the split's key, and finished cells
+    trained on the old ones are not silently reused. Generated data is a function of its config, which the
+    split key holds already."""
+    return "generated" if cfg.source == "synthetic" else probe.key

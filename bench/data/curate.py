@@ -119,17 +119,18 @@ SOURCE_KEY = {"folder": "data.root", "synthetic": "data.synthetic", "csv": "data
 
 
 def preview(cfg: DataConfig) -> tuple[Samples, np.ndarray, list[dict], str]:
-    """(the source's index, the mask curation keeps, its steps, bench.data.files_key) from image headers
+    """(the source's index, the mask curation keeps, its steps, bench.data.cache.files_key) from image headers
     alone, nothing decoded: what `require_trainable` judges before a cell starts. Synthetic data is not generated for it: its class
     sizes and image size follow from the config, as bench.data.synthetic.generate draws them."""
-    from bench.data import cache, files_key
+    from bench.data.cache import files_key
+    from bench.data.cache import probe as probe_headers
     from bench.data.sources import read_source
 
     if cfg.source == "synthetic":
         samples, probe = _synthetic_index(cfg.synthetic)
     else:
         samples = read_source(cfg)
-        probe = cache.probe(samples.root, samples.paths)
+        probe = probe_headers(samples.root, samples.paths)
     keep, steps, _ = curate(samples, probe, cfg)
     return samples, keep, steps, files_key(cfg, probe)
 
@@ -151,7 +152,7 @@ def require_trainable(samples: Samples, keep: np.ndarray, steps: list[dict], cfg
     two images or more (one image cannot be in train and val) and, where the source gives its own splits, a
     training image; and a validation split that is not empty. Checked on the images' headers: a file that
     later fails to decode can still take a class below this, and is listed among the bad images."""
-    from bench.data import split
+    from bench.data.split import make as make_split
 
     kept = samples.subset(keep)
     if len(kept.classes) < 2:
@@ -181,7 +182,7 @@ def require_trainable(samples: Samples, keep: np.ndarray, steps: list[dict], cfg
             has = "class {} has" if len(names) == 1 else "classes {} have"
             raise UserError(f"{has.format(shown)} {problem}", key=SOURCE_KEY[cfg.source],
                             hint=f"add images, or set data.min_per_class = {drop} to drop such classes")
-    if not len(split.make(kept, cfg.split, 0)["val"]):  # how many land in val does not depend on the seed
+    if not len(make_split(kept, cfg.split, 0)["val"]):  # how many land in val does not depend on the seed
         raise UserError(f"no image lands in the validation split: {len(kept.paths)} images in {len(kept.classes)} "
                         f"classes are too few for data.split = {list(cfg.split)}", key="data.split",
                         hint="add images (3 or more per class), or raise the val share of data.split")

@@ -13,8 +13,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bench.config import TrainConfig
-
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -79,28 +77,6 @@ def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int, workers
     return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       generator=generator, num_workers=workers, collate_fn=_whole_batch,
                       persistent_workers=workers > 0 and not train)
-
-
-def make_loaders(datasets: dict, cfg: TrainConfig, seed: int, image_size: int, workers: int = 0) -> dict:
-    """Loaders for every split: the training set enlarged offline (train.offline) and drawn by
-    train.sampler; evaluation in order. Online augmentation is already in the training dataset."""
-    # imported here: offline.py imports this module, and reading data need not load the techniques
-    from bench.techniques import SAMPLERS, build_augment
-    from bench.techniques.offline import OfflineAugmented, copies
-
-    loaders = {}
-    for split, ds in datasets.items():
-        if split == "train":
-            if cfg.offline:
-                ds = OfflineAugmented(ds, copies(cfg.offline, cfg.offline_random),
-                                      build_augment(cfg.augment, image_size), seed)
-            elif cfg.aug_splits > 1:
-                ds.splits = cfg.aug_splits
-            sampler = SAMPLERS[cfg.sampler](ds.labels, seed)
-            loaders[split] = make_loader(ds, cfg.batch_size, train=True, seed=seed, workers=workers, sampler=sampler)
-        else:
-            loaders[split] = make_loader(ds, cfg.eval_batch_size, train=False, seed=seed, workers=workers)
-    return loaders
 
 
 class Preprocess:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.config import DataConfig
-from bench.errors import UserError
+from bench.errors import UserError, first_line
 from bench.registry import register
 
 SOURCES: dict = {}
@@ -74,12 +74,6 @@ def _data_root(root: str | Path) -> Path:
         raise UserError(f"data folder '{root}' does not exist", key="data.root",
                         hint="put the data there (see README, 'Data'), fix the path, or try --smoke")
     return root
-
-
-def _first_line(e: BaseException) -> str:
-    """An exception as one line for a UserError: parsers' messages run over several."""
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _missing_images(root: Path, paths: list[str], rows: list[str], key: str) -> None:
@@ -158,7 +152,7 @@ def csv_manifest(cfg: DataConfig) -> Samples:
         raise UserError(f"manifest '{file}' is not UTF-8 text (byte {e.start})", key=key,
                         hint="save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     except Exception as e:  # pandas raises several parser error types
-        raise UserError(f"cannot read manifest '{file}' ({_first_line(e)})", key=key) from None
+        raise UserError(f"cannot read manifest '{file}' ({first_line(e, typed=True)})", key=key) from None
     missing = {"path", "label"} - set(df.columns)
     if missing:
         raise UserError(f"manifest '{file}' lacks column(s) {sorted(missing)} (has {list(df.columns)})",
@@ -194,7 +188,7 @@ def _inat_file(file: Path, key: str) -> tuple[list[tuple[str, int | str, str]], 
     try:
         doc = json.loads(file.read_bytes())
     except ValueError as e:  # not JSON, or not UTF-8
-        raise UserError(f"'{file}' is not valid JSON ({_first_line(e)})", key=key,
+        raise UserError(f"'{file}' is not valid JSON ({first_line(e, typed=True)})", key=key,
                         hint="download it again (see README, 'iNaturalist')") from None
     if not isinstance(doc, dict):
         raise bad(f"the top level is a {type(doc).__name__}, not an object with images, annotations, categories")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.errors import UserError
+from bench.errors import UserError, first_line
 from bench.models.builtins import BUILTINS
 from bench.models.heads import replace_head
 from bench.models.names import split_arch
@@ -39,8 +39,7 @@ def create_model(arch: str, num_classes: int, image_size: int, pretrained: bool 
     except (TypeError, ValueError, AssertionError) as e:
         with torch.device("meta"), torch.random.fork_rng(devices=[]):
             accepted = constructor_params(_create(arch, num_classes, image_size, False, {}))
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{arch} refuses model.kwargs {kwargs} ({first})", key="model.kwargs",
+        raise UserError(f"{arch} refuses model.kwargs {kwargs} ({first_line(e)})", key="model.kwargs",
                         hint=f"{arch} accepts: {', '.join(accepted) or 'no keyword arguments'}") from None
 
 
@@ -162,6 +161,5 @@ def _require_hub(arch: str, cached: bool, host: str) -> None:
 
 
 def _download_error(arch: str, cause: object) -> UserError:
-    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    return UserError(f"cannot fetch pretrained weights for {arch} ({first})", key="model.pretrained",
+    return UserError(f"cannot fetch pretrained weights for {arch} ({first_line(cause)})", key="model.pretrained",
                      hint="connect to the network once to fill the cache, or set it to a local weights file or false")

@@ -18,53 +18,15 @@ import copy
 import dataclasses
 import itertools
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from bench.config import SECTIONS, CellConfig, DataConfig, Suite, check_grid, flatten, validation_error
+from bench.cell import Cell
+from bench.config import SECTIONS, CellConfig, Suite, check_grid, flatten, validation_error
 from bench.errors import UserError, did_you_mean
-from bench.hashing import stable_hash
-
-ID_DIGITS = 10  # hex digits of a cell id: the folder name under results/<suite>/
-
-
-@dataclass(frozen=True)
-class Cell:
-    config: CellConfig
-    label: str
-    axes: dict[str, Any]  # the dotted keys that vary across the suite, with this cell's values
-    explicit_label: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    grid_values: str = ""  # this cell's [grid] combination (JSON); with label and seed it finds a parent
-    parent: str | None = None  # id of the cell whose best weights it starts from (model.init_from), see link()
-    dataset: str | None = None  # the [[datasets]] entry's name; a staged cell's parent is on the same one
-
-    @property
-    def id(self) -> str:
-        spec = identity(self.config)
-        # A staged cell's numbers depend on its parent's weights: another parent makes another cell.
-        return stable_hash(spec if self.parent is None else {**spec, "parent": self.parent}, ID_DIGITS)
-
-    @property
-    def group(self) -> str:
-        """Same for every seed of one cell: reports average over a group."""
-        return stable_hash({**identity(self.config), "seed": None}, ID_DIGITS)
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
-
-
-def identity(config: BaseModel) -> dict[str, Any]:
-    """What a cell's id hashes: the keys whose values differ from bench's defaults. A key that a new bench
-    adds (at a default that keeps today's behaviour) leaves every existing cell's id, and so its finished
-    results, as they were; changing a default's meaning is a SCHEMA_VERSION bump, not a silent new id."""
-    return config.model_dump(mode="json", exclude_defaults=True)
+from bench.suite.names import check_names
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -192,69 +154,6 @@ def _located(err: UserError, suite: Suite, where: Where) -> UserError:
     return UserError(err.reason, file=suite.path, key=dotted, hint=err.hint)
 
 
-def _registry_checks(cfg: CellConfig) -> list[tuple[str, Any, Callable[[], Any]]]:
-    """(dotted key, value, check) for every value that names something in a registry; a check raises
-    ValueError with the reason. Imported here, not in bench.config, so that parsing needs no torch."""
-    from bench.models import check_arch
-    from bench.techniques import REGISTRIES, build_tta
-    from bench.techniques.augment import check_augment
-
-    def member(field: str, name: str) -> Callable[[], None]:
-        def check() -> None:
-            if name not in REGISTRIES[field]:
-                raise ValueError(f"unknown {field} '{name}'; {did_you_mean(name, REGISTRIES[field])}")
-        return check
-
-    def optimizer_settings() -> None:  # what the optimizer would refuse only once the cell starts
-        from bench.techniques.optimizers import optimizer_settings
-
-        if t.optimizer in REGISTRIES["optimizer"]:
-            try:
-                optimizer_settings(t.optimizer, t)
-            except UserError as e:
-                raise ValueError(e.reason) from None
-
-    def model_kwargs() -> None:  # the constructor's verdict, on the meta device: milliseconds
-        from bench.models.factory import skeleton
-
-        if cfg.model.kwargs:
-            try:
-                skeleton(cfg.model.arch, 2, cfg.data.image_size, cfg.model.kwargs)
-            except UserError as e:
-                raise ValueError(f"{e.reason}; {e.hint}") from None
-
-    def layer_decay() -> None:
-        if t.layer_decay is not None and not cfg.model.arch.startswith("timm:"):
-            raise ValueError(f"layer-wise lr decay needs a timm: architecture (timm's group_matcher names its "
-                             f"layers), not {cfg.model.arch}; use backbone_lr for one lower rate below the head")
-
-    t = cfg.train
-    return [("model.arch", cfg.model.arch, lambda: check_arch(cfg.model.arch)),
-            *[(f"train.{f}", getattr(t, f), member(f, getattr(t, f)))
-              for f in ("optimizer", "schedule", "loss", "sampler", "mix")],
-            ("train.betas", [t.optimizer, t.betas], optimizer_settings),
-            ("train.layer_decay", [cfg.model.arch, t.layer_decay], layer_decay),
-            ("model.kwargs", [cfg.model.arch, cfg.data.image_size, cfg.model.kwargs], model_kwargs),
-            ("train.augment", t.augment, lambda: check_augment(t.augment)),
-            ("train.tta", t.tta, lambda: build_tta(t.tta))]
-
-
-def check_names(cfg: CellConfig, checked: dict[str, UserError | None] | None = None) -> None:
-    """Raise UserError(key=the dotted key) for the first name no registry knows. `checked` memoises the
-    verdict per (key, value): a 1,000-cell grid builds each augmentation pipeline once, not 1,000 times."""
-    checked = {} if checked is None else checked
-    for key, value, check in _registry_checks(cfg):
-        memo = f"{key}={json.dumps(value, sort_keys=True)}"
-        if memo not in checked:
-            try:
-                check()
-                checked[memo] = None
-            except ValueError as e:
-                checked[memo] = UserError(str(e), key=key)
-        if checked[memo] is not None:
-            raise checked[memo]
-
-
 def _label(suite: Suite, resolved: list[Resolved]) -> list[Cell]:
     dumps = [flatten(r.config.model_dump(mode="json")) for r in resolved]
     # keys that vary only because the data set does are shown by its name, not one by one
@@ -299,7 +198,7 @@ def _same_data(resolved: list[Resolved]) -> bool:
     return len(set(data.values())) < len(data)
 
 
-def _where(suite: Suite | None, cell: Cell, key: str) -> str:
+def where_set(suite: Suite | None, cell: Cell, key: str) -> str:
     """The place in the suite file that set `key` for this cell: a [[cells]] entry, the grid, or a section.
     A key inside a table matches the table's key too (data.annotations.train set by "data.annotations")."""
     if suite is None:
@@ -332,7 +231,7 @@ def _check_features(suite: Suite, cells: list[Cell]) -> None:
         for key, used in (("augment", t.augment not in ("none", [])), ("mix", t.mix != "none"), ("tta", bool(t.tta))):
             if used:
                 raise UserError(f'freeze = "features" computes the features once, from un-augmented images, so '
-                                f"train.{key} cannot apply", file=suite.path, key=_where(suite, cell, "model.freeze"),
+                                f"train.{key} cannot apply", file=suite.path, key=where_set(suite, cell, "model.freeze"),
                                 hint=f'use freeze = "all_but_head" with train.{key}, or drop train.{key}')
 
 
@@ -359,7 +258,7 @@ def link(cells: list[Cell], suite: Suite | None = None) -> list[Cell]:
             return done[id(orig)]
         c, src = orig, orig.config.model.init_from
         if src is not None:
-            where = _where(suite, c, "model.init_from")
+            where = where_set(suite, c, "model.init_from")
             if suite is not None and src not in labels:
                 raise UserError(f"'{src}' is not the label of a [[cells]] entry", file=path, key=where,
                                 hint=did_you_mean(src, labels) if labels else "add label = \"...\" to the parent entry")
@@ -387,139 +286,3 @@ def link(cells: list[Cell], suite: Suite | None = None) -> list[Cell]:
 
 def _short(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
-
-
-def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bool = True,
-              results: Path | None = None, force: bool = False) -> list[str]:
-    """Checks that need the file system, the network or the hardware, made before anything is written, so
-    that a mistake is one line and exit 2 rather than a failed cell: the device; with `data`, each data
-    config's files as its source reads them and what curation leaves of them (image headers only, cached);
-    local weights files and their fit; freeze modes against the network's depth; hub weights (not asked for
-    a cell whose initial weights `results`/<suite>/init already holds); the precision on this device; and,
-    unless `force`, that the files under the cells `results` holds finished are still the files they were
-    trained on. Returns notes for the console: a split carved from the source's train part, once per data."""
-    from bench.runner import resolve_device
-    from bench.train import precision_setup
-
-    dev = resolve_device(device)  # the same check, and message, as the runner's
-    classes: dict[str, int] = {}  # data config -> classes curation keeps (for init keys and model shapes)
-    files: dict[str, str] = {}  # data config -> its source's files, as bench.data.files_key names them
-    changed: list[Cell] = []
-    done: set[str] = set()
-    notes: list[str] = []
-
-    def once(*what: Any) -> bool:
-        """True the first time: a 1,000-cell grid reads each weights file and builds each network once."""
-        memo = json.dumps(what, sort_keys=True, default=str)
-        if memo in done:
-            return False
-        done.add(memo)
-        return True
-
-    for cell in cells:
-        d, m, t = cell.config.data, cell.config.model, cell.config.train
-        try:
-            data_key = d.model_dump_json(exclude={"workers", "image_size", "cache_size"})
-            if data and data_key not in classes:
-                from bench.data.curate import preview, require_trainable
-
-                samples, keep, steps, files[data_key] = preview(d)
-                require_trainable(samples, keep, steps, d)
-                classes[data_key] = len(np.unique(samples.labels[keep]))
-                notes.extend(_carved(d, samples.given))
-            if data_key in files and results is not None and not force \
-                    and _trained_on_other_files(Path(results) / suite.suite.name / cell.id, files[data_key]):
-                changed.append(cell)
-            n = classes.get(data_key, 2)
-            head = m.head_options()
-            if isinstance(m.pretrained, str) and once("weights", m.pretrained, m.arch, m.kwargs, head, d.image_size):
-                _check_weights_file(Path(m.pretrained), m.arch, d.image_size, head, m.kwargs)
-            if ":" in m.freeze and once("freeze", m.freeze, m.arch, m.kwargs, head, d.image_size):
-                from bench.models.factory import skeleton
-                from bench.models.freeze import frozen_layers
-
-                frozen_layers(skeleton(m.arch, n, d.image_size, m.kwargs, **head), m.freeze, d.image_size)
-            saved = _init_saved(cell, n, data_key in classes, results, suite, once)
-            if m.pretrained is True and not saved and once("hub", m.arch):
-                from bench.models.factory import require_hub_weights
-
-                require_hub_weights(m.arch)
-            # fp16 off CUDA, bf16 on a CPU without it; whether a GPU has bf16 is left to the cell: asking
-            # would initialise CUDA in this process, which holds GPU memory for the whole run
-            if dev.type != "cuda" and once("precision", t.precision):
-                precision_setup(t.precision, dev)
-        except UserError as e:
-            raise UserError(e.reason, file=suite.path, key=_where(suite, cell, e.key) if e.key else None,
-                            hint=e.hint) from None
-    if changed:
-        first = changed[0]
-        raise UserError(f"the images under {len(changed)} finished cell(s) changed since they ran (e.g. "
-                        f"'{first.label}', {first.id}: files added, removed, resized or touched under "
-                        f"{first.config.data.root}); their results and new ones would not share a split",
-                        file=suite.path, key="data",
-                        hint="restore the data, or rerun those cells on the new data with --force "
-                             "(add --only to pick them)")
-    return notes
-
-
-def _carved(d: DataConfig, given: np.ndarray | None) -> list[str]:
-    """A note for each split the source lacks and bench carves from its train part."""
-    from bench.data.split import origins
-
-    if not d.source_split:
-        return []
-    return [f"data {d.root}: {split} is {origin}" for split, origin in origins(given, d.split).items()
-            if origin.startswith("carved")]
-
-
-def _trained_on_other_files(cell_dir: Path, files: str) -> bool:
-    """Whether the cell finished (result.json says ok) on files other than `files`; records older than the
-    files digest say nothing, and are taken as they are."""
-    try:
-        result = json.loads((cell_dir / "result.json").read_text())
-        recorded = result["data"].get("files") if result.get("status") == "ok" else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-    return recorded is not None and recorded != files
-
-
-def _init_saved(cell: Cell, num_classes: int, known: bool, results: Path | None, suite: Suite,
-                once: Callable[..., bool]) -> bool:
-    """Whether this cell's shared initial weights are saved already (then the runner never asks the hub);
-    saved weights that no longer match their seal are refused here, before any cell starts."""
-    if results is None or not known or not (Path(results) / suite.suite.name / "init").is_dir():
-        return False
-    from bench.weights import check_initial, init_key
-
-    path = Path(results) / suite.suite.name / "init" / f"{init_key(cell.config, num_classes)}.safetensors"
-    if not path.is_file():
-        return False
-    if once("init", str(path)):
-        check_initial(path)
-    return True
-
-
-def _check_weights_file(path: Path, arch: str, image_size: int, head: dict[str, Any],
-                        model_kwargs: dict[str, Any]) -> None:
-    """A local model.pretrained file reads as a state dict of tensors (never unpickling code: weights_only)
-    and fits the architecture, checked on its skeleton, so a wrong file is refused before any cell starts."""
-    import warnings
-
-    import torch
-
-    from bench.models.factory import skeleton
-    from bench.weights import load_backbone, read_state_file
-
-    hint = "give a .safetensors or .pt state dict (torch.save(model.state_dict(), path)), true, or false"
-    try:
-        state = read_state_file(path)
-    except UserError:
-        raise
-    except Exception as e:  # safetensors and torch raise their own types for a damaged or foreign file
-        raise UserError(f"cannot read weights file '{path}' ({type(e).__name__})", key="model.pretrained",
-                        hint=hint) from None
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"'{path}' holds no tensors by name", key="model.pretrained", hint=hint)
-    with warnings.catch_warnings():  # loading into meta tensors is a no-op that says so; the fit is the point
-        warnings.simplefilter("ignore")
-        load_backbone(skeleton(arch, 2, image_size, model_kwargs, **head), state, path)
