@@ -10,7 +10,7 @@ significantly worse than the best one on the same test images (*), and, when its
 [[datasets]], ranks the contenders across them (Friedman, Nemenyi). A tuned suite shows one row per
 contender: its chosen trial.
 
-Three rooms: load (records into one filtered table), aggregate (seeds averaged into a leaderboard or a
+Three rooms: load (records into one filtered table), leaderboard (seeds averaged into a leaderboard or a
 pivot, laid out as a Table) and formats (a Table as text); `render` here runs them in that order.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import UserError, did_you_mean
-from bench.report.aggregate import RANK_BY, cross_dataset, leaderboard, leaderboard_table, pivot_table
 from bench.report.formats import FORMATS
+from bench.report.leaderboard import RANK_BY, cross_dataset, leaderboard, leaderboard_table, pivot_table
 from bench.report.load import (
     COLUMNS,
     DEFAULT_COLUMNS,
