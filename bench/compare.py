@@ -17,13 +17,15 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from bench.errors import UserError
-from bench.metrics import load_predictions
 from bench.store import Record
+
+if TYPE_CHECKING:
+    import torch
 
 EXACT_BELOW = 25  # discordant pairs; the usual switch from the exact test to the chi-square approximation
 
@@ -31,6 +33,8 @@ EXACT_BELOW = 25  # discordant pairs; the usual switch from the exact test to th
 def read_predictions(cell_dir: Path | str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
     """load_predictions, with a damaged predictions.npz (cut short, not a zip, arrays missing or not
     paired) refused on one line naming it; report, compare and export all read predictions through here."""
+    from bench.metrics import load_predictions  # torch, imported on demand: `import bench.report` stays light
+
     path = Path(cell_dir) / "predictions.npz"
 
     def damaged(why: str) -> UserError:
@@ -118,6 +122,8 @@ def _label(record: Record) -> str:
 def compare_cells(a: Record, b: Record, split: str = "test", resamples: int = 10_000,
                   confidence: float = 0.95, seed: int = 0) -> Comparison:
     """Refuses (UserError) unless both cells were evaluated on the same split, image for image."""
+    import torch
+
     keys = [r.result.get("data", {}).get("split_key") for r in (a, b)]
     if keys[0] != keys[1] or keys[0] is None:
         raise UserError(f"the cells used different data splits ({keys[0]} vs {keys[1]})",

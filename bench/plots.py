@@ -12,12 +12,11 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from bench import ranking
 from bench.metrics import (
@@ -27,13 +26,21 @@ from bench.metrics import (
     load_predictions,
     precision_at_recall,
 )
-from bench.report import COLUMNS, Filter, cross_dataset, frame, leaderboard, read_studies
+from bench.report.cross_dataset import cross_dataset
+from bench.report.leaderboard import leaderboard
+from bench.report.load import COLUMNS, Filter, frame, read_studies
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 COST_AXES = {"train_time_s": "training time (s)", "params_total": "parameters", "gflops": "forward GFLOPs per image"}
 MAX_LABELLED_CLASSES = 30  # beyond this, class names on a confusion matrix are unreadable
 
 
 def _figure(width: float = 6.4, height: float = 4.8) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig

@@ -2,8 +2,9 @@
 
 The input everywhere is a *score table*: one row per contender (an architecture, a cell), one column per
 data set (or any block: a seed, a split), errors by default (lower is better; pass higher_is_better=True
-for accuracies). Every function here is pure and returns plain data; the two drawing functions import
-matplotlib only when called, so the statistics cost no plotting import.
+for accuracies). Every function here is pure and returns plain data; scipy is imported by the functions
+that use it and matplotlib by the two drawing functions, only when called, so importing this module (and
+bench.report, which does) costs neither.
 
 - ranks / mean_ranks: the rank of each contender within each data set (1 = best, ties share the average
   rank), and its mean over data sets: Demsar (2006, JMLR 7) section 3.2.2.
@@ -24,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from bench.errors import UserError
 
@@ -48,6 +48,8 @@ def _complete(table: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
 def ranks(table: pd.DataFrame, *, higher_is_better: bool = False) -> pd.DataFrame:
     """The rank of each contender (row) within each data set (column): 1 is the best, ties share the
     average of the ranks they span (scipy.stats.rankdata's 'average')."""
+    from scipy import stats
+
     lower = _complete(table, higher_is_better)
     return pd.DataFrame(stats.rankdata(lower.to_numpy(), axis=0), index=lower.index, columns=lower.columns)
 
@@ -74,6 +76,8 @@ def nemenyi_q(k: int, alpha: float = 0.05) -> float:
     """The Nemenyi critical value q_alpha for k contenders (Demsar 2006, Table 5a): the studentized range
     quantile with infinite degrees of freedom, divided by sqrt(2) because Demsar's statistic compares mean
     ranks, not means scaled by the standard error of one mean."""
+    from scipy import stats
+
     if k < 2:
         raise UserError(f"the Nemenyi test needs at least 2 contenders, got {k}")
     return float(stats.studentized_range.ppf(1 - alpha, k, np.inf) / np.sqrt(2))
@@ -96,6 +100,8 @@ def _friedman(r: np.ndarray, tie_correction: bool) -> tuple[float, float]:
     Computed from the ranks rather than by scipy.stats.friedmanchisquare so that it also serves k = 2
     (which scipy refuses) and, with tie_correction=False, Demsar's formula, which his worked figures use.
     With the correction it equals scipy's statistic (the test checks that)."""
+    from scipy import stats
+
     n, k = r.shape
     means = r.mean(axis=0)
     chi2 = 12 * n / (k * (k + 1)) * (np.sum(means**2) - k * (k + 1) ** 2 / 4)
@@ -114,6 +120,8 @@ def _iman_davenport(chi2: float, n: int, k: int) -> tuple[float, float]:
     """F_F = (N-1) chi2 / (N(k-1) - chi2) with (k-1, (k-1)(N-1)) degrees of freedom (Demsar 2006, eq. after
     the Friedman statistic): less conservative than the chi-square. Perfect agreement of all data sets
     makes the denominator 0, F infinite and p 0."""
+    from scipy import stats
+
     if n < 2:
         return float("nan"), float("nan")  # no denominator degrees of freedom
     room = n * (k - 1) - chi2
@@ -189,6 +197,8 @@ def friedman_nemenyi(table: pd.DataFrame, *, alpha: float = 0.05, higher_is_bett
     False is Demsar's uncorrected formula. Ties make the uncorrected statistic smaller, hence conservative.
     Nemenyi p-values: the studentized range survival function at |R_i - R_j| * sqrt(2) / SE, so that
     p < alpha exactly when |R_i - R_j| > CD."""
+    from scipy import stats
+
     r = ranks(table, higher_is_better=higher_is_better).T.to_numpy()  # data sets x contenders
     n, k = r.shape
     chi2, p = _friedman(r, tie_correction)
@@ -228,6 +238,8 @@ def versus_control(result: RankTest, control: Hashable | None = None) -> pd.Seri
     """Two-sided p-value of each contender's mean rank against the control's (the best by default), from
     z = (R_i - R_control) / SE, normal (Demsar 2006, section 3.2.2, comparisons with a control). Feed it to
     holm() to mark the contenders significantly worse than the best; the control itself is left out."""
+    from scipy import stats
+
     ranking = result.ranking
     control = ranking.index[0] if control is None else control
     if control not in ranking.index:

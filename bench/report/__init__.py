@@ -10,8 +10,11 @@ significantly worse than the best one on the same test images (*), and, when its
 [[datasets]], ranks the contenders across them (Friedman, Nemenyi). A tuned suite shows one row per
 contender: its chosen trial.
 
-Three rooms: load (records into one filtered table), aggregate (seeds averaged into a leaderboard or a
-pivot, laid out as a Table) and formats (a Table as text); `render` here runs them in that order.
+Rooms: load (records into one filtered table); leaderboard and pivot (seeds averaged, laid out as a
+Table), with significance (the marks) and cross_dataset (the ranking across data sets) beside the
+leaderboard, and table (the Table and its cell formatting); formats (a Table as text). `render` here runs
+them in that order. Importing this package loads neither torch, scipy nor matplotlib: the functions that
+need them import them.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import UserError, did_you_mean
-from bench.report.aggregate import RANK_BY, cross_dataset, leaderboard, leaderboard_table, pivot_table
+from bench.report.cross_dataset import RANK_BY
 from bench.report.formats import FORMATS
+from bench.report.leaderboard import leaderboard_table
 from bench.report.load import (
     COLUMNS,
     DEFAULT_COLUMNS,
@@ -34,9 +38,9 @@ from bench.report.load import (
     read_studies,
     tuning_notes,
 )
+from bench.report.pivot import pivot_table
 
-__all__ = ["COLUMNS", "FORMATS", "Filter", "cross_dataset", "frame", "leaderboard", "read_studies",
-           "render"]  # what the plots and tests use
+__all__ = ["COLUMNS", "FORMATS", "Filter", "frame", "read_studies", "render"]
 
 
 def render(targets: Path | Sequence[Path], fmt: str = "markdown", *, metrics: Sequence[str] | None = None,

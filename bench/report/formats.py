@@ -9,7 +9,7 @@ import io
 from collections.abc import Callable
 
 from bench.registry import register
-from bench.report.aggregate import Table
+from bench.report.table import Table
 
 FORMATS: dict[str, Callable[[Table], str]] = {}
 

@@ -21,9 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench.compare import read_predictions
-from bench.cost import achieved_gflops_per_s, read_history, time_to_accuracy
 from bench.errors import UserError, did_you_mean
-from bench.metrics import full_metrics
 from bench.store import RUN, load_records, read_json
 from bench.suite import DATASET
 
@@ -37,6 +35,14 @@ class Column:
     timing: bool = False  # depends on the device and library versions: never ranked across them
     integer: bool = False  # a count: csv and json write it as an integer when every value is one
     ranked: bool = True  # False: a count with no better direction (trials): never bold
+
+    @property
+    def higher(self) -> bool:
+        """Whether higher is better (bench.metrics.HIGHER_IS_BETTER; imported here, as bench.metrics loads
+        torch)."""
+        from bench.metrics import HIGHER_IS_BETTER
+
+        return HIGHER_IS_BETTER.get(self.metric, False)
 
 
 _SPLIT_METRICS = (  # (suffix, key in result.json["metrics"][split], header)
@@ -347,6 +353,8 @@ def progress_notes(targets: Path | Sequence[Path]) -> list[str]:
 def _derived(name: str, cell_dir: Path, result: dict, target_error: float | None) -> dict[str, Any]:
     """The column `name` computed from the record (and, for time to target, with REACHED beside it: 1.0 if
     the cell reached the target error, 0.0 if its history shows it never did, None without one)."""
+    from bench.cost import achieved_gflops_per_s, read_history, time_to_accuracy  # bench.cost loads torch
+
     if name == "gflops_per_s":
         return {name: achieved_gflops_per_s(_get(result, ("cost", "gflops_forward")),
                                             _get(result, ("cost", "train_images_per_s")))}
@@ -371,6 +379,8 @@ def _fill_missing_metrics(df: pd.DataFrame, columns: Sequence[str], recompute: b
         for j in np.flatnonzero(missing[i]):
             _, split, key = COLUMNS[metric_cols[j]].path
             if split not in cache:
+                from bench.metrics import full_metrics  # loads torch: only when a record lacks a metric
+
                 try:
                     cache[split] = full_metrics(*read_predictions(df.at[i, "dir"], split))
                 except UserError:
