@@ -56,6 +56,16 @@ def identity(config: BaseModel) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude_defaults=True)
 
 
+def value_text(v: Any, digits: int | None = None) -> str:
+    """A value as a label shows it: booleans as TOML writes them, floats to `digits` significant digits when
+    given (a sampled learning rate), everything else as str() has it (a label names a parent: keep it)."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float) and digits is not None:
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
 def select(cells: list[Cell], only: str | None) -> list[Cell]:
     """--only GLOB matches a cell's id or label."""
     if not only:

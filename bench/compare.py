@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.errors import UserError
-from bench.store import Record
+from bench.errors import UserError, first_line
+from bench.store import PREDICTIONS, Record
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +35,7 @@ def read_predictions(cell_dir: Path | str, split: str = "test") -> tuple[torch.T
     paired) refused on one line naming it; report, compare and export all read predictions through here."""
     from bench.metrics import load_predictions  # torch, imported on demand: `import bench.report` stays light
 
-    path = Path(cell_dir) / "predictions.npz"
+    path = Path(cell_dir) / PREDICTIONS
 
     def damaged(why: str) -> UserError:
         return UserError(f"damaged predictions file ({why})", file=path,
@@ -46,8 +46,7 @@ def read_predictions(cell_dir: Path | str, split: str = "test") -> tuple[torch.T
     except UserError:
         raise
     except Exception as e:  # numpy and zipfile raise a different type for each way a file can be broken
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unreadable"
-        raise damaged(f"{type(e).__name__}: {first}") from None
+        raise damaged(first_line(e, typed=True)) from None
     classes = logits.shape[1] if logits.ndim == 2 else 0
     if not classes or labels.ndim != 1 or len(logits) != len(labels):
         raise damaged(f"{split} logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not pair")
@@ -144,7 +143,7 @@ def compare_cells(a: Record, b: Record, split: str = "test", resamples: int = 10
 def correctness(cell_dir: Path | str, split: str = "test") -> tuple[np.ndarray, np.ndarray] | None:
     """(right, labels) per image of a cell's saved `split` predictions; None when it saved none (a cell
     whose suite has no test split, a record from before predictions were kept)."""
-    if not (Path(cell_dir) / "predictions.npz").is_file():
+    if not (Path(cell_dir) / PREDICTIONS).is_file():
         return None
     try:
         logits, labels = read_predictions(cell_dir, split)

@@ -9,9 +9,7 @@ convolutions. Training cost is derived as ~3x forward (forward + backward for ac
 from __future__ import annotations
 
 import copy
-import csv
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,9 +73,4 @@ def time_to_accuracy(history_rows: Iterable[Mapping[str, Any]], target_error: fl
     return None
 
 
-def read_history(cell_dir: Path) -> list[dict[str, str]]:
-    path = Path(cell_dir) / "history.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+

@@ -29,6 +29,7 @@ from bench.metrics import (
 from bench.report.cross_dataset import cross_dataset
 from bench.report.leaderboard import leaderboard
 from bench.report.load import COLUMNS, Filter, frame, read_studies
+from bench.store import HISTORY, PREDICTIONS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -227,10 +228,10 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
             cell_dir, dest = row.record.dir, out_dir / suite / row.id
             data = row.record.result.get("data", {})
             names = data.get("class_names") or []
-            if (cell_dir / "history.csv").is_file():
-                _save(learning_curves(pd.read_csv(cell_dir / "history.csv"), row.label),
+            if (cell_dir / HISTORY).is_file():
+                _save(learning_curves(pd.read_csv(cell_dir / HISTORY), row.label),
                       dest / "learning_curves.png", written)
-            if (cell_dir / "predictions.npz").is_file():
+            if (cell_dir / PREDICTIONS).is_file():
                 logits, labels = load_predictions(cell_dir, split)
                 _save(pr_curves(logits, labels, names), dest / "pr_curves.png", written)
                 _save(confusion_plot(confusion_matrix(logits, labels), names, f"{row.label} ({split})"),

@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.checkpoint import saved_epoch
 from bench.claims import claim_live, read_claim
-from bench.store import read_json
+from bench.store import CELL, JOB, TUNE, read_json, read_result
 
 
 def cell_states(suite_dir: Path, cells: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
@@ -20,7 +20,7 @@ def cell_states(suite_dir: Path, cells: list[tuple[str, str]] | None = None) -> 
     cell folder under `suite_dir`."""
     suite_dir = Path(suite_dir)
     if cells is None:
-        names = sorted(e.name for e in os.scandir(suite_dir) if e.is_dir() and (Path(e.path) / "cell.json").is_file()) \
+        names = sorted(e.name for e in os.scandir(suite_dir) if e.is_dir() and (Path(e.path) / CELL).is_file()) \
             if suite_dir.is_dir() else []
         cells = [(name, _label(suite_dir / name)) for name in names]
     return [{"id": cid, "label": label, **(_tuning(suite_dir, cid) or _state(suite_dir / cid))} for cid, label in cells]
@@ -36,7 +36,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 def _label(cell_dir: Path) -> str:
     try:
-        return read_json(cell_dir / "cell.json")["label"]
+        return read_json(cell_dir / CELL)["label"]
     except (OSError, ValueError, KeyError, TypeError):
         return ""
 
@@ -46,7 +46,7 @@ def _tuning(suite_dir: Path, cell_id: str) -> dict[str, str] | None:
     if (suite_dir / cell_id).is_dir():
         return None
     try:
-        record = read_json(suite_dir / "tune" / f"{cell_id}.json")
+        record = read_json(suite_dir / TUNE / f"{cell_id}.json")
         trials, cost = record["trials"], record["cost"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -71,10 +71,7 @@ def _state(cell_dir: Path) -> dict[str, str]:
         return {"state": "running", "epoch": claim.get("epoch", 0),
                 "detail": f"on {claim['host']} pid {claim['pid']} since {since}, epoch {claim.get('epoch', 0)} "
                           f"of {claim.get('epochs', '?')} done (heartbeat {beat:.0f} s ago)"}
-    try:
-        result = read_json(cell_dir / "result.json")
-    except (OSError, ValueError):
-        result = None
+    result = read_result(cell_dir)
     if isinstance(result, dict) and result.get("status") == "ok":
         val = result.get("metrics", {}).get("val", {}).get("top1_error")
         return {"state": "done", "detail": f"val_error {val:.4f}" if isinstance(val, float) else ""}
@@ -87,7 +84,7 @@ def _state(cell_dir: Path) -> dict[str, str]:
     if isinstance(result, dict):
         return {"state": str(result.get("status", "failed")), "detail": str(result.get("error", ""))}
     try:
-        job = read_json(cell_dir / "job.json")  # submitted to a queue, not yet claimed by its job
+        job = read_json(cell_dir / JOB)  # submitted to a queue, not yet claimed by its job
         return {"state": "queued", "detail": f"{job['executor']} job {job['job_id']} ({job['cluster']})"}
     except (OSError, ValueError, KeyError, TypeError):
         return {"state": "not started", "detail": ""}

@@ -159,12 +159,15 @@ def write_history(cell_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(Path(cell_dir) / HISTORY, buf.getvalue())
 
 
-def read_history(cell_dir: Path | str):
-    """The cell's per-epoch history as a DataFrame, None when it has none."""
-    import pandas as pd
+def read_history(cell_dir: Path | str) -> list[dict[str, str]]:
+    """The cell's per-epoch history as csv rows (values as text), [] when it has none."""
+    import csv
 
     path = Path(cell_dir) / HISTORY
-    return pd.read_csv(path) if path.is_file() else None
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def add_predictions(cell_dir: Path, arrays: dict[str, np.ndarray]) -> None:

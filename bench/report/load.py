@@ -22,7 +22,7 @@ import pandas as pd
 
 from bench.compare import read_predictions
 from bench.errors import UserError, did_you_mean
-from bench.store import RUN, load_records, read_json
+from bench.store import RUN, SUITE_FILE, TUNE, load_records, read_json
 from bench.suite import DATASET
 
 
@@ -68,7 +68,7 @@ COLUMNS.update({
     "peak_cuda_mb": Column("peak CUDA MB", ("cost", "peak_cuda_mb"), 0, "peak_cuda_mb"),
     "params_total": Column("params", ("cost", "params_total"), 0, "params_total", integer=True),
     "params_trainable": Column("trainable", ("cost", "params_trainable"), 0, "params_trainable", integer=True),
-    # a tuned contender's search, from its study file (TUNE below), on the row of its chosen trial
+    # a tuned contender's search, from its study file (bench.store.TUNE), on the row of its chosen trial
     "trials": Column("trials", ("tune", "trials"), 0, "trials", integer=True, ranked=False),
     "pruned": Column("pruned", ("tune", "pruned"), 0, "pruned", integer=True, ranked=False),
     "tuning_time_s": Column("tuning s", ("tune", "tuning_time_s"), 1, "tuning_time_s", timing=True),
@@ -79,7 +79,6 @@ SORT_BY = "val_error"
 REACHED = "time_to_target_reached"  # beside time_to_target_s: 1 reached, 0 never did, missing without a history
 FIELDS = ("suite", "id", "group", "label", "seed", "status", "device", "dataset")  # filter/pivot keys besides config
 DATASET_AXIS = f"axis:{DATASET}"  # the column a row's data set name is in
-TUNE = "tune"  # results/<suite>/tune/<contender id>.json
 PARAM = "param:"  # frame columns of a tuned contender's chosen values, param:train.lr
 
 
@@ -160,7 +159,7 @@ def _dotted(tree: dict, prefix: str = "") -> list[str]:
 def labelled_suite(suite_dir: Path) -> bool:
     """Whether the suite that ran in `suite_dir` (its copy, suite.toml) names its [[cells]] with labels."""
     try:
-        cells = tomllib.loads((Path(suite_dir) / "suite.toml").read_text()).get("cells")
+        cells = tomllib.loads((Path(suite_dir) / SUITE_FILE).read_text()).get("cells")
     except (OSError, ValueError):  # unreadable, or not TOML: no labels to show
         return False
     return isinstance(cells, list) and any(isinstance(c, dict) and isinstance(c.get("label"), str) for c in cells)
@@ -353,7 +352,8 @@ def progress_notes(targets: Path | Sequence[Path]) -> list[str]:
 def _derived(name: str, cell_dir: Path, result: dict, target_error: float | None) -> dict[str, Any]:
     """The column `name` computed from the record (and, for time to target, with REACHED beside it: 1.0 if
     the cell reached the target error, 0.0 if its history shows it never did, None without one)."""
-    from bench.cost import achieved_gflops_per_s, read_history, time_to_accuracy  # bench.cost loads torch
+    from bench.cost import achieved_gflops_per_s, time_to_accuracy  # bench.cost loads torch
+    from bench.store import read_history
 
     if name == "gflops_per_s":
         return {name: achieved_gflops_per_s(_get(result, ("cost", "gflops_forward")),

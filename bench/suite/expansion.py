@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bench.cell import Cell
+from bench.cell import Cell, value_text
 from bench.config import SECTIONS, CellConfig, Suite, check_grid, flatten, validation_error
 from bench.errors import UserError, did_you_mean
 from bench.suite.names import check_names
@@ -170,7 +170,7 @@ def _label(suite: Suite, resolved: list[Resolved]) -> list[Cell]:
         parts = [r.label] if r.label else []
         # a [[cells]] label names what its entry sets: only grid values are added to it;
         # model.init_from is shown by `bench plan` as the parent, not in the label
-        parts += [f"{k.split('.')[-1]}={_short(flat.get(k))}" for k in varying
+        parts += [f"{k.split('.')[-1]}={value_text(flat.get(k))}" for k in varying
                   if (k in r.grid_over if r.label else True) and k != "model.init_from"]
         if r.dataset is not None:
             axes[DATASET] = r.dataset
@@ -284,5 +284,3 @@ def link(cells: list[Cell], suite: Suite | None = None) -> list[Cell]:
     return out
 
 
-def _short(v: Any) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.cell import Cell, RunOptions
+from bench.cell import Cell, RunOptions, value_text
 from bench.config import Suite
 from bench.executors import Local
 from bench.progress import LiveView, LogProgress
@@ -214,7 +214,7 @@ def describe(row: dict[str, Any]) -> str:
         return head + f"unfinished, {row['trials']} of {row['budget']} trials done; run again to go on"
     if row["chosen"] is None and row["params"] is None:
         return head + f"no trial of {row['budget']} completed (see results/<suite>/tune/{row['id']}.json)"
-    params = " ".join(f"{k.split('.', 1)[1]}={_short(v)}" for k, v in (row["params"] or {}).items())
+    params = " ".join(f"{k.split('.', 1)[1]}={value_text(v, 4)}" for k, v in (row["params"] or {}).items())
     test = (row["test"] or {}).get("top1_error")
     cost = row["cost"]
     return (head + f"chose trial {row['number']} ({row['chosen']}) {params}: {row['metric']} {row['value']:.4f}"
@@ -223,5 +223,3 @@ def describe(row: dict[str, Any]) -> str:
               f"{cost['train_time_s']:.1f} s training, {cost['tuning_overhead_s']:.2f} s tuning")
 
 
-def _short(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
