@@ -107,9 +107,10 @@ def predict_unlabelled(record: Record, files: list[Path], device: str = "auto", 
     from bench.config import CellConfig
     from bench.data.cache import load_image
     from bench.data.loaders import Preprocess
+    from bench.evaluate import predict
     from bench.runner import resolve_device
     from bench.techniques import build_tta
-    from bench.train import precision_setup, predict
+    from bench.techniques.precision import precision_setup
     from bench.weights import initial_model, load_parent
 
     if record.result.get("status") != "ok":
