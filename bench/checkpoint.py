@@ -23,6 +23,15 @@ from bench.errors import UserError
 from bench.store import CHECKPOINT, CHECKPOINT_INFO, atomic_path, read_json, write_json
 
 
+def loader_generators(loader) -> dict[str, torch.Generator]:
+    """The training loader's own random generators: its shuffle and worker seeds, and a sampler's draws."""
+    found = {"loader": loader.generator}
+    sampler = getattr(loader.sampler, "generator", None)
+    if sampler is not None and sampler is not loader.generator:
+        found["sampler"] = sampler
+    return {k: g for k, g in found.items() if g is not None}
+
+
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
     """Every random state a training epoch draws from (the global ones and `generators`), as tensors and
     plain Python values that weights_only loading accepts."""

@@ -1,35 +1,74 @@
-"""TEMPORARY stand-in until the wt-train merge."""
+"""The one evaluation: a network's logits over a loader, their metrics (with test-time augmentation when
+`train.tta` names views) and the arrays a cell's predictions.npz holds. `fit` evaluates its selected weights
+through `evaluate`; so does a tuning study's one look at test."""
+
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from bench.metrics import confusion_matrix, full_metrics
-from bench.train import predict
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | None = None,
+            views: list[Callable] | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Logits (float32, on the CPU) and labels for every batch, and the seconds it took.
+
+    With test-time `views`, the softmax of every view is averaged and its log returned in place of the
+    logits, so argmax, top-k and cross-entropy of the result are those of the averaged prediction.
+    """
+    model.eval()
+    start = time.perf_counter()
+    logits, labels = [], []
+    for x, y in batches:
+        x = prep(x)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            if views:
+                probs = torch.stack([F.softmax(model(view(x)).float(), 1) for view in views]).mean(0)
+                out = probs.clamp_min(1e-30).log()
+            else:
+                out = model(x)
+        logits.append(out.float().cpu())
+        labels.append(y)
+    seconds = time.perf_counter() - start
+    return torch.cat(logits), torch.cat(labels), seconds
 
 
 @dataclass
 class Evaluation:
-    metrics: dict
-    predictions: dict
+    """One split evaluated: `name` (and f"{name}_tta" with views) -> full_metrics and (logits, labels).
+    seconds and images are the plain pass's; tta_seconds what the TTA pass took (0 without views)."""
+    metrics: dict[str, dict[str, float]]
+    predictions: dict[str, tuple[Tensor, Tensor]]
     seconds: float
     images: int
     tta_seconds: float
 
 
-def evaluate(net, loader, prep, name, *, autocast=None, views=None):
-    logits, labels, sec = predict(net, loader, prep, autocast=autocast)
-    ev = Evaluation({name: full_metrics(logits, labels)}, {name: (logits, labels)}, sec, len(labels), 0.0)
+def evaluate(net: nn.Module, loader, prep: Callable, name: str, *, autocast: Callable | None = None,
+             views: list[Callable] | None = None) -> Evaluation:
+    """`net` over `loader`: full_metrics and predictions under `name`, and under f"{name}_tta" when test-time
+    `views` are given (the averaged softmax of every view, a second pass)."""
+    logits, labels, seconds = predict(net, loader, prep, autocast=autocast)
+    out = Evaluation({name: full_metrics(logits, labels)}, {name: (logits, labels)}, seconds, len(labels), 0.0)
     if views:
-        logits, labels, tsec = predict(net, loader, prep, autocast=autocast, views=views)
-        ev.predictions[f"{name}_tta"] = (logits, labels)
-        ev.metrics[f"{name}_tta"] = full_metrics(logits, labels)
-        ev.tta_seconds = tsec
-    return ev
+        logits, labels, out.tta_seconds = predict(net, loader, prep, autocast=autocast, views=views)
+        out.predictions[f"{name}_tta"] = (logits, labels)
+        out.metrics[f"{name}_tta"] = full_metrics(logits, labels)
+    return out
 
 
-def prediction_arrays(predictions):
+def prediction_arrays(predictions: dict[str, tuple[Tensor, Tensor]]) -> dict[str, np.ndarray]:
+    """What a cell's predictions.npz holds: f"{split}_logits" (float32) and f"{split}_labels" (int64) of each
+    entry, and "test_confusion" (int64; rows = true class, columns = predicted) when "test" is one."""
     arrays = {}
     for split, (logits, labels) in predictions.items():
         arrays[f"{split}_logits"] = logits.numpy().astype(np.float32)

@@ -38,7 +38,8 @@ from bench.store import (
     write_result,
 )
 from bench.techniques import build_tta
-from bench.train import fit, precision_setup, steps_per_epoch
+from bench.techniques.precision import precision_setup
+from bench.train import fit, steps_per_epoch
 
 
 def execute(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProgress, index: int, total: int,

@@ -108,9 +108,10 @@ def predict_unlabelled(record: Record, files: list[Path], device: str = "auto", 
     from bench.data.cache import load_image
     from bench.data.loaders import Preprocess
     from bench.device import resolve_device
+    from bench.evaluate import predict
     from bench.store import INIT, load_best
     from bench.techniques import build_tta
-    from bench.train import precision_setup, predict
+    from bench.techniques.precision import precision_setup
     from bench.weights import initial_model
 
     if record.result.get("status") != "ok":

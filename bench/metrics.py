@@ -3,6 +3,9 @@
 `classification_metrics` is what the training loop calls on validation every epoch: keep it cheap.
 `full_metrics` adds the threshold-free and class-balanced scalars a report shows for the final model;
 both only need (logits, labels), so a report can recompute them from predictions.npz at any time.
+
+torchmetrics is imported by the functions that use it: it pulls in torchvision and scipy (seconds), which
+importing this module for HIGHER_IS_BETTER, monitored or load_predictions should not cost.
 """
 
 from __future__ import annotations
@@ -13,16 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import (
-    binary_precision_recall_curve,
-    multiclass_accuracy,
-    multiclass_auroc,
-    multiclass_average_precision,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-)
 
 from bench.errors import UserError
+from bench.store import PREDICTIONS
 
 # metric -> True when higher is better; report columns sort and bold by their own direction
 HIGHER_IS_BETTER = {
@@ -48,6 +44,8 @@ def maximises(monitor: str, mode: str) -> bool:
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Top-1 and top-5 error (top-k capped at the class count) and mean cross-entropy."""
+    from torchmetrics.functional.classification import multiclass_accuracy
+
     logits, labels = logits.float(), labels.long()
     n = logits.shape[1]
     out = {"loss": float(F.cross_entropy(logits, labels))}
@@ -68,6 +66,12 @@ def _present_mean(per_class: torch.Tensor, labels: torch.Tensor) -> float:
 def full_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """classification_metrics plus macro and weighted F1, macro one-vs-rest ROC AUC and mean average
     precision (macro over the classes present in `labels`)."""
+    from torchmetrics.functional.classification import (
+        multiclass_auroc,
+        multiclass_average_precision,
+        multiclass_f1_score,
+    )
+
     logits, labels = torch.as_tensor(logits).float(), torch.as_tensor(labels).long()
     n = logits.shape[1]
     out = classification_metrics(logits, labels)
@@ -84,6 +88,8 @@ def full_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
 
 def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Top-1 accuracy (recall) of each class; nan for a class with no image in `labels`."""
+    from torchmetrics.functional.classification import multiclass_accuracy
+
     logits, labels = torch.as_tensor(logits).float(), torch.as_tensor(labels).long()
     n = logits.shape[1]
     acc = multiclass_accuracy(logits, labels, num_classes=n, average="none")
@@ -92,6 +98,8 @@ def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Counts, rows = true class, columns = predicted class."""
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
+
     logits, labels = torch.as_tensor(logits).float(), torch.as_tensor(labels).long()
     return multiclass_confusion_matrix(logits, labels, num_classes=logits.shape[1])
 
@@ -106,6 +114,8 @@ def precision_at_recall(scores: torch.Tensor, targets: torch.Tensor, recall: np.
     r = 0 that of the highest threshold that recalls anything (thresholds that recall nothing span no
     recall); 0 beyond the largest recall reached. The area under the result is the curve's average
     precision, up to the grid spacing."""
+    from torchmetrics.functional.classification import binary_precision_recall_curve
+
     scores, targets = torch.as_tensor(scores).flatten().float(), torch.as_tensor(targets).flatten().long()
     thresholds = 1001 if scores.numel() > EXACT_PR_LIMIT else None
     p, r, _ = binary_precision_recall_curve(scores, targets, thresholds=thresholds)
@@ -139,7 +149,7 @@ def averaged_pr_curves(logits: torch.Tensor, labels: torch.Tensor, points: int =
 
 def load_predictions(cell_dir: Path, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) of one split from a cell's predictions.npz."""
-    path = Path(cell_dir) / "predictions.npz"
+    path = Path(cell_dir) / PREDICTIONS
     if not path.is_file():
         raise UserError(f"no predictions.npz in '{cell_dir}'", hint="only finished cells have predictions")
     with np.load(path) as npz:

@@ -3,7 +3,7 @@
 Both sides run `bench.train.train_one_epoch` (the harness's own loop) on identical model copies and
 pre-generated uint8 batches, interleaved round by round so background load hits both alike. The figure
 is the ratio of median epoch times, bf16 / fp32 (above 1: bf16 is slower). bench refuses
-`train.precision = "bf16"` on a CPU without native bf16 (see `bench.train.precision_setup`); this
+`train.precision = "bf16"` on a CPU without native bf16 (see `bench.techniques.precision.precision_setup`); this
 measures the autocast path directly to show why. Nothing is asserted about the ratio: it is a
 measurement of the machine, not of bench.
 """

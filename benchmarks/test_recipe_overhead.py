@@ -23,7 +23,9 @@ from test_train_step import BATCH, CLASSES, ROUNDS, STEPS, WARMUP, make_batches,
 from bench.config import TrainConfig
 from bench.data.loaders import Preprocess
 from bench.models.builtins import SmallCNN
-from bench.train import EmaUpdate, grad_clipper, train_one_epoch
+from bench.techniques.ema import EmaUpdate
+from bench.techniques.regularise import grad_clipper
+from bench.train import train_one_epoch
 
 MAX_RATIO = 1.05
 

@@ -26,6 +26,7 @@ LAYERS = [
     ["bench.execute"],
     ["bench.network", "bench.evaluate", "bench.tune.pruning"],
     ["bench.train"],
+    ["bench.loop"],
     ["bench.store", "bench.cell", "bench.config", "bench.errors"],
 ]
 

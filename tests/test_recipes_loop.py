@@ -15,14 +15,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import bench.train as train
-from bench import api
+from bench import api, loop
 from bench.config import TrainConfig, load_suite
 from bench.data.loaders import Preprocess
 from bench.errors import UserError
 from bench.models.builtins import SmallCNN
 from bench.progress import LogProgress
 from bench.suite import expand
-from bench.train import fit, grad_clipper
+from bench.techniques.regularise import grad_clipper
+from bench.train import fit
 from tests.test_train import scripted_val_errors
 
 CPU = torch.device("cpu")
@@ -114,14 +115,14 @@ def _grad_stats(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
 
 def _fit_seeing_grads(monkeypatch, device: torch.device = CPU, **kw) -> list[tuple[float, float]]:
     """(total norm, largest |value|) of the gradients each optimizer step receives (after unscaling)."""
-    seen, real = [], train.build_optimizer
+    seen, real = [], loop.build_optimizer
 
     def hooked(*args, **kwargs):
         optimizer, scheduler = real(*args, **kwargs)
         optimizer.register_step_pre_hook(lambda opt, a, k: seen.append(_grad_stats(opt)))
         return optimizer, scheduler
 
-    monkeypatch.setattr(train, "build_optimizer", hooked)
+    monkeypatch.setattr(loop, "build_optimizer", hooked)
     fit(cnn().to(device), loaders(dataset()), TrainConfig(epochs=2, optimizer="sgd", lr=0.1, **kw), device, COUNTS)
     return seen
 

@@ -23,8 +23,9 @@ from bench.models.builtins import SmallCNN
 from bench.progress import LogProgress
 from bench.suite import expand
 from bench.techniques import OPTIMIZERS, SCHEDULES
+from bench.techniques.optimizers import build_optimizer
 from bench.techniques.schedules import with_warmup
-from bench.train import build_optimizer, fit
+from bench.train import fit
 from tests.test_train import CPU, scripted_val_errors, tiny_loaders
 
 

@@ -17,8 +17,8 @@ from bench.suite import check_names
 from bench.techniques import AUGMENT_OPS, AUGMENTS, LOSSES, MIXES, SAMPLERS, SCHEDULES, build_augment
 from bench.techniques.augment import parse_item
 from bench.techniques.losses import class_weights, complement_entropy, focal_loss
+from bench.techniques.optimizers import build_optimizer
 from bench.techniques.schedules import with_warmup
-from bench.train import build_optimizer
 
 
 def logits_and_labels(n: int = 8, k: int = 5, seed: int = 0):

@@ -17,11 +17,15 @@ from bench import api
 from bench.config import TrainConfig
 from bench.data.loaders import ArrayDataset, Preprocess
 from bench.errors import UserError
+from bench.evaluate import predict
 from bench.models.builtins import MLP, SmallCNN
 from bench.progress import LogProgress
 from bench.techniques import build_augment, build_tta
 from bench.techniques.offline import OfflineAugmented, copies
-from bench.train import build_optimizer, fit, head_penalty, precision_setup, predict
+from bench.techniques.optimizers import build_optimizer
+from bench.techniques.precision import precision_setup
+from bench.techniques.regularise import head_penalty
+from bench.train import fit
 from tests.conftest import TINY
 
 CPU = torch.device("cpu")

@@ -26,7 +26,7 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
     unless `force`, that the files under the cells `results` holds finished are still the files they were
     trained on. Returns notes for the console: a split carved from the source's train part, once per data."""
     from bench.device import resolve_device
-    from bench.train import precision_setup
+    from bench.techniques.precision import precision_setup
 
     dev = resolve_device(device)  # the same check, and message, as the runner's
     classes: dict[str, int] = {}  # data config -> classes curation keeps (for init keys and model shapes)

@@ -15,7 +15,7 @@ apex and bitsandbytes kernels (third-party, CUDA-only packages, not timm's imple
 optimizers (adahessian: its backward needs create_graph=True, which bench's loop does not do).
 
 Parameter groups (which tensors get weight decay, per-layer learning rates) come from timm's helpers too:
-`no_decay_split` and `layer_decay_groups` below; `build_optimizer` in bench.train puts them together.
+`no_decay_split` and `layer_decay_groups` below; `build_optimizer` puts them together with the schedule.
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ import timm.optim
 import torch
 from torch import nn
 
+from bench.config import TrainConfig
 from bench.errors import UserError
+from bench.models.heads import head_name
 from bench.registry import register
+from bench.techniques.schedules import SCHEDULES, BatchSchedule
 
 OPTIMIZERS: dict = {}
 
@@ -145,3 +148,32 @@ def optimizer_record(optimizer: torch.optim.Optimizer, name: str) -> dict[str, A
                           "weight_decay": g["weight_decay"], "params": sum(p.numel() for p in g["params"])}
                          for i, g in enumerate(optimizer.param_groups)],
     }
+
+
+# ----------------------------------------------------------------------------------------- the optimizer
+def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
+                    ) -> tuple[torch.optim.Optimizer, BatchSchedule]:
+    """Optimizer over the trainable parameters, by timm's factory, and a BatchSchedule (a LambdaLR stepped
+    per optimizer step) that applies the schedule's multiplier, with warmup, to every group's lr.
+
+    Groups: one ("all"); with backbone_lr the head at lr and the rest ("backbone") at backbone_lr; with
+    layer_decay timm's per-layer groups ("depth_<d>", lr x layer_decay^d). wd_norm_bias = false moves
+    biases, norm weights and the model's no_weight_decay() into "/no_decay" groups at weight_decay 0."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: every parameter is frozen")
+    groups: list[dict[str, Any]] = [{"params": params, "lr": cfg.lr, "name": "all"}]
+    if cfg.layer_decay is not None:
+        groups = layer_decay_groups(model, cfg)
+    elif cfg.backbone_lr is not None:
+        head = {id(p) for p in model.get_submodule(head_name(model)).parameters()}
+        groups = [{"params": [p for p in params if id(p) not in head], "lr": cfg.backbone_lr, "name": "backbone"},
+                  {"params": [p for p in params if id(p) in head], "lr": cfg.lr, "name": "head"}]
+        groups = [g for g in groups if g["params"]]
+    if not cfg.wd_norm_bias and cfg.layer_decay is None:  # timm's layer groups already split by decay
+        groups = no_decay_split(model, groups, cfg.weight_decay)
+    optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
+    steps_per_epoch = max(1, steps_per_epoch)
+    total = steps_per_epoch * cfg.epochs
+    schedule = SCHEDULES[cfg.schedule](cfg, steps_per_epoch, total)
+    return optimizer, BatchSchedule(optimizer, schedule, round(cfg.warmup_epochs * steps_per_epoch))
