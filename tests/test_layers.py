@@ -24,9 +24,9 @@ LAYERS = [
     ["bench.attempt"],
     ["bench.worker"],
     ["bench.execute"],
-    ["bench.network", "bench.evaluate", "bench.tune.pruning"],
+    ["bench.network", "bench.tune.pruning"],
     ["bench.train"],
-    ["bench.loop"],
+    ["bench.loop", "bench.evaluate"],
     ["bench.store", "bench.cell", "bench.config", "bench.errors"],
 ]
 
@@ -115,3 +115,12 @@ def test_a_trial_process_never_loads_the_tuning_orchestrator():
 def test_a_report_loads_nothing_of_training():
     loaded = _loaded_by("bench.report")
     assert not loaded & {"bench.train", "bench.execute", "bench.metrics", "bench.cost", "bench.network"}
+
+
+def test_the_readme_names_every_module_and_package():
+    readme = (ROOT.parent / "README.md").read_text()
+    section = readme[readme.index("### Where things live"):readme.index("## Performance")]
+    named = [f"bench/{p.name}/" if p.is_dir() else f"bench/{p.name}" for p in sorted(ROOT.iterdir())
+             if (p.suffix == ".py" and p.stem not in ("__init__", "__main__")) or (p / "__init__.py").is_file()]
+    missing = [n for n in named if n not in section]
+    assert not missing, f"README 'Where things live' does not name {missing}"
