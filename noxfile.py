@@ -11,8 +11,14 @@ nox.options.sessions = ["lint", "tests", "smoke"]
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The unit and end-to-end tests, on the CPU."""
+    """The unit and end-to-end tests, on the CPU, one worker per core (pyproject's addopts): all but the slow."""
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The tests marked slow, which the default run leaves out (CI runs them after `nox -s tests`)."""
+    session.run("pytest", "-m", "slow", *session.posargs)
 
 
 @nox.session
@@ -32,4 +38,5 @@ def smoke(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Speed benchmarks (pytest-benchmark); each asserts a ratio against a baseline run in the same process."""
-    session.run("pytest", "benchmarks", "--benchmark-only", "-p", "no:cacheprovider", *session.posargs)
+    # in one process (-n 0): pytest-benchmark turns itself off under xdist's workers
+    session.run("pytest", "benchmarks", "--benchmark-only", "-n", "0", "-p", "no:cacheprovider", *session.posargs)

@@ -18,6 +18,18 @@ def _cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """A run in this process with RunOptions(threads=N) leaves torch at N threads: each test starts where the
+    worker started, whichever tests pytest-xdist gave the worker before it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 TINY = """
 [suite]
 name = "tiny"

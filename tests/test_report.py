@@ -71,10 +71,11 @@ def test_report_defaults_to_latest_run_and_writes_a_file(finished, cli, tmp_path
 
 
 def test_cli_end_to_end_in_a_fresh_process(tmp_path, write_suite):
-    """The installed console script: run, then report, as a user types them."""
+    """The installed console script: run, then report, as a user types them. The cell trains in the bench
+    process (--in-process): a run's cell processes are tests/test_resume.py's."""
     path = write_suite()
-    env_run = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--results", str(tmp_path / "r")],
-                             capture_output=True, text=True, timeout=300)
+    env_run = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--results", str(tmp_path / "r"),
+                              "--in-process"], capture_output=True, text=True, timeout=300)
     assert env_run.returncode == 0, env_run.stderr
     assert "1 ran, 0 skipped, 0 failed" in env_run.stderr
     rep = subprocess.run([sys.executable, "-m", "bench", "report", "--results", str(tmp_path / "r")],

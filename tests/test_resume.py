@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -46,6 +47,9 @@ mix = "mixup"
 
 
 EPOCHS = 5
+# One torch thread for every run here, in a `bench run` process or in this one: the last bits of a cell's
+# numbers depend on the thread count, and the runs compared bit for bit must agree on it.
+THREADS = ("--threads", "1")
 
 
 def _as_from_a_terminal() -> None:
@@ -104,16 +108,28 @@ def wait_for(predicate, proc, what: str = "", timeout=120.0):
         time.sleep(0.01)
 
 
+def run_here(path: Path, results: Path, log=None):
+    """`bench run PATH --in-process --threads 1`, in this process: what a rerun does with the files a killed
+    run left (the kills themselves need a `bench run` process of their own)."""
+    from bench import runner
+    from bench.config import load_suite
+    from bench.progress import LogProgress
+    from bench.suite import expand
+
+    suite = load_suite(path)
+    return runner.run_suite(path.read_text(), suite.suite.name, expand(suite), results, device="cpu",
+                            progress=LogProgress(log or open(os.devnull, "w")),
+                            options=runner.RunOptions(isolate=False, threads=1))
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run."""
     tmp = tmp_path_factory.mktemp("reference")
     path = tmp / "resume.toml"
     path.write_text(SUITE)
-    env = {**os.environ, "BENCH_CACHE": str(tmp / "cache")}
-    proc = bench("run", str(path), "--results", str(tmp / "r"), env=env)
-    out = proc.communicate()[0]
-    assert proc.returncode == 0, out
+    summary = run_here(path, tmp / "r")
+    assert len(summary.ran) == 2 and not summary.failed, summary.failed
     return outputs(tmp / "r" / "resume")
 
 
@@ -140,22 +156,25 @@ def new_checkpoints(results: Path, after: float = 0.0):
 def test_a_run_killed_at_any_moment_resumes_bitwise(suite, tmp_path, reference):
     path, env = suite
     results = tmp_path / "r"
-    moments = {  # each in a fresh run that resumes what the kills before it left
-        "data preparation": lambda: (lambda: (results / "resume" / "suite.toml").is_file()),
-        "right after a checkpoint": lambda: new_checkpoints(results),
-        "mid-epoch": lambda: new_checkpoints(results, after=0.05),
-        "a result write": lambda: (lambda: any(results.glob("resume/*/predictions.npz"))),
+    # each in a fresh run that resumes what the kills before it left; the cells train in the bench process
+    # (--in-process: one import, not two) but mid-epoch, where the kill takes a cell's own process with it
+    moments = {
+        "data preparation": (lambda: (lambda: (results / "resume" / "suite.toml").is_file()), "--in-process"),
+        "right after a checkpoint": (lambda: new_checkpoints(results), "--in-process"),
+        "mid-epoch": (lambda: new_checkpoints(results, after=0.05), None),
+        "a result write": (lambda: (lambda: any(results.glob("resume/*/predictions.npz"))), "--in-process"),
     }
-    for moment, condition in moments.items():
-        proc = bench("run", str(path), "--results", str(results), env=env)
+    for moment, (condition, how) in moments.items():
+        proc = bench("run", str(path), "--results", str(results), *THREADS, *filter(None, [how]), env=env)
         wait_for(condition(), proc, moment)
         os.killpg(proc.pid, signal.SIGKILL)  # the whole group: bench, its fork server and the cell's process
         proc.wait()
     finished = {p.parent for p in results.glob("resume/*/result.json")
                 if json.loads(p.read_text()).get("status") == "ok"}
-    rerun = bench("run", str(path), "--results", str(results), env=env)
-    log = rerun.communicate()[0]
-    assert rerun.returncode == 0, log
+    stream = io.StringIO()
+    summary = run_here(path, results, stream)  # the run after the kills, here
+    log = stream.getvalue()
+    assert not summary.failed and not summary.busy, log
     assert outputs(results / "resume") == reference
     resumed = [json.loads(p.read_text())["train"]["resumed_at_epoch"] for p in results.glob("resume/*/result.json")
                if p.parent not in finished]  # the cells the last run trained
@@ -168,29 +187,36 @@ def test_a_run_killed_at_any_moment_resumes_bitwise(suite, tmp_path, reference):
 def test_killing_only_the_parent_ends_the_cell_process(suite, tmp_path):
     path, env = suite
     results = tmp_path / "r"
-    proc = bench("run", str(path), "--results", str(results), env=env)
+    proc = bench("run", str(path), "--results", str(results), *THREADS, env=env)
     wait_for(new_checkpoints(results), proc)
     claim = next(results.glob("resume/*/claim.json"))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert no_process_left(proc.pid), "a process of the killed run lived on"
-    # its claim names a dead process: the next run takes the cell over
-    rerun = bench("run", str(path), "--results", str(results), env=env)
-    assert rerun.wait() == 0
+    # its claim names a dead process: the next run (here) takes the cell over
+    rerun = run_here(path, results)
+    assert not rerun.failed and claim.parent.name in rerun.ran
     assert not claim.exists()
 
 
 @pytest.mark.parametrize("sig, cause", [("SIGSEGV", "native code"), ("SIGKILL", "out-of-memory killer")])
-def test_a_cell_whose_process_dies_is_recorded_and_the_suite_goes_on(tmp_path, sig, cause):
-    # dies as a broken native kernel or the OOM killer would end it, on its first training step
+def test_a_cell_whose_process_dies_is_recorded_and_the_suite_goes_on(tmp_path, sig, cause, cli, monkeypatch):
+    from bench.models.builtins import BUILTINS
+    from bench.models.plugins import load_plugins
+
+    # dies as a broken native kernel or the OOM killer would end it, on its first training step: in the
+    # cell's own process, which `bench run` (here, in this process) starts for every cell
     plugin = write_plugin(tmp_path / "crashing.py", f"crash_{sig}", f"os.kill(os.getpid(), signal.{sig})")
     path = tmp_path / "crash.toml"
     path.write_text(SUITE.replace('"bench:small_cnn", "bench:mlp"', f'"bench:crash_{sig}", "bench:small_cnn"')
                     .replace("epochs = 5", "epochs = 1").replace('name = "resume"', 'name = "crash"'))
-    env = {**os.environ, "BENCH_CACHE": str(tmp_path / "cache"), "BENCH_PLUGINS": str(plugin)}
-    proc = bench("run", str(path), "--results", str(tmp_path / "r"), env=env)
-    log = proc.communicate()[0]
-    assert proc.returncode == 1, log
+    monkeypatch.setenv("BENCH_PLUGINS", str(plugin))  # for the cells' processes, and for this one:
+    load_plugins()
+    try:
+        code, _, log = cli("run", path, "--results", tmp_path / "r", *THREADS)
+    finally:
+        BUILTINS.pop(f"crash_{sig}", None)  # no later test of this process may train it
+    assert code == 1, log
     records = {json.loads((p / "cell.json").read_text())["label"]: json.loads((p / "result.json").read_text())
                for p in (tmp_path / "r" / "crash").iterdir() if (p / "result.json").is_file()}
     crashed, fine = records[f"arch=bench:crash_{sig}"], records["arch=bench:small_cnn"]
@@ -259,13 +285,15 @@ def test_stale_claims_are_taken_over_and_live_ones_are_not(write_suite, tmp_path
     assert (cell_dir / "claim.json").exists() is not taken  # a finished run leaves no claim behind
 
 
-def test_two_runs_at_once_run_each_cell_once(suite, tmp_path):
+def test_two_runs_at_once_run_each_cell_once(suite, tmp_path, cli):
     path, env = suite
     path.write_text(SUITE.replace("epochs = 5", "epochs = 2").replace(
         '"model.arch" = ["bench:small_cnn", "bench:mlp"]', '"model.arch" = ["bench:small_cnn", "bench:mlp"]\n'
                                                            '"train.lr" = [0.01, 0.003]'))
     results = tmp_path / "r"
-    runs = [bench("run", str(path), "--results", str(results), env=env) for _ in range(2)]
+    # the claims, not process isolation, are what this is about: the cells train in the two bench processes
+    runs = [bench("run", str(path), "--results", str(results), "--in-process", *THREADS, env=env)
+            for _ in range(2)]
     logs = [p.communicate()[0] for p in runs]
     assert [p.returncode for p in runs] == [0, 0], logs
     trained = sum(log.count("epoch 1:") for log in logs)
@@ -273,9 +301,8 @@ def test_two_runs_at_once_run_each_cell_once(suite, tmp_path):
     assert len(done) == 4 and all(r["status"] == "ok" for r in done)
     # a cell the other run held is skipped, then found finished: four cells, each trained once
     assert trained == 4, logs
-    report = subprocess.run([sys.executable, "-m", "bench", "report", str(results / "resume"), "--format", "csv"],
-                            env=env, capture_output=True, text=True)
-    assert report.returncode == 0 and len(report.stdout.strip().splitlines()) == 5, report.stderr
+    code, out, err = cli("report", results / "resume", "--format", "csv")
+    assert code == 0 and len(out.strip().splitlines()) == 5, err
 
 
 # ------------------------------------------------------------------------------------------ failures
@@ -325,7 +352,7 @@ def test_status_says_where_each_cell_stands(write_suite, tmp_path, cli):
 def test_ctrl_c_or_sigterm_stops_cleanly_and_leaves_the_cell_resumable(suite, tmp_path, sig):
     path, env = suite
     results = tmp_path / "r"
-    proc = bench("run", str(path), "--results", str(results), env=env)
+    proc = bench("run", str(path), "--results", str(results), *THREADS, env=env)
     wait_for(new_checkpoints(results), proc, "a checkpoint")
     # Ctrl-C reaches the terminal's whole process group; a scheduler's SIGTERM, the bench process
     os.killpg(proc.pid, sig) if sig == signal.SIGINT else os.kill(proc.pid, sig)
