@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import runner
 from bench.cell import RunOptions
 from bench.config import load_suite
 from bench.progress import LogProgress
+from bench.runner import run_suite
 from bench.smoke import smoke_suite
 from bench.suite import expand
 
@@ -33,7 +33,7 @@ ROUNDS = 3
 
 def _run(cells, results: Path, **options) -> float:
     start = time.perf_counter()
-    summary = runner.run_suite(QUICKSTART.read_text(), "quickstart", cells, results, device="cpu",
+    summary = run_suite(QUICKSTART.read_text(), "quickstart", cells, results, device="cpu",
                                progress=LogProgress(open("/dev/null", "w")),
                                options=RunOptions(force=True, **options))
     assert len(summary.ran) == len(cells), summary.failed

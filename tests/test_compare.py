@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.test_report import make_cell
+from tests.support import make_cell
 
 
 def test_mcnemar_exact_and_chi_square_by_hand():

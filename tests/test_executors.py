@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from bench import api
+from bench.cell import RunOptions
 from bench.config import Resources, load_suite
 from bench.executors import EXECUTORS, make_executor
 from bench.progress import LogProgress
-from bench.runner import RunOptions, run_suite
 from bench.suite import expand
 from tests.conftest import write_plugin
-from tests.test_resume import bench, no_process_left, outputs, wait_for
+from tests.support import bench, no_process_left, outputs, wait_for
 
 SUITE = """
 [suite]
@@ -64,10 +65,9 @@ THREADS = 1
 
 
 def _run(path: Path, results: Path, executor, **options) -> object:
-    spec = load_suite(path)
-    return run_suite(path.read_text(), spec.suite.name, expand(spec), results, device="cpu",
-                     progress=LogProgress(open(os.devnull, "w")), options=RunOptions(threads=THREADS, **options),
-                     executor=executor)
+    return api.run(api.plan(path, check=False), results=results, device="cpu",
+                   progress=LogProgress(open(os.devnull, "w")), options=RunOptions(threads=THREADS, **options),
+                   executor=executor)
 
 
 @pytest.fixture(scope="module")

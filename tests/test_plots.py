@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.test_report import make_cell
+from tests.support import make_cell
 
 HISTORY = {"epoch": [1, 2, 3], "train_loss": [2.0, 1.5, 1.2], "val_loss": [2.1, 1.7, 1.6],
            "train_error": [0.8, 0.5, 0.3], "val_error": [0.8, 0.6, 0.5], "train_seconds": [1.0, 1.0, 1.0]}
@@ -157,17 +157,17 @@ def test_tuning_plot_one_series_per_contender_pruned_hollow():
 def test_write_plots_draws_the_ranking_and_the_tuning_of_a_tuned_suite_over_data_sets(tmp_path, cli):
     import json
 
-    from tests.test_report import _answers, _study, _trial
+    from tests.support import answers, study_record, trial_record
 
     s = tmp_path / "t"
     for d, errs in (("d1", (0.2, 0.3, 0.35)), ("d2", (0.25, 0.5, 0.4))):
         for arch, err in zip("abc", errs, strict=True):
             c = f"{arch}{d}"
-            trials = [_trial(s, c, 0, 0.1, "complete", err + 0.1, arch=arch),
-                      _trial(s, c, 1, 0.01, "complete", err, arch=arch, test=err,
-                             predictions=_answers([True, False, True, True], classes=3)),
-                      _trial(s, c, 2, 0.0001, "pruned", 0.9, arch=arch)]
-            _study(s, c, f"arch={arch} dataset={d}", trials, f"{c}-t1", {"top1_error": err}, arch=arch)
+            trials = [trial_record(s, c, 0, 0.1, "complete", err + 0.1, arch=arch),
+                      trial_record(s, c, 1, 0.01, "complete", err, arch=arch, test=err,
+                             predictions=answers([True, False, True, True], classes=3)),
+                      trial_record(s, c, 2, 0.0001, "pruned", 0.9, arch=arch)]
+            study_record(s, c, f"arch={arch} dataset={d}", trials, f"{c}-t1", {"top1_error": err}, arch=arch)
             path = s / "tune" / f"{c}.json"
             path.write_text(json.dumps({**json.loads(path.read_text()), "axes": {"model.arch": arch, "dataset": d}}))
     code, out, err = cli("report", s, "--plots", tmp_path / "plots")

@@ -24,7 +24,7 @@ from bench.progress import LogProgress
 from bench.suite import expand
 from bench.techniques.regularise import grad_clipper
 from bench.train import fit
-from tests.test_train import scripted_val_errors
+from tests.support import scripted_val_errors
 
 CPU = torch.device("cpu")
 SIZE, CLASSES = 16, 3

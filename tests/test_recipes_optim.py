@@ -16,7 +16,7 @@ from timm.models import group_parameters
 from timm.scheduler import StepLRScheduler, create_scheduler_v2
 from torch import nn
 
-from bench import runner
+from bench import api
 from bench.config import TrainConfig, load_suite
 from bench.errors import UserError
 from bench.models.builtins import SmallCNN
@@ -26,7 +26,7 @@ from bench.techniques import OPTIMIZERS, SCHEDULES
 from bench.techniques.optimizers import build_optimizer
 from bench.techniques.schedules import with_warmup
 from bench.train import fit
-from tests.test_train import CPU, scripted_val_errors, tiny_loaders
+from tests.support import CPU, scripted_val_errors, tiny_loaders
 
 
 def lrs(cfg: TrainConfig, steps_per_epoch: int, model: nn.Module | None = None, steps: int | None = None):
@@ -361,10 +361,9 @@ KEYS = {"betas": [0.85, 0.99], "eps": 1e-7, "rmsprop_alpha": 0.9, "weight_decay"
 
 
 def run(path, tmp_path):
-    suite = load_suite(path)
-    cells = expand(suite)
-    summary = runner.run_suite(path.read_text(), suite.suite.name, cells, tmp_path / "r", device="cpu",
-                               progress=LogProgress())
+    planned = api.plan(path, check=False)
+    cells = planned.cells
+    summary = api.run(planned, results=tmp_path / "r", device="cpu", progress=LogProgress())
     assert not summary.failed, summary.failed
     out = []
     for cell in cells:

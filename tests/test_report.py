@@ -15,23 +15,20 @@ import torch
 
 from bench import SCHEMA_VERSION
 from bench.report import FORMATS
+from tests.support import answers, make_cell, study_record, trial_record
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One small run with two archs x two seeds, shared by the report tests."""
-    from bench import runner
-    from bench.config import load_suite
+    from bench import api
     from bench.progress import LogProgress
-    from bench.suite import expand
     from tests.conftest import TINY
 
     tmp = tmp_path_factory.mktemp("report")
     path = tmp / "s.toml"
     path.write_text(TINY.replace("seeds = [0]", "seeds = [0, 1]") + '[grid]\n"model.arch" = ["bench:small_cnn", "bench:mlp"]\n')
-    suite = load_suite(path)
-    summary = runner.run_suite(path.read_text(), "tiny", expand(suite), tmp / "results", device="cpu",
-                               progress=LogProgress())
+    summary = api.run(api.plan(path, check=False), results=tmp / "results", device="cpu", progress=LogProgress())
     return summary.suite_dir
 
 
@@ -88,50 +85,7 @@ def test_cli_end_to_end_in_a_fresh_process(tmp_path, write_suite):
 
 # ---------------------------------------------------------------- synthetic records (no training)
 
-ENV_A = {"device_name": "AMD EPYC", "torch": "2.14.1", "torchvision": "0.29.1", "timm": "1.0.31"}
 ENV_B = {"device_name": "NVIDIA H100", "torch": "2.14.1", "torchvision": "0.29.1", "timm": "1.0.31"}
-
-
-def make_cell(suite_dir, cell_id, *, arch="bench:mlp", freeze="none", seed=0, val_error=0.5, test_error=0.5,
-              train_time_s=10.0, env=None, metrics=None, cost=None, status="ok", predictions=None,
-              split_key="k0", group=None, history=None, label=None, axes=None, dataset=None, tune=None):
-    """Write one cell folder by hand: cell.json, result.json and optionally predictions.npz/history.csv.
-    `axes` ({dotted key: value}) adds varying keys to the config and the axes; `dataset` a [[datasets]]
-    name (the dataset axis, last in the label); `tune` a trial's cell.json "tune" entry."""
-    import numpy as np
-
-    from bench.store import write_json, write_npz
-
-    suite_dir.mkdir(parents=True, exist_ok=True)
-    (suite_dir / "suite.toml").write_text('[suite]\nname = "x"\n')
-    d = suite_dir / cell_id
-    config = {"seed": seed, "model": {"arch": arch, "freeze": freeze, "pretrained": False},
-              "data": {"image_size": 32, "min_per_class": 0}, "train": {"lr": 0.01}}
-    for key, value in (axes or {}).items():
-        section, name = key.split(".")
-        config[section][name] = value
-    label = label or f"arch={arch} freeze={freeze}" + (f" dataset={dataset}" if dataset else "")
-    cell = {"id": cell_id, "group": group or f"{arch}|{freeze}|{dataset}", "config": config, "label": label,
-            "axes": {"model.arch": arch, "model.freeze": freeze, **(axes or {}),
-                     **({"dataset": dataset} if dataset else {})}}
-    write_json(d / "cell.json", {**cell, **({"tune": tune} if tune else {})})
-    data = {"split_key": split_key, "class_names": ["a", "b", "c"], "train_class_counts": [30, 20, 10]}
-    result = {"schema_version": SCHEMA_VERSION, "status": status, "env": env or ENV_A, "data": data}
-    if status == "ok":
-        result["metrics"] = metrics or {"val": {"top1_error": val_error}, "test": {"top1_error": test_error}}
-        result["cost"] = {"train_time_s": train_time_s, "params_total": 1000, "train_images_per_s": 100.0,
-                          **(cost or {})}
-    else:
-        result["error"] = "RuntimeError: boom"
-    write_json(d / "result.json", result)
-    if predictions is not None:
-        logits, labels = predictions
-        write_npz(d / "predictions.npz", test_logits=np.asarray(logits, np.float32),
-                  test_labels=np.asarray(labels, np.int64), val_logits=np.asarray(logits, np.float32),
-                  val_labels=np.asarray(labels, np.int64))
-    if history is not None:
-        pd.DataFrame(history).to_csv(d / "history.csv", index=False)
-    return d
 
 
 @pytest.fixture
@@ -600,13 +554,6 @@ def test_the_runner_stores_the_test_confusion_matrix(finished):
 # ---------------------------------------------------------------- several data sets, significance, tuning
 
 
-def _answers(right, classes=4):
-    """Logits and labels of len(right) test images: right[i] says whether the cell gets image i right."""
-    labels = np.arange(len(right)) % classes
-    predicted = np.where(right, labels, (labels + 1) % classes)
-    return np.eye(classes)[predicted] * 3, labels
-
-
 # test error per data set; a is best on all three, b and c trade places on d3, d never ran on d3
 SCORES = {"a": {"d1": 0.10, "d2": 0.20, "d3": 0.30}, "b": {"d1": 0.15, "d2": 0.25, "d3": 0.45},
           "c": {"d1": 0.20, "d2": 0.30, "d3": 0.40}, "d": {"d1": 0.50, "d2": 0.50}}
@@ -677,9 +624,9 @@ def _sig_suite(s, seeds=(0, 1)):
     for seed in seeds:
         for name, right, val in (("best", best, 0.10), ("tie", tie, 0.11), ("bad", bad, 0.30)):
             make_cell(s, f"{name}{seed}", arch=name, seed=seed, val_error=val, test_error=1 - right.mean(),
-                      predictions=_answers(right), split_key=f"k{seed}")
+                      predictions=answers(right), split_key=f"k{seed}")
         make_cell(s, f"other{seed}", arch="other", seed=seed, val_error=0.9, test_error=0.9,
-                  predictions=_answers(np.arange(n) % 10 == 0), split_key=f"elsewhere{seed}")
+                  predictions=answers(np.arange(n) % 10 == 0), split_key=f"elsewhere{seed}")
     return s
 
 
@@ -716,41 +663,17 @@ def test_significance_pools_the_seeds_paired_by_seed(tmp_path):
     assert pooled_mcnemar([(pairs[0][0], (other[0][:-1], other[1][:-1]))]) is None  # not the same images
 
 
-def _trial(s, contender, n, lr, state, value, *, test=None, arch="a", time_s=10.0, predictions=None):
-    cell_id = f"{contender}-t{n}"
-    metrics = {"val": {"top1_error": value}, **({"test": {"top1_error": test}} if test is not None else {})}
-    make_cell(s, cell_id, arch=arch, axes={"train.lr": lr}, metrics=metrics, label=f"arch={arch} lr={lr}",
-              tune={"contender": contender, "trial": n, "params": {"train.lr": lr}}, predictions=predictions,
-              status="ok" if state != "failed" else "failed")
-    return {"number": n, "cell": cell_id, "params": {"train.lr": lr}, "state": state, "value": value,
-            "train_time_s": time_s}
-
-
-def _study(s, contender, label, trials, chosen, test=None, arch="a"):
-    from bench.store import write_json
-
-    write_json(s / "tune" / f"{contender}.json", {
-        "contender": contender, "label": label, "axes": {"model.arch": arch},
-        "space": {"train.lr": {"low": 1e-4, "high": 1e-1, "log": True}}, "budget": 3, "sampler": "tpe",
-        "pruner": "median", "metric": "val_error", "trials": trials, "chosen": chosen,
-        "cost": {"trials": sum(t["state"] != "running" for t in trials),
-                 "pruned": sum(t["state"] == "pruned" for t in trials),
-                 "failed": sum(t["state"] == "failed" for t in trials),
-                 "train_time_s": sum(t["train_time_s"] for t in trials), "tuning_overhead_s": 2.5},
-        "test": test})
-
-
 @pytest.fixture
 def tuned(tmp_path):
     s = tmp_path / "tuned"
-    a = [_trial(s, "ca", 0, 0.1, "complete", 0.40), _trial(s, "ca", 1, 0.003, "complete", 0.20, test=0.22),
-         _trial(s, "ca", 2, 0.0001, "pruned", 0.60)]
-    _study(s, "ca", "arch=a", a, "ca-t1", {"top1_error": 0.22})
-    b = [_trial(s, "cb", 0, 0.01, "complete", 0.30, arch="b", test=0.05,  # a test figure it must never show
-                predictions=_answers(np.ones(20, dtype=bool))),
+    a = [trial_record(s, "ca", 0, 0.1, "complete", 0.40), trial_record(s, "ca", 1, 0.003, "complete", 0.20, test=0.22),
+         trial_record(s, "ca", 2, 0.0001, "pruned", 0.60)]
+    study_record(s, "ca", "arch=a", a, "ca-t1", {"top1_error": 0.22})
+    b = [trial_record(s, "cb", 0, 0.01, "complete", 0.30, arch="b", test=0.05,  # a test figure it must never show
+                predictions=answers(np.ones(20, dtype=bool))),
          {"number": 1, "cell": None, "params": {"train.lr": 0.02}, "state": "running", "value": None,
           "train_time_s": 0.0}]
-    _study(s, "cb", "arch=b", b, None, arch="b")
+    study_record(s, "cb", "arch=b", b, None, arch="b")
     return s
 
 
@@ -778,9 +701,9 @@ def test_a_tuned_suite_over_data_sets_ranks_the_chosen_trials(tmp_path):
     for d, errs in (("d1", (0.2, 0.3)), ("d2", (0.25, 0.5))):
         for arch, err in zip("ab", errs, strict=True):
             c = f"{arch}{d}"
-            trials = [_trial(s, c, 0, 0.1, "complete", err + 0.1, arch=arch),
-                      _trial(s, c, 1, 0.01, "complete", err, arch=arch, test=err)]
-            _study(s, c, f"arch={arch} dataset={d}", trials, f"{c}-t1", {"top1_error": err}, arch=arch)
+            trials = [trial_record(s, c, 0, 0.1, "complete", err + 0.1, arch=arch),
+                      trial_record(s, c, 1, 0.01, "complete", err, arch=arch, test=err)]
+            study_record(s, c, f"arch={arch} dataset={d}", trials, f"{c}-t1", {"top1_error": err}, arch=arch)
             for path in (s / "tune").glob(f"{c}.json"):  # the contender's axes name its data set
                 study = json.loads(path.read_text())
                 path.write_text(json.dumps({**study, "axes": {"model.arch": arch, "dataset": d}}))

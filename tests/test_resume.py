@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.torch import load_file
 
 from tests.conftest import write_plugin
+from tests.support import bench, no_process_left, outputs, wait_for
 
 # Enough epochs and images that a kill lands inside training, with augmentation, dropout-free mixing and a
 # schedule: every random state a resumed epoch draws from is exercised.
@@ -52,17 +51,6 @@ EPOCHS = 5
 THREADS = ("--threads", "1")
 
 
-def _as_from_a_terminal() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a test runner started in the background may ignore it
-
-
-def bench(*args: str, env: dict, **kw) -> subprocess.Popen:
-    """`python -m bench ARGS` in a process group of its own, so a test can kill it and all it started."""
-    return subprocess.Popen([sys.executable, "-m", "bench", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            preexec_fn=_as_from_a_terminal, **kw)
-
-
 @pytest.fixture
 def suite(tmp_path):
     path = tmp_path / "resume.toml"
@@ -71,55 +59,15 @@ def suite(tmp_path):
     return path, env
 
 
-def outputs(suite_dir: Path) -> dict:
-    """Everything a cell's numbers are: metrics, history without timings, predictions, best weights."""
-    found = {}
-    for cell in sorted(p for p in suite_dir.iterdir() if (p / "result.json").is_file()):
-        result = json.loads((cell / "result.json").read_text())
-        assert result["status"] == "ok", result.get("error")
-        history = (cell / "history.csv").read_text().splitlines()
-        header = history[0].split(",")
-        keep = [i for i, h in enumerate(header) if not h.endswith("seconds")]
-        found[cell.name] = {
-            "metrics": result["metrics"], "best_epoch": result["best_epoch"],
-            "history": [[row.split(",")[i] for i in keep] for row in history],
-            "predictions": {k: v.tobytes() for k, v in np.load(cell / "predictions.npz").items()},
-            "weights": {k: v.numpy().tobytes() for k, v in load_file(cell / "best.safetensors").items()},
-        }
-    return found
-
-
-def no_process_left(session: int, within: float = 10.0) -> bool:
-    """Whether every process of the session ends within `within` seconds (the fork server and resource
-    tracker end when they see their parent's pipes close)."""
-    deadline = time.monotonic() + within
-    while subprocess.run(["pgrep", "-s", str(session)], capture_output=True).returncode == 0:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def wait_for(predicate, proc, what: str = "", timeout=120.0):
-    start = time.monotonic()
-    while not predicate():
-        assert proc.poll() is None, f"the run ended before {what}: " + proc.communicate()[0]
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def run_here(path: Path, results: Path, log=None):
     """`bench run PATH --in-process --threads 1`, in this process: what a rerun does with the files a killed
     run left (the kills themselves need a `bench run` process of their own)."""
-    from bench import runner
-    from bench.config import load_suite
+    from bench import api
+    from bench.cell import RunOptions
     from bench.progress import LogProgress
-    from bench.suite import expand
 
-    suite = load_suite(path)
-    return runner.run_suite(path.read_text(), suite.suite.name, expand(suite), results, device="cpu",
-                            progress=LogProgress(log or open(os.devnull, "w")),
-                            options=runner.RunOptions(isolate=False, threads=1))
+    return api.run(api.plan(path, check=False), results=results, device="cpu",
+                   progress=LogProgress(log or open(os.devnull, "w")), options=RunOptions(isolate=False, threads=1))
 
 
 @pytest.fixture(scope="module")
@@ -228,14 +176,10 @@ def test_a_cell_whose_process_dies_is_recorded_and_the_suite_goes_on(tmp_path, s
 
 # ------------------------------------------------------------------------------------------ claims
 def _in_process_run(path: Path, results: Path):
-    from bench import runner
-    from bench.config import load_suite
+    from bench import api
     from bench.progress import LogProgress
-    from bench.suite import expand
 
-    suite = load_suite(path)
-    return runner.run_suite(path.read_text(), suite.suite.name, expand(suite), results, device="cpu",
-                            progress=LogProgress())
+    return api.run(api.plan(path, check=False), results=results, device="cpu", progress=LogProgress())
 
 
 def _one_cell(write_suite):
@@ -399,9 +343,8 @@ TECHNIQUES = {
 def test_resume_is_bitwise_whatever_the_technique(write_suite, tmp_path, technique, monkeypatch):
     import math
 
-    from bench import checkpoint, runner
-    from bench.config import load_suite
-    from bench.suite import expand
+    from bench import api, checkpoint
+    from bench.cell import RunOptions
 
     # these epochs last milliseconds, which the spacing rule would save only now and then: save every one,
     # so that the run resumes at a known epoch
@@ -411,12 +354,11 @@ def test_resume_is_bitwise_whatever_the_technique(write_suite, tmp_path, techniq
     text = path.read_text().replace("epochs = 2", "epochs = 5").replace('optimizer = "adam"',
                                                                          'optimizer = "adamw"')
     path.write_text(text.replace("[train]\n", "[train]\n" + TECHNIQUES[technique]))
-    cells = expand(load_suite(path))
-    in_process = runner.RunOptions(isolate=False)
+    planned = api.plan(path, check=False)
+    in_process = RunOptions(isolate=False)
 
     def run(results, stop=None):
-        return runner.run_suite(path.read_text(), "tiny", cells, results, device="cpu", progress=StopAt(stop),
-                                options=in_process)
+        return api.run(planned, results=results, device="cpu", progress=StopAt(stop), options=in_process)
 
     run(tmp_path / "whole")
     for stop in (2, 4):  # two interruptions, each losing the epoch it came in

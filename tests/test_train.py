@@ -10,9 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
-import bench.train as train
 from bench import api
 from bench.config import TrainConfig
 from bench.data.loaders import ArrayDataset, Preprocess
@@ -27,31 +25,7 @@ from bench.techniques.precision import precision_setup
 from bench.techniques.regularise import head_penalty
 from bench.train import fit
 from tests.conftest import TINY
-
-CPU = torch.device("cpu")
-
-
-def tiny_loaders(n: int = 48, size: int = 16, classes: int = 3, seed: int = 0) -> dict[str, DataLoader]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
-    y = torch.arange(n) % classes
-    ds = TensorDataset(x, y)
-    return {"train": DataLoader(ds, batch_size=16, shuffle=True, generator=g),
-            "val": DataLoader(ds, batch_size=32), "test": DataLoader(ds, batch_size=32)}
-
-
-def scripted_val_errors(monkeypatch, errors: list[float]):
-    """Validation errors in the order the epochs see them; later calls (final evaluation) are real."""
-    real, calls = train.classification_metrics, []
-
-    def fake(logits, labels):
-        out = real(logits, labels)
-        if len(calls) < len(errors):
-            out = {**out, "top1_error": errors[len(calls)], "loss": 1.0}
-        calls.append(1)
-        return out
-
-    monkeypatch.setattr(train, "classification_metrics", fake)
+from tests.support import CPU, scripted_val_errors, tiny_loaders
 
 
 @pytest.mark.parametrize(("errors", "kw", "best", "run"), [

@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 import pytest
 
-from bench import api, evaluate, execute, train
+from bench import api, evaluate, execute
 from bench.cell import RunOptions
 from bench.config import load_suite
 from bench.progress import LogProgress
@@ -19,6 +19,7 @@ from bench.suite import expand
 from bench.tune import contender as tune_contender
 from bench.tune import pruning, waves
 from tests.conftest import TINY
+from tests.support import scripted_val_errors
 
 BASE = TINY.replace('name = "tiny"', 'name = "tuned"').replace("[train]", '[model]\narch = "bench:mlp"\n\n[train]')
 
@@ -53,17 +54,8 @@ def count_fits(monkeypatch, on_call=None) -> list:
 
 def script_val_errors(monkeypatch, scripts: list[list[float]]) -> list:
     """Trial n reports scripts[n][e] as its validation top-1 error after epoch e + 1; count_fits' calls."""
-    state, real = {"errors": [], "i": 0}, train.classification_metrics
-
-    def metrics(logits, labels):
-        out = real(logits, labels)
-        if state["i"] < len(state["errors"]):
-            out = {**out, "top1_error": state["errors"][state["i"]]}
-        state["i"] += 1
-        return out
-
-    monkeypatch.setattr(train, "classification_metrics", metrics)
-    return count_fits(monkeypatch, lambda n, cfg: state.update(errors=scripts[n], i=0))
+    restart = scripted_val_errors(monkeypatch, [], loss=None)
+    return count_fits(monkeypatch, lambda n, cfg: restart(scripts[n]))
 
 
 SPACE_LR = '''
