@@ -34,7 +34,9 @@ TAIL_LINES = 20
 def _context():
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["bench.execute"])
+        # what every cell's process uses, imported once here rather than in each child: the cell's code, and
+        # the metrics its evaluation computes (bench.metrics imports torchmetrics lazily, for the reports)
+        ctx.set_forkserver_preload(["bench.execute", "torchmetrics.functional.classification"])
         return ctx
     return mp.get_context("spawn")
 

@@ -98,6 +98,11 @@ def local_ray():
 # the Ray tests share one worker under pytest-xdist, and so one local Ray instance (local_ray, per module)
 BY_EXECUTOR = [pytest.param(name, marks=[pytest.mark.xdist_group("ray")] if name == "ray" else [])
                for name in sorted(EXECUTORS)]
+# Ray and Slurm start a fresh Python per task or job (about 20 s a test here): those of their proofs that are
+# not the bit-for-bit one run in the slow tier (`nox -s slow`, which CI runs too)
+BY_EXECUTOR_REMOTE_SLOW = [pytest.param(name, marks=[*([pytest.mark.xdist_group("ray")] if name == "ray" else []),
+                                                     *([pytest.mark.slow] if name != "local" else [])])
+                           for name in sorted(EXECUTORS)]
 
 
 def _executor(name: str, request) -> object:
@@ -173,7 +178,7 @@ def broken_plugin(tmp_path_factory):
                         "raise RuntimeError('boom in the worker')")
 
 
-@pytest.mark.parametrize("name", BY_EXECUTOR)
+@pytest.mark.parametrize("name", BY_EXECUTOR_REMOTE_SLOW)
 def test_a_cell_failing_on_a_worker_is_recorded_and_the_others_finish(name, tmp_path, cli, monkeypatch, request,
                                                                       broken_plugin):
     if name == "ray":
@@ -196,6 +201,7 @@ def test_a_cell_failing_on_a_worker_is_recorded_and_the_others_finish(name, tmp_
     assert "1 failed" in err and "2 ran" in err
 
 
+@pytest.mark.slow
 def test_a_killed_job_array_resumes_from_its_checkpoints_when_resubmitted(tmp_path):
     pytest.importorskip("submitit")
     path = tmp_path / "spread.toml"
