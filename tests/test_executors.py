@@ -135,8 +135,12 @@ def test_every_executor_gives_the_sequential_numbers_bit_for_bit(name, suite_fil
     assert sorted(again.skipped) == sorted(summary.ran) and not again.ran
 
 
-def test_jobs_2_runs_cells_at_once_and_the_child_after_its_parent(suite_file, tmp_path):
-    _run(suite_file, tmp_path, make_executor("local", jobs=2))
+def test_jobs_2_runs_cells_at_once_and_the_child_after_its_parent(tmp_path):
+    # the parent trains long enough (20 epochs, about a second) that the other cell's process, started beside
+    # it, trains while it does: spans come from the records, which time training alone
+    path = tmp_path / "spread.toml"
+    path.write_text(SUITE.replace('label = "parent"\n', 'label = "parent"\n"train.epochs" = 20\n'))
+    _run(path, tmp_path, make_executor("local", jobs=2))
     suite_dir = tmp_path / "spread"
     spans = {}
     for p in suite_dir.iterdir():
