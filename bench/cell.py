@@ -151,5 +151,5 @@ class Pruned(Exception):
 
     def __init__(self, epoch: int, why: str):
         self.epoch, self.history = epoch, []
-        self.cost: dict[str, float] = {}  # the runner's: training and pruner-report seconds
+        self.cost: dict[str, float] = {}  # set by bench.execute: training and pruner-report seconds
         super().__init__(why)

@@ -25,6 +25,7 @@ from bench.hashing import stable_hash
 from bench.network import build_network
 from bench.progress import LogProgress
 from bench.store import (
+    INIT,
     PREDICTIONS,
     add_predictions,
     forget_result,
@@ -112,7 +113,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     net = build_network(cell, suite_dir, device)
     data, loaders, model = net.data, net.loaders, net.model
 
-    init_sha = sealed_digest(init_file(suite_dir, net.init_key))  # verified by initial_model
+    init_sha = sealed_digest(init_file(suite_dir / INIT, net.init_key))  # verified by initial_model
     checkpoint = None
     if options.checkpoint:
         # valid for this config (the id), these images in these splits, these initial weights, this schema

@@ -11,7 +11,7 @@ import torch
 
 from bench.compare import read_predictions
 from bench.errors import UserError
-from bench.store import SPLITS, Record, atomic_write_text, read_json
+from bench.store import SPLITS, Record, atomic_write_text, read_json, split_file
 
 
 def class_ids(class_names: list[str]) -> list[str]:
@@ -24,17 +24,17 @@ def class_ids(class_names: list[str]) -> list[str]:
 def submission_rows(record: Record, split: str = "test", k: int = 5) -> list[tuple[str, str]]:
     """(image id, top-k class ids space-separated, best first) per image, in the split's order."""
     data = record.result.get("data", {})
-    split_file = record.dir.parent / SPLITS / f"{data.get('split_key')}.json"
-    if not split_file.is_file():
-        raise UserError(f"the split file '{split_file}' is missing", hint="export reads the image list from it")
+    split_path = split_file(record.dir.parent / SPLITS, str(data.get("split_key")))
+    if not split_path.is_file():
+        raise UserError(f"the split file '{split_path}' is missing", hint="export reads the image list from it")
     try:
-        files = read_json(split_file)[split]
+        files = read_json(split_path)[split]
     except (ValueError, KeyError, TypeError) as e:  # an edit or a damaged disk: the runner writes it atomically
-        raise UserError(f"not a bench split file ({type(e).__name__})", file=split_file,
+        raise UserError(f"not a bench split file ({type(e).__name__})", file=split_path,
                         hint=f"rerun the cell: bench run SUITE --only {record.dir.name} --force") from None
     logits, _ = read_predictions(record.dir, split)
     if len(files) != len(logits):
-        raise UserError(f"'{split_file}' lists {len(files)} {split} images but the predictions hold {len(logits)}")
+        raise UserError(f"'{split_path}' lists {len(files)} {split} images but the predictions hold {len(logits)}")
     return top_k_rows(image_ids(files), logits, data.get("class_names") or [str(i) for i in range(logits.shape[1])],
                       k)
 

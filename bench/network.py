@@ -53,7 +53,8 @@ def build_network(cell: Cell, suite_dir: Path, device: torch.device) -> Network:
         if not is_done(suite_dir / cell.parent):
             raise UserError(f"parent cell {cell.parent} did not finish", key="model.init_from",
                             hint="see its result.json; the child runs once the parent has")
-        parent = {"id": cell.parent, "sha256": load_best(model, suite_dir / cell.parent, key="model.init_from")}
+        parent = {"id": cell.parent, "sha256": load_best(model, suite_dir / cell.parent, key="model.init_from",
+                                                           what="parent cell")}
     apply_freeze(model, cfg.model.freeze, cfg.data.image_size)
     params = count_params(model)
     gflops = forward_gflops(model, cfg.data.image_size)  # of the whole network, outside the timed region

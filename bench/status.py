@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.checkpoint import saved_epoch
 from bench.claims import claim_live, read_claim
-from bench.store import CELL, JOB, TUNE, read_json, read_result
+from bench.store import CELL, JOB, TUNE, read_json, read_result, tune_files
 
 
 def cell_states(suite_dir: Path, cells: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
@@ -46,7 +46,7 @@ def _tuning(suite_dir: Path, cell_id: str) -> dict[str, str] | None:
     if (suite_dir / cell_id).is_dir():
         return None
     try:
-        record = read_json(suite_dir / TUNE / f"{cell_id}.json")
+        record = read_json(tune_files(suite_dir / TUNE, cell_id)[1])
         trials, cost = record["trials"], record["cost"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

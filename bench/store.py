@@ -119,8 +119,19 @@ def latest_suite_dir(results: Path) -> Path | None:
     return max(runs, key=lambda d: (d / SUITE_FILE).stat().st_mtime, default=None)
 
 
-def init_file(suite_dir: Path, key: str) -> Path:
-    return Path(suite_dir) / INIT / f"{key}.safetensors"
+def init_file(init_dir: Path, key: str) -> Path:
+    """Shared initial weights in results/<suite>/init/ (INIT)."""
+    return Path(init_dir) / f"{key}.safetensors"
+
+
+def split_file(split_dir: Path, key: str) -> Path:
+    """A split in results/<suite>/splits/ (SPLITS)."""
+    return Path(split_dir) / f"{key}.json"
+
+
+def tune_files(tune_dir: Path, contender: str) -> tuple[Path, Path, Path]:
+    """A contender's study journal, its record and its lock in results/<suite>/tune/ (TUNE)."""
+    return tuple(Path(tune_dir) / f"{contender}{suffix}" for suffix in (".journal", ".json", ".lock"))
 
 
 def read_result(cell_dir: Path | str) -> dict[str, Any] | None:
@@ -187,12 +198,14 @@ def save_best(model, cell_dir: Path) -> None:
         save_model(model.cpu(), str(tmp))
 
 
-def load_best(model, cell_dir: Path | str, *, key: str | None = None) -> str:
+def load_best(model, cell_dir: Path | str, *, key: str | None = None, what: str = "cell") -> str:
     """A finished cell's best weights into `model`, in place; returns their sha256. A cell trained on cached
     features (freeze = "features") saved its head only: that goes into the model's head, and the backbone
-    stays what the caller built (the shared initial weights, which the features came from). `key` names the
-    suite key that asked (model.init_from for a staged start) in the errors."""
-    from safetensors.torch import load_file
+    stays what the caller built (the shared initial weights, which the features came from). `key` and `what`
+    say in the errors who asked (model.init_from, "parent cell", for a staged start). safetensors' own loader
+    restores the aliases of tied weights that saving dropped."""
+    from safetensors import safe_open
+    from safetensors.torch import load_model
 
     from bench.hashing import file_digest
     from bench.models.heads import head_name
@@ -200,16 +213,17 @@ def load_best(model, cell_dir: Path | str, *, key: str | None = None) -> str:
     cell_dir = Path(cell_dir)
     path = cell_dir / BEST
     if not path.is_file():
-        raise UserError(f"cell {cell_dir.name} has no best weights (it has not finished)", key=key,
-                        hint="run that cell first; `bench plan` shows the order")
-    state = load_file(str(path))
+        raise UserError(f"{what} {cell_dir.name} has no best weights (it has not finished)", key=key,
+                        hint=f"run the {what} first; `bench plan` shows the order")
+    with safe_open(str(path), "pt") as f:
+        names = set(f.keys())
     head = model.get_submodule(head_name(model))
-    target = head if set(state) == set(head.state_dict()) else model
+    target = head if names == set(head.state_dict()) else model
     try:
-        target.load_state_dict(state)
+        load_model(target, str(path))
     except RuntimeError as e:
-        raise UserError(f"cell {cell_dir.name}'s weights do not fit this network ({first_line(e)})", key=key,
-                        hint="the cells need the same model.arch and head") from None
+        raise UserError(f"{what} {cell_dir.name}'s weights do not fit this cell ({first_line(e)})", key=key,
+                        hint="both need the same model.arch and head") from None
     return file_digest(path)
 
 CELL_KEYS = {"id", "group", "label", "axes"}  # with config: what reports and comparisons read from cell.json

@@ -106,8 +106,6 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
 DIVERGENCE_FACTOR = 100.0
 
 
-
-
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]

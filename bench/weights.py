@@ -17,7 +17,7 @@ from bench.errors import UserError
 from bench.hashing import file_digest, stable_hash
 from bench.models.factory import accepts_image_size, create_model, structural_kwargs
 from bench.models.heads import build_head, head_name
-from bench.store import atomic_path
+from bench.store import atomic_path, init_file
 
 
 def read_state_file(path: Path) -> dict[str, torch.Tensor]:
@@ -89,7 +89,7 @@ def initial_model(cfg: CellConfig, num_classes: int, init_dir: Path) -> tuple[nn
     process, and sealed (bench.artefacts.sealed_digest then names them); a saved file that no longer matches
     its seal is refused, since the cells that finished were trained from what it held."""
     key = init_key(cfg, num_classes)
-    path = init_dir / f"{key}.safetensors"
+    path = init_file(init_dir, key)
     with building(path):
         exists = path.exists()
         # The random head (and any random backbone) is drawn under a seed derived from the key alone, so a

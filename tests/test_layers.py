@@ -14,7 +14,8 @@ import bench
 ROOT = Path(bench.__file__).parent
 MAX_LINES = 400
 
-# the run path, top to bottom (README, "Where things live"); a module may import only from later entries
+# the run path, top to bottom (README, "Where things live"); a module may import from its own layer and the
+# ones below it, never from one above
 LAYERS = [
     ["bench.cli"],
     ["bench.api"],
@@ -27,7 +28,8 @@ LAYERS = [
     ["bench.network", "bench.tune.pruning"],
     ["bench.train"],
     ["bench.loop", "bench.evaluate"],
-    ["bench.store", "bench.cell", "bench.config", "bench.errors"],
+    ["bench.store", "bench.cell", "bench.config", "bench.errors", "bench.claims", "bench.progress",
+     "bench.environment", "bench.device"],
 ]
 
 
@@ -78,7 +80,7 @@ def test_no_import_circles_even_through_lazy_imports():
             visit(m, [])
 
 
-@pytest.mark.parametrize("layer", range(len(LAYERS)))
+@pytest.mark.parametrize("layer", range(1, len(LAYERS)))  # the top layer has none above it
 def test_the_run_path_imports_only_downward(layer):
     above = {m for upper in LAYERS[:layer] for m in upper}
     for module in LAYERS[layer]:

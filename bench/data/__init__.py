@@ -19,6 +19,7 @@ from bench.data.cache import files_key
 from bench.data.loaders import ArrayDataset
 from bench.data.sources import Samples, read_source
 from bench.hashing import stable_hash
+from bench.store import split_file
 
 __all__ = ["Curated", "Prepared", "curated", "prepare", "split_key"]
 
@@ -84,7 +85,7 @@ def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None)
     key = split_key(cfg, seed, cur.files)
     if not cfg.source_split:  # study 001 pooled iNat's train and val, then split 90/10 itself
         s = dataclasses.replace(s, given=None)
-    parts = split.load_or_make(s, cfg.split, seed, Path(split_dir) / f"{key}.json")
+    parts = split.load_or_make(s, cfg.split, seed, split_file(split_dir, key))
     steps = cur.steps
     if cfg.prune_splits is not None:
         parts, pruned = curate.prune_after_split(s.labels, parts, cfg)

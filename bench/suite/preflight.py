@@ -118,7 +118,7 @@ def _init_saved(cell: Cell, num_classes: int, known: bool, results: Path | None,
         return False
     from bench.weights import check_initial, init_key
 
-    path = init_file(Path(results) / suite.suite.name, init_key(cell.config, num_classes))
+    path = init_file(Path(results) / suite.suite.name / INIT, init_key(cell.config, num_classes))
     if not path.is_file():
         return False
     if once("init", str(path)):

@@ -20,7 +20,7 @@ from bench.errors import UserError
 from bench.execute import evaluate_test
 from bench.hashing import stable_hash
 from bench.locks import FileLock
-from bench.store import read_json, read_result, write_json
+from bench.store import read_json, read_result, tune_files, write_json
 from bench.tune.pruning import PRUNERS, journal
 from bench.tune.space import grid_space, suggest, trial_cell
 
@@ -61,9 +61,8 @@ class Contender:
 
     def __init__(self, cell: Cell, tune: Tune, tune_dir: Path, checked: dict):
         self.cell, self.tune, self.checked = cell, tune, checked
-        self.journal = tune_dir / f"{cell.id}.journal"
-        self.path = tune_dir / f"{cell.id}.json"
-        self.lock = FileLock(tune_dir / f"{cell.id}.lock")
+        self.journal, self.path, lock = tune_files(tune_dir, cell.id)
+        self.lock = FileLock(lock)
         self.overhead, self.earlier_overhead = 0.0, 0.0  # the tuning machinery's own seconds
         self.deferred: set[int] = set()  # running trials whose cell another process holds: left to it
         self.chosen: str | None = None

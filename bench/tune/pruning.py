@@ -23,6 +23,8 @@ PRUNERS: dict[str, Callable[[int, int], optuna.pruners.BasePruner]] = {
     "median": lambda warmup, startup: optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup),
     "halving": lambda warmup, startup: optuna.pruners.SuccessiveHalvingPruner(),
 }
+
+
 def journal(path: Path | str) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
