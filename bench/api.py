@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.cell import Cell, RunOptions, RunSummary, select
 from bench.config import Suite, load_suite
 from bench.errors import UserError
+
+if TYPE_CHECKING:  # bench.tune loads Optuna: only a tuned suite's run imports it
+    from bench.tune.waves import TuneSummary
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,8 @@ def plan(path: Path | str, *, only: str | None = None, smoke: bool = False, devi
 
 
 def run(planned: Plan, *, results: Path | str = Path("results"), device: str = "auto",
-        options: RunOptions | None = None, executor: Any = None, progress: Any = None) -> Any:
-    """Run a plan's cells: a RunSummary, or with [tune] a bench.tune.waves.TuneSummary."""
+        options: RunOptions | None = None, executor: Any = None, progress: Any = None) -> RunSummary | TuneSummary:
+    """Run a plan's cells: a plain suite through bench.runner, a suite with [tune] through bench.tune."""
     suite_text = planned.path.read_text()
     if planned.suite.tune is not None:
         from bench.tune.waves import tune_suite
@@ -57,6 +60,5 @@ def run(planned: Plan, *, results: Path | str = Path("results"), device: str = "
                           progress=progress, options=options, executor=executor)
     from bench.runner import run_suite
 
-    summary: RunSummary = run_suite(suite_text, planned.suite.suite.name, planned.cells, Path(results),
-                                    device=device, progress=progress, options=options, executor=executor)
-    return summary
+    return run_suite(suite_text, planned.suite.suite.name, planned.cells, Path(results), device=device,
+                     progress=progress, options=options, executor=executor)

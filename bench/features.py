@@ -25,7 +25,7 @@ from bench.data.cachedir import cache_root
 from bench.data.loaders import IMAGENET_MEAN, IMAGENET_STD, ArrayDataset, Preprocess, make_loader
 from bench.errors import UserError
 from bench.hashing import stable_hash
-from bench.models.heads import head_name
+from bench.models.heads import head_module, head_name
 from bench.store import atomic_path
 
 VERSION = 1  # bump when what a cached file holds changes
@@ -78,7 +78,7 @@ def feature_key(cfg: CellConfig, model: nn.Module, data: Prepared, device: torch
 @torch.no_grad()
 def extract(model: nn.Module, dataset: ArrayDataset, device: torch.device, batch_size: int) -> torch.Tensor:
     """The head's input for every image of `dataset`, in order, in eval mode, as float32 on the CPU."""
-    head = model.get_submodule(head_name(model))
+    head = head_module(model)
     if not isinstance(head, nn.Linear | nn.Sequential):
         raise UserError(f'freeze = "features" needs a linear classifier, this model has a {type(head).__name__}',
                         key="model.freeze", hint='use "all_but_head" for this architecture')
@@ -146,4 +146,4 @@ def feature_setup(model: nn.Module, cfg: CellConfig, data: Prepared, loaders: di
         out[split] = DataLoader(FeatureDataset(saved["features"], saved["labels"]), batch_sampler=old.batch_sampler,
                                 collate_fn=old.collate_fn, generator=old.generator)
     info = {"key": key, "computed": computed, "extract_s": time.perf_counter() - start, "dir": str(folder)}
-    return model.get_submodule(head_name(model)), out, info
+    return head_module(model), out, info

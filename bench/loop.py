@@ -66,11 +66,11 @@ class Progress:
     @classmethod
     def start(cls, loop: Loop, checkpoint: Checkpoint | None) -> Progress:
         """From scratch, or from `checkpoint`, with every state (`loop`'s too) as it was after its epoch."""
-        progress = cls([], 0, copy.deepcopy(loop.model.state_dict()),
-                       copy.deepcopy(loop.ema.module.state_dict()) if loop.ema else None)
         saved = checkpoint.load() if checkpoint is not None else None
-        if saved is None:
-            return progress
+        if saved is None:  # the initial weights are the best so far (a resumed cell's come from its checkpoint)
+            return cls([], 0, copy.deepcopy(loop.model.state_dict()),
+                       copy.deepcopy(loop.ema.module.state_dict()) if loop.ema else None)
+        progress = cls([], 0, saved["best_state"], saved["best_ema"] if loop.ema is not None else None)
         loop.model.load_state_dict(saved["model"])
         loop.optimizer.load_state_dict(saved["optimizer"])
         loop.scheduler.load_state_dict(saved["scheduler"])
@@ -79,9 +79,8 @@ class Progress:
         if loop.ema is not None:
             loop.ema.module.load_state_dict(saved["ema"])
             loop.ema.updates = saved["ema_updates"]
-            progress.best_ema = saved["best_ema"]
         loop.stopper.best, loop.stopper.since_best = saved["stopper"]
-        progress.best_epoch, progress.best_state = saved["best_epoch"], saved["best_state"]
+        progress.best_epoch = saved["best_epoch"]
         progress.history, progress.start_loss = saved["history"], saved["start_loss"]
         progress.eval_seconds, progress.eval_images = saved["eval_seconds"], saved["eval_images"]
         progress.resumed_at = saved["epoch"]

@@ -1,11 +1,11 @@
-"""Metrics computed from saved logits, each with its direction, so reports sort and bold correctly.
+"""Metrics computed from logits (their directions: bench.directions).
 
 `classification_metrics` is what the training loop calls on validation every epoch: keep it cheap.
 `full_metrics` adds the threshold-free and class-balanced scalars a report shows for the final model;
 both only need (logits, labels), so a report can recompute them from predictions.npz at any time.
 
 torchmetrics is imported by the functions that use it: it pulls in torchvision and scipy (seconds), which
-importing this module for HIGHER_IS_BETTER, monitored or load_predictions should not cost.
+importing this module for load_predictions should not cost.
 """
 
 from __future__ import annotations
@@ -19,27 +19,6 @@ import torch.nn.functional as F
 
 from bench.errors import UserError
 from bench.store import PREDICTIONS
-
-# metric -> True when higher is better; report columns sort and bold by their own direction
-HIGHER_IS_BETTER = {
-    "top1_error": False, "top5_error": False, "loss": False,
-    "f1_macro": True, "f1_weighted": True, "auc_macro": True, "map": True,
-    "train_time_s": False, "time_per_epoch_s": False, "peak_rss_mb": False, "peak_cuda_mb": False,
-    "train_images_per_s": True, "eval_images_per_s": True, "params_total": False, "params_trainable": False,
-    "gflops_forward": False, "gflops_per_s": True, "time_to_target_s": False, "compile_time_s": False,
-    # a tuned contender's search: fewer trials or pruned ones are not better, but "lower" keeps them sortable
-    "trials": False, "pruned": False, "tuning_time_s": False,
-}
-
-
-def monitored(row: dict, monitor: str) -> float:
-    """The figure train.monitor names in an epoch's history row (val_accuracy is 1 - val_error)."""
-    return 1 - row["val_error"] if monitor == "val_accuracy" else row[monitor]
-
-
-def maximises(monitor: str, mode: str) -> bool:
-    """Whether higher is better for train.monitor under train.mode ("auto": only val_accuracy)."""
-    return mode == "max" or (mode == "auto" and monitor == "val_accuracy")
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -208,7 +208,7 @@ def load_best(model, cell_dir: Path | str, *, key: str | None = None, what: str 
     from safetensors.torch import load_model
 
     from bench.hashing import file_digest
-    from bench.models.heads import head_name
+    from bench.models.heads import head_module
 
     cell_dir = Path(cell_dir)
     path = cell_dir / BEST
@@ -217,7 +217,7 @@ def load_best(model, cell_dir: Path | str, *, key: str | None = None, what: str 
                         hint=f"run the {what} first; `bench plan` shows the order")
     with safe_open(str(path), "pt") as f:
         names = set(f.keys())
-    head = model.get_submodule(head_name(model))
+    head = head_module(model)
     target = head if names == set(head.state_dict()) else model
     try:
         load_model(target, str(path))

@@ -144,16 +144,17 @@ def _epoch_row(epoch: int, lr: float, tr: dict[str, float], loop: Loop, val_load
                ) -> dict[str, Any]:
     """The epoch's history row: its training figures and its validation (cheap metrics), of the weights
     and, with EMA, of the averaged weights in columns of their own; validation counts as evaluation time."""
-    logits, labels, sec = predict(loop.net, val_loader, loop.prep, autocast=loop.autocast)
-    progress.evaluated(sec, len(labels))
-    val = classification_metrics(logits, labels)
+    def validate(net: nn.Module) -> tuple[dict[str, float], float]:
+        logits, labels, sec = predict(net, val_loader, loop.prep, autocast=loop.autocast)
+        progress.evaluated(sec, len(labels))
+        return classification_metrics(logits, labels), sec
+
+    val, sec = validate(loop.net)
     row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_error": 1 - tr["accuracy"],
            "val_loss": val["loss"], "val_error": val["top1_error"], "val_top5_error": val["top5_error"],
            "train_seconds": tr["seconds"], "train_images": tr["images"], "val_seconds": sec}
     if loop.ema is not None:
-        logits, labels, ema_sec = predict(loop.ema.module, val_loader, loop.prep, autocast=loop.autocast)
-        progress.evaluated(ema_sec, len(labels))
-        val = classification_metrics(logits, labels)
+        val, _ = validate(loop.ema.module)
         row.update(val_loss_ema=val["loss"], val_error_ema=val["top1_error"],
                    val_top5_error_ema=val["top5_error"])
     return row
@@ -196,7 +197,8 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         test: bool = True) -> FitResult:
     """Train `model` in place. `class_counts`, the training images per class, come from the data: their
     length is the class count (for mixing), their values feed class-weighted losses. With `checkpoint`,
-    training goes on after the epoch it holds, and every epoch is saved to it.
+    training goes on after the epoch it holds, and an epoch is saved to it when checkpoint.due() (saves are
+    held to a share of the training time).
 
     Raises Diverged when an epoch's mean training loss is not finite or exceeds DIVERGENCE_FACTOR times
     the larger of the first batch's loss and ln(classes) (the loss of a uniform guess); on_epoch may raise

@@ -107,3 +107,24 @@ def write_plugin(path: Path, name: str, on_train: str = "pass") -> Path:
     Python: a crash, an exception) at every training step."""
     path.write_text(PLUGIN.format(name=name, on_train=on_train))
     return path
+
+
+@pytest.fixture
+def use_plugin(tmp_path, monkeypatch):
+    """use_plugin(name, on_train) -> `bench:<name>` (see write_plugin) registered in this process and, through
+    BENCH_PLUGINS, in every cell's process; unregistered after the test, so no later test here trains it."""
+    from bench.models.builtins import BUILTINS
+    from bench.models.plugins import load_plugins
+
+    names = []
+
+    def use(name: str, on_train: str) -> Path:
+        path = write_plugin(tmp_path / f"{name}.py", name, on_train)
+        monkeypatch.setenv("BENCH_PLUGINS", str(path))
+        load_plugins()
+        names.append(name)
+        return path
+
+    yield use
+    for name in names:
+        BUILTINS.pop(name, None)

@@ -1,5 +1,6 @@
-"""Helpers several test modules share (test modules never import from each other): scripted training
-figures, tiny loaders, hand-written cell records, and `bench` processes to kill and wait for."""
+"""Helpers several test modules share (test modules never import from each other): a suite run from this
+process, scripted training figures, tiny loaders, hand-written cell records, and `bench` processes to kill
+and wait for."""
 
 from __future__ import annotations
 
@@ -17,7 +18,17 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 import bench.train as train
-from bench import SCHEMA_VERSION
+from bench import SCHEMA_VERSION, api
+from bench.progress import LogProgress
+from bench.store import write_json, write_npz
+
+
+def run_file(path: Path, results: Path, *, options=None, executor=None, log=None):
+    """`bench run PATH --device cpu` from this process, through the library's entry point as the CLI calls it
+    (preflight left out): `options` a RunOptions (isolate=False keeps the cells in this process, where a test
+    can spy on them), `log` the progress stream (default: stderr)."""
+    return api.run(api.plan(path, check=False), results=results, device="cpu", options=options,
+                   executor=executor, progress=LogProgress(log))
 
 # ---------------------------------------------------------------- training, scripted
 CPU = torch.device("cpu")
@@ -59,9 +70,6 @@ def make_cell(suite_dir, cell_id, *, arch="bench:mlp", freeze="none", seed=0, va
     """Write one cell folder by hand: cell.json, result.json and optionally predictions.npz/history.csv.
     `axes` ({dotted key: value}) adds varying keys to the config and the axes; `dataset` a [[datasets]]
     name (the dataset axis, last in the label); `tune` a trial's cell.json "tune" entry."""
-    import numpy as np
-
-    from bench.store import write_json, write_npz
 
     suite_dir.mkdir(parents=True, exist_ok=True)
     (suite_dir / "suite.toml").write_text('[suite]\nname = "x"\n')
@@ -113,8 +121,6 @@ def trial_record(s, contender, n, lr, state, value, *, test=None, arch="a", time
 
 
 def study_record(s, contender, label, trials, chosen, test=None, arch="a"):
-    from bench.store import write_json
-
     write_json(s / "tune" / f"{contender}.json", {
         "contender": contender, "label": label, "axes": {"model.arch": arch},
         "space": {"train.lr": {"low": 1e-4, "high": 1e-1, "log": True}}, "budget": 3, "sampler": "tpe",

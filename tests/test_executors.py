@@ -14,14 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import api
 from bench.cell import RunOptions
 from bench.config import Resources, load_suite
 from bench.executors import EXECUTORS, make_executor
-from bench.progress import LogProgress
 from bench.suite import expand
-from tests.conftest import write_plugin
-from tests.support import bench, no_process_left, outputs, wait_for
+from tests.support import bench, no_process_left, outputs, run_file, wait_for
 
 SUITE = """
 [suite]
@@ -65,9 +62,8 @@ THREADS = 1
 
 
 def _run(path: Path, results: Path, executor, **options) -> object:
-    return api.run(api.plan(path, check=False), results=results, device="cpu",
-                   progress=LogProgress(open(os.devnull, "w")), options=RunOptions(threads=THREADS, **options),
-                   executor=executor)
+    return run_file(path, results, options=RunOptions(threads=THREADS, **options), executor=executor,
+                    log=open(os.devnull, "w"))
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +96,8 @@ BY_EXECUTOR = [pytest.param(name, marks=[pytest.mark.xdist_group("ray")] if name
                for name in sorted(EXECUTORS)]
 # Ray and Slurm start a fresh Python per task or job (about 20 s a test here): those of their proofs that are
 # not the bit-for-bit one run in the slow tier (`nox -s slow`, which CI runs too)
-BY_EXECUTOR_REMOTE_SLOW = [pytest.param(name, marks=[*([pytest.mark.xdist_group("ray")] if name == "ray" else []),
-                                                     *([pytest.mark.slow] if name != "local" else [])])
-                           for name in sorted(EXECUTORS)]
+BY_EXECUTOR_REMOTE_SLOW = [pytest.param(*p.values, marks=[*p.marks, *([pytest.mark.slow] if p.values != ("local",) else [])])
+                           for p in BY_EXECUTOR]
 
 
 def _executor(name: str, request) -> object:
@@ -175,24 +170,13 @@ batch_size = 16
 """
 
 
-@pytest.fixture(scope="module")
-def broken_plugin(tmp_path_factory):
-    """`bench:broken`, which raises at its first training step; one file, so it registers once."""
-    return write_plugin(tmp_path_factory.mktemp("plugin") / "broken.py", "broken",
-                        "raise RuntimeError('boom in the worker')")
-
-
 @pytest.mark.parametrize("name", BY_EXECUTOR_REMOTE_SLOW)
-def test_a_cell_failing_on_a_worker_is_recorded_and_the_others_finish(name, tmp_path, cli, monkeypatch, request,
-                                                                      broken_plugin):
+def test_a_cell_failing_on_a_worker_is_recorded_and_the_others_finish(name, tmp_path, cli, request, use_plugin):
     if name == "ray":
         request.getfixturevalue("local_ray")
     if name == "slurm":
         pytest.importorskip("submitit")
-    monkeypatch.setenv("BENCH_PLUGINS", str(broken_plugin))  # for the workers, and for this process:
-    from bench.models.plugins import load_plugins
-
-    load_plugins()
+    use_plugin("broken", "raise RuntimeError('boom in the worker')")  # for the workers, and for this process
     path = tmp_path / "fails.toml"
     path.write_text(FAILING)
     code, out, err = cli("run", path, "--results", tmp_path / "r", "--executor", name, "--jobs", "2")

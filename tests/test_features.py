@@ -10,15 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bench import api, features
+from bench import features
 from bench.cell import RunOptions
 from bench.models import create_model
-from bench.progress import LogProgress
+from tests.support import run_file
 
 
 def run(path, results, **kw):  # in this process: a test counts feature extractions, which a child would hide
-    return api.run(api.plan(path, check=False), results=results, device="cpu", progress=LogProgress(),
-                   options=RunOptions(isolate=False), **kw)
+    return run_file(path, results, options=RunOptions(isolate=False), **kw)
 
 
 def results_by_label(summary):

@@ -95,7 +95,7 @@ def test_macro_pr_curve_is_the_mean_of_the_present_classes_curves():
 
 
 def test_higher_is_better_covers_every_report_column():
-    from bench.metrics import HIGHER_IS_BETTER
+    from bench.directions import HIGHER_IS_BETTER
     from bench.report import COLUMNS
 
     assert {c.metric for c in COLUMNS.values()} <= set(HIGHER_IS_BETTER)

@@ -24,9 +24,8 @@ from bench.progress import LogProgress
 from bench.suite import expand
 from bench.techniques.regularise import grad_clipper
 from bench.train import fit
-from tests.support import scripted_val_errors
+from tests.support import CPU, scripted_val_errors
 
-CPU = torch.device("cpu")
 SIZE, CLASSES = 16, 3
 COUNTS = [12, 12, 12]
 

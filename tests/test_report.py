@@ -15,20 +15,18 @@ import torch
 
 from bench import SCHEMA_VERSION
 from bench.report import FORMATS
-from tests.support import answers, make_cell, study_record, trial_record
+from tests.support import answers, make_cell, run_file, study_record, trial_record
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One small run with two archs x two seeds, shared by the report tests."""
-    from bench import api
-    from bench.progress import LogProgress
     from tests.conftest import TINY
 
     tmp = tmp_path_factory.mktemp("report")
     path = tmp / "s.toml"
     path.write_text(TINY.replace("seeds = [0]", "seeds = [0, 1]") + '[grid]\n"model.arch" = ["bench:small_cnn", "bench:mlp"]\n')
-    summary = api.run(api.plan(path, check=False), results=tmp / "results", device="cpu", progress=LogProgress())
+    summary = run_file(path, tmp / "results")
     return summary.suite_dir
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_plugin
-from tests.support import bench, no_process_left, outputs, wait_for
+from tests.support import bench, no_process_left, outputs, run_file, wait_for
 
 # Enough epochs and images that a kill lands inside training, with augmentation, dropout-free mixing and a
 # schedule: every random state a resumed epoch draws from is exercised.
@@ -62,12 +61,9 @@ def suite(tmp_path):
 def run_here(path: Path, results: Path, log=None):
     """`bench run PATH --in-process --threads 1`, in this process: what a rerun does with the files a killed
     run left (the kills themselves need a `bench run` process of their own)."""
-    from bench import api
     from bench.cell import RunOptions
-    from bench.progress import LogProgress
 
-    return api.run(api.plan(path, check=False), results=results, device="cpu",
-                   progress=LogProgress(log or open(os.devnull, "w")), options=RunOptions(isolate=False, threads=1))
+    return run_file(path, results, options=RunOptions(isolate=False, threads=1), log=log or open(os.devnull, "w"))
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +101,13 @@ def test_a_run_killed_at_any_moment_resumes_bitwise(suite, tmp_path, reference):
     path, env = suite
     results = tmp_path / "r"
     # each in a fresh run that resumes what the kills before it left; the cells train in the bench process
-    # (--in-process: one import, not two) but mid-epoch, where the kill takes a cell's own process with it
+    # (--in-process: one import, not two) but mid-epoch and at a result write, where the kill takes a cell's
+    # own process with it
     moments = {
         "data preparation": (lambda: (lambda: (results / "resume" / "suite.toml").is_file()), "--in-process"),
         "right after a checkpoint": (lambda: new_checkpoints(results), "--in-process"),
         "mid-epoch": (lambda: new_checkpoints(results, after=0.05), None),
-        "a result write": (lambda: (lambda: any(results.glob("resume/*/predictions.npz"))), "--in-process"),
+        "a result write": (lambda: (lambda: any(results.glob("resume/*/predictions.npz"))), None),
     }
     for moment, (condition, how) in moments.items():
         proc = bench("run", str(path), "--results", str(results), *THREADS, *filter(None, [how]), env=env)
@@ -148,22 +145,14 @@ def test_killing_only_the_parent_ends_the_cell_process(suite, tmp_path):
 
 
 @pytest.mark.parametrize("sig, cause", [("SIGSEGV", "native code"), ("SIGKILL", "out-of-memory killer")])
-def test_a_cell_whose_process_dies_is_recorded_and_the_suite_goes_on(tmp_path, sig, cause, cli, monkeypatch):
-    from bench.models.builtins import BUILTINS
-    from bench.models.plugins import load_plugins
-
+def test_a_cell_whose_process_dies_is_recorded_and_the_suite_goes_on(tmp_path, sig, cause, cli, use_plugin):
     # dies as a broken native kernel or the OOM killer would end it, on its first training step: in the
     # cell's own process, which `bench run` (here, in this process) starts for every cell
-    plugin = write_plugin(tmp_path / "crashing.py", f"crash_{sig}", f"os.kill(os.getpid(), signal.{sig})")
+    use_plugin(f"crash_{sig}", f"os.kill(os.getpid(), signal.{sig})")
     path = tmp_path / "crash.toml"
     path.write_text(SUITE.replace('"bench:small_cnn", "bench:mlp"', f'"bench:crash_{sig}", "bench:small_cnn"')
                     .replace("epochs = 5", "epochs = 1").replace('name = "resume"', 'name = "crash"'))
-    monkeypatch.setenv("BENCH_PLUGINS", str(plugin))  # for the cells' processes, and for this one:
-    load_plugins()
-    try:
-        code, _, log = cli("run", path, "--results", tmp_path / "r", *THREADS)
-    finally:
-        BUILTINS.pop(f"crash_{sig}", None)  # no later test of this process may train it
+    code, _, log = cli("run", path, "--results", tmp_path / "r", *THREADS)
     assert code == 1, log
     records = {json.loads((p / "cell.json").read_text())["label"]: json.loads((p / "result.json").read_text())
                for p in (tmp_path / "r" / "crash").iterdir() if (p / "result.json").is_file()}
@@ -175,13 +164,6 @@ def test_a_cell_whose_process_dies_is_recorded_and_the_suite_goes_on(tmp_path, s
 
 
 # ------------------------------------------------------------------------------------------ claims
-def _in_process_run(path: Path, results: Path):
-    from bench import api
-    from bench.progress import LogProgress
-
-    return api.run(api.plan(path, check=False), results=results, device="cpu", progress=LogProgress())
-
-
 def _one_cell(write_suite):
     from bench.config import load_suite
     from bench.suite import expand
@@ -196,11 +178,11 @@ def test_a_cell_claimed_by_a_live_process_is_left_to_it(write_suite, tmp_path):
     path, cell = _one_cell(write_suite)
     owner = Claim(tmp_path / "r" / "tiny" / cell.id, epochs=2)
     assert owner.acquire()
-    summary = _in_process_run(path, tmp_path / "r")
+    summary = run_file(path, tmp_path / "r")
     assert summary.busy == [cell.id] and not summary.ran
     assert not (tmp_path / "r" / "tiny" / cell.id / "result.json").exists()
     owner.release()
-    assert _in_process_run(path, tmp_path / "r").ran == [cell.id]
+    assert run_file(path, tmp_path / "r").ran == [cell.id]
 
 
 def _dead_pid() -> int:
@@ -224,7 +206,7 @@ def test_stale_claims_are_taken_over_and_live_ones_are_not(write_suite, tmp_path
     record = {"host": claim.get("host", HOST), "pid": _dead_pid() if claim.get("pid") == "dead" else os.getpid(),
               "started": now - 7200, "heartbeat": now - claim.get("heartbeat_age", 0), "epoch": 1, "epochs": 2}
     (cell_dir / "claim.json").write_text(json.dumps(record))
-    summary = _in_process_run(path, tmp_path / "r")
+    summary = run_file(path, tmp_path / "r")
     assert (summary.ran == [cell.id]) is taken and (summary.busy == [cell.id]) is not taken
     assert (cell_dir / "claim.json").exists() is not taken  # a finished run leaves no claim behind
 

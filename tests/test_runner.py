@@ -10,20 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 import bench
-from bench import api, execute
+from bench import execute
 from bench.cell import RunOptions
-from bench.progress import LogProgress
-from tests.conftest import write_plugin
+from tests.support import run_file
 
 IN_PROCESS = RunOptions(isolate=False)  # where a test spies on the runner, which a child would not see
 
 
-def run(path, results, **kw):
-    return api.run(api.plan(path, check=False), results=results, device="cpu", progress=LogProgress(), **kw)
-
-
 def test_cell_records_on_disk(write_suite, tmp_path):
-    summary = run(write_suite(), tmp_path / "r")
+    summary = run_file(write_suite(), tmp_path / "r")
     assert len(summary.ran) == 1 and not summary.failed
     cell_dir = summary.suite_dir / summary.ran[0]
     result = json.loads((cell_dir / "result.json").read_text())
@@ -53,8 +48,8 @@ def test_cell_records_on_disk(write_suite, tmp_path):
 def test_same_cell_twice_gives_identical_metrics(write_suite, tmp_path):
     path = write_suite()  # with augmentation: its randomness must be seeded too
     path.write_text(path.read_text().replace('lr = 0.003', 'lr = 0.003\naugment = "crop_flip"'))
-    a = run(path, tmp_path / "a")
-    b = run(path, tmp_path / "b")
+    a = run_file(path, tmp_path / "a")
+    b = run_file(path, tmp_path / "b")
     ra = json.loads((a.suite_dir / a.ran[0] / "result.json").read_text())
     rb = json.loads((b.suite_dir / b.ran[0] / "result.json").read_text())
     assert ra["metrics"] == rb["metrics"]
@@ -73,7 +68,7 @@ def test_cells_differing_in_technique_start_from_identical_weights(write_suite, 
         return real_fit(model, *a, **k)
 
     monkeypatch.setattr(execute, "fit", spy)
-    summary = run(path, tmp_path / "r", options=IN_PROCESS)
+    summary = run_file(path, tmp_path / "r", options=IN_PROCESS)
     assert len(summary.ran) == 4 and len(seen) == 4
     for other in seen[1:]:
         assert all(torch.equal(seen[0][k], other[k]) for k in seen[0])
@@ -88,7 +83,7 @@ def test_cells_differing_in_technique_start_from_identical_weights(write_suite, 
 def test_another_seed_or_arch_gets_other_initial_weights(write_suite, tmp_path):
     path = write_suite('[grid]\n"model.arch" = ["bench:small_cnn", "bench:mlp"]\n')
     path.write_text(path.read_text().replace("seeds = [0]", "seeds = [0, 1]"))
-    summary = run(path, tmp_path / "r")
+    summary = run_file(path, tmp_path / "r")
     assert len(list((summary.suite_dir / "init").glob("*.safetensors"))) == 4
 
 
@@ -105,29 +100,21 @@ def test_resume_skips_finished_cells_and_force_reruns(write_suite, tmp_path, mon
 
     monkeypatch.setattr(execute, "run_cell", stop_at_third)
     with pytest.raises(KeyboardInterrupt):
-        run(path, tmp_path / "r", options=IN_PROCESS)
+        run_file(path, tmp_path / "r", options=IN_PROCESS)
     monkeypatch.setattr(execute, "run_cell", real)
     first_two = calls[:2]
     mtimes = {c: (tmp_path / "r" / "tiny" / c / "result.json").stat().st_mtime_ns for c in first_two}
-    summary = run(path, tmp_path / "r")
+    summary = run_file(path, tmp_path / "r")
     assert summary.skipped == first_two and summary.ran == [calls[2]]
     assert all((tmp_path / "r" / "tiny" / c / "result.json").stat().st_mtime_ns == t for c, t in mtimes.items())
-    forced = run(path, tmp_path / "r", options=RunOptions(force=True))
+    forced = run_file(path, tmp_path / "r", options=RunOptions(force=True))
     assert len(forced.ran) == 3 and not forced.skipped
 
 
-def test_a_failing_cell_is_recorded_and_the_others_run(write_suite, tmp_path, cli, monkeypatch):
-    from bench.models.builtins import BUILTINS
-    from bench.models.plugins import load_plugins
-
-    plugin = write_plugin(tmp_path / "boom.py", "boom", 'raise RuntimeError("boom in the forward pass")')
-    monkeypatch.setenv("BENCH_PLUGINS", str(plugin))  # a network that fails only once it trains
-    load_plugins()
-    try:
-        path = write_suite('[grid]\n"model.arch" = ["bench:small_cnn", "bench:boom", "bench:mlp"]\n')
-        code, _, err = cli("run", path, "--results", tmp_path / "r")
-    finally:
-        BUILTINS.pop("boom", None)
+def test_a_failing_cell_is_recorded_and_the_others_run(write_suite, tmp_path, cli, use_plugin):
+    use_plugin("boom", 'raise RuntimeError("boom in the forward pass")')  # a network that fails once it trains
+    path = write_suite('[grid]\n"model.arch" = ["bench:small_cnn", "bench:boom", "bench:mlp"]\n')
+    code, _, err = cli("run", path, "--results", tmp_path / "r")
     assert code == 1
     records = [json.loads(p.read_text()) for p in (tmp_path / "r" / "tiny").glob("*/result.json")]
     assert sorted(r["status"] for r in records) == ["failed", "ok", "ok"]

@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench import api, execute
+from bench import execute
 from bench.cell import RunOptions
 from bench.config import load_suite
 from bench.errors import UserError
-from bench.progress import LogProgress
 from bench.suite import expand
+from tests.support import run_file
 
 # Study 000's staging: a head trained on cached features, then the last convolution fine-tuned from it,
 # then (here) everything. The child is listed first: the order in the file does not matter.
@@ -61,8 +61,7 @@ def test_a_staged_cell_starts_from_its_parents_best_weights(write_suite, tmp_pat
 
     monkeypatch.setattr(execute, "fit", spy)
     path = write_suite(STAGED)
-    summary = api.run(api.plan(path, check=False), results=tmp_path / "r", device="cpu", progress=LogProgress(),
-                      options=RunOptions(isolate=False))
+    summary = run_file(path, tmp_path / "r", options=RunOptions(isolate=False))
     assert not summary.failed and len(summary.ran) == 3
     extract, finetune, everything = (summary.suite_dir / c for c in summary.ran)
     results = [json.loads((d / "result.json").read_text()) for d in (extract, finetune, everything)]

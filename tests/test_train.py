@@ -11,13 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import api
 from bench.config import TrainConfig
 from bench.data.loaders import ArrayDataset, Preprocess
 from bench.errors import UserError
 from bench.evaluate import predict
 from bench.models.builtins import MLP, SmallCNN
-from bench.progress import LogProgress
 from bench.techniques import build_augment, build_tta
 from bench.techniques.offline import OfflineAugmented, copies
 from bench.techniques.optimizers import build_optimizer
@@ -25,7 +23,7 @@ from bench.techniques.precision import precision_setup
 from bench.techniques.regularise import head_penalty
 from bench.train import fit
 from tests.conftest import TINY
-from tests.support import CPU, scripted_val_errors, tiny_loaders
+from tests.support import CPU, run_file, scripted_val_errors, tiny_loaders
 
 
 @pytest.mark.parametrize(("errors", "kw", "best", "run"), [
@@ -160,13 +158,9 @@ patience = 5
 """)
 
 
-def run_suite(path, results):
-    return api.run(api.plan(path, check=False), results=results, device="cpu", progress=LogProgress())
-
-
 def test_a_cell_with_every_technique_records_it_and_repeats_exactly(write_suite, tmp_path):
     path = write_suite(base=EVERYTHING)
-    a, b = run_suite(path, tmp_path / "a"), run_suite(path, tmp_path / "b")
+    a, b = run_file(path, tmp_path / "a"), run_file(path, tmp_path / "b")
     assert not a.failed, a.failed
     ra, rb = (json.loads((s.suite_dir / s.ran[0] / "result.json").read_text()) for s in (a, b))
     assert ra["metrics"] == rb["metrics"]  # mixing, sampling, offline copies: all seeded

@@ -9,25 +9,23 @@ import numpy as np
 import optuna
 import pytest
 
-from bench import api, evaluate, execute
+from bench import evaluate, execute
 from bench.cell import RunOptions
 from bench.config import load_suite
-from bench.progress import LogProgress
 from bench.status import cell_states
 from bench.store import read_json
 from bench.suite import expand
 from bench.tune import contender as tune_contender
 from bench.tune import pruning, waves
 from tests.conftest import TINY
-from tests.support import scripted_val_errors
+from tests.support import run_file, scripted_val_errors
 
 BASE = TINY.replace('name = "tiny"', 'name = "tuned"').replace("[train]", '[model]\narch = "bench:mlp"\n\n[train]')
 
 
 def tune_run(path, results, **options) -> waves.TuneSummary:
     """The tuning run `bench run` makes, with every trial in this process (so that tests can script it)."""
-    return api.run(api.plan(path, check=False), results=results, device="cpu", progress=LogProgress(io.StringIO()),
-                   options=RunOptions(isolate=False, **options))
+    return run_file(path, results, options=RunOptions(isolate=False, **options), log=io.StringIO())
 
 
 def records(results) -> dict[str, dict]:

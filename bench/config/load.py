@@ -15,7 +15,7 @@ from bench.errors import UserError, did_you_mean
 
 
 def load_suite(path: str | Path) -> Suite:
-    """Read and validate a suite file; every cell it expands to is validated too (see bench.suite)."""
+    """Read and validate a suite file (its sections and tables); bench.suite.expand then validates each cell."""
     path = Path(path)
     if not path.is_file():
         raise UserError("no such suite file", file=path, hint="give the path to a .toml suite, e.g. suites/quickstart.toml")

@@ -47,6 +47,11 @@ def head_name(model: nn.Module) -> str:
     return last
 
 
+def head_module(model: nn.Module) -> nn.Module:
+    """The classifier itself (see head_name)."""
+    return model.get_submodule(head_name(model))
+
+
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, module)

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from bench.compare import read_predictions
+from bench.directions import HIGHER_IS_BETTER
 from bench.errors import UserError, did_you_mean
-from bench.store import RUN, SUITE_FILE, TUNE, load_records, read_json
+from bench.store import RUN, SUITE_FILE, TUNE, load_records, read_history, read_json
 from bench.suite import DATASET
 
 
@@ -38,10 +39,7 @@ class Column:
 
     @property
     def higher(self) -> bool:
-        """Whether higher is better (bench.metrics.HIGHER_IS_BETTER; imported here, as bench.metrics loads
-        torch)."""
-        from bench.metrics import HIGHER_IS_BETTER
-
+        """Whether higher is better (bench.directions)."""
         return HIGHER_IS_BETTER.get(self.metric, False)
 
 
@@ -353,7 +351,6 @@ def _derived(name: str, cell_dir: Path, result: dict, target_error: float | None
     """The column `name` computed from the record (and, for time to target, with REACHED beside it: 1.0 if
     the cell reached the target error, 0.0 if its history shows it never did, None without one)."""
     from bench.cost import achieved_gflops_per_s, time_to_accuracy  # bench.cost loads torch
-    from bench.store import read_history
 
     if name == "gflops_per_s":
         return {name: achieved_gflops_per_s(_get(result, ("cost", "gflops_forward")),

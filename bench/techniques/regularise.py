@@ -9,14 +9,14 @@ import torch
 from timm.utils import dispatch_clip_grad
 from torch import nn
 
-from bench.models.heads import head_name
+from bench.models.heads import head_module
 
 
 def head_penalty(model: nn.Module, l1: float, l2: float) -> Callable[[], torch.Tensor] | None:
     """l1 * sum|W| + l2 * sum W^2 over the head's weight tensors (not biases), as Keras' kernel_regularizer."""
     if not (l1 or l2):
         return None
-    weights = [p for n, p in model.get_submodule(head_name(model)).named_parameters() if n.endswith("weight")]
+    weights = [p for n, p in head_module(model).named_parameters() if n.endswith("weight")]
 
     def penalty() -> torch.Tensor:
         total = sum(l1 * w.abs().sum() + l2 * w.pow(2).sum() for w in weights)
@@ -34,6 +34,6 @@ def grad_clipper(model: nn.Module, threshold: float | None, mode: str) -> tuple[
         return None, 0
     params = [p for p in model.parameters() if p.requires_grad]
     if mode == "agc":
-        head = {id(p) for p in model.get_submodule(head_name(model)).parameters()}
+        head = {id(p) for p in head_module(model).parameters()}
         params = [p for p in params if id(p) not in head] or params
     return partial(dispatch_clip_grad, params, threshold, mode=mode), len(params)

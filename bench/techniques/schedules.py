@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bench.metrics import maximises, monitored
+from bench.directions import maximises, monitored
 from bench.registry import register
 
 SCHEDULES: dict = {}

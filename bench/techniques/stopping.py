@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.metrics import maximises, monitored
+from bench.directions import maximises, monitored
 
 
 class EarlyStopping:
