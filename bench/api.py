@@ -1,15 +1,18 @@
 """The library's entry point, what the `bench` commands and the tests call: a suite file becomes its checked
-cells (`plan`: load, --smoke, expand, the [tune] space, --only, preflight), and those cells run (`run`: a
-plain suite through bench.runner, a suite with [tune] through bench.tune)."""
+cells (`plan`: load with the command line's overrides, --smoke, expand, the [tune] space, --only,
+preflight), and those cells run (`run`: a plain suite through bench.runner, a suite with [tune] through
+bench.tune)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.cell import Cell, RunOptions, RunSummary, select
-from bench.config import Suite, load_suite
+from bench.config import Suite
+from bench.config.overrides import Override, blame, config_toml, load, parse, suite_text
 from bench.errors import UserError
 
 if TYPE_CHECKING:  # bench.tune loads Optuna: only a tuned suite's run imports it
@@ -19,17 +22,30 @@ if TYPE_CHECKING:  # bench.tune loads Optuna: only a tuned suite's run imports i
 @dataclass(frozen=True)
 class Plan:
     path: Path  # the suite file
-    suite: Suite  # as run: rewritten for stand-in data with --smoke
+    suite: Suite  # as run: with the command line's overrides, rewritten for stand-in data with --smoke
     cells: list[Cell]  # in run order, parents first, with the ids `bench run` uses
     notes: list[str]  # what preflight says for the console (a split carved from the source's train part)
+    text: str  # the suite file as it runs (with the overrides set), for the results folder's suite.toml
 
 
 def plan(path: Path | str, *, only: str | None = None, smoke: bool = False, device: str = "auto",
-         results: Path | None = None, data: bool = True, force: bool = False, check: bool = True) -> Plan:
-    """The cells of the suite file at `path`, validated; with `check`, preflight too (device, files, weights,
-    hub, precision; the data itself only with `data`), so that a mistake is one line before anything runs."""
-    path = Path(path)
-    suite = load_suite(path)
+         results: Path | None = None, data: bool = True, force: bool = False, check: bool = True,
+         overrides: Sequence[str] = ()) -> Plan:
+    """The cells of the suite file at `path`, with `overrides` (KEY=VALUE, as on the command line) set in it,
+    validated; with `check`, preflight too (device, files, weights, hub, precision; the data itself only with
+    `data`), so that a mistake is one line before anything runs. An error in a key an override set names
+    the override."""
+    given = parse(overrides)
+    try:
+        return _plan(Path(path), given, only=only, smoke=smoke, device=device, results=results, data=data,
+                     force=force, check=check)
+    except UserError as e:
+        raise blame(e, given) from None
+
+
+def _plan(path: Path, given: list[Override], *, only: str | None, smoke: bool, device: str,
+          results: Path | None, data: bool, force: bool, check: bool) -> Plan:
+    suite = load(path, given)
     if smoke:
         from bench.smoke import smoke_suite
 
@@ -46,13 +62,22 @@ def plan(path: Path | str, *, only: str | None = None, smoke: bool = False, devi
         raise UserError(f"--only '{only}' matches none of the {len(cells)} cells", file=path,
                         hint="match a cell id or label; `bench plan` lists them")
     notes = preflight(suite, chosen, device, data=data, results=results, force=force) if check else []
-    return Plan(path, suite, chosen, notes)
+    return Plan(path, suite, chosen, notes, suite_text(path, given))
+
+
+def show_config(planned: Plan, pattern: str) -> str:
+    """The resolved config, as TOML, of each planned cell whose id or label matches `pattern` (as --only)."""
+    chosen = select(planned.cells, pattern)
+    if not chosen:
+        raise UserError(f"--show-config '{pattern}' matches none of the {len(planned.cells)} cells",
+                        file=planned.path, hint="match a cell id or label; `bench plan` lists them")
+    return "\n".join(config_toml(c.config.model_dump(mode="json"), f"cell {c.id}: {c.label}") for c in chosen)
 
 
 def run(planned: Plan, *, results: Path | str = Path("results"), device: str = "auto",
         options: RunOptions | None = None, executor: Any = None, progress: Any = None) -> RunSummary | TuneSummary:
     """Run a plan's cells: a plain suite through bench.runner, a suite with [tune] through bench.tune."""
-    suite_text = planned.path.read_text()
+    suite_text = planned.text
     if planned.suite.tune is not None:
         from bench.tune.waves import tune_suite
 

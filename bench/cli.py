@@ -29,31 +29,6 @@ class Executor(StrEnum):
     slurm = "slurm"
 
 
-def _key_values(items: list[str], option: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UserError(f"{option} {item!r} is not KEY=VALUE", key=option, hint=f"e.g. {option} qos=high")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def _resources(spec, **options):
-    """The suite's [resources] with the command line's Slurm options over them, validated as the file is."""
-    from pydantic import ValidationError
-
-    from bench.config import Resources
-
-    given = {k: v for k, v in options.items() if v is not None}
-    try:
-        return Resources.model_validate({**spec.resources.model_dump(), **given})
-    except ValidationError as e:
-        err0 = e.errors()[0]
-        option = "--" + str(err0["loc"][0]).replace("_", "-")
-        raise UserError(f"{err0['msg']} (got {err0.get('input')!r})", key=option) from None
-
-
 class Format(StrEnum):
     markdown = "markdown"
     csv = "csv"
@@ -63,10 +38,15 @@ class Format(StrEnum):
     table = "table"
 
 
-def _plan(suite_path: Path, only: str | None, smoke: bool, **kwargs):
+OVERRIDES = typer.Argument(None, show_default=False, help="KEY=VALUE overrides of the suite file, VALUE in TOML "
+                                                          "(a bare word is a string), e.g. train.lr=0.1 "
+                                                          "'grid.\"train.lr\"=[0.1, 0.01]' model.arch=tv:vgg16")
+
+
+def _plan(suite_path: Path, only: str | None, smoke: bool, overrides: list[str] | None = None, **kwargs):
     from bench.api import plan
 
-    planned = plan(suite_path, only=only, smoke=smoke, **kwargs)
+    planned = plan(suite_path, only=only, smoke=smoke, overrides=overrides or (), **kwargs)
     for note in planned.notes:
         err.print(f"[bench] {note}", highlight=False, markup=False)
     return planned
@@ -75,6 +55,7 @@ def _plan(suite_path: Path, only: str | None, smoke: bool, **kwargs):
 @app.command()
 def run(
     suite: Path = typer.Argument(..., help="suite file, e.g. suites/quickstart.toml"),
+    overrides: list[str] | None = OVERRIDES,
     results: Path = typer.Option(Path("results"), help="where results/<suite>/ is written"),
     only: str | None = typer.Option(None, help="run only cells whose id or label matches this glob"),
     smoke: bool = typer.Option(False, help="tiny generated stand-in data, one short epoch, no downloads"),
@@ -99,18 +80,18 @@ def run(
     """Run every cell of a suite; finished cells are skipped, unfinished ones resumed, failed ones recorded."""
     from bench.api import run as run_plan
     from bench.cell import RunOptions
+    from bench.config.overrides import resources
     from bench.executors import default_jobs, make_executor
     from bench.progress import make_progress
 
-    planned = _plan(suite, only, smoke, device=device.value, results=results, force=force)
+    planned = _plan(suite, only, smoke, overrides, device=device.value, results=results, force=force)
     spec = planned.suite
     if in_process and (executor != Executor.local or (jobs or 1) > 1):
         raise UserError("--in-process runs cells one after another in this process", key="--in-process",
                         hint="drop --jobs/--executor, or drop --in-process")
-    resources = _resources(spec, partition=partition, account=account, time_min=time_min,
-                           sbatch={**spec.resources.sbatch, **_key_values(sbatch, "--sbatch")} if sbatch else None)
-    runner = make_executor(executor.value, jobs=jobs or default_jobs(device.value), resources=resources,
-                           address=address)
+    runner = make_executor(executor.value, jobs=jobs or default_jobs(device.value), address=address,
+                           resources=resources(spec.resources, partition=partition, account=account,
+                                               time_min=time_min, sbatch=sbatch))
     options = RunOptions(force=force, checkpoint=checkpoint, keep_checkpoint=keep_checkpoints,
                          isolate=not in_process, threads=threads)
     try:
@@ -146,19 +127,22 @@ def _tuned(summary) -> None:
 @app.command()
 def status(
     target: Path = typer.Argument(..., help="a suite file (every cell, started or not) or a results/<suite> folder"),
+    overrides: list[str] | None = OVERRIDES,
     results: Path = typer.Option(Path("results"), help="where results/<suite>/ is, for a suite file"),
     smoke: bool = typer.Option(False, help="the cells as --smoke runs them"),
 ) -> None:
     """Each cell: done, running (where, since when, epoch k of n), failed (why), resumable (at epoch k) or not
-    started."""
+    started. Reads the results folder only: no data, weights or network."""
     from tabulate import tabulate
 
     from bench.status import cell_states, summary
 
     if target.suffix == ".toml":
-        planned = _plan(target, None, smoke, data=False)
+        planned = _plan(target, None, smoke, overrides, check=False)
         suite_dir, listed = results / planned.suite.suite.name, [(c.id, c.label) for c in planned.cells]
     else:
+        if overrides:
+            raise UserError(f"{overrides[0]} overrides a suite file's key", file=target, hint="name the suite file")
         suite_dir, listed = target, None
         if not suite_dir.is_dir():
             raise UserError(f"no results folder at '{target}'", hint="name a suite file or results/<suite>")
@@ -170,14 +154,22 @@ def status(
 
 @app.command()
 def plan(suite: Path = typer.Argument(..., help="suite file"),
+         overrides: list[str] | None = OVERRIDES,
          only: str | None = typer.Option(None, help="only cells whose id or label matches"),
          smoke: bool = typer.Option(False, help="show the cells as --smoke would run them"),
          data: bool = typer.Option(True, help="read the data and print each curation step's effect "
-                                               "(builds the decoded cache once)")) -> None:
+                                               "(builds the decoded cache once)"),
+         show_config: str | None = typer.Option(None, metavar="CELL", help="print the resolved config (TOML) of "
+                                                "the cells whose id or label matches, and nothing else")) -> None:
     """Expand and validate a suite without training; print its cells and what curation does to its data."""
     from tabulate import tabulate
 
-    planned = _plan(suite, only, smoke)
+    planned = _plan(suite, only, smoke, overrides, check=not show_config)
+    if show_config:
+        from bench.api import show_config as configs
+
+        print(configs(planned, show_config))
+        return
     spec, cells = planned.suite, planned.cells
     rows = [[c.id, c.label, c.config.model.arch, c.config.data.image_size, c.config.train.epochs, c.seed]
             for c in cells]
@@ -363,7 +355,7 @@ def data_inspect(
     from bench.data.inspect import describe, plot_histogram, render
 
     if target.suffix == ".toml":
-        configs = _data_configs(_plan(target, None, smoke=False, data=False).cells)
+        configs = _data_configs(_plan(target, None, smoke=False, check=False).cells)
     else:
         configs = [DataConfig(source="folder", root=str(target))]
     for i, cfg in enumerate(configs):

@@ -16,13 +16,22 @@ from bench.errors import UserError, did_you_mean
 
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file (its sections and tables); bench.suite.expand then validates each cell."""
+    return parse_suite(read_suite(path), Path(path))
+
+
+def read_suite(path: str | Path) -> dict[str, Any]:
+    """A suite file's TOML, not yet validated (command-line overrides are set in it first)."""
     path = Path(path)
     if not path.is_file():
         raise UserError("no such suite file", file=path, hint="give the path to a .toml suite, e.g. suites/quickstart.toml")
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"not valid TOML ({e})", file=path) from None
+
+
+def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
+    """The parsed TOML of the suite file at `path` as a validated Suite; errors name `path`."""
     known = ("suite", *SECTIONS, "grid", "cells", "resources", "tune", "datasets")
     for key in raw:
         if key not in known:
