@@ -38,9 +38,9 @@ class Format(StrEnum):
     table = "table"
 
 
-OVERRIDES = typer.Argument(None, show_default=False, help="KEY=VALUE overrides of the suite file, VALUE in TOML "
-                                                          "(a bare word is a string), e.g. train.lr=0.1 "
-                                                          "'grid.\"train.lr\"=[0.1, 0.01]' model.arch=tv:vgg16")
+OVERRIDES = typer.Argument(None, show_default=False, metavar="KEY=VALUE",
+                           help="overrides of the suite file's keys, VALUE in TOML (a bare word is a string), "
+                                "e.g. train.lr=0.1 'grid.\"train.lr\"=[0.1, 0.01]' model.arch=tv:vgg16")
 
 
 def _plan(suite_path: Path, only: str | None, smoke: bool, overrides: list[str] | None = None, **kwargs):
