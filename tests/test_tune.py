@@ -238,3 +238,16 @@ def test_pruner_startup_trials_is_how_many_finished_trials_the_median_pruner_wai
     tune_run(path, tmp_path)
     (rec,) = records(tmp_path).values()
     assert [t["state"] for t in rec["trials"]] == ["complete", "complete", third]
+
+
+def test_a_trial_with_the_suites_own_values_is_not_its_contender(write_suite, tmp_path):
+    # the grid holds the suite's own learning rate: that trial's config is the contender's
+    lr = expand(load_suite(write_suite(base=BASE)))[0].config.train.lr
+    path = write_suite(f'[tune]\nspace = {{"train.lr" = {{choices = [{lr}]}}}}\ntrials = 1\nsampler = "grid"\n',
+                       base=BASE)
+    (contender,) = expand(load_suite(path))
+    tune_run(path, tmp_path)
+    (rec,) = records(tmp_path).values()
+    (trial,) = rec["trials"]
+    assert trial["params"] == {"train.lr": lr} and trial["cell"] != contender.id
+    assert cell_states(tmp_path / "tuned", [(contender.id, "")])[0]["state"] == "tuned"

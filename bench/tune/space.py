@@ -80,10 +80,12 @@ def trial_config(config: CellConfig, params: dict[str, Any], checked: dict | Non
 
 
 def trial_cell(contender: Cell, number: int, params: dict[str, Any], checked: dict | None = None) -> Cell:
-    """The trial as a cell: the contender with the sampled values (its id follows from its config)."""
+    """The trial as a cell: the contender with the sampled values (its id follows from its config and its
+    contender's id: two trials of a contender with the same values share one cell)."""
     config = trial_config(contender.config, params, checked)
     return dataclasses.replace(contender, config=config, label=f"{contender.label} trial {number}",
-                               axes={**contender.axes, **params}, overrides={**contender.overrides, **params})
+                               axes={**contender.axes, **params}, overrides={**contender.overrides, **params},
+                               contender=contender.id)
 
 
 def check_space(suite: Suite, contenders: list[Cell]) -> None:
