@@ -142,7 +142,7 @@ def test_a_resumed_tuning_run_redoes_nothing_and_finishes_the_interrupted_trial(
     assert len(calls) == 2 and len(trial_dirs(tmp_path)) == 2
     first = [d for d in trial_dirs(tmp_path) if (d / "result.json").is_file()]
     assert len(first) == 1
-    stamp = (first[0] / "result.json").stat().st_mtime_ns
+    stamp = (first[0] / "best.safetensors").stat().st_mtime_ns  # a test evaluation rewrites result.json
     study = optuna.load_study(study_name=expand(load_suite(path))[0].id,
                               storage=pruning.journal(next((tmp_path / "tuned" / "tune").glob("*.journal"))))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]
@@ -151,7 +151,7 @@ def test_a_resumed_tuning_run_redoes_nothing_and_finishes_the_interrupted_trial(
     calls = count_fits(monkeypatch)
     tune_run(path, tmp_path)
     assert len(calls) == 2 and calls[0].lr == interrupted_lr  # the running trial first, with its values
-    assert (first[0] / "result.json").stat().st_mtime_ns == stamp  # trial 0 untouched
+    assert (first[0] / "best.safetensors").stat().st_mtime_ns == stamp  # trial 0 not trained again
     (rec,) = records(tmp_path).values()
     assert [t["number"] for t in rec["trials"]] == [0, 1, 2] and len(trial_dirs(tmp_path)) == 3
     assert all(t["state"] == "complete" for t in rec["trials"]) and rec["chosen"] is not None
@@ -173,6 +173,34 @@ def test_sequential_tuning_proposes_the_same_trials_given_the_seed(write_suite, 
     (a,), (b,) = records(tmp_path / "a").values(), records(tmp_path / "b").values()
     assert [t["params"] for t in a["trials"]] == [t["params"] for t in b["trials"]]
     assert [t["cell"] for t in a["trials"]] == [t["cell"] for t in b["trials"]]
+
+
+@pytest.mark.parametrize("space", [
+    # TPE models from the second trial on, so the third one's values depend on the trials before it too
+    SPACE_RANDOM.replace('"random"', '"tpe"') + "startup_trials = 1\n",
+    SPACE_LR.replace("trials = 3", "trials = {trials}").replace("{choices = [0.001, 0.002, 0.003]}",
+                                                                "{low = 0.001, high = 0.01, step = 0.001}"),
+], ids=["tpe", "grid"])
+def test_a_killed_then_extended_tuning_run_proposes_the_trials_of_an_uninterrupted_one(monkeypatch, write_suite,
+                                                                                     tmp_path, space):
+    path = write_suite(space.replace("{trials}", "3"), base=BASE)
+    tune_run(path, tmp_path / "straight")
+
+    def interrupt_second(n, cfg):
+        if n == 1:
+            raise KeyboardInterrupt
+
+    count_fits(monkeypatch, interrupt_second)
+    path = write_suite(space.replace("{trials}", "2"), base=BASE)
+    with pytest.raises(KeyboardInterrupt):  # killed during trial 1 of 2
+        tune_run(path, tmp_path / "steps")
+    count_fits(monkeypatch)
+    tune_run(path, tmp_path / "steps")  # resumed: trial 1 finishes
+    path = write_suite(space.replace("{trials}", "3"), base=BASE)
+    tune_run(path, tmp_path / "steps")  # a raised budget: trial 2 is asked for
+    (straight,), (steps,) = records(tmp_path / "straight").values(), records(tmp_path / "steps").values()
+    assert [t["params"] for t in steps["trials"]] == [t["params"] for t in straight["trials"]]
+    assert len({t["params"]["train.lr"] for t in straight["trials"]}) == 3
 
 
 def test_the_median_pruner_prunes_a_hopeless_trial_and_its_record_says_so(monkeypatch, write_suite, tmp_path):

@@ -40,6 +40,16 @@ SAMPLERS: dict[str, Callable[[Tune, int], optuna.samplers.BaseSampler]] = {
     "random": lambda tune, seed: optuna.samplers.RandomSampler(seed=seed),
     "grid": lambda tune, seed: GridSampler(grid_space(tune.space), seed=seed),
 }
+
+
+def sampler(tune: Tune, contender: str, number: int) -> optuna.samplers.BaseSampler:
+    """The sampler that draws trial `number` of a contender. A seeded Optuna sampler keeps one generator for
+    the life of its object, which a resumed run (or one with a raised budget) would start over: seeded anew
+    for every trial, a trial's values depend only on the seed, the contender, its number and the trials
+    before it, however many runs it took to get there. The grid's order is drawn once from the seed (trial n
+    takes its n-th point), so its seed leaves the number out."""
+    draw = [tune.seed, contender] + ([] if tune.sampler == "grid" else [number])
+    return SAMPLERS[tune.sampler](tune, int(stable_hash(draw, 8), 16))
 METRICS = {"val_error": "top1_error", "val_loss": "loss"}  # tune.metric -> its name in result.json's metrics.val
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
           TrialState.RUNNING: "running", TrialState.WAITING: "running"}
@@ -94,11 +104,6 @@ class Contender:
             self.study = optuna.create_study(
                 study_name=self.cell.id, storage=journal(self.journal), direction="minimize", load_if_exists=True,
                 pruner=PRUNERS[self.tune.pruner](self.tune.warmup_epochs, self.tune.pruner_startup_trials))
-            # One stream per contender. A seeded sampler's generator starts over in every process, so a
-            # resumed run would draw the first run's values again: its seed also counts the trials so far.
-            earlier = len(self.study.trials)
-            seed = int(stable_hash([self.tune.seed, self.cell.id] + ([earlier] if earlier else []), 8), 16)
-            self.study.sampler = SAMPLERS[self.tune.sampler](self.tune, seed)
         return True
 
     def close(self) -> None:
@@ -140,11 +145,14 @@ class Contender:
 
     def ask(self) -> Pending | None:
         with self.timed():
+            # the new trial's number: Optuna numbers a study's trials in order, and this run is its only asker
+            self.study.sampler = sampler(self.tune, self.cell.id, len(self.study.get_trials(deepcopy=False)))
             return self._pending(self.study.ask())
 
     def resume(self, frozen: FrozenTrial) -> Pending | None:
         """A trial an interrupted run left running, with the values it was given."""
         with self.timed():
+            self.study.sampler = sampler(self.tune, self.cell.id, frozen.number)
             return self._pending(optuna.trial.Trial(self.study, frozen._trial_id))
 
     def tell(self, number: int, result: dict[str, Any] | None) -> None:
