@@ -247,7 +247,7 @@ def test_plan_lists_contenders_and_a_smoke_run_tunes_each_with_two_trials_in_par
     assert "2 contender(s), 5 trials each over train.lr" in out
     code, out, err = cli("run", path, "--smoke", "--jobs", "2", "--results", tmp_path)  # trials in children
     assert code == 0, err
-    assert err.count("chose trial") == 2
+    assert err.count("chose trial") == 2 and "4 trial(s) ran, 0 finished earlier, 0 failed" in err
     recs = {p.stem: read_json(p) for p in (tmp_path / "tuned-smoke" / "tune").glob("*.json")}
     assert len(recs) == 2 and all(len(r["trials"]) == 2 and r["chosen"] for r in recs.values())
     for rec in recs.values():
@@ -255,6 +255,8 @@ def test_plan_lists_contenders_and_a_smoke_run_tunes_each_with_two_trials_in_par
             assert read_json(tmp_path / "tuned-smoke" / t["cell"] / "cell.json")["tune"]["trial"] == t["number"]
     code, out, err = cli("status", path, "--smoke", "--results", tmp_path)
     assert code == 0 and out.count("| tuned ") == 2 and out.count("2 of 2 trials finished") == 2
+    code, out, err = cli("run", path, "--smoke", "--results", tmp_path)  # all tuned: the summary says so
+    assert code == 0 and "0 trial(s) ran, 4 finished earlier, 0 failed" in err, err
 
 
 @pytest.mark.parametrize(("startup", "third"), [(2, "pruned"), (5, "complete")])

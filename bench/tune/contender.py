@@ -120,6 +120,12 @@ class Contender:
         return [t for t in self.counted() if t.state in (TrialState.RUNNING, TrialState.WAITING)
                 and t.number not in self.deferred]
 
+    def finished_earlier(self) -> list[str]:
+        """The trials of the budget that an earlier run finished (their cells; a trial whose values were
+        refused has none), as the run summary counts them."""
+        return [t.user_attrs.get("cell") or f"{self.cell.id} trial {t.number}" for t in self.counted()
+                if t.state.is_finished()]
+
     def finished(self) -> bool:
         return self.left() == 0 and not any(t.state in (TrialState.RUNNING, TrialState.WAITING)
                                             for t in self.counted())

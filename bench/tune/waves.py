@@ -23,7 +23,8 @@ class TuneSummary:
     suite_dir: Path
     contenders: list[dict[str, Any]] = field(default_factory=list)  # one row each, for the CLI
     ran: list[str] = field(default_factory=list)  # trial cells trained by this run
-    skipped: list[str] = field(default_factory=list)  # trials whose cell had finished earlier
+    # trials of the budget that had finished before this run, and new ones whose cell had (the same values)
+    skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (cell or contender id, one-line error)
     busy: list[str] = field(default_factory=list)  # contenders or trial cells another live run holds
 
@@ -142,6 +143,7 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
             for s in studies:
                 if s.open(options.force):
                     opened.append(s)
+                    summary.skipped.extend(s.finished_earlier())
                 else:
                     summary.busy.append(s.cell.id)
             session.note_run(planned, tune=tuned)
