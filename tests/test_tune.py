@@ -230,6 +230,7 @@ def test_the_median_pruner_prunes_a_hopeless_trial_and_its_record_says_so(monkey
     ('{"train.optimizer" = {choices = ["adam", "adamm"]}}', 'tune.space."train.optimizer"', "adamm"),
     ('{"model.head_hidden" = {choices = [[], [8]]}, "train.lr" = {low = 1e-3, high = 1e-2, step = 1e-3}}',
      "tune.trials", "the grid has 20 point(s)"),
+    ('{"train.monitor" = {choices = ["val_error", "val_loss"]}}', 'tune.space."train.monitor"', "tune.metric"),
 ])
 def test_a_bad_search_space_is_one_line_naming_the_key(cli, write_suite, space, key, says):
     path = write_suite(f'[tune]\nspace = {space}\ntrials = 30\nsampler = "grid"\n'
@@ -257,6 +258,24 @@ def test_plan_lists_contenders_and_a_smoke_run_tunes_each_with_two_trials_in_par
     assert code == 0 and out.count("| tuned ") == 2 and out.count("2 of 2 trials finished") == 2
     code, out, err = cli("run", path, "--smoke", "--results", tmp_path)  # all tuned: the summary says so
     assert code == 0 and "0 trial(s) ran, 4 finished earlier, 0 failed" in err, err
+
+
+def test_tuning_on_val_loss_takes_each_trials_epoch_of_lowest_val_loss(monkeypatch, write_suite, tmp_path):
+    # epoch 1 has the lower validation error, epoch 2 the lower validation loss
+    scripted_val_errors(monkeypatch, [0.3, 0.5], loss=[2.0, 1.0])
+    path = write_suite(SPACE_RANDOM.replace("{trials}", "1") + 'metric = "val_loss"\n', base=BASE)
+    tune_run(path, tmp_path)
+    (rec,) = records(tmp_path).values()
+    (trial,) = rec["trials"]
+    result = read_json(tmp_path / "tuned" / trial["cell"] / "result.json")
+    assert result["best_epoch"] == 2 and trial["value"] == result["metrics"]["val"]["loss"]
+
+
+def test_a_monitor_other_than_the_tuned_metric_is_refused(cli, write_suite):
+    path = write_suite(SPACE_RANDOM.replace("{trials}", "1") + 'metric = "val_loss"\n',
+                       base=BASE.replace("[train]", '[train]\nmonitor = "val_top5_error"'))
+    code, out, err = cli("plan", path, "--no-data")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "tune.metric" in err and "train.monitor" in err
 
 
 @pytest.mark.parametrize(("startup", "third"), [(2, "pruned"), (5, "complete")])

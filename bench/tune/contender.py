@@ -139,7 +139,7 @@ class Contender:
         params = suggest(trial, self.tune.space)
         trial.set_user_attr("params", params)
         try:
-            cell = trial_cell(self.cell, trial.number, params, self.checked)
+            cell = trial_cell(self.cell, trial.number, params, self.tune.metric, self.checked)
         except UserError as e:
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("error", f"sampled values refused: {e.line()}")
@@ -195,7 +195,8 @@ class Contender:
             return
         with self.timed():
             best = self.best()
-            cell = trial_cell(self.cell, best.number, best.user_attrs["params"], self.checked) if best else None
+            cell = trial_cell(self.cell, best.number, best.user_attrs["params"], self.tune.metric, self.checked) \
+                if best else None
         earlier = read_result(suite_dir / cell.id) if cell is not None else None
         if earlier and "test" in earlier.get("metrics", {}):  # tested by an earlier run: test is looked at once
             self.chosen, self.test, self.test_error = cell.id, earlier["metrics"]["test"], None
