@@ -12,6 +12,7 @@ import pytest
 from bench import evaluate, execute
 from bench.cell import RunOptions
 from bench.config import load_suite
+from bench.report.load import tuning_notes
 from bench.status import cell_states
 from bench.store import read_json
 from bench.suite import expand
@@ -56,6 +57,22 @@ def script_val_errors(monkeypatch, scripts: list[list[float]]) -> list:
     return count_fits(monkeypatch, lambda n, cfg: restart(scripts[n]))
 
 
+def script_results(monkeypatch, val_error) -> list:
+    """Trial cell n's validation top-1 error in its result, what its study is told, is val_error(n, cfg) (the
+    n-th training this run starts); returns the configs trained, in order."""
+    calls, real = [], execute.fit
+
+    def fit(model, loaders, cfg, *args, **kw):
+        calls.append(cfg)
+        result = real(model, loaders, cfg, *args, **kw)
+        assert kw["test"] is False  # a trial never evaluates test
+        result.metrics["val"] = {**result.metrics["val"], "top1_error": val_error(len(calls) - 1, cfg)}
+        return result
+
+    monkeypatch.setattr(execute, "fit", fit)
+    return calls
+
+
 SPACE_LR = '''
 [tune]
 space = {"train.lr" = {choices = [0.001, 0.002, 0.003]}}
@@ -68,14 +85,8 @@ def test_selection_is_on_validation_and_only_the_chosen_trial_sees_test_once(mon
     # scripted so that the best trial on validation (lr 0.002) is the worst on test
     val = {0.001: 0.40, 0.002: 0.20, 0.003: 0.30}
     test = {0.001: 0.10, 0.002: 0.50, 0.003: 0.30}
-    real_fit, real_eval, real_full = execute.fit, tune_contender.evaluate_test, evaluate.full_metrics
-
-    def fit(model, loaders, cfg, *args, **kw):
-        result = real_fit(model, loaders, cfg, *args, **kw)
-        assert kw["test"] is False  # a trial never evaluates test
-        result.metrics["val"] = {**result.metrics["val"], "top1_error": val[cfg.lr]}
-        return result
-
+    real_eval, real_full = tune_contender.evaluate_test, evaluate.full_metrics
+    script_results(monkeypatch, lambda n, cfg: val[cfg.lr])
     tested = []
 
     def evaluate_spy(cell, *args):
@@ -84,7 +95,6 @@ def test_selection_is_on_validation_and_only_the_chosen_trial_sees_test_once(mon
                                                                     "top1_error": test[cell.config.train.lr]})
         return real_eval(cell, *args)
 
-    monkeypatch.setattr(execute, "fit", fit)
     monkeypatch.setattr(tune_contender, "evaluate_test", evaluate_spy)
     path = write_suite(SPACE_LR + '[grid]\n"train.weight_decay" = [0.0, 0.01]\n', base=BASE)
     summary = tune_run(path, tmp_path)
@@ -164,6 +174,30 @@ def test_a_resumed_tuning_run_redoes_nothing_and_finishes_the_interrupted_trial(
     assert len(calls) == 1 and len(trial_dirs(tmp_path)) == 4
     (rec,) = records(tmp_path).values()
     assert len(rec["trials"]) == 4 and rec["chosen"] is not None
+
+
+def test_a_choice_changed_by_a_raised_budget_withdraws_the_earlier_test_and_the_report_says_so(
+        monkeypatch, write_suite, tmp_path):
+    # the third trial, which a raised budget adds, beats the one chosen and tested after two
+    script_results(monkeypatch, lambda n, cfg: [0.4, 0.3, 0.1][n])
+    path = write_suite(SPACE_RANDOM.replace("{trials}", "2"), base=BASE)
+    tune_run(path, tmp_path)
+    (first,) = records(tmp_path).values()
+    earlier = tmp_path / "tuned" / first["chosen"]
+    assert first["chosen"] == first["trials"][1]["cell"] and first["test_looks"] == 1
+    assert read_json(earlier / "result.json")["metrics"]["test"] == first["test"]
+
+    path.write_text(path.read_text().replace("trials = 2", "trials = 3"))
+    summary = tune_run(path, tmp_path)
+    (rec,) = records(tmp_path).values()
+    assert rec["chosen"] == rec["trials"][2]["cell"] and rec["test"] is not None
+    # the earlier choice's test figures are no longer in its cell, as if valid; the record keeps them
+    assert not any(k.startswith("test") for k in read_json(earlier / "result.json")["metrics"])
+    assert not any(a.startswith("test") for a in np.load(earlier / "predictions.npz").files)
+    assert rec["superseded_tests"] == [{"trial": 1, "cell": first["chosen"], "metrics": {"test": first["test"]}}]
+    assert rec["test_looks"] == 2 and "test split seen 2 times" in waves.describe(summary.contenders[0])
+    (note,) = [n for n in tuning_notes(tmp_path / "tuned") if n.startswith("test seen")]
+    assert "test seen 2 times" in note and rec["label"] in note and "trial 1" in note
 
 
 def test_sequential_tuning_proposes_the_same_trials_given_the_seed(write_suite, tmp_path):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -20,7 +21,7 @@ from bench.errors import UserError
 from bench.execute import evaluate_test
 from bench.hashing import stable_hash
 from bench.locks import FileLock
-from bench.store import read_json, read_result, tune_files, write_json
+from bench.store import PREDICTIONS, read_json, read_result, tune_files, write_json, write_npz, write_result
 from bench.tune.pruning import PRUNERS, journal
 from bench.tune.space import grid_space, suggest, trial_cell
 
@@ -80,6 +81,9 @@ class Contender:
         self.test_eval_s: float | None = None
         self.earlier_test_eval_s: float | None = None
         self.test_error: str | None = None
+        # test figures of trials chosen before the choice changed (a raised or lowered budget): withdrawn
+        # from their cells, kept here, so that the record says how often the test split was looked at
+        self.superseded: list[dict[str, Any]] = []
         self.study: optuna.Study | None = None
 
     @contextlib.contextmanager
@@ -99,7 +103,9 @@ class Contender:
                 self.journal.unlink(missing_ok=True)
                 self.path.unlink(missing_ok=True)
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                cost = read_json(self.path)["cost"]
+                earlier = read_json(self.path)
+                self.superseded = list(earlier.get("superseded_tests") or [])
+                cost = earlier["cost"]
                 self.earlier_overhead, self.earlier_test_eval_s = float(cost["tuning_overhead_s"]), cost["test_eval_s"]
             self.study = optuna.create_study(
                 study_name=self.cell.id, storage=journal(self.journal), direction="minimize", load_if_exists=True,
@@ -197,6 +203,7 @@ class Contender:
             best = self.best()
             cell = trial_cell(self.cell, best.number, best.user_attrs["params"], self.tune.metric, self.checked) \
                 if best else None
+            self._withdraw_tests(suite_dir, cell.id if cell is not None else None)
         earlier = read_result(suite_dir / cell.id) if cell is not None else None
         if earlier and "test" in earlier.get("metrics", {}):  # tested by an earlier run: test is looked at once
             self.chosen, self.test, self.test_error = cell.id, earlier["metrics"]["test"], None
@@ -211,6 +218,28 @@ class Contender:
             self.test_eval_s = time.perf_counter() - start
         with self.timed():
             self.write()
+
+    def _withdraw_tests(self, suite_dir: Path, chosen: str | None) -> None:
+        """Test figures in any trial's cell but the chosen one's are an earlier choice's (the budget changed
+        since): out of its predictions.npz and result.json, so that nothing reads them as valid, and into the
+        record's superseded_tests."""
+        numbers = {}
+        for t in self.study.get_trials(deepcopy=False):
+            numbers.setdefault(t.user_attrs.get("cell"), t.number)
+        for cid, number in numbers.items():
+            result = read_result(suite_dir / cid) if cid not in (None, chosen) else None
+            tested = {k: v for k, v in ((result or {}).get("metrics") or {}).items() if k.startswith("test")}
+            if not tested:
+                continue
+            path = suite_dir / cid / PREDICTIONS
+            if path.is_file():  # first: a kill before result.json is rewritten leaves the figures to withdraw
+                with np.load(path) as npz:
+                    kept = {k: npz[k] for k in npz.files if not k.startswith("test")}
+                write_npz(path, **kept)
+            result["metrics"] = {k: v for k, v in result["metrics"].items() if k not in tested}
+            result.pop("test_evaluated", None)
+            write_result(suite_dir / cid, result)
+            self.superseded.append({"trial": number, "cell": cid, "metrics": tested})
 
     def record(self) -> dict[str, Any]:
         trials = []
@@ -237,6 +266,8 @@ class Contender:
                      "test_eval_s": self.test_eval_s},
             "test": self.test,
             **({"test_error": self.test_error} if self.test_error else {}),
+            # the test split's looks: the chosen trial's, and each earlier choice's (withdrawn)
+            "test_looks": len(self.superseded) + (self.test is not None), "superseded_tests": self.superseded,
         }
 
     def write(self) -> None:

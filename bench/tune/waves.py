@@ -206,7 +206,7 @@ def _row(s: Contender) -> dict[str, Any]:
             "trials": record["cost"]["trials"], "budget": s.tune.trials, "metric": s.tune.metric,
             "chosen": s.chosen, "number": best.number if best else None,
             "params": best.user_attrs.get("params") if best else None, "value": best.value if best else None,
-            "test": s.test, "cost": record["cost"]}
+            "test": s.test, "test_looks": record["test_looks"], "cost": record["cost"]}
 
 
 def describe(row: dict[str, Any]) -> str:
@@ -221,6 +221,8 @@ def describe(row: dict[str, Any]) -> str:
     cost = row["cost"]
     return (head + f"chose trial {row['number']} ({row['chosen']}) {params}: {row['metric']} {row['value']:.4f}"
             + (f", test_error {test:.4f}" if isinstance(test, float) else "")
+            + (f" (test split seen {row['test_looks']} times: an earlier choice's figures withdrawn)"
+               if row["test_looks"] > 1 else "")
             + f"; {cost['trials']} trials ({cost['pruned']} pruned, {cost['failed']} failed), "
               f"{cost['train_time_s']:.1f} s training, {cost['tuning_overhead_s']:.2f} s tuning")
 
