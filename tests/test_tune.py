@@ -12,9 +12,10 @@ import pytest
 from bench import evaluate, execute
 from bench.cell import RunOptions
 from bench.config import load_suite
+from bench.errors import UserError
 from bench.report.load import tuning_notes
 from bench.status import cell_states
-from bench.store import read_json
+from bench.store import read_json, write_json
 from bench.suite import expand
 from bench.tune import contender as tune_contender
 from bench.tune import pruning, waves
@@ -305,6 +306,14 @@ def test_tuning_on_val_loss_takes_each_trials_epoch_of_lowest_val_loss(monkeypat
     assert result["best_epoch"] == 2 and trial["value"] == result["metrics"]["val"]["loss"]
 
 
+def test_a_study_whose_trials_ran_as_other_cells_is_refused(write_suite, tmp_path):
+    path = write_suite(SPACE_RANDOM.replace("{trials}", "1"), base=BASE)
+    tune_run(path, tmp_path)
+    path.write_text(path.read_text() + 'metric = "val_loss"\n')  # its trials would monitor another figure
+    with pytest.raises(UserError, match=r"\.journal: trial 0 ran as cell .*; start this tuning over"):
+        tune_run(path, tmp_path)
+
+
 def test_a_monitor_other_than_the_tuned_metric_is_refused(cli, write_suite):
     path = write_suite(SPACE_RANDOM.replace("{trials}", "1") + 'metric = "val_loss"\n',
                        base=BASE.replace("[train]", '[train]\nmonitor = "val_top5_error"'))
@@ -333,4 +342,7 @@ def test_a_trial_with_the_suites_own_values_is_not_its_contender(write_suite, tm
     (rec,) = records(tmp_path).values()
     (trial,) = rec["trials"]
     assert trial["params"] == {"train.lr": lr} and trial["cell"] != contender.id
+    assert cell_states(tmp_path / "tuned", [(contender.id, "")])[0]["state"] == "tuned"
+    # an older bench gave such a trial the contender's id: its folder does not make the contender that trial
+    write_json(tmp_path / "tuned" / contender.id / "result.json", {"status": "pruned"})
     assert cell_states(tmp_path / "tuned", [(contender.id, "")])[0]["state"] == "tuned"

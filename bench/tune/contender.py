@@ -110,7 +110,20 @@ class Contender:
             self.study = optuna.create_study(
                 study_name=self.cell.id, storage=journal(self.journal), direction="minimize", load_if_exists=True,
                 pruner=PRUNERS[self.tune.pruner](self.tune.warmup_epochs, self.tune.pruner_startup_trials))
+            self._check_cells()
         return True
+
+    def _check_cells(self) -> None:
+        """A study whose trials ran as other cells than this bench makes of them (an older bench's ids, or
+        another tune.metric, which a trial monitors) would mix figures and lose its trials' folders: refused.
+        One trial shows it."""
+        recorded = next((t for t in self.study.get_trials(deepcopy=False) if "cell" in t.user_attrs), None)
+        if recorded is not None and recorded.user_attrs["cell"] != trial_cell(
+                self.cell, recorded.number, recorded.user_attrs["params"], self.tune.metric, self.checked).id:
+            raise UserError(f"trial {recorded.number} ran as cell {recorded.user_attrs['cell']}, which this bench "
+                            f"and this tune.metric ({self.tune.metric}) make another cell", file=self.journal,
+                            hint="start this tuning over with bench run --force, or go back to the tune.metric "
+                                 "it ran with")
 
     def close(self) -> None:
         self.lock.release()
