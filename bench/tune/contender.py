@@ -41,6 +41,10 @@ SAMPLERS: dict[str, Callable[[Tune, int], optuna.samplers.BaseSampler]] = {
     "random": lambda tune, seed: optuna.samplers.RandomSampler(seed=seed),
     "grid": lambda tune, seed: GridSampler(grid_space(tune.space), seed=seed),
 }
+METRICS = {"val_error": "top1_error", "val_loss": "loss"}  # tune.metric -> its name in result.json's metrics.val
+STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+          TrialState.RUNNING: "running", TrialState.WAITING: "running"}
+FINAL = ("ok", "pruned", "diverged")  # a trial cell's record that is its result: never trained again
 
 
 def sampler(tune: Tune, contender: str, number: int) -> optuna.samplers.BaseSampler:
@@ -51,10 +55,6 @@ def sampler(tune: Tune, contender: str, number: int) -> optuna.samplers.BaseSamp
     takes its n-th point), so its seed leaves the number out."""
     draw = [tune.seed, contender] + ([] if tune.sampler == "grid" else [number])
     return SAMPLERS[tune.sampler](tune, int(stable_hash(draw, 8), 16))
-METRICS = {"val_error": "top1_error", "val_loss": "loss"}  # tune.metric -> its name in result.json's metrics.val
-STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-          TrialState.RUNNING: "running", TrialState.WAITING: "running"}
-FINAL = ("ok", "pruned", "diverged")  # a trial cell's record that is its result: never trained again
 
 
 @dataclass
