@@ -314,11 +314,17 @@ def test_a_study_whose_trials_ran_as_other_cells_is_refused(write_suite, tmp_pat
         tune_run(path, tmp_path)
 
 
-def test_a_monitor_other_than_the_tuned_metric_is_refused(cli, write_suite):
-    path = write_suite(SPACE_RANDOM.replace("{trials}", "1") + 'metric = "val_loss"\n',
-                       base=BASE.replace("[train]", '[train]\nmonitor = "val_top5_error"'))
+@pytest.mark.parametrize(("monitor", "metric", "refused"), [
+    ("val_top5_error", "val_error", True), ("val_accuracy", "val_loss", True), ("val_accuracy", "val_error", False)])
+def test_a_monitor_that_picks_other_epochs_than_the_tuned_metric_is_refused(cli, write_suite, monitor, metric,
+                                                                           refused):
+    path = write_suite(SPACE_RANDOM.replace("{trials}", "1") + f'metric = "{metric}"\n',
+                       base=BASE.replace("[train]", f'[train]\nmonitor = "{monitor}"'))
     code, out, err = cli("plan", path, "--no-data")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "tune.metric" in err and "train.monitor" in err
+    if refused:
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "tune.metric" in err and monitor in err
+    else:
+        assert code == 0, err
 
 
 @pytest.mark.parametrize(("startup", "third"), [(2, "pruned"), (5, "complete")])

@@ -80,13 +80,15 @@ def trial_config(config: CellConfig, params: dict[str, Any], checked: dict | Non
 
 
 MONITOR = "train.monitor"  # a trial's is tune.metric: its best epoch, weights and result are the tuned figure's
+# the contender's own train.monitor that a trial's may replace: the default, and those that pick the same epochs
+ALIKE = {"val_error": ("val_error", "val_accuracy"), "val_loss": ("val_loss",)}
 
 
 def trial_cell(contender: Cell, number: int, params: dict[str, Any], metric: str, checked: dict | None = None
                ) -> Cell:
     """The trial as a cell: the contender with the sampled values, monitoring the tuned metric (its id follows
     from its config and its contender's id: two trials of a contender with the same values share one cell)."""
-    config = trial_config(contender.config, {**params, MONITOR: metric}, checked)
+    config = trial_config(contender.config, {**params, MONITOR: metric, "train.mode": "auto"}, checked)
     return dataclasses.replace(contender, config=config, label=f"{contender.label} trial {number}",
                                axes={**contender.axes, **params}, overrides={**contender.overrides, **params},
                                contender=contender.id)
@@ -110,7 +112,7 @@ def check_space(suite: Suite, contenders: list[Cell]) -> None:
     default = TrainConfig.model_fields["monitor"].default
     for contender in contenders:
         monitor = contender.config.train.monitor
-        if monitor not in (default, tune.metric):
+        if monitor not in (default, *ALIKE[tune.metric]):
             raise UserError(f"trials are judged on {tune.metric}, but train.monitor = \"{monitor}\" would pick "
                             "their best epochs", file=suite.path, key="tune.metric",
                             hint="drop train.monitor: a trial picks its best epoch by tune.metric")
