@@ -32,12 +32,19 @@ class Cell:
     grid_values: str = ""  # this cell's [grid] combination (JSON); with label and seed it finds a parent
     parent: str | None = None  # id of the cell whose best weights it starts from (model.init_from)
     dataset: str | None = None  # the [[datasets]] entry's name; a staged cell's parent is on the same one
+    contender: str | None = None  # a tuning trial's contender id (bench.tune)
 
     @property
     def id(self) -> str:
         spec = identity(self.config)
         # A staged cell's numbers depend on its parent's weights: another parent makes another cell.
-        return stable_hash(spec if self.parent is None else {**spec, "parent": self.parent}, ID_DIGITS)
+        if self.parent is not None:
+            spec = {**spec, "parent": self.parent}
+        # A trial trains without test, in its contender's study: never the contender's own id (a trial whose
+        # values are the suite's), nor another contender's trial (one whose tuned key is a [grid] axis).
+        if self.contender is not None:
+            spec = {**spec, "contender": self.contender}
+        return stable_hash(spec, ID_DIGITS)
 
     @property
     def group(self) -> str:

@@ -42,9 +42,8 @@ def _label(cell_dir: Path) -> str:
 
 
 def _tuning(suite_dir: Path, cell_id: str) -> dict[str, str] | None:
-    """A contender of a tuned suite (it has no folder of its own; its trials do): from its tune record."""
-    if (suite_dir / cell_id).is_dir():
-        return None
+    """A contender of a tuned suite, from its tune record (a folder of its id is no trial of this bench's: an
+    older bench's trial whose values were the suite's)."""
     try:
         record = read_json(tune_files(suite_dir / TUNE, cell_id)[1])
         trials, cost = record["trials"], record["cost"]

@@ -43,16 +43,18 @@ def tiny_loaders(n: int = 48, size: int = 16, classes: int = 3, seed: int = 0) -
             "val": DataLoader(ds, batch_size=32), "test": DataLoader(ds, batch_size=32)}
 
 
-def scripted_val_errors(monkeypatch, errors: list[float], loss: float | None = 1.0):
-    """Validation errors in the order the epochs see them (and `loss` as their validation loss, unless None);
-    later calls (the final evaluation) are real. Returns restart(errors): a new script from the next call on,
-    as a tuning trial's training starts its own."""
+def scripted_val_errors(monkeypatch, errors: list[float], loss: float | list[float] | None = 1.0):
+    """Validation errors in the order the epochs see them (and `loss` as their validation loss, unless None:
+    one for every epoch, or a list in the order of `errors`); later calls (the final evaluation) are real.
+    Returns restart(errors): a new script from the next call on, as a tuning trial's training starts its own."""
     real, state = train.classification_metrics, {"errors": list(errors), "i": 0}
 
     def fake(logits, labels):
         out = real(logits, labels)
         if state["i"] < len(state["errors"]):
-            out = {**out, "top1_error": state["errors"][state["i"]], **({"loss": loss} if loss is not None else {})}
+            epoch_loss = loss[state["i"]] if isinstance(loss, list) else loss
+            out = {**out, "top1_error": state["errors"][state["i"]],
+                   **({"loss": epoch_loss} if epoch_loss is not None else {})}
         state["i"] += 1
         return out
 

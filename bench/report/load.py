@@ -311,6 +311,11 @@ def tuning_notes(targets: Path | Sequence[Path]) -> list[str]:
         notes.append(f"tuned{where}: {n} trials per contender over {', '.join(keys) or 'no keys'}, chosen on "
                      f"validation ({metric}); test evaluated once, for the chosen trial. Hyperparameter "
                      "columns are the chosen trial's values; trials, pruned and tuning s are the search's cost.")
+        for s in (s for s in studies.values() if s.get("superseded_tests")):
+            earlier = ", ".join(f"trial {t.get('trial')}" for t in s["superseded_tests"])
+            notes.append(f"test seen {s.get('test_looks') or len(s['superseded_tests']) + 1} times{where}: "
+                         f"{s.get('label', s.get('contender'))}: its choice changed after {earlier} had been tested "
+                         "(the budget changed); those figures are withdrawn (superseded_tests in its tune record)")
         open_ = [s for s in studies.values() if not s.get("chosen")]
         if open_:
             said = ", ".join(f"{s.get('label', s.get('contender'))} ({len(_complete(s))} of {_budget(s)} trials "

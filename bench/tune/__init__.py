@@ -1,7 +1,8 @@
 """Tuning (`[tune]`): every cell of the suite is a *contender* with an Optuna study of its own and
 the same budget of trials, chosen on validation only; the chosen trial alone is then evaluated on test, once.
 
-A trial is an ordinary cell: its config is the contender's with the sampled values set, and the runner
+A trial is an ordinary cell: its config is the contender's with the sampled values set (and train.monitor
+the tuned metric), its id also names its contender (never the contender's own), and the runner
 trains it as any other (claims, checkpoints, resume, any executor), without the test split. This module
 only asks Optuna for parameters, turns them into cells, runs them in waves through the executor, tells
 Optuna what became of them and writes each contender's record. A study lives in a journal file beside the

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -20,7 +21,7 @@ from bench.errors import UserError
 from bench.execute import evaluate_test
 from bench.hashing import stable_hash
 from bench.locks import FileLock
-from bench.store import read_json, read_result, tune_files, write_json
+from bench.store import PREDICTIONS, read_json, read_result, tune_files, write_json, write_npz, write_result
 from bench.tune.pruning import PRUNERS, journal
 from bench.tune.space import grid_space, suggest, trial_cell
 
@@ -44,6 +45,16 @@ METRICS = {"val_error": "top1_error", "val_loss": "loss"}  # tune.metric -> its 
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
           TrialState.RUNNING: "running", TrialState.WAITING: "running"}
 FINAL = ("ok", "pruned", "diverged")  # a trial cell's record that is its result: never trained again
+
+
+def sampler(tune: Tune, contender: str, number: int) -> optuna.samplers.BaseSampler:
+    """The sampler that draws trial `number` of a contender. A seeded Optuna sampler keeps one generator for
+    the life of its object, which a resumed run (or one with a raised budget) would start over: seeded anew
+    for every trial, a trial's values depend only on the seed, the contender, its number and the trials
+    before it, however many runs it took to get there. The grid's order is drawn once from the seed (trial n
+    takes its n-th point), so its seed leaves the number out."""
+    draw = [tune.seed, contender] + ([] if tune.sampler == "grid" else [number])
+    return SAMPLERS[tune.sampler](tune, int(stable_hash(draw, 8), 16))
 
 
 @dataclass
@@ -70,6 +81,9 @@ class Contender:
         self.test_eval_s: float | None = None
         self.earlier_test_eval_s: float | None = None
         self.test_error: str | None = None
+        # test figures of trials chosen before the choice changed (a raised or lowered budget): withdrawn
+        # from their cells, kept here, so that the record says how often the test split was looked at
+        self.superseded: list[dict[str, Any]] = []
         self.study: optuna.Study | None = None
 
     @contextlib.contextmanager
@@ -89,17 +103,27 @@ class Contender:
                 self.journal.unlink(missing_ok=True)
                 self.path.unlink(missing_ok=True)
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                cost = read_json(self.path)["cost"]
+                earlier = read_json(self.path)
+                self.superseded = list(earlier.get("superseded_tests") or [])
+                cost = earlier["cost"]
                 self.earlier_overhead, self.earlier_test_eval_s = float(cost["tuning_overhead_s"]), cost["test_eval_s"]
             self.study = optuna.create_study(
                 study_name=self.cell.id, storage=journal(self.journal), direction="minimize", load_if_exists=True,
                 pruner=PRUNERS[self.tune.pruner](self.tune.warmup_epochs, self.tune.pruner_startup_trials))
-            # One stream per contender. A seeded sampler's generator starts over in every process, so a
-            # resumed run would draw the first run's values again: its seed also counts the trials so far.
-            earlier = len(self.study.trials)
-            seed = int(stable_hash([self.tune.seed, self.cell.id] + ([earlier] if earlier else []), 8), 16)
-            self.study.sampler = SAMPLERS[self.tune.sampler](self.tune, seed)
+            self._check_cells()
         return True
+
+    def _check_cells(self) -> None:
+        """A study whose trials ran as other cells than this bench makes of them (an older bench's ids, or
+        another tune.metric, which a trial monitors) would mix figures and lose its trials' folders: refused.
+        One trial shows it."""
+        recorded = next((t for t in self.study.get_trials(deepcopy=False) if "cell" in t.user_attrs), None)
+        if recorded is not None and recorded.user_attrs["cell"] != trial_cell(
+                self.cell, recorded.number, recorded.user_attrs["params"], self.tune.metric, self.checked).id:
+            raise UserError(f"trial {recorded.number} ran as cell {recorded.user_attrs['cell']}, which this bench "
+                            f"and this tune.metric ({self.tune.metric}) make another cell", file=self.journal,
+                            hint="start this tuning over with bench run --force, or go back to the tune.metric "
+                                 "it ran with")
 
     def close(self) -> None:
         self.lock.release()
@@ -115,6 +139,12 @@ class Contender:
         return [t for t in self.counted() if t.state in (TrialState.RUNNING, TrialState.WAITING)
                 and t.number not in self.deferred]
 
+    def finished_earlier(self) -> list[str]:
+        """The trials of the budget that an earlier run finished (their cells; a trial whose values were
+        refused has none), as the run summary counts them."""
+        return [t.user_attrs.get("cell") or f"{self.cell.id} trial {t.number}" for t in self.counted()
+                if t.state.is_finished()]
+
     def finished(self) -> bool:
         return self.left() == 0 and not any(t.state in (TrialState.RUNNING, TrialState.WAITING)
                                             for t in self.counted())
@@ -128,7 +158,7 @@ class Contender:
         params = suggest(trial, self.tune.space)
         trial.set_user_attr("params", params)
         try:
-            cell = trial_cell(self.cell, trial.number, params, self.checked)
+            cell = trial_cell(self.cell, trial.number, params, self.tune.metric, self.checked)
         except UserError as e:
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("error", f"sampled values refused: {e.line()}")
@@ -140,11 +170,14 @@ class Contender:
 
     def ask(self) -> Pending | None:
         with self.timed():
+            # the new trial's number: Optuna numbers a study's trials in order, and this run is its only asker
+            self.study.sampler = sampler(self.tune, self.cell.id, len(self.study.get_trials(deepcopy=False)))
             return self._pending(self.study.ask())
 
     def resume(self, frozen: FrozenTrial) -> Pending | None:
         """A trial an interrupted run left running, with the values it was given."""
         with self.timed():
+            self.study.sampler = sampler(self.tune, self.cell.id, frozen.number)
             return self._pending(optuna.trial.Trial(self.study, frozen._trial_id))
 
     def tell(self, number: int, result: dict[str, Any] | None) -> None:
@@ -181,7 +214,9 @@ class Contender:
             return
         with self.timed():
             best = self.best()
-            cell = trial_cell(self.cell, best.number, best.user_attrs["params"], self.checked) if best else None
+            cell = trial_cell(self.cell, best.number, best.user_attrs["params"], self.tune.metric, self.checked) \
+                if best else None
+            self._withdraw_tests(suite_dir, cell.id if cell is not None else None)
         earlier = read_result(suite_dir / cell.id) if cell is not None else None
         if earlier and "test" in earlier.get("metrics", {}):  # tested by an earlier run: test is looked at once
             self.chosen, self.test, self.test_error = cell.id, earlier["metrics"]["test"], None
@@ -196,6 +231,28 @@ class Contender:
             self.test_eval_s = time.perf_counter() - start
         with self.timed():
             self.write()
+
+    def _withdraw_tests(self, suite_dir: Path, chosen: str | None) -> None:
+        """Test figures in any trial's cell but the chosen one's are an earlier choice's (the budget changed
+        since): out of its predictions.npz and result.json, so that nothing reads them as valid, and into the
+        record's superseded_tests."""
+        numbers = {}
+        for t in self.study.get_trials(deepcopy=False):
+            numbers.setdefault(t.user_attrs.get("cell"), t.number)
+        for cid, number in numbers.items():
+            result = read_result(suite_dir / cid) if cid not in (None, chosen) else None
+            tested = {k: v for k, v in ((result or {}).get("metrics") or {}).items() if k.startswith("test")}
+            if not tested:
+                continue
+            path = suite_dir / cid / PREDICTIONS
+            if path.is_file():  # first: a kill before result.json is rewritten leaves the figures to withdraw
+                with np.load(path) as npz:
+                    kept = {k: npz[k] for k in npz.files if not k.startswith("test")}
+                write_npz(path, **kept)
+            result["metrics"] = {k: v for k, v in result["metrics"].items() if k not in tested}
+            result.pop("test_evaluated", None)
+            write_result(suite_dir / cid, result)
+            self.superseded.append({"trial": number, "cell": cid, "metrics": tested})
 
     def record(self) -> dict[str, Any]:
         trials = []
@@ -222,6 +279,8 @@ class Contender:
                      "test_eval_s": self.test_eval_s},
             "test": self.test,
             **({"test_error": self.test_error} if self.test_error else {}),
+            # the test split's looks: the chosen trial's, and each earlier choice's (withdrawn)
+            "test_looks": len(self.superseded) + (self.test is not None), "superseded_tests": self.superseded,
         }
 
     def write(self) -> None:

@@ -12,7 +12,7 @@ import optuna
 from pydantic import ValidationError
 
 from bench.cell import Cell
-from bench.config import CellConfig, Dimension, Suite, validation_error
+from bench.config import CellConfig, Dimension, Suite, TrainConfig, validation_error
 from bench.errors import UserError
 from bench.suite import check_names, set_dotted
 
@@ -79,11 +79,19 @@ def trial_config(config: CellConfig, params: dict[str, Any], checked: dict | Non
     return out
 
 
-def trial_cell(contender: Cell, number: int, params: dict[str, Any], checked: dict | None = None) -> Cell:
-    """The trial as a cell: the contender with the sampled values (its id follows from its config)."""
-    config = trial_config(contender.config, params, checked)
+MONITOR = "train.monitor"  # a trial's is tune.metric: its best epoch, weights and result are the tuned figure's
+# the contender's own train.monitor that a trial's may replace: the default, and those that pick the same epochs
+ALIKE = {"val_error": ("val_error", "val_accuracy"), "val_loss": ("val_loss",)}
+
+
+def trial_cell(contender: Cell, number: int, params: dict[str, Any], metric: str, checked: dict | None = None
+               ) -> Cell:
+    """The trial as a cell: the contender with the sampled values, monitoring the tuned metric (its id follows
+    from its config and its contender's id: two trials of a contender with the same values share one cell)."""
+    config = trial_config(contender.config, {**params, MONITOR: metric, "train.mode": "auto"}, checked)
     return dataclasses.replace(contender, config=config, label=f"{contender.label} trial {number}",
-                               axes={**contender.axes, **params}, overrides={**contender.overrides, **params})
+                               axes={**contender.axes, **params}, overrides={**contender.overrides, **params},
+                               contender=contender.id)
 
 
 def check_space(suite: Suite, contenders: list[Cell]) -> None:
@@ -98,6 +106,16 @@ def check_space(suite: Suite, contenders: list[Cell]) -> None:
                         "parent to start from", file=suite.path, key="tune",
                         hint="tune the parent in a suite of its own, then start from its chosen trial's weights "
                              "with model.pretrained = \"results/<suite>/<trial>/best.safetensors\"")
+    if MONITOR in tune.space:
+        raise UserError("a trial's train.monitor is tune.metric", file=suite.path, key=f'tune.space."{MONITOR}"',
+                        hint='tune on val_loss with tune.metric = "val_loss"')
+    default = TrainConfig.model_fields["monitor"].default
+    for contender in contenders:
+        monitor = contender.config.train.monitor
+        if monitor not in (default, *ALIKE[tune.metric]):
+            raise UserError(f"trials are judged on {tune.metric}, but train.monitor = \"{monitor}\" would pick "
+                            "their best epochs", file=suite.path, key="tune.metric",
+                            hint="drop train.monitor: a trial picks its best epoch by tune.metric")
     checked: dict = {}
     for key, dim in tune.space.items():
         where = f'tune.space."{key}"'

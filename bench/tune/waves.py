@@ -23,7 +23,8 @@ class TuneSummary:
     suite_dir: Path
     contenders: list[dict[str, Any]] = field(default_factory=list)  # one row each, for the CLI
     ran: list[str] = field(default_factory=list)  # trial cells trained by this run
-    skipped: list[str] = field(default_factory=list)  # trials whose cell had finished earlier
+    # trials of the budget that had finished before this run, and new ones whose cell had (the same values)
+    skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (cell or contender id, one-line error)
     busy: list[str] = field(default_factory=list)  # contenders or trial cells another live run holds
 
@@ -142,6 +143,7 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
             for s in studies:
                 if s.open(options.force):
                     opened.append(s)
+                    summary.skipped.extend(s.finished_earlier())
                 else:
                     summary.busy.append(s.cell.id)
             session.note_run(planned, tune=tuned)
@@ -204,7 +206,7 @@ def _row(s: Contender) -> dict[str, Any]:
             "trials": record["cost"]["trials"], "budget": s.tune.trials, "metric": s.tune.metric,
             "chosen": s.chosen, "number": best.number if best else None,
             "params": best.user_attrs.get("params") if best else None, "value": best.value if best else None,
-            "test": s.test, "cost": record["cost"]}
+            "test": s.test, "test_looks": record["test_looks"], "cost": record["cost"]}
 
 
 def describe(row: dict[str, Any]) -> str:
@@ -219,6 +221,8 @@ def describe(row: dict[str, Any]) -> str:
     cost = row["cost"]
     return (head + f"chose trial {row['number']} ({row['chosen']}) {params}: {row['metric']} {row['value']:.4f}"
             + (f", test_error {test:.4f}" if isinstance(test, float) else "")
+            + (f" (test split seen {row['test_looks']} times: an earlier choice's figures withdrawn)"
+               if row["test_looks"] > 1 else "")
             + f"; {cost['trials']} trials ({cost['pruned']} pruned, {cost['failed']} failed), "
               f"{cost['train_time_s']:.1f} s training, {cost['tuning_overhead_s']:.2f} s tuning")
 
