@@ -14,7 +14,7 @@ import torch
 
 import bench
 from bench.artefacts import sealed_digest
-from bench.cell import Cell, Diverged, Pruned, RunOptions, TrialSpec, cell_record
+from bench.cell import Cell, Diverged, Pruned, RunOptions, TrialSpec, cell_record, resolved_config
 from bench.checkpoint import Checkpoint
 from bench.claims import Claim, holder
 from bench.data.loaders import Preprocess
@@ -79,7 +79,7 @@ def failure_record(cell: Cell, suite_dir: Path, device: torch.device, status: st
     cell_dir.mkdir(parents=True, exist_ok=True)
     write_cell(cell_dir, cell_record(cell, trial))
     record = {"schema_version": bench.SCHEMA_VERSION, "status": status, "error": error, **extra,
-              "env": environment(device)}
+              "config": resolved_config(cell), "env": environment(device)}
     write_result(cell_dir, record)
     return record
 
@@ -160,6 +160,8 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "metrics": result.metrics,
+        # what it trained with (loss, schedule, augmentation, model kwargs...): the record alone says it all
+        "config": resolved_config(cell),
         "train": result.info,
         "cost": {
             **result.timing,
