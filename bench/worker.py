@@ -23,6 +23,7 @@ import torch
 
 from bench.cell import Cell
 from bench.claims import Claim
+from bench.environment import quiet_known_notices
 from bench.execute import execute, failure_record
 from bench.models.plugins import load_plugins
 from bench.store import LOG
@@ -64,6 +65,7 @@ def adopt(env: dict[str, str], cwd: str) -> None:
     folder, and the plugins that environment names."""
     os.environ.update(env)
     os.chdir(cwd)
+    quiet_known_notices()
     load_plugins()
 
 
@@ -100,6 +102,7 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
                                             life_recv, {**os.environ, **(env or {})}, os.getcwd()),
                        name=f"bench-cell-{cell.id}")
     proc.start()
+    claim.update(pid=proc.pid)  # `bench status` names the process that trains the cell, not this one
     child_conn.close()
     life_recv.close()
     record = None
