@@ -5,6 +5,7 @@ contender's chosen trial). Who runs a cell, and where, is decided above: bench.a
 
 from __future__ import annotations
 
+import errno
 import time
 import traceback
 from pathlib import Path
@@ -68,6 +69,8 @@ def execute(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProg
         return failure_record(cell, suite_dir, device, "oom", error, trial=trial, peak_cuda_mb=peak,
                               detail=str(e)[:500])
     except Exception as e:  # one cell's failure is a record, and the suite goes on
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC and e.filename:
+            raise  # but a full disk takes no record: the run stops on one line naming the folder (store's)
         return failure_record(cell, suite_dir, device, "failed", first_line(e, typed=True), trial=trial,
                               traceback=traceback.format_exc())
 

@@ -376,3 +376,114 @@ def test_checkpoints_are_spaced_so_that_writing_them_costs_at_most_5_percent(tmp
     now[0] += 0.02
     assert c.due()
     assert ck.saved_epoch(tmp_path) == 1
+
+
+# ------------------------------------------------------------------------------------------ a full disk
+# A cell's process on a results disk that fills up at one file (FULL_AT) once FULL_DISK (the results folder)
+# is set, each writer failing in its own words: torch.save's checkpoint as torch says it, a record as Python
+# does (ENOSPC, naming no file); and the file system then has no block left to give.
+FULL_DISK = '''
+import errno
+import os
+import pathlib
+
+import torch
+
+
+def _full(path):
+    path = pathlib.Path(path)
+    return "FULL_DISK" in os.environ and str(path).startswith(os.environ["FULL_DISK"]) and \\
+        path.name.startswith("." + os.environ["FULL_AT"] + ".")
+
+
+def _no_space():
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+save, write_bytes, fallocate = torch.save, pathlib.Path.write_bytes, os.posix_fallocate
+
+
+def full_save(obj, f, *args, **kwargs):
+    if _full(f):
+        with open(f, "wb") as partial:
+            partial.write(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7616 vs 7510")
+    return save(obj, f, *args, **kwargs)
+
+
+def full_write_bytes(self, data):
+    if _full(self):
+        raise _no_space()
+    return write_bytes(self, data)
+
+
+def full_fallocate(fd, offset, length):
+    if "FULL_DISK" in os.environ and os.readlink(f"/proc/self/fd/{fd}").startswith(os.environ["FULL_DISK"]):
+        raise _no_space()
+    return fallocate(fd, offset, length)
+
+
+torch.save, pathlib.Path.write_bytes, os.posix_fallocate = full_save, full_write_bytes, full_fallocate
+'''
+
+
+@pytest.mark.parametrize("at", ["checkpoint.pt", "result.json"])
+@pytest.mark.parametrize("where", ["cell process", "in-process"])
+def test_a_full_results_disk_stops_the_run_naming_its_folder_and_free_space_and_a_rerun_is_bitwise(
+        write_suite, tmp_path, cli, monkeypatch, at, where):
+    import pathlib
+    import shutil
+
+    import torch
+    from rich.filesize import decimal
+
+    from bench.models.plugins import load_plugins
+
+    results, path = tmp_path / "r", write_suite()
+    run = ("run", path, "--results", results, *THREADS, *(["--in-process"] if where == "in-process" else []))
+    for owner, name in ((torch, "save"), (pathlib.Path, "write_bytes"), (os, "posix_fallocate")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # as they are now, whatever the plugin does here
+    usage, free = shutil.disk_usage, 123_456_789
+
+    def disk_usage(folder):  # the results folder's own disk, and another one above it
+        found = usage(folder)
+        return type(found)(found.total, found.used, free if str(folder).startswith(str(results)) else found.free)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    (tmp_path / "full_disk.py").write_text(FULL_DISK)
+    monkeypatch.setenv("BENCH_PLUGINS", str(tmp_path / "full_disk.py"))
+    monkeypatch.setenv("FULL_DISK", str(results))
+    monkeypatch.setenv("FULL_AT", at)
+    load_plugins()  # here as a `bench run` process does, and in each cell's process
+    code, out, err = cli(*run)
+    assert code == 1 and "Traceback" not in out + err
+    (cell,) = [p for p in (results / "tiny").iterdir() if (p / "cell.json").is_file()]
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: {cell}: no space left on the device, {decimal(free)} are free; free some space there, or point "
+        "$BENCH_CACHE (caches) or --results (records) at a larger disk"]
+    assert not (cell / "result.json").exists() and not list(cell.glob(".*.tmp*"))
+    if where == "cell process":  # its own words, in its log
+        assert "No space left on device" in (cell / "stderr.log").read_text()
+    monkeypatch.delenv("FULL_DISK")  # space freed
+    assert cli(*run)[0] == 0
+    assert cli("run", path, "--results", tmp_path / "clean", *THREADS)[0] == 0
+    assert outputs(results / "tiny") == outputs(tmp_path / "clean" / "tiny")
+
+
+def test_a_cell_process_that_fails_before_its_record_says_why_in_the_record_and_its_log(write_suite, tmp_path,
+                                                                                      cli, monkeypatch):
+    # a plugin that imports in `bench run` and fails in a cell's process: the cell never starts there
+    plugin = tmp_path / "only_here.py"
+    plugin.write_text("import multiprocessing\n"
+                      "if multiprocessing.parent_process() is not None:\n"
+                      "    raise ImportError('no such library in the cell process')\n")
+    monkeypatch.setenv("BENCH_PLUGINS", str(plugin))
+    code, _, err = cli("run", write_suite(), "--results", tmp_path / "r", *THREADS)
+    assert code == 1
+    (cell,) = [p for p in (tmp_path / "r" / "tiny").iterdir() if (p / "result.json").is_file()]
+    record = json.loads((cell / "result.json").read_text())
+    assert record["status"] == "crashed" and "no such library in the cell process" in record["error"]
+    assert "no such library in the cell process" in err.split("CRASHED:")[1]
+    log = (cell / "stderr.log").read_text()
+    assert "Traceback" in log and "no such library in the cell process" in log
+    assert "no such library in the cell process" in record["stderr_tail"][-1]
