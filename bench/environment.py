@@ -66,8 +66,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-# Ray's note that a local instance it starts uses token authentication, as it does by default: bench starts
-# one for the run on this machine and says nothing the note would change (its other notices still show)
+# Ray's note, as it starts a local instance, that the instance uses token authentication (Ray's default):
+# bench starts that instance itself, for the run. Ray's other notices (token authentication off) still show.
 RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
 RAY_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
 

@@ -88,11 +88,7 @@ def _named_when_full(path: Path) -> Iterator[None]:
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        full = True
-    else:
-        full = False
-    if full:  # raised outside the handler: it names the path, the failed call adds nothing
-        raise disk_full(path)
+        raise disk_full(path) from None
 
 
 def _failed_write(error: BaseException, tmp: Path, remove) -> bool:
@@ -117,17 +113,14 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
-    full = False
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException as e:
-        full = _failed_write(e, Path(tmp), lambda p: p.unlink(missing_ok=True))
-        if not full:
-            raise
-    if full:
-        raise disk_full(path)
+        if _failed_write(e, Path(tmp), lambda p: p.unlink(missing_ok=True)):
+            raise disk_full(path) from None
+        raise
 
 
 @contextmanager
@@ -139,7 +132,6 @@ def atomic_dir(folder: Path | str) -> Iterator[Path]:
     with _named_when_full(folder):
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.partial-", dir=folder.parent))
-    full = False
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)
@@ -148,11 +140,9 @@ def atomic_dir(folder: Path | str) -> Iterator[Path]:
         except OSError:  # published meanwhile by another process: same key, same content
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException as e:
-        full = _failed_write(e, tmp, lambda p: shutil.rmtree(p, ignore_errors=True))
-        if not full:
-            raise
-    if full:
-        raise disk_full(folder)
+        if _failed_write(e, tmp, lambda p: shutil.rmtree(p, ignore_errors=True)):
+            raise disk_full(folder) from None
+        raise
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:

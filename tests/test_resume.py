@@ -427,6 +427,24 @@ torch.save, pathlib.Path.write_bytes, os.posix_fallocate = full_save, full_write
 '''
 
 
+@pytest.mark.parametrize("room", [True, False], ids=["room left", "disk full"])
+def test_a_writer_failing_in_its_own_words_is_a_full_disk_when_the_disk_has_no_room(tmp_path, monkeypatch, room):
+    import errno
+
+    from bench.store import atomic_dir, atomic_path
+
+    def no_block(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if not room:
+        monkeypatch.setattr(os, "posix_fallocate", no_block)
+    for target, atomic in ((tmp_path / "cell" / "checkpoint.pt", atomic_path), (tmp_path / "cache" / "x", atomic_dir)):
+        with pytest.raises(RuntimeError if room else OSError) as caught, atomic(target):
+            raise RuntimeError("basic_ios::clear: iostream error")  # torch.save's words for a full disk
+        assert room or (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(target))
+        assert list(target.parent.iterdir()) == []  # nothing half-written left
+
+
 @pytest.mark.parametrize("at", ["checkpoint.pt", "result.json"])
 @pytest.mark.parametrize("where", ["cell process", "in-process"])
 def test_a_full_results_disk_stops_the_run_naming_its_folder_and_free_space_and_a_rerun_is_bitwise(
