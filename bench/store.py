@@ -66,9 +66,10 @@ def _chain(error: BaseException | None) -> Iterator[BaseException]:
 def _ran_out_of_space(error: BaseException, folder: Path) -> bool:
     """Whether a write into `folder` failed for want of space, asked while the failed write's partial output
     still takes its space. Not every writer says so: Python's own file writes raise ENOSPC without a file
-    name, safetensors' error has "os error 28" in its text, torch.save's says "iostream error". So, failing
-    ENOSPC anywhere in the chain, the file system is asked for one block there (a full disk has none)."""
-    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in _chain(error)):
+    name, safetensors' error says it in its text only, torch.save's says "iostream error". So, failing those,
+    the file system is asked for one block there (a full disk has none)."""
+    said = os.strerror(errno.ENOSPC)  # what Rust's io errors (safetensors') print for it too
+    if any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or said in str(e) for e in _chain(error)):
         return True
     if not isinstance(error, Exception) or isinstance(error, UserError):  # Ctrl-C; or bench said why already
         return False

@@ -427,8 +427,12 @@ torch.save, pathlib.Path.write_bytes, os.posix_fallocate = full_save, full_write
 '''
 
 
-@pytest.mark.parametrize("room", [True, False], ids=["room left", "disk full"])
-def test_a_writer_failing_in_its_own_words_is_a_full_disk_when_the_disk_has_no_room(tmp_path, monkeypatch, room):
+@pytest.mark.parametrize("words, room, full", [
+    ("basic_ios::clear: iostream error", True, False),  # torch.save's words for it: a full disk when it is full
+    ("basic_ios::clear: iostream error", False, True),
+    ("Error while serializing: I/O error: No space left on device (os error 28)", True, True),  # safetensors'
+])
+def test_a_writer_failing_in_its_own_words_is_a_full_disk_when_it_is_one(tmp_path, monkeypatch, words, room, full):
     import errno
 
     from bench.store import atomic_dir, atomic_path
@@ -439,9 +443,9 @@ def test_a_writer_failing_in_its_own_words_is_a_full_disk_when_the_disk_has_no_r
     if not room:
         monkeypatch.setattr(os, "posix_fallocate", no_block)
     for target, atomic in ((tmp_path / "cell" / "checkpoint.pt", atomic_path), (tmp_path / "cache" / "x", atomic_dir)):
-        with pytest.raises(RuntimeError if room else OSError) as caught, atomic(target):
-            raise RuntimeError("basic_ios::clear: iostream error")  # torch.save's words for a full disk
-        assert room or (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(target))
+        with pytest.raises(OSError if full else RuntimeError) as caught, atomic(target):
+            raise RuntimeError(words)
+        assert not full or (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(target))
         assert list(target.parent.iterdir()) == []  # nothing half-written left
 
 
