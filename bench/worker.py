@@ -78,6 +78,7 @@ def _child(cell: Cell, suite_dir: Path, device: str, index: int, total: int, opt
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this child
     # the fork server kept the environment and folder of the moment it started; the cell gets today's
     os.environ.clear()
+    log = None
     try:
         adopt(env, cwd)
         log = os.open(suite_dir / cell.id / LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
@@ -87,9 +88,10 @@ def _child(cell: Cell, suite_dir: Path, device: str, index: int, total: int, opt
         record = execute(cell, suite_dir, torch.device(device), _Relay(conn), index, total, options)
     except Exception as e:  # no record could be written (a full disk), or the process never got to the cell
         text = traceback.format_exc()
-        with contextlib.suppress(OSError):  # into stderr.log, where the disk has room for it
-            sys.stderr.write(text)
-            sys.stderr.flush()
+        with contextlib.suppress(OSError):  # into stderr.log (not the console of the fork server), room allowing
+            if log is not None:
+                sys.stderr.write(text)
+                sys.stderr.flush()
         with contextlib.suppress(OSError):  # the parent says it, and keeps it when the log could not
             conn.send(("__error__", ({"error": first_line(e, typed=True), "traceback": text,
                                       "errno": getattr(e, "errno", None), "filename": getattr(e, "filename", None)},)))
@@ -155,13 +157,13 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
         if log.is_file() and log.stat().st_size == 0:  # a quiet cell leaves no empty file behind
             log.unlink(missing_ok=True)
         return record
-    if error is not None and error["errno"] == errno.ENOSPC and error["filename"]:
-        raise disk_full(error["filename"])  # as when the cell runs in this process: the run stops, and says where
     tail = _tail(log)
-    if error is not None and not tail:  # the child could not write its log, or had not opened it yet
-        with contextlib.suppress(OSError):
+    if error is not None and not tail:  # the child could not write its log (a full disk), or had not opened it
+        with contextlib.suppress(OSError):  # its end freed what its writes held: there may be room now
             log.write_text(error["traceback"])
         tail = error["traceback"].splitlines()[-TAIL_LINES:]
+    if error is not None and error["errno"] == errno.ENOSPC and error["filename"]:
+        raise disk_full(error["filename"])  # as when the cell runs in this process: the run stops, and says where
     return failure_record(cell, suite_dir, device, "crashed", _cause(proc.exitcode, error, bool(tail)),
                           exitcode=proc.exitcode, stderr_tail=tail, trial=options.trials.get(cell.id))
 

@@ -379,9 +379,10 @@ def test_checkpoints_are_spaced_so_that_writing_them_costs_at_most_5_percent(tmp
 
 
 # ------------------------------------------------------------------------------------------ a full disk
-# A cell's process on a results disk that fills up at one file (FULL_AT) once FULL_DISK (the results folder)
-# is set, each writer failing in its own words: torch.save's checkpoint as torch says it, a record as Python
-# does (ENOSPC, naming no file); and the file system then has no block left to give.
+# A cell's process on a results disk that fills up at one file (FULL_AT) while FULL_DISK (the results folder)
+# is set (a fork server that preloaded the plugin serves later tests too), each writer failing in its own words: torch.save's checkpoint as torch says it, a record as Python
+# does (ENOSPC, naming no file); the file system then has no block left to give, and a cell's own process
+# (BENCH_EXECUTOR set) nothing more for its stderr.log.
 FULL_DISK = '''
 import errno
 import os
@@ -396,7 +397,13 @@ def _full(path):
         path.name.startswith("." + os.environ["FULL_AT"] + ".")
 
 
+def _log_full():
+    if "BENCH_EXECUTOR" in os.environ:  # a cell's own process: its stderr.log takes nothing more either
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 2)
+
+
 def _no_space():
+    _log_full()
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
@@ -407,6 +414,7 @@ def full_save(obj, f, *args, **kwargs):
     if _full(f):
         with open(f, "wb") as partial:
             partial.write(b"PK")
+        _log_full()
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7616 vs 7510")
     return save(obj, f, *args, **kwargs)
 
@@ -484,7 +492,7 @@ def test_a_full_results_disk_stops_the_run_naming_its_folder_and_free_space_and_
         f"error: {cell}: no space left on the device, {decimal(free)} are free; free some space there, or point "
         "$BENCH_CACHE (caches) or --results (records) at a larger disk"]
     assert not (cell / "result.json").exists() and not list(cell.glob(".*.tmp*"))
-    if where == "cell process":  # its own words, in its log
+    if where == "cell process":  # its own words, in the log it could not write itself
         assert "No space left on device" in (cell / "stderr.log").read_text()
     monkeypatch.delenv("FULL_DISK")  # space freed
     assert cli(*run)[0] == 0
@@ -492,20 +500,27 @@ def test_a_full_results_disk_stops_the_run_naming_its_folder_and_free_space_and_
     assert outputs(results / "tiny") == outputs(tmp_path / "clean" / "tiny")
 
 
-def test_a_cell_process_that_fails_before_its_record_says_why_in_the_record_and_its_log(write_suite, tmp_path,
-                                                                                      cli, monkeypatch):
-    # a plugin that imports in `bench run` and fails in a cell's process: the cell never starts there
-    plugin = tmp_path / "only_here.py"
-    plugin.write_text("import multiprocessing\n"
-                      "if multiprocessing.parent_process() is not None:\n"
-                      "    raise ImportError('no such library in the cell process')\n")
+def test_a_cell_process_that_cannot_write_its_record_says_why_in_the_record_and_its_log(write_suite, tmp_path,
+                                                                                       cli, monkeypatch):
+    import pathlib
+
+    # in a cell's own process (BENCH_EXECUTOR set), result.json cannot be written, not even a failure's, while
+    # READ_ONLY is set (a fork server that preloaded the plugin serves later tests too)
+    plugin = tmp_path / "read_only.py"
+    plugin.write_text("import os\nimport pathlib\n\nwrite_bytes = pathlib.Path.write_bytes\n\n\n"
+                      "def refuse(self, data):\n"
+                      "    if {'BENCH_EXECUTOR', 'READ_ONLY'} <= set(os.environ) and self.name.startswith('.result.json.'):\n"
+                      "        raise PermissionError(13, 'Permission denied', str(self))\n"
+                      "    return write_bytes(self, data)\n\n\n"
+                      "pathlib.Path.write_bytes = refuse\n")
+    monkeypatch.setattr(pathlib.Path, "write_bytes", pathlib.Path.write_bytes)  # should this process load it
     monkeypatch.setenv("BENCH_PLUGINS", str(plugin))
+    monkeypatch.setenv("READ_ONLY", "1")
     code, _, err = cli("run", write_suite(), "--results", tmp_path / "r", *THREADS)
     assert code == 1
     (cell,) = [p for p in (tmp_path / "r" / "tiny").iterdir() if (p / "result.json").is_file()]
     record = json.loads((cell / "result.json").read_text())
-    assert record["status"] == "crashed" and "no such library in the cell process" in record["error"]
-    assert "no such library in the cell process" in err.split("CRASHED:")[1]
+    assert record["status"] == "crashed" and "PermissionError: [Errno 13] Permission denied" in record["error"]
+    assert "Permission denied" in err.split("CRASHED:")[1]
     log = (cell / "stderr.log").read_text()
-    assert "Traceback" in log and "no such library in the cell process" in log
-    assert "no such library in the cell process" in record["stderr_tail"][-1]
+    assert "Traceback" in log and "Permission denied" in log and "Permission denied" in record["stderr_tail"][-1]
