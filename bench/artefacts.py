@@ -99,9 +99,13 @@ def reserve(path: Path | str, nbytes: int, what: str) -> None:
 
 
 def no_space(folder: Path, nbytes: int | None, what: str) -> UserError:
-    need = f"; {what} needs {nbytes / 2**30:.2f} GiB" if nbytes else ""
-    free = shutil.disk_usage(folder).free if folder.exists() else None
-    have = f", {free / 2**30:.2f} GiB are free" if free is not None else ""
+    """A full disk in one line: `folder`, and what its own file system has free (that of its nearest existing
+    ancestor, where the folder would have been made)."""
+    from rich.filesize import decimal
+
+    need = f"; {what} needs {decimal(nbytes)}" if nbytes else ""
+    there = next(p for p in (folder, *folder.parents) if p.exists())
+    have = f", {decimal(shutil.disk_usage(there).free)} are free"
     return UserError(f"no space left on the device{need}{have}", file=folder,
                      hint="free some space there, or point $BENCH_CACHE (caches) or --results (records) "
                           "at a larger disk")

@@ -62,7 +62,8 @@ def _heartbeat(claim: Claim):
 
     def beat() -> None:
         while not stop.wait(1.0):
-            claim.beat()
+            with contextlib.suppress(OSError):  # a full disk: the cell's own next write stops the run, and says so
+                claim.beat()
 
     thread = threading.Thread(target=beat, daemon=True, name="bench-heartbeat")
     thread.start()

@@ -80,10 +80,15 @@ def select(cells: list[Cell], only: str | None) -> list[Cell]:
     return [c for c in cells if fnmatch.fnmatch(c.id, only) or fnmatch.fnmatch(c.label, only)]
 
 
+def resolved_config(cell: Cell) -> dict[str, Any]:
+    """Every key of the cell's config, defaults included, as cell.json and result.json record it."""
+    return cell.config.model_dump(mode="json")
+
+
 def cell_record(cell: Cell, trial: TrialSpec | None = None) -> dict[str, Any]:
     """What cell.json holds: the cell as its suite expanded it (and, for a trial, whose study it is in)."""
     record = {"id": cell.id, "group": cell.group, "label": cell.label, "axes": cell.axes, "parent": cell.parent,
-              "config": cell.config.model_dump(mode="json")}
+              "config": resolved_config(cell)}
     if trial is not None:  # which contender's study this cell is a trial of (bench.tune)
         record["tune"] = {"contender": trial.contender, "trial": trial.number, "params": trial.params}
     return record

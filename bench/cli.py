@@ -372,6 +372,9 @@ def data_inspect(
 def main() -> None:
     import errno
 
+    from bench.environment import quiet_known_notices
+
+    quiet_known_notices()
     try:
         app()
     except UserError as e:

@@ -1,18 +1,21 @@
-"""Where a cell ran, as its record says: versions, device, CPU, threads, host, executor; and its process's
-peak memory."""
+"""Where a cell ran, as its record says: versions, device, CPU, threads, host, executor; its process's
+peak memory; and the two notices of libraries that a bench process leaves out of its output."""
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import resource
 import sys
+import warnings
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 import bench
+
+if TYPE_CHECKING:
+    import torch
 
 EXECUTOR_ENV = "BENCH_EXECUTOR"  # set for a cell's process by the executor that runs it
 
@@ -50,6 +53,7 @@ def _cpu_name() -> str:
 
 def environment(device: torch.device) -> dict[str, Any]:
     import timm
+    import torch  # here, so that the CLI's quiet_known_notices imports no torch
     import torchvision
 
     return {
@@ -60,3 +64,25 @@ def environment(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(), "host": platform.node(),
         "executor": os.environ.get(EXECUTOR_ENV, "local"),
     }
+
+
+# Ray's note, as it starts a local instance, that the instance uses token authentication (Ray's default):
+# bench starts that instance itself, for the run. Ray's other notices (token authentication off) still show.
+RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+RAY_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+def _not_ray_token_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(RAY_TOKEN_NOTICE)
+
+
+def quiet_known_notices() -> None:
+    """Leave two libraries' notices out of this process's output, and only those two: torchvision's that
+    Inception v3's and GoogLeNet's default initialisation will change one day (a release that changes it
+    changes the initial weights of new cells, which each record's env.torchvision then says), and Ray's
+    (RAY_TOKEN_NOTICE). Called where bench starts: the CLI, and each cell's own process."""
+    warnings.filterwarnings("ignore", message="The default weight initialization of (inception_v3|GoogleNet) ",
+                            category=FutureWarning, module="torchvision")
+    ray_token = logging.getLogger(RAY_TOKEN_LOGGER)
+    if _not_ray_token_notice not in ray_token.filters:
+        ray_token.addFilter(_not_ray_token_notice)

@@ -5,6 +5,7 @@ contender's chosen trial). Who runs a cell, and where, is decided above: bench.a
 
 from __future__ import annotations
 
+import errno
 import time
 import traceback
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 import bench
 from bench.artefacts import sealed_digest
-from bench.cell import Cell, Diverged, Pruned, RunOptions, TrialSpec, cell_record
+from bench.cell import Cell, Diverged, Pruned, RunOptions, TrialSpec, cell_record, resolved_config
 from bench.checkpoint import Checkpoint
 from bench.claims import Claim, holder
 from bench.data.loaders import Preprocess
@@ -68,6 +69,8 @@ def execute(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProg
         return failure_record(cell, suite_dir, device, "oom", error, trial=trial, peak_cuda_mb=peak,
                               detail=str(e)[:500])
     except Exception as e:  # one cell's failure is a record, and the suite goes on
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC and e.filename:
+            raise  # but a full disk takes no record: the run stops on one line naming the folder (store's)
         return failure_record(cell, suite_dir, device, "failed", first_line(e, typed=True), trial=trial,
                               traceback=traceback.format_exc())
 
@@ -79,7 +82,7 @@ def failure_record(cell: Cell, suite_dir: Path, device: torch.device, status: st
     cell_dir.mkdir(parents=True, exist_ok=True)
     write_cell(cell_dir, cell_record(cell, trial))
     record = {"schema_version": bench.SCHEMA_VERSION, "status": status, "error": error, **extra,
-              "env": environment(device)}
+              "config": resolved_config(cell), "env": environment(device)}
     write_result(cell_dir, record)
     return record
 
@@ -160,6 +163,8 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "metrics": result.metrics,
+        # what it trained with (loss, schedule, augmentation, model kwargs...): the record alone says it all
+        "config": resolved_config(cell),
         "train": result.info,
         "cost": {
             **result.timing,

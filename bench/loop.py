@@ -129,7 +129,7 @@ def timing_record(loop: Loop, progress: Progress, tta_seconds: float, checkpoint
     return timing
 
 
-def info_record(cfg: TrainConfig, loop: Loop, progress: Progress, train_images: int) -> dict[str, Any]:
+def info_record(cfg: TrainConfig, loop: Loop, progress: Progress) -> dict[str, Any]:
     """FitResult.info, how it trained: precision, param groups, stopping, clipping, mixing, EMA."""
     epochs_run = len(progress.history)
     return {
@@ -137,7 +137,8 @@ def info_record(cfg: TrainConfig, loop: Loop, progress: Progress, train_images: 
         "precision": cfg.precision, "autocast": str(loop.autocast.keywords["dtype"]) if loop.autocast else None,
         "grad_scaler": loop.scaler is not None, "channels_last": cfg.channels_last, "compiled": cfg.compile,
         **optimizer_record(loop.optimizer, cfg.optimizer),  # its class and settings, each group's lr and decay
-        "train_images_per_epoch": train_images,
+        # what an epoch's steps took in, as history.csv counts it: max_steps' share, aug_splits' views
+        "train_images_per_epoch": progress.history[-1]["train_images"],
         "tta_views": len(loop.views),
         "early_stopping": {"monitor": cfg.monitor, "patience": cfg.patience,
                            "stopped_at_epoch": epochs_run if epochs_run < cfg.epochs else None},

@@ -21,12 +21,14 @@ results/<suite>/
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import io
 import json
 import os
 import shutil
 import tempfile
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,31 +50,89 @@ CHECKPOINT, CHECKPOINT_INFO, CLAIM, LOCK, LOG, JOB = "checkpoint.pt", "checkpoin
     "stderr.log", "job.json"
 
 
+def disk_full(path: Path | str) -> OSError:
+    """The one error of a write that a full disk stopped: ENOSPC naming `path`, the file or folder that
+    could not be written (the CLI says which folder that is and what its disk has free)."""
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """`error` and the exceptions it was raised from or while handling, as a traceback shows them."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+
+
+def _ran_out_of_space(error: BaseException, folder: Path) -> bool:
+    """Whether a write into `folder` failed for want of space, asked while the failed write's partial output
+    still takes its space. Not every writer says so: Python's own file writes raise ENOSPC without a file
+    name, safetensors' error says it in its text only, torch.save's says "iostream error". So, failing those,
+    the file system is asked for one block there (a full disk has none)."""
+    said = os.strerror(errno.ENOSPC)  # what Rust's io errors (safetensors') print for it too
+    if any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or said in str(e) for e in _chain(error)):
+        return True
+    if not isinstance(error, Exception) or isinstance(error, UserError):  # Ctrl-C; or bench said why already
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            os.posix_fallocate(probe.fileno(), 0, os.fstatvfs(probe.fileno()).f_bsize)
+    except OSError as e:
+        return e.errno == errno.ENOSPC
+    return False
+
+
+@contextmanager
+def _named_when_full(path: Path) -> Iterator[None]:
+    """An ENOSPC from creating `path` (or its folder, or a temporary beside it) as disk_full(path)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise disk_full(path) from None
+
+
+def _failed_write(error: BaseException, tmp: Path, remove) -> bool:
+    """Clean up after a writer failed on `tmp`; True when the disk was full. The writer's frames are cleared
+    so that an open file they held (torch.save's) goes now, and with it the space it took."""
+    full = _ran_out_of_space(error, tmp.parent)
+    remove(tmp)
+    if full:
+        for e in _chain(error):
+            traceback.clear_frames(e.__traceback__)
+    return full
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """A unique temporary file beside `path` for a writer that wants a file name (safetensors, numpy);
     renamed onto `path` when the block succeeds, removed when it fails. A reader never sees half a file, and
-    two processes writing the same file never share a temporary name."""
+    two processes writing the same file never share a temporary name. A full disk, whatever the writer
+    says of it, raises disk_full(path)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    with _named_when_full(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if _failed_write(e, Path(tmp), lambda p: p.unlink(missing_ok=True)):
+            raise disk_full(path) from None
         raise
 
 
 @contextmanager
 def atomic_dir(folder: Path | str) -> Iterator[Path]:
     """A unique temporary folder beside `folder`, published by one rename when the block succeeds. If another
-    process published `folder` first, theirs is kept and ours removed; on failure ours is removed."""
+    process published `folder` first, theirs is kept and ours removed; on failure ours is removed. A full
+    disk raises disk_full(folder)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.partial-", dir=folder.parent))
+    with _named_when_full(folder):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.partial-", dir=folder.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)
@@ -80,8 +140,9 @@ def atomic_dir(folder: Path | str) -> Iterator[Path]:
             tmp.rename(folder)
         except OSError:  # published meanwhile by another process: same key, same content
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if _failed_write(e, tmp, lambda p: shutil.rmtree(p, ignore_errors=True)):
+            raise disk_full(folder) from None
         raise
 
 

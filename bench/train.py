@@ -234,4 +234,4 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
     best_state, predictions, metrics, tta_seconds = _final_evaluation(loop, loaders, progress, test)
     return FitResult(progress.history, progress.best_epoch, best_state, predictions, metrics,
                      timing_record(loop, progress, tta_seconds, checkpoint),
-                     info_record(cfg, loop, progress, len(loaders["train"].dataset)))
+                     info_record(cfg, loop, progress))

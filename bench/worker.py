@@ -10,11 +10,14 @@ progress calls to the parent through a pipe (the bars keep moving), writes its s
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import multiprocessing as mp
 import os
 import signal
 import sys
 import threading
+import traceback
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,11 @@ import torch
 
 from bench.cell import Cell
 from bench.claims import Claim
+from bench.environment import quiet_known_notices
+from bench.errors import first_line
 from bench.execute import execute, failure_record
 from bench.models.plugins import load_plugins
-from bench.store import LOG
+from bench.store import LOG, disk_full
 
 TAIL_LINES = 20
 
@@ -64,6 +69,7 @@ def adopt(env: dict[str, str], cwd: str) -> None:
     folder, and the plugins that environment names."""
     os.environ.update(env)
     os.chdir(cwd)
+    quiet_known_notices()
     load_plugins()
 
 
@@ -72,12 +78,24 @@ def _child(cell: Cell, suite_dir: Path, device: str, index: int, total: int, opt
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this child
     # the fork server kept the environment and folder of the moment it started; the cell gets today's
     os.environ.clear()
-    adopt(env, cwd)
-    log = os.open(suite_dir / cell.id / LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    threading.Thread(target=_exit_with_parent, args=(lifeline,), daemon=True).start()
-    record = execute(cell, suite_dir, torch.device(device), _Relay(conn), index, total, options)
+    log = None
+    try:
+        adopt(env, cwd)
+        log = os.open(suite_dir / cell.id / LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        threading.Thread(target=_exit_with_parent, args=(lifeline,), daemon=True).start()
+        record = execute(cell, suite_dir, torch.device(device), _Relay(conn), index, total, options)
+    except Exception as e:  # no record could be written (a full disk), or the process never got to the cell
+        text = traceback.format_exc()
+        with contextlib.suppress(OSError):  # into stderr.log (not the console of the fork server), room allowing
+            if log is not None:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+        with contextlib.suppress(OSError):  # the parent says it, and keeps it when the log could not
+            conn.send(("__error__", ({"error": first_line(e, typed=True), "traceback": text,
+                                      "errno": getattr(e, "errno", None), "filename": getattr(e, "filename", None)},)))
+        sys.exit(1)
     conn.send(("__record__", (record,)))
     sys.stdout.flush()
     sys.stderr.flush()
@@ -100,9 +118,10 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
                                             life_recv, {**os.environ, **(env or {})}, os.getcwd()),
                        name=f"bench-cell-{cell.id}")
     proc.start()
+    claim.update(pid=proc.pid)  # `bench status` names the process that trains the cell, not this one
     child_conn.close()
     life_recv.close()
-    record = None
+    record, error = None, None
     try:
         while True:
             if STOP.is_set():
@@ -118,6 +137,8 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
                 break
             if name == "__record__":
                 record = args[0]
+            elif name == "__error__":
+                error = args[0]
             else:
                 getattr(progress, name)(*args)
                 if name == "epoch":
@@ -136,18 +157,28 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
         if log.is_file() and log.stat().st_size == 0:  # a quiet cell leaves no empty file behind
             log.unlink(missing_ok=True)
         return record
-    return failure_record(cell, suite_dir, device, "crashed", _cause(proc.exitcode), exitcode=proc.exitcode,
-                          stderr_tail=_tail(log), trial=options.trials.get(cell.id))
+    tail = _tail(log)
+    if error is not None and not tail:  # the child could not write its log (a full disk), or had not opened it
+        with contextlib.suppress(OSError):  # its end freed what its writes held: there may be room now
+            log.write_text(error["traceback"])
+        tail = error["traceback"].splitlines()[-TAIL_LINES:]
+    if error is not None and error["errno"] == errno.ENOSPC and error["filename"]:
+        raise disk_full(error["filename"])  # as when the cell runs in this process: the run stops, and says where
+    return failure_record(cell, suite_dir, device, "crashed", _cause(proc.exitcode, error, bool(tail)),
+                          exitcode=proc.exitcode, stderr_tail=tail, trial=options.trials.get(cell.id))
 
 
-def _cause(exitcode: int | None) -> str:
+def _cause(exitcode: int | None, error: dict[str, Any] | None, logged: bool) -> str:
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name
         why = {"SIGKILL": " (the kernel's out-of-memory killer sends this: see `dmesg`)",
                "SIGSEGV": " (a crash in native code)", "SIGBUS": " (often a full disk under a memory-mapped file)",
                "SIGABRT": " (an abort in native code)"}.get(name, "")
         return f"the cell's process was killed by {name}{why}; the last lines of its stderr.log are in the record"
-    return f"the cell's process exited with code {exitcode} before writing a result; see its stderr.log"
+    if error is not None:
+        return f"the cell's process failed before writing a result: {error['error']}; its traceback is in its stderr.log"
+    return (f"the cell's process exited with code {exitcode} before writing a result; "
+            + ("see its stderr.log" if logged else "it wrote nothing to its stderr.log"))
 
 
 def _tail(path: Path) -> list[str]:

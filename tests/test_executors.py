@@ -148,6 +148,56 @@ def test_jobs_2_runs_cells_at_once_and_the_child_after_its_parent(tmp_path):
     assert overlap > 0, spans  # two cells trained at the same time
 
 
+def test_jobs_2_claims_name_the_process_that_trains_each_cell(tmp_path, monkeypatch, use_plugin):
+    import bench.executors
+    from bench.claims import read_claim
+
+    pids = tmp_path / "pids"  # the plugin's network leaves a file named after each process that trains it
+    pids.mkdir()
+    monkeypatch.setenv("PIDS", str(pids))
+    use_plugin("pid", 'open(os.path.join(os.environ["PIDS"], str(os.getpid())), "w").close()')
+    path = tmp_path / "two.toml"
+    path.write_text(FAILING.replace("seeds = [0]", "seeds = [0, 1]")
+                    .replace('["bench:mlp", "bench:broken", "bench:small_cnn"]', '["bench:pid"]'))
+    claimed = {}
+
+    class Spy(bench.executors.Quiet):  # in this process, as each cell's epochs come down its pipe
+        def start_cell(self, index, total, label, cell_id, epochs, steps):
+            self.cell = cell_id
+
+        def epoch(self, row):
+            claimed[self.cell] = read_claim(tmp_path / "fails" / self.cell)["pid"]
+
+    monkeypatch.setattr(bench.executors, "Quiet", Spy)
+    summary = _run(path, tmp_path, make_executor("local", jobs=2))
+    assert len(summary.ran) == 2 and not summary.failed, summary.failed
+    assert len(set(claimed.values())) == 2 and os.getpid() not in claimed.values()
+    assert {str(p) for p in claimed.values()} == {p.name for p in pids.iterdir()}
+
+
+def test_the_cli_leaves_out_the_inception_and_ray_token_notices_and_only_those(cli, write_suite, monkeypatch):
+    import logging
+    import warnings
+
+    import torchvision
+
+    setup = pytest.importorskip("ray._private.authentication.authentication_token_setup")
+    monkeypatch.setattr(setup.logger, "filters", [])  # as before this test, after it
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    monkeypatch.setattr(setup.logger, "handlers", [handler])
+    with warnings.catch_warnings(record=True) as seen:  # the filters as they were, after it
+        warnings.simplefilter("always")
+        assert cli("plan", write_suite())[0] == 0
+        torchvision.models.googlenet(weights=None, aux_logits=False, num_classes=2, init_weights=None)
+        warnings.warn("another notice of a future change", FutureWarning, stacklevel=1)
+        setup._warn_token_auth_enabled()
+        setup._warn_token_auth_disabled()  # a notice that says something: it stays
+    assert [str(w.message) for w in seen if w.category is FutureWarning] == ["another notice of a future change"]
+    assert len(logged) == 1 and logged[0].startswith("Token authentication is disabled")
+
+
 FAILING = """
 [suite]
 name = "fails"

@@ -159,7 +159,8 @@ def test_data_recipes_run_through_a_suite_and_are_recorded(write_suite, tmp_path
     # the batch held three views of each image: the loop saw three times the training images
     cell = next(c for c in cells if c.label == "augmix-jsd")
     history = pd.read_csv(summary.suite_dir / cell.id / "history.csv")
-    assert history["train_images"].tolist() == [3 * jsd["train_images_per_epoch"]] * 2
+    train_images = by["augmix-jsd"]["data"]["images"]["train"]
+    assert history["train_images"].tolist() == [jsd["train_images_per_epoch"]] * 2 == [3 * train_images] * 2
     assert bce["mix"] == {"mixup_alpha": 1.0, "cutmix_alpha": 0.5, "mode": "elem", "prob": 1.0,
                           "switch_prob": 0.5, "off_epoch": 1}
     for result in by.values():

@@ -376,3 +376,151 @@ def test_checkpoints_are_spaced_so_that_writing_them_costs_at_most_5_percent(tmp
     now[0] += 0.02
     assert c.due()
     assert ck.saved_epoch(tmp_path) == 1
+
+
+# ------------------------------------------------------------------------------------------ a full disk
+# A cell's process on a results disk that fills up at one file (FULL_AT) while FULL_DISK (the results folder)
+# is set (a fork server that preloaded the plugin serves later tests too), each writer failing in its own words: torch.save's checkpoint as torch says it, a record as Python
+# does (ENOSPC, naming no file); the file system then has no block left to give, and a cell's own process
+# (BENCH_EXECUTOR set) nothing more for its stderr.log.
+FULL_DISK = '''
+import errno
+import os
+import pathlib
+
+import torch
+
+
+def _full(path):
+    path = pathlib.Path(path)
+    return "FULL_DISK" in os.environ and str(path).startswith(os.environ["FULL_DISK"]) and \\
+        path.name.startswith("." + os.environ["FULL_AT"] + ".")
+
+
+def _log_full():
+    if "BENCH_EXECUTOR" in os.environ:  # a cell's own process: its stderr.log takes nothing more either
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 2)
+
+
+def _no_space():
+    _log_full()
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+save, write_bytes, fallocate = torch.save, pathlib.Path.write_bytes, os.posix_fallocate
+
+
+def full_save(obj, f, *args, **kwargs):
+    if _full(f):
+        with open(f, "wb") as partial:
+            partial.write(b"PK")
+        _log_full()
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7616 vs 7510")
+    return save(obj, f, *args, **kwargs)
+
+
+def full_write_bytes(self, data):
+    if _full(self):
+        raise _no_space()
+    return write_bytes(self, data)
+
+
+def full_fallocate(fd, offset, length):
+    if "FULL_DISK" in os.environ and os.readlink(f"/proc/self/fd/{fd}").startswith(os.environ["FULL_DISK"]):
+        raise _no_space()
+    return fallocate(fd, offset, length)
+
+
+torch.save, pathlib.Path.write_bytes, os.posix_fallocate = full_save, full_write_bytes, full_fallocate
+'''
+
+
+@pytest.mark.parametrize("words, room, full", [
+    ("basic_ios::clear: iostream error", True, False),  # torch.save's words for it: a full disk when it is full
+    ("basic_ios::clear: iostream error", False, True),
+    ("Error while serializing: I/O error: No space left on device (os error 28)", True, True),  # safetensors'
+])
+def test_a_writer_failing_in_its_own_words_is_a_full_disk_when_it_is_one(tmp_path, monkeypatch, words, room, full):
+    import errno
+
+    from bench.store import atomic_dir, atomic_path
+
+    def no_block(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if not room:
+        monkeypatch.setattr(os, "posix_fallocate", no_block)
+    for target, atomic in ((tmp_path / "cell" / "checkpoint.pt", atomic_path), (tmp_path / "cache" / "x", atomic_dir)):
+        with pytest.raises(OSError if full else RuntimeError) as caught, atomic(target):
+            raise RuntimeError(words)
+        assert not full or (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(target))
+        assert list(target.parent.iterdir()) == []  # nothing half-written left
+
+
+@pytest.mark.parametrize("at", ["checkpoint.pt", "result.json"])
+@pytest.mark.parametrize("where", ["cell process", "in-process"])
+def test_a_full_results_disk_stops_the_run_naming_its_folder_and_free_space_and_a_rerun_is_bitwise(
+        write_suite, tmp_path, cli, monkeypatch, at, where):
+    import pathlib
+    import shutil
+
+    import torch
+    from rich.filesize import decimal
+
+    from bench.models.plugins import load_plugins
+
+    results, path = tmp_path / "r", write_suite()
+    run = ("run", path, "--results", results, *THREADS, *(["--in-process"] if where == "in-process" else []))
+    for owner, name in ((torch, "save"), (pathlib.Path, "write_bytes"), (os, "posix_fallocate")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # as they are now, whatever the plugin does here
+    usage, free = shutil.disk_usage, 123_456_789
+
+    def disk_usage(folder):  # the results folder's own disk, and another one above it
+        found = usage(folder)
+        return type(found)(found.total, found.used, free if str(folder).startswith(str(results)) else found.free)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    (tmp_path / "full_disk.py").write_text(FULL_DISK)
+    monkeypatch.setenv("BENCH_PLUGINS", str(tmp_path / "full_disk.py"))
+    monkeypatch.setenv("FULL_DISK", str(results))
+    monkeypatch.setenv("FULL_AT", at)
+    load_plugins()  # here as a `bench run` process does, and in each cell's process
+    code, out, err = cli(*run)
+    assert code == 1 and "Traceback" not in out + err
+    (cell,) = [p for p in (results / "tiny").iterdir() if (p / "cell.json").is_file()]
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: {cell}: no space left on the device, {decimal(free)} are free; free some space there, or point "
+        "$BENCH_CACHE (caches) or --results (records) at a larger disk"]
+    assert not (cell / "result.json").exists() and not list(cell.glob(".*.tmp*"))
+    if where == "cell process":  # its own words, in the log it could not write itself
+        assert "No space left on device" in (cell / "stderr.log").read_text()
+    monkeypatch.delenv("FULL_DISK")  # space freed
+    assert cli(*run)[0] == 0
+    assert cli("run", path, "--results", tmp_path / "clean", *THREADS)[0] == 0
+    assert outputs(results / "tiny") == outputs(tmp_path / "clean" / "tiny")
+
+
+def test_a_cell_process_that_cannot_write_its_record_says_why_in_the_record_and_its_log(write_suite, tmp_path,
+                                                                                       cli, monkeypatch):
+    import pathlib
+
+    # in a cell's own process (BENCH_EXECUTOR set), result.json cannot be written, not even a failure's, while
+    # READ_ONLY is set (a fork server that preloaded the plugin serves later tests too)
+    plugin = tmp_path / "read_only.py"
+    plugin.write_text("import os\nimport pathlib\n\nwrite_bytes = pathlib.Path.write_bytes\n\n\n"
+                      "def refuse(self, data):\n"
+                      "    if {'BENCH_EXECUTOR', 'READ_ONLY'} <= set(os.environ) and self.name.startswith('.result.json.'):\n"
+                      "        raise PermissionError(13, 'Permission denied', str(self))\n"
+                      "    return write_bytes(self, data)\n\n\n"
+                      "pathlib.Path.write_bytes = refuse\n")
+    monkeypatch.setattr(pathlib.Path, "write_bytes", pathlib.Path.write_bytes)  # should this process load it
+    monkeypatch.setenv("BENCH_PLUGINS", str(plugin))
+    monkeypatch.setenv("READ_ONLY", "1")
+    code, _, err = cli("run", write_suite(), "--results", tmp_path / "r", *THREADS)
+    assert code == 1
+    (cell,) = [p for p in (tmp_path / "r" / "tiny").iterdir() if (p / "result.json").is_file()]
+    record = json.loads((cell / "result.json").read_text())
+    assert record["status"] == "crashed" and "PermissionError: [Errno 13] Permission denied" in record["error"]
+    assert "Permission denied" in err.split("CRASHED:")[1]
+    log = (cell / "stderr.log").read_text()
+    assert "Traceback" in log and "Permission denied" in log and "Permission denied" in record["stderr_tail"][-1]

@@ -45,6 +45,34 @@ def test_cell_records_on_disk(write_suite, tmp_path):
     assert list((summary.suite_dir / "splits").glob("*.json")) and list((summary.suite_dir / "init").glob("*.safetensors"))
 
 
+def test_a_result_says_how_its_cell_trained_and_counts_the_images_history_counts(write_suite, tmp_path):
+    """result.json alone has the whole picture (loss, schedule, augmentation, model kwargs: the resolved
+    config), and its images per epoch are those an epoch's steps took in: max_steps' share, aug_splits' views."""
+    path = write_suite('''
+        max_steps = 2
+        augment = "hflip"
+        aug_splits = 3
+        loss = "jsd"
+        schedule = "step"
+        [model]
+        arch = "bench:mlp"
+        kwargs = {hidden = 8}
+    ''')
+    summary = run_file(path, tmp_path / "r")
+    assert not summary.failed, summary.failed
+    cell_dir = summary.suite_dir / summary.ran[0]
+    result = json.loads((cell_dir / "result.json").read_text())
+    config = json.loads((cell_dir / "cell.json").read_text())["config"]
+    assert result["config"] == config
+    train = config["train"]
+    assert (train["loss"], train["schedule"], train["augment"], config["model"]["kwargs"]) == \
+        ("jsd", "step", "hflip", {"hidden": 8})
+    assert train["max_steps"] * train["batch_size"] < result["data"]["images"]["train"]  # max_steps does cut
+    per_epoch = pd.read_csv(cell_dir / "history.csv")["train_images"].tolist()
+    assert per_epoch == [result["train"]["train_images_per_epoch"]] * train["epochs"]
+    assert per_epoch[0] == train["max_steps"] * train["batch_size"] * train["aug_splits"]
+
+
 def test_same_cell_twice_gives_identical_metrics(write_suite, tmp_path):
     path = write_suite()  # with augmentation: its randomness must be seeded too
     path.write_text(path.read_text().replace('lr = 0.003', 'lr = 0.003\naugment = "crop_flip"'))
