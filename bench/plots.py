@@ -259,10 +259,13 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
     out_dir/<suite>/cost_<cost>.png, class_histogram_<split key>.png, and per cell (titled with its label
     and seed) out_dir/<suite>/<cell id>/learning_curves.png, pr_curves.png, confusion.png of `split`
     (default: test, or validation for a cell without a test split); over two or more
-    [[datasets]], cd_diagram.png and performance_profile.png (contenders ranked by `rank_by`); for a tuned
+    [[datasets]], cd_diagram.png and performance_profile.png (contenders ranked by `rank_by`, or by its
+    validation figure in a suite without a test split); for a tuned
     suite, tuning_<key>.png per tuned key."""
     out_dir = Path(out_dir)
-    columns = list(dict.fromkeys([metric, *COST_AXES, rank_by]))
+    # a suite without a test split ranks its contenders on validation, the split it has
+    on_val = rank_by.replace("test_", "val_", 1) if rank_by.startswith("test_") else rank_by
+    columns = list(dict.fromkeys([metric, *COST_AXES, rank_by, on_val]))
     df = frame(list(suite_dirs), columns, filters=[Filter.parse(f) for f in filters], records=True)
     written: list[Path] = []
     for suite_dir in suite_dirs:  # every trial of a study, not only the chosen ones the frame keeps
@@ -276,9 +279,10 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
         for cost in COST_AXES:
             if not board.empty and board[cost].notna().any():
                 _save(cost_plot(board, cost, metric), out_dir / suite / f"cost_{cost}.png", written)
-        for r in cross_dataset(board, rank_by):
+        ranked = rank_by if board.empty or board[rank_by].notna().any() else on_val
+        for r in cross_dataset(board, ranked):
             if r.test is not None:
-                what = f"{COLUMNS[rank_by].header} over {r.test.datasets} data sets"
+                what = f"{COLUMNS[ranked].header} over {r.test.datasets} data sets"
                 written.append(ranking.draw_cd_diagram(r.test, out_dir / suite / "cd_diagram.png"))
                 profile = ranking.performance_profile(r.complete, higher_is_better=r.higher)
                 written.append(ranking.draw_performance_profile(profile, out_dir / suite / "performance_profile.png",

@@ -192,6 +192,15 @@ def test_write_plots_of_a_suite_without_a_test_split_uses_validation(tmp_path, c
     assert _title(figures["cell0/pr_curves.png"]).endswith("(val)")
 
 
+def test_a_suite_without_a_test_split_ranks_its_data_sets_on_validation(tmp_path, cli):
+    for d, errors in (("d1", (0.2, 0.3, 0.4)), ("d2", (0.25, 0.35, 0.3))):
+        for arch, error in zip("abc", errors, strict=True):
+            make_cell(tmp_path / "s", f"{arch}{d}", arch=arch, dataset=d, metrics={"val": {"top1_error": error}})
+    code, _, err = cli("report", tmp_path / "s", "--plots", tmp_path / "plots")
+    assert code == 0, err
+    assert {"cd_diagram.png", "performance_profile.png"} <= {p.name for p in (tmp_path / "plots" / "s").glob("*")}
+
+
 def test_per_cell_plot_titles_name_the_seed(tmp_path, cli, figures):
     """Two seeds of one configuration share its label; the title tells their figures apart."""
     logits, labels = answers([True, False, True, True], classes=3)
