@@ -9,14 +9,14 @@ cached, as every further cell with the same backbone, weights and data does.
 The loop runs the backbone over (train + val) x 10 epochs + val + test = 0.85 x 10 + 0.3 = 8.8 passes of the
 data, extraction over 1. A frozen backbone in the loop already skips its backward, so at equal cost per
 image 8.8x is the bound, less the costs every cell pays once (data, weights, head training, evaluation,
-records: the warm cell's 0.3-0.55 s). Extraction beats equal cost only by what batching and channels-last
-buy on the CPU, 1.0-1.2x per image on the CPUs measured (bf16 would buy 2x, but a fp32 cell's features must
-be its fp32 backbone's: a bf16 cell extracts in bf16, its loop runs in bf16 too). Issue 4's 8x therefore
-sits inside the noise of what a 2-core VM reaches (7.3-8.6x here; 5.4x on an Intel Xeon before extraction
-went to CPU batches of 64) and failed by design. The targets are what the design promises, derived from
-this machine's own loop: cold, extraction costs no more per image than the loop's forward passes (the
-cold ratio then reaches at least loop / (warm + one loop pass)); warm, no backbone pass at all, so at
-least the pass count.
+records: the warm cell's 0.27-0.55 s). Extraction beats equal cost only by what batching and channels-last
+buy on the CPU, 1.05-1.2x per image on a 2-core AMD EPYC (bf16 would buy 2x, but an fp32 cell's features
+must be its fp32 backbone's: a bf16 cell extracts in bf16, as its loop runs the backbone). Issue 4's 8x
+therefore failed by design: 7.5x and 7.9x on that EPYC (7.3x in batches of 256), 5.4x on an Intel Xeon in
+batches of 256, where extraction was slower per image than the loop. The targets are what the design
+promises, derived from this machine's own loop: cold, extraction costs no more per image than the loop's
+forward passes (the cold ratio then reaches at least loop / (warm + one loop pass), 7.2x on that EPYC);
+warm, no backbone pass at all, so at least the pass count.
 """
 
 from __future__ import annotations
