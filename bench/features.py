@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,13 @@ from bench.errors import UserError
 from bench.hashing import stable_hash
 from bench.models.heads import head_module, head_name
 from bench.store import atomic_path
+from bench.techniques.precision import precision_setup
 
 VERSION = 1  # bump when what a cached file holds changes
+# Extraction batch on the CPU: larger batches only spill the caches. Per image, ResNet-18 at 64 px
+# (channels-last, 2 cores) ran 1.13x faster in batches of 64 than of 256 on an AMD EPYC, where 256 was
+# no faster than the loop's own forward (benchmarks/test_features.py).
+CPU_BATCH = 64
 
 
 class FeatureDataset(Dataset):
@@ -66,6 +73,7 @@ def feature_key(cfg: CellConfig, model: nn.Module, data: Prepared, device: torch
     # keys that are new since the cache was keyed join it only when set, so existing caches keep their keys
     newer = {**({"kwargs": m.kwargs} if m.kwargs else {}),
              **({"head_replaces": m.head_replaces} if m.head_replaces != "last" else {}),
+             **({"precision": cfg.train.precision} if cfg.train.precision != "fp32" else {}),
              **({"prune": [d.prune_splits, d.min_per_class, d.top_classes]} if d.prune_splits else {})}
     return stable_hash({
         "version": VERSION, "arch": m.arch, "pool": m.pool, "weights": backbone_digest(model),
@@ -75,9 +83,23 @@ def feature_key(cfg: CellConfig, model: nn.Module, data: Prepared, device: torch
         "device": device.type}, 16)
 
 
+@contextmanager
+def _channels_last(model: nn.Module) -> Iterator[None]:
+    """The model channels-last for a while: oneDNN's and cuDNN's convolutions run faster so, and extraction
+    is all forward passes. Converted once for every split: a ResNet-18 round trip costs as much as a tenth
+    of its extraction at 64 px."""
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 @torch.no_grad()
-def extract(model: nn.Module, dataset: ArrayDataset, device: torch.device, batch_size: int) -> torch.Tensor:
-    """The head's input for every image of `dataset`, in order, in eval mode, as float32 on the CPU."""
+def extract(model: nn.Module, dataset: ArrayDataset, device: torch.device, batch_size: int,
+            autocast: Callable | None = None) -> torch.Tensor:
+    """The head's input for every image of `dataset`, in order, in eval mode, as float32 on the CPU;
+    under `autocast` (precision_setup's, the cell's precision) when given, as the loop would run the backbone."""
     head = head_module(model)
     if not isinstance(head, nn.Linear | nn.Sequential):
         raise UserError(f'freeze = "features" needs a linear classifier, this model has a {type(head).__name__}',
@@ -85,23 +107,21 @@ def extract(model: nn.Module, dataset: ArrayDataset, device: torch.device, batch
     plain = ArrayDataset(dataset.file, dataset.rows, dataset.labels, dataset.size)  # never augmented
     grabbed: list[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda _module, args: grabbed.append(args[0]))
-    prep = Preprocess(device)
+    prep = Preprocess(device, channels_last=True)
     model.eval()
-    # channels-last convolutions run ~1.4x faster here (oneDNN, cuDNN); extraction is all forward passes
-    model.to(memory_format=torch.channels_last)
     out = []
     try:
         for i, (x, _) in enumerate(make_loader(plain, batch_size, train=False, seed=0)):
-            logits = model(prep(x).contiguous(memory_format=torch.channels_last))
-            feats = grabbed.pop()
-            # The head must be the model's last step: otherwise training it alone would be another model.
-            if i == 0 and not torch.allclose(head(feats), logits, rtol=1e-4, atol=1e-5):
-                raise UserError(f"{type(model).__name__} does more after its classifier than the head itself",
-                                key="model.freeze", hint='use "all_but_head" for this architecture')
+            with autocast() if autocast else nullcontext():
+                logits = model(prep(x))
+                feats = grabbed.pop()
+                # The head must be the model's last step: otherwise training it alone would be another model.
+                if i == 0 and not torch.allclose(head(feats), logits, rtol=1e-4, atol=1e-5):
+                    raise UserError(f"{type(model).__name__} does more after its classifier than the head itself",
+                                    key="model.freeze", hint='use "all_but_head" for this architecture')
             out.append(feats.float().cpu())
     finally:
         handle.remove()
-        model.to(memory_format=torch.contiguous_format)
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -128,22 +148,28 @@ def feature_setup(model: nn.Module, cfg: CellConfig, data: Prepared, loaders: di
     key = feature_key(cfg, model, data, device)
     folder = cache_root() / "features" / key
     start, computed = time.perf_counter(), []
+    autocast, _ = precision_setup(cfg.train.precision, device)
+    batch = min(cfg.train.eval_batch_size, CPU_BATCH) if device.type == "cpu" else cfg.train.eval_batch_size
     out = {}
-    for split, ds in data.datasets.items():
-        path = folder / f"{split}.safetensors"
-        with building(path):  # one process extracts; a damaged or altered cache is extracted again
-            saved = _read(path)
-            if saved is None:
-                saved = {"features": extract(model, ds, device, cfg.train.eval_batch_size), "labels": ds.labels}
-                _write(path, saved)
-                seal(path)
-                computed.append(split)
-        if not torch.equal(saved["labels"], ds.labels):  # a cache from other data under a colliding key
-            raise UserError(f"feature cache {folder} does not match this split", key="model.freeze",
-                            hint="delete that folder and rerun")
-        old = loaders[split]
-        # The generator too: each epoch's iterator draws from it, and the shuffling sampler shares it.
-        out[split] = DataLoader(FeatureDataset(saved["features"], saved["labels"]), batch_sampler=old.batch_sampler,
-                                collate_fn=old.collate_fn, generator=old.generator)
+    with ExitStack() as converted:
+        for split, ds in data.datasets.items():
+            path = folder / f"{split}.safetensors"
+            with building(path):  # one process extracts; a damaged or altered cache is extracted again
+                saved = _read(path)
+                if saved is None:
+                    if not computed:
+                        converted.enter_context(_channels_last(model))
+                    saved = {"features": extract(model, ds, device, batch, autocast), "labels": ds.labels}
+                    _write(path, saved)
+                    seal(path)
+                    computed.append(split)
+            if not torch.equal(saved["labels"], ds.labels):  # a cache from other data under a colliding key
+                raise UserError(f"feature cache {folder} does not match this split", key="model.freeze",
+                                hint="delete that folder and rerun")
+            old = loaders[split]
+            # The generator too: each epoch's iterator draws from it, and the shuffling sampler shares it.
+            out[split] = DataLoader(FeatureDataset(saved["features"], saved["labels"]),
+                                    batch_sampler=old.batch_sampler, collate_fn=old.collate_fn,
+                                    generator=old.generator)
     info = {"key": key, "computed": computed, "extract_s": time.perf_counter() - start, "dir": str(folder)}
     return head_module(model), out, info

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 COST_AXES = {"train_time_s": "training time (s)", "params_total": "parameters", "gflops": "forward GFLOPs per image"}
 MAX_LABELLED_CLASSES = 30  # beyond this, class names on a confusion matrix are unreadable
+LABEL_OFFSET = (3, 3)  # points from a point on a cost plot to its label
+SMALL_FONT = 7  # point labels and legends
 
 
 def _figure(width: float = 6.4, height: float = 4.8) -> Figure:
@@ -49,12 +51,15 @@ def _figure(width: float = 6.4, height: float = 4.8) -> Figure:
 
 def learning_curves(history: pd.DataFrame, title: str = "") -> Figure:
     """Loss (left) and top-1 error (right) per epoch, training and validation."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(10, 4)
     loss, err = fig.subplots(1, 2)
     for ax, what, name in ((loss, "loss", "cross-entropy loss"), (err, "error", "top-1 error")):
         for split in ("train", "val"):
             ax.plot(history["epoch"], history[f"{split}_{what}"], marker="o", label=f"{split}")
         ax.set(xlabel="epoch", ylabel=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a few epochs would tick at 1.25, 1.5, ...
         ax.legend()
     fig.suptitle(title)
     return fig
@@ -78,9 +83,6 @@ def cost_plot(board: pd.DataFrame, cost: str, metric: str = "val_error") -> Figu
     ax = fig.subplots()
     x, y = board[cost].to_numpy(float), board[metric].to_numpy(float)
     ax.scatter(x, y, label="cells")
-    for xi, yi, label in zip(x, y, board["label"], strict=True):
-        if np.isfinite(xi) and np.isfinite(yi):
-            ax.annotate(label, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
     front = pareto_front(x, y)
     ax.plot(x[front], y[front], color="C3", drawstyle="steps-post", marker="o", mfc="none", ms=10,
             label="Pareto front")
@@ -88,11 +90,44 @@ def cost_plot(board: pd.DataFrame, cost: str, metric: str = "val_error") -> Figu
         ax.set_xscale("log")
     ax.set(xlabel=COST_AXES.get(cost, COLUMNS[cost].header), ylabel=COLUMNS[metric].header)
     ax.legend()
+    shown = np.isfinite(x) & np.isfinite(y)
+    _label_apart(ax, list(zip(x[shown], y[shown], strict=True)), list(board["label"][shown]))
     return fig
 
 
+def _label_apart(ax, points: Sequence[tuple[float, float]], labels: Sequence[str]) -> None:
+    """A label beside each point; where labels would overprint (cells sharing a point: one backbone's
+    cost), the upper ones are lifted clear and drawn with a line to their point."""
+    from matplotlib.text import Text
+
+    line = {"arrowstyle": "-", "color": "0.5", "lw": 0.5, "shrinkA": 0, "shrinkB": 2}
+    notes = [ax.annotate(label, xy, xytext=LABEL_OFFSET, textcoords="offset points", fontsize=SMALL_FONT,
+                         arrowprops=line) for xy, label in zip(points, labels, strict=True)]
+    fig, lifts = ax.get_figure(), None
+    for _ in range(5):  # the layout makes room for the lifted labels, which moves the points: until it settles
+        fig.draw_without_rendering()
+        renderer = fig.canvas.get_renderer()
+        for note in notes:
+            note.xyann = LABEL_OFFSET
+            note.update_positions(renderer)
+        boxes = [Text.get_window_extent(note, renderer) for note in notes]  # the text alone, not its line
+        placed, new = [], np.zeros(len(notes))
+        for i in sorted(range(len(notes)), key=lambda i: (boxes[i].y0, boxes[i].x0)):
+            box = boxes[i]
+            while hits := [b for b in placed if b.overlaps(box)]:
+                box = box.translated(0, max(b.y1 for b in hits) - box.y0 + 1)
+            placed.append(box)
+            new[i] = (box.y0 - boxes[i].y0) * 72 / fig.dpi  # pixels to points
+        for note, lift in zip(notes, new, strict=True):
+            note.xyann = (LABEL_OFFSET[0], LABEL_OFFSET[1] + lift)
+            note.arrow_patch.set_visible(bool(lift))
+        if lifts is not None and np.allclose(new, lifts):
+            break
+        lifts = new
+
+
 def pr_curves(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], sample: int = 6,
-              seed: int = 0) -> Figure:
+              seed: int = 0, title: str = "") -> Figure:
     """Left: micro- and macro-averaged precision-recall curves; right: a random sample of classes. Every
     curve is precision read on one grid of recall from 0 to 1 (bench.metrics.averaged_pr_curves): the
     macro average is the mean over classes at each recall, and its area is the mAP."""
@@ -109,9 +144,10 @@ def pr_curves(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[
     for c in chosen:
         some.plot(grid, precision_at_recall(probs[:, c], labels == c, grid),
                   label=str(class_names[c]) if c < len(class_names) else str(c))
-    for ax, title in ((avg, "averaged over classes"), (some, f"{len(chosen)} sampled classes")):
-        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
-        ax.legend(fontsize=7)
+    for ax, name in ((avg, "averaged over classes"), (some, f"{len(chosen)} sampled classes")):
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=name)
+        ax.legend(fontsize=SMALL_FONT)
+    fig.suptitle(title)
     return fig
 
 
@@ -155,19 +191,27 @@ def tuning_plot(studies: Sequence[dict], key: str) -> Figure:
     """Each trial's value (the validation metric it was judged on) against its value of `key`, one marker
     series per contender; pruned trials hollow (their value is where they were stopped), the chosen trial
     ringed in black. Trials without a value (failed, running) or without `key` are left out. Choices that
-    are not numbers are categories; numbers spanning more than a factor of 20 (learning rates) a log axis."""
-    fig = _figure()
-    ax = fig.subplots()
+    are not numbers are categories; numbers spanning more than a factor of 20 (learning rates) a log axis.
+    The legend (a colour per contender, then what hollow and ringed mean) stands right of the axes, which
+    the figure widens for, so that no legend covers the points."""
+    from matplotlib.lines import Line2D
+
     shown = [[t for t in s["trials"] if t.get("value") is not None and key in (t.get("params") or {})]
              for s in studies]
+    names = [str(study.get("label", study.get("contender"))) for study in studies]
+    # an entry is a marker and its text: ~0.6 em a character at SMALL_FONT points, 72 points an inch
+    legend_width = (max(map(len, names), default=0) + 4) * 0.6 * SMALL_FONT / 72
+    fig = _figure(6.4 + legend_width)
+    ax = fig.subplots()
     values = [t["params"][key] for trials in shown for t in trials]
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
     def x(trials: list[dict]) -> list:
         return [t["params"][key] if numeric else str(t["params"][key]) for t in trials]
 
-    for i, (study, trials) in enumerate(zip(studies, shown, strict=True)):
-        color, name = f"C{i % 10}", str(study.get("label", study.get("contender")))
+    handles = []
+    for i, (study, trials, name) in enumerate(zip(studies, shown, names, strict=True)):
+        color = f"C{i % 10}"
         for state, face, suffix in (("complete", color, ""), ("pruned", "none", " (pruned)")):
             these = [t for t in trials if t.get("state") == state]
             if these:
@@ -177,13 +221,19 @@ def tuning_plot(studies: Sequence[dict], key: str) -> Figure:
         if chosen:
             ax.scatter(x(chosen), [t["value"] for t in chosen], marker="o", facecolors="none", edgecolors="black",
                        s=140, linewidths=1.5)
+        if trials:
+            handles.append(Line2D([], [], ls="", marker="o", color=color, label=name))
     if numeric and values and min(values) > 0 and max(values) / min(values) > 20:
         ax.set_xscale("log")
     metric = next((s["metric"] for s in studies if s.get("metric")), "val_error")
     ax.set(xlabel=key, ylabel=COLUMNS[metric].header if metric in COLUMNS else metric,
-           title=f"{metric} of each trial against {key} (black ring: chosen)")
-    if values:
-        ax.legend(fontsize=7)
+           title=f"{metric} of each trial against {key}")
+    if handles:
+        handles += [Line2D([], [], ls="", marker="o", mfc="none", mec="0.4", label="pruned (hollow)"),
+                    Line2D([], [], ls="", marker="o", mfc="none", mec="black", ms=11, mew=1.5, label="chosen (ringed)")]
+        per_column = max(1, int(fig.get_figheight() * 72 / (2 * SMALL_FONT)))  # an entry is ~2 font sizes tall
+        fig.legend(handles=handles, loc="outside right upper", fontsize=SMALL_FONT,
+                   ncols=-(-len(handles) // per_column))
     return fig
 
 
@@ -193,16 +243,29 @@ def _save(fig: Figure, path: Path, written: list[Path]) -> None:
     written.append(path)
 
 
-def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str] = (), split: str = "test",
+def _plotted_split(cell_dir: Path, split: str | None) -> str:
+    """`split`, or (None) test where the cell saved test predictions, else validation: a suite whose split
+    has no test part (split = [0.8, 0.2, 0.0]) saves validation's alone."""
+    if split is not None:
+        return split
+    with np.load(cell_dir / PREDICTIONS) as npz:  # reads the archive's index, not the arrays
+        return "test" if "test_logits" in npz.files else "val"
+
+
+def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str] = (), split: str | None = None,
                 metric: str = "val_error", rank_by: str = "test_error") -> list[Path]:
     """Every figure for the finished cells of `suite_dirs` that pass `filters`; returns the files written.
 
-    out_dir/<suite>/cost_<cost>.png, class_histogram_<split key>.png, and per cell
-    out_dir/<suite>/<cell id>/learning_curves.png, pr_curves.png, confusion.png; over two or more
-    [[datasets]], cd_diagram.png and performance_profile.png (contenders ranked by `rank_by`); for a tuned
+    out_dir/<suite>/cost_<cost>.png, class_histogram_<split key>.png, and per cell (titled with its label
+    and seed) out_dir/<suite>/<cell id>/learning_curves.png, pr_curves.png, confusion.png of `split`
+    (default: test, or validation for a cell without a test split); over two or more
+    [[datasets]], cd_diagram.png and performance_profile.png (contenders ranked by `rank_by`, or by its
+    validation figure in a suite without a test split); for a tuned
     suite, tuning_<key>.png per tuned key."""
     out_dir = Path(out_dir)
-    columns = list(dict.fromkeys([metric, *COST_AXES, rank_by]))
+    # a suite without a test split ranks its contenders on validation, the split it has
+    on_val = rank_by.replace("test_", "val_", 1) if rank_by.startswith("test_") else rank_by
+    columns = list(dict.fromkeys([metric, *COST_AXES, rank_by, on_val]))
     df = frame(list(suite_dirs), columns, filters=[Filter.parse(f) for f in filters], records=True)
     written: list[Path] = []
     for suite_dir in suite_dirs:  # every trial of a study, not only the chosen ones the frame keeps
@@ -216,9 +279,10 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
         for cost in COST_AXES:
             if not board.empty and board[cost].notna().any():
                 _save(cost_plot(board, cost, metric), out_dir / suite / f"cost_{cost}.png", written)
-        for r in cross_dataset(board, rank_by):
+        ranked = rank_by if board.empty or board[rank_by].notna().any() else on_val
+        for r in cross_dataset(board, ranked):
             if r.test is not None:
-                what = f"{COLUMNS[rank_by].header} over {r.test.datasets} data sets"
+                what = f"{COLUMNS[ranked].header} over {r.test.datasets} data sets"
                 written.append(ranking.draw_cd_diagram(r.test, out_dir / suite / "cd_diagram.png"))
                 profile = ranking.performance_profile(r.complete, higher_is_better=r.higher)
                 written.append(ranking.draw_performance_profile(profile, out_dir / suite / "performance_profile.png",
@@ -227,14 +291,14 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
         for row in part[part["status"] == "ok"].itertuples():
             cell_dir, dest = row.record.dir, out_dir / suite / row.id
             data = row.record.result.get("data", {})
-            names = data.get("class_names") or []
+            names, title = data.get("class_names") or [], f"{row.label} seed={row.seed}"
             if (cell_dir / HISTORY).is_file():
-                _save(learning_curves(pd.read_csv(cell_dir / HISTORY), row.label),
-                      dest / "learning_curves.png", written)
+                _save(learning_curves(pd.read_csv(cell_dir / HISTORY), title), dest / "learning_curves.png", written)
             if (cell_dir / PREDICTIONS).is_file():
-                logits, labels = load_predictions(cell_dir, split)
-                _save(pr_curves(logits, labels, names), dest / "pr_curves.png", written)
-                _save(confusion_plot(confusion_matrix(logits, labels), names, f"{row.label} ({split})"),
+                shown = _plotted_split(cell_dir, split)
+                logits, labels = load_predictions(cell_dir, shown)
+                _save(pr_curves(logits, labels, names, title=f"{title} ({shown})"), dest / "pr_curves.png", written)
+                _save(confusion_plot(confusion_matrix(logits, labels), names, f"{title} ({shown})"),
                       dest / "confusion.png", written)
             key = data.get("split_key")
             if data.get("train_class_counts") and key not in histograms:

@@ -30,8 +30,8 @@ def results_by_label(summary):
 
 
 def test_features_give_the_metrics_of_all_but_head(write_suite, tmp_path):
-    # Same init, split, batches and head: only where the backbone runs differs (once, in batches of
-    # eval_batch_size, vs every step). Frozen BN is in eval mode both ways, so the numbers agree up to
+    # Same init, split, batches and head: only where the backbone runs differs (once, channels-last in
+    # batches of its own, vs every step). Frozen BN is in eval mode both ways, so the numbers agree up to
     # float summation order; tolerance 1e-4 on losses, identical errors.
     path = write_suite("""
         [model]
@@ -60,6 +60,29 @@ def test_features_give_the_metrics_of_all_but_head(write_suite, tmp_path):
     from safetensors.torch import load_file
 
     assert set(load_file(str(cached["dir"] / "best.safetensors"))) == {"1.weight", "1.bias", "4.weight", "4.bias"}
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16")
+def test_a_bf16_cell_extracts_in_bf16_as_its_loop_twin_runs_the_backbone(write_suite, tmp_path):
+    """The features of a bf16 cell are what its backbone gives under bf16 autocast, as all_but_head's loop
+    computes them, and an fp32 cell's cache is never taken for them (nor theirs for an fp32 cell's)."""
+    path = write_suite("""
+        [model]
+        freeze = "features"
+        [[cells]]
+        label = "fp32"
+        [[cells]]
+        label = "bf16"
+        "train.precision" = "bf16"
+        [[cells]]
+        label = "bf16 loop"
+        "train.precision" = "bf16"
+        "model.freeze" = "all_but_head"
+    """)
+    res = results_by_label(run(path, tmp_path / "r"))
+    assert res["fp32"]["features"]["key"] != res["bf16"]["features"]["key"]
+    for split in ("val", "test"):
+        assert res["bf16"]["metrics"][split]["top1_error"] == res["bf16 loop"]["metrics"][split]["top1_error"]
 
 
 def test_cache_is_shared_across_heads_and_runs_and_keyed_by_the_weights(write_suite, tmp_path, monkeypatch):

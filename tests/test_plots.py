@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.support import make_cell
+from tests.support import answers, make_cell
 
 HISTORY = {"epoch": [1, 2, 3], "train_loss": [2.0, 1.5, 1.2], "val_loss": [2.1, 1.7, 1.6],
            "train_error": [0.8, 0.5, 0.3], "val_error": [0.8, 0.6, 0.5], "train_seconds": [1.0, 1.0, 1.0]}
@@ -15,6 +15,34 @@ HISTORY = {"epoch": [1, 2, 3], "train_loss": [2.0, 1.5, 1.2], "val_loss": [2.1, 
 
 def _labels(ax):
     return [line.get_label() for line in ax.get_lines()]
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """{"<folder>/<file>": Figure} of every figure write_plots saves (cell id or suite, then the file name)."""
+    import bench.plots as plots
+
+    saved, save = {}, plots._save
+
+    def keep(fig, path, written):
+        save(fig, path, written)
+        saved["/".join(path.parts[-2:])] = fig
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return saved
+
+
+def _title(fig) -> str:
+    return fig._suptitle.get_text() if fig._suptitle else ""
+
+
+def _text_boxes(fig, texts):
+    """The drawn extent of each text, without an annotation's line to its point, at the figure's dpi."""
+    from matplotlib.text import Text
+
+    fig.draw_without_rendering()  # places the texts again at fig.dpi, whatever dpi a savefig drew at
+    renderer = fig.canvas.get_renderer()
+    return [Text.get_window_extent(t, renderer) for t in texts]
 
 
 def test_learning_curves_show_train_and_val_loss_and_error():
@@ -25,6 +53,17 @@ def test_learning_curves_show_train_and_val_loss_and_error():
     assert _labels(loss) == ["train", "val"] and _labels(err) == ["train", "val"]
     assert loss.get_ylabel() == "cross-entropy loss" and err.get_ylabel() == "top-1 error"
     assert list(err.get_lines()[1].get_ydata()) == HISTORY["val_error"]
+
+
+def test_learning_curves_tick_whole_epochs(tmp_path):
+    from bench.plots import learning_curves
+
+    fig = learning_curves(pd.DataFrame(HISTORY))
+    fig.savefig(tmp_path / "curves.png")  # lays the figure out, as write_plots does
+    for ax in fig.axes[:2]:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
 def test_pareto_front():
@@ -45,6 +84,26 @@ def test_cost_plot_marks_the_pareto_front():
     assert list(front.get_xdata()) == [1e3, 1e5] and list(front.get_ydata()) == [0.5, 0.1]
     assert ax.get_xlabel() == "parameters" and ax.get_ylabel() == "val err" and ax.get_xscale() == "log"
     assert len(ax.collections[0].get_offsets()) == 3
+
+
+def test_cost_plot_labels_of_cells_sharing_a_point_are_each_shown_apart(tmp_path):
+    """Three cells of one backbone share its GFLOPs and nearly their error: their labels must not overprint."""
+    from bench.plots import cost_plot
+
+    labels = ["vgg16 freeze=features", "vgg16 freeze=all_but_head", "vgg16 freeze=none", "mlp"]
+    board = pd.DataFrame({"label": labels, "gflops": [15.5, 15.5, 15.5, 0.01], "val_error": [0.3, 0.3, 0.301, 0.6]})
+    fig = cost_plot(board, "gflops")
+    fig.savefig(tmp_path / "cost.png", dpi=120)
+    ax = fig.axes[0]
+    shown = [t for t in ax.texts if t.get_text() in labels]
+    assert sorted(t.get_text() for t in shown) == sorted(labels)
+    boxes = _text_boxes(fig, shown)
+    overlapping = [(a.get_text(), b.get_text()) for i, (a, p) in enumerate(zip(shown, boxes, strict=True))
+                   for b, q in zip(shown[i + 1:], boxes[i + 1:], strict=True) if p.overlaps(q)]
+    assert not overlapping
+    assert all(fig.bbox.contains(*box.p0) and fig.bbox.contains(*box.p1) for box in boxes)  # none pushed off the page
+    moved = [t for t in shown if t.arrow_patch.get_visible()]
+    assert len(moved) == 2  # a lifted label is joined to its point by a line
 
 
 def test_pr_curves_averaged_and_sampled_classes():
@@ -119,6 +178,43 @@ def test_class_histogram_sorted_largest_first():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["y", "z", "x"]
 
 
+def test_write_plots_of_a_suite_without_a_test_split_uses_validation(tmp_path, cli, figures):
+    """split = [0.8, 0.2, 0.0] saves validation predictions alone: the plots show those, and say so."""
+    from bench.store import write_npz
+
+    logits, labels = answers([True, False, True, True], classes=3)
+    cell = make_cell(tmp_path / "s", "cell0", history=HISTORY, metrics={"val": {"top1_error": 0.25}})
+    write_npz(cell / "predictions.npz", val_logits=logits.astype(np.float32), val_labels=labels)
+    code, _, err = cli("report", tmp_path / "s", "--plots", tmp_path / "plots")
+    assert code == 0, err
+    assert {"cell0/confusion.png", "cell0/pr_curves.png", "cell0/learning_curves.png"} <= set(figures)
+    assert _title(figures["cell0/confusion.png"]).endswith("(val)")
+    assert _title(figures["cell0/pr_curves.png"]).endswith("(val)")
+
+
+def test_a_suite_without_a_test_split_ranks_its_data_sets_on_validation(tmp_path, cli):
+    for d, errors in (("d1", (0.2, 0.3, 0.4)), ("d2", (0.25, 0.35, 0.3))):
+        for arch, error in zip("abc", errors, strict=True):
+            make_cell(tmp_path / "s", f"{arch}{d}", arch=arch, dataset=d, metrics={"val": {"top1_error": error}})
+    code, _, err = cli("report", tmp_path / "s", "--plots", tmp_path / "plots")
+    assert code == 0, err
+    assert {"cd_diagram.png", "performance_profile.png"} <= {p.name for p in (tmp_path / "plots" / "s").glob("*")}
+
+
+def test_per_cell_plot_titles_name_the_seed(tmp_path, cli, figures):
+    """Two seeds of one configuration share its label; the title tells their figures apart."""
+    logits, labels = answers([True, False, True, True], classes=3)
+    for seed in (0, 1):
+        make_cell(tmp_path / "s", f"cell{seed}", seed=seed, history=HISTORY, predictions=(logits, labels))
+    code, _, err = cli("report", tmp_path / "s", "--plots", tmp_path / "plots")
+    assert code == 0, err
+    per_cell = {path: fig for path, fig in figures.items() if path.startswith("cell")}
+    assert len(per_cell) == 6
+    for path, fig in per_cell.items():
+        seed = path.split("/")[0].removeprefix("cell")
+        assert f"seed={seed}" in " ".join(_title(fig).split()), (path, _title(fig))
+
+
 def test_write_plots_writes_every_figure(tmp_path, cli):
     gen = torch.Generator().manual_seed(0)
     labels = np.arange(30) % 3
@@ -152,6 +248,23 @@ def test_tuning_plot_one_series_per_contender_pruned_hollow():
     assert len(series["a"].get_offsets()) == 2 and len(series["a (pruned)"].get_offsets()) == 1  # running: no value
     assert series["a (pruned)"].get_facecolors().size == 0 and series["a"].get_facecolors()[0][3] > 0  # hollow
     assert ax.get_xscale() == "log" and ax.get_xlabel() == "train.lr"
+
+
+def test_tuning_plot_legend_of_many_contenders_leaves_the_points_clear(tmp_path):
+    from bench.plots import tuning_plot
+
+    studies = [{"label": f"arch=backbone{i} freeze=none", "chosen": f"c{i}-t0", "metric": "val_error", "trials": [
+        {"cell": f"c{i}-t{n}", "params": {"train.lr": 10.0 ** -n}, "state": "complete" if n < 2 else "pruned",
+         "value": 0.1 * n + 0.01 * i} for n in range(4)]} for i in range(8)]
+    fig = tuning_plot(studies, "train.lr")
+    fig.savefig(tmp_path / "tuning.png", dpi=120)
+    legend = fig.legends[0] if fig.legends else fig.axes[0].get_legend()
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    assert [t.get_text() for t in legend.get_texts()] == [s["label"] for s in studies] + [
+        "pruned (hollow)", "chosen (ringed)"]
+    assert not box.overlaps(fig.axes[0].get_window_extent(renderer))  # the plotting area, where the points are
+    assert fig.bbox.contains(*box.p0) and fig.bbox.contains(*box.p1)
 
 
 def test_write_plots_draws_the_ranking_and_the_tuning_of_a_tuned_suite_over_data_sets(tmp_path, cli):

@@ -44,6 +44,17 @@ def test_markdown_leaderboard_sorted_by_val_error_with_seed_spread(finished):
     assert [c.startswith("**") for c in cells] == [v == vals[0] for v in vals]  # the best is bold, ties too
 
 
+def test_a_spread_that_rounds_to_zero_keeps_its_seed_count(tmp_path):
+    """Seeds that agree to the shown digits are still several seeds: `± 0.000 (2)`, not a bare mean."""
+    from bench.report import render
+
+    s = tmp_path / "s"
+    for seed, error in enumerate([0.5, 0.5002]):
+        make_cell(s, f"c{seed}", seed=seed, val_error=error, test_error=error)
+    row = _md_rows(render(s, "markdown", metrics=["val_error", "test_error"]))[2]
+    assert row[-2:] == ["0.500 ± 0.000 (2)"] * 2
+
+
 def test_csv_and_json_parse_back_with_mean_and_std(finished):
     from bench.report import render
 

@@ -44,7 +44,8 @@ def _fmt(mean: Any, std: Any, n: int, digits: int) -> str:
     if mean is None or pd.isna(mean):
         return "—"
     text = f"{mean:,.{digits}f}"
-    if n > 1 and std is not None and not pd.isna(std) and round(std, digits) > 0:
+    # a spread that rounds to 0 is still shown: "± 0.000 (3)" says three seeds agreed, a bare mean says one
+    if n > 1 and std is not None and not pd.isna(std):
         text += f" ± {std:,.{digits}f} ({n})"
     return text
 
@@ -57,7 +58,7 @@ def _fmt_target(mean: Any, std: Any, reached: int, runs: int, digits: int) -> st
     if not reached:
         return "not reached" + of
     text = f"{mean:,.{digits}f}"
-    if reached > 1 and std is not None and not pd.isna(std) and round(std, digits) > 0:
+    if reached > 1 and std is not None and not pd.isna(std):
         text += f" ± {std:,.{digits}f}"
     return text + of
 
