@@ -26,7 +26,7 @@ from bench.metrics import (
     load_predictions,
     precision_at_recall,
 )
-from bench.report.cross_dataset import cross_dataset
+from bench.report.cross_dataset import cross_dataset, on_validation, ranked_by
 from bench.report.leaderboard import leaderboard
 from bench.report.load import COLUMNS, Filter, frame, read_studies
 from bench.store import HISTORY, PREDICTIONS
@@ -263,9 +263,7 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
     validation figure in a suite without a test split); for a tuned
     suite, tuning_<key>.png per tuned key."""
     out_dir = Path(out_dir)
-    # a suite without a test split ranks its contenders on validation, the split it has
-    on_val = rank_by.replace("test_", "val_", 1) if rank_by.startswith("test_") else rank_by
-    columns = list(dict.fromkeys([metric, *COST_AXES, rank_by, on_val]))
+    columns = list(dict.fromkeys([metric, *COST_AXES, rank_by, on_validation(rank_by)]))
     df = frame(list(suite_dirs), columns, filters=[Filter.parse(f) for f in filters], records=True)
     written: list[Path] = []
     for suite_dir in suite_dirs:  # every trial of a study, not only the chosen ones the frame keeps
@@ -279,7 +277,7 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
         for cost in COST_AXES:
             if not board.empty and board[cost].notna().any():
                 _save(cost_plot(board, cost, metric), out_dir / suite / f"cost_{cost}.png", written)
-        ranked = rank_by if board.empty or board[rank_by].notna().any() else on_val
+        ranked = ranked_by(board, rank_by)
         for r in cross_dataset(board, ranked):
             if r.test is not None:
                 what = f"{COLUMNS[ranked].header} over {r.test.datasets} data sets"

@@ -619,6 +619,21 @@ def test_one_data_set_adds_no_ranking_and_value_picks_the_score(datasets):
     assert "by val err, mean over seeds" in by_val and "ranking across 3 data sets" in by_val
 
 
+def test_a_suite_without_a_test_split_ranks_its_data_sets_on_validation(tmp_path):
+    """Study 004's split ([0.8, 0.2, 0.0]) over several data sets: the ranking is by the split it has."""
+    from bench.report import render
+
+    s = tmp_path / "noval"
+    for arch, by in SCORES.items():
+        for dataset, err in by.items():
+            make_cell(s, f"{arch}-{dataset}", arch=arch, dataset=dataset, metrics={"val": {"top1_error": err}})
+    section = render(s, "markdown").partition("ranking across 3 data sets")[2]
+    assert "by val err, mean over seeds" in section, section
+    rows = _md_rows(section)
+    assert [(r[0], r[4]) for r in rows[2:]] == [("arch=a freeze=none", "**1.00**"), ("arch=b freeze=none", "2.33"),
+                                                ("arch=c freeze=none", "2.67")]
+
+
 def _sig_suite(s, seeds=(0, 1)):
     """Three rows on the same images per seed: the best, a near tie, one clearly worse; and one row on
     another data set, worse than all, that has nothing of its own to be compared with."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import UserError, did_you_mean
-from bench.report.cross_dataset import RANK_BY
+from bench.report.cross_dataset import RANK_BY, on_validation
 from bench.report.formats import FORMATS
 from bench.report.leaderboard import leaderboard_table
 from bench.report.load import (
@@ -67,7 +67,8 @@ def render(targets: Path | Sequence[Path], fmt: str = "markdown", *, metrics: Se
         if target_error is not None and "time_to_target_s" not in columns:
             columns.append("time_to_target_s")
         rank_by = value or RANK_BY
-        needed = list(dict.fromkeys([*columns, *([sort] if sort else []), rank_by, "test_error"]))
+        needed = list(dict.fromkeys([*columns, *([sort] if sort else []), rank_by, on_validation(rank_by),
+                                     "test_error"]))
         df = frame(targets, needed, filters=parsed, recompute=recompute, target_error=target_error)
         _require_cells(df, filters)
         if not explicit and len(df):  # default columns that no record has are noise

@@ -18,6 +18,20 @@ from bench.report.table import Table, best_mask
 RANK_BY = "test_error"  # the score of a contender on each data set, unless --value names another
 
 
+def on_validation(metric: str) -> str:
+    """A test figure's validation twin (test_error: val_error); any other metric itself."""
+    return metric.replace("test_", "val_", 1) if metric.startswith("test_") else metric
+
+
+def ranked_by(board: pd.DataFrame, metric: str) -> str:
+    """The figure that ranks a suite's contenders: `metric`, or its validation twin when no row has it (a
+    suite without a test split ranks on the split it has)."""
+    twin = on_validation(metric)
+    if metric in board.columns and (board.empty or board[metric].notna().any()) or twin not in board.columns:
+        return metric
+    return twin
+
+
 def contender(label: str, dataset: Any) -> str:
     """A cell's label without its data set (bench.suite puts "dataset=<name>" last): the same
     configuration on another data set is the same contender."""

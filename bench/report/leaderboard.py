@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import UserError, did_you_mean
-from bench.report.cross_dataset import RANK_BY, cross_dataset, ranking_table
+from bench.report.cross_dataset import RANK_BY, cross_dataset, on_validation, ranked_by, ranking_table
 from bench.report.load import COLUMNS, DATASET_AXIS, PARAM, REACHED, SORT_BY
 from bench.report.significance import WORSE, significance, significance_note
 from bench.report.table import (
@@ -86,7 +86,8 @@ def leaderboard_table(df: pd.DataFrame, columns: Sequence[str], sort: str | None
     test images carry WORSE; over two or more data sets, a section ranks the contenders across them by
     `rank_by`."""
     # the test error (the paired test's figure) and the ranking's score are needed whether shown or not
-    extra = [c for c in dict.fromkeys([rank_by, "test_error"]) if c not in columns and c in df.columns]
+    extra = [c for c in dict.fromkeys([rank_by, on_validation(rank_by), "test_error"])
+             if c not in columns and c in df.columns]
     board = leaderboard(df, [*columns, *extra], sort)
     title = ", ".join(dict.fromkeys(df["suite"])) if len(df) else "no cells"
     if board.empty:
@@ -149,7 +150,8 @@ def leaderboard_table(df: pd.DataFrame, columns: Sequence[str], sort: str | None
     if not worse.empty:
         data["worse_p"] = worse["p_adjusted"].to_numpy()
         data["worse"] = worse["worse"].to_numpy()
-    rankings = cross_dataset(board, rank_by) if rank_by in board.columns else []
+    ranked = ranked_by(board, rank_by)
+    rankings = cross_dataset(board, ranked) if ranked in board.columns else []
     if rankings:
         data = data.merge(pd.concat([r.per_row() for r in rankings]), how="left", on=["suite", "label"])
     data.columns = [c.removeprefix("axis:").removeprefix(PARAM) for c in data.columns]
