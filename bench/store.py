@@ -120,7 +120,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as e:
         if _failed_write(e, Path(tmp), lambda p: p.unlink(missing_ok=True)):
-            raise disk_full(path) from None
+            raise disk_full(path) from e  # the writer's own error stays in the traceback
         raise
 
 
@@ -142,7 +142,7 @@ def atomic_dir(folder: Path | str) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException as e:
         if _failed_write(e, tmp, lambda p: shutil.rmtree(p, ignore_errors=True)):
-            raise disk_full(folder) from None
+            raise disk_full(folder) from e  # the writer's own error stays in the traceback
         raise
 
 

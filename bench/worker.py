@@ -118,11 +118,11 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
                                             life_recv, {**os.environ, **(env or {})}, os.getcwd()),
                        name=f"bench-cell-{cell.id}")
     proc.start()
-    claim.update(pid=proc.pid)  # `bench status` names the process that trains the cell, not this one
     child_conn.close()
     life_recv.close()
     record, error = None, None
     try:
+        claim.update(pid=proc.pid)  # `bench status` names the process that trains the cell, not this one
         while True:
             if STOP.is_set():
                 raise KeyboardInterrupt
@@ -158,10 +158,12 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
             log.unlink(missing_ok=True)
         return record
     tail = _tail(log)
-    if error is not None and not tail:  # the child could not write its log (a full disk), or had not opened it
+    if error is not None and error["traceback"].splitlines()[-1:] != tail[-1:]:
+        # the child could not write its traceback to its log (a full disk), or had not opened the log yet
         with contextlib.suppress(OSError):  # its end freed what its writes held: there may be room now
-            log.write_text(error["traceback"])
-        tail = error["traceback"].splitlines()[-TAIL_LINES:]
+            with log.open("a") as f:
+                f.write(error["traceback"])
+        tail = [*tail, *error["traceback"].splitlines()][-TAIL_LINES:]
     if error is not None and error["errno"] == errno.ENOSPC and error["filename"]:
         raise disk_full(error["filename"])  # as when the cell runs in this process: the run stops, and says where
     return failure_record(cell, suite_dir, device, "crashed", _cause(proc.exitcode, error, bool(tail)),

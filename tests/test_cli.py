@@ -70,6 +70,9 @@ BAD = [  # an override, and the suite file that makes the same mistake
     ('grid."model.arch"=["tv:resnet500"]', TINY + '[grid]\n"model.arch" = ["tv:resnet500"]\n'),
     ("grid.train.lr=0.1", TINY + '[grid]\n"train.lr" = 0.1\n'),
     ("tune.trials=0", TUNED.replace("trials = 2", "trials = 0")),
+    ('tune.space."train.lr".low=abc', TUNED.replace("low = 0.001", 'low = "abc"')),
+    ('tune.space."train.lr"={low=1,high=0.1}', TUNED.replace("{low = 0.001, high = 0.1, log = true}",
+                                                             "{low = 1, high = 0.1}")),
 ]
 
 
@@ -84,8 +87,9 @@ def test_a_bad_override_is_the_files_own_error_naming_the_override(override, mis
 
 
 @pytest.mark.parametrize("extra, where", [('[grid]\n"train.lr" = [0.1, 0.01]\n', 'grid."train.lr"'),
-                                          ('[[cells]]\nlabel = "fast"\n"train.lr" = 0.1\n', "cells[0]")])
-def test_an_override_the_grid_or_a_cell_entry_would_undo_is_refused(extra, where, write_suite, cli):
+                                          ('[[cells]]\nlabel = "fast"\n"train.lr" = 0.1\n', "cells[0]"),
+                                          (TUNED.removeprefix(TINY), 'tune.space."train.lr"')])
+def test_an_override_the_grid_a_cell_entry_or_the_search_would_undo_is_refused(extra, where, write_suite, cli):
     code, out, err = cli("plan", write_suite(extra), "train.lr=0.5")
     assert code == 2 and not out and len(err.strip().splitlines()) == 1
     assert f"{where}: " in err and "train.lr=0.5" in err

@@ -83,6 +83,16 @@ def test_a_bf16_cell_extracts_in_bf16_as_its_loop_twin_runs_the_backbone(write_s
     assert res["fp32"]["features"]["key"] != res["bf16"]["features"]["key"]
     for split in ("val", "test"):
         assert res["bf16"]["metrics"][split]["top1_error"] == res["bf16 loop"]["metrics"][split]["top1_error"]
+    # the tiny data's metrics cannot tell bf16 features from fp32 ones; the features can: a bf16 backbone's
+    # are bf16 numbers, every one of them, an fp32 backbone's are not
+    from safetensors.torch import load_file
+
+    from bench.data.cachedir import cache_root
+
+    for label, in_bf16 in (("bf16", True), ("fp32", False)):
+        feats = load_file(str(cache_root() / "features" / res[label]["features"]["key"] / "val.safetensors"))
+        exact = torch.equal(feats["features"], feats["features"].bfloat16().float())
+        assert exact == in_bf16, label
 
 
 def test_cache_is_shared_across_heads_and_runs_and_keyed_by_the_weights(write_suite, tmp_path, monkeypatch):

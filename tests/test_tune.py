@@ -201,6 +201,29 @@ def test_a_choice_changed_by_a_raised_budget_withdraws_the_earlier_test_and_the_
     assert "test seen 2 times" in note and rec["label"] in note and "trial 1" in note
 
 
+def test_a_kill_while_the_new_choice_is_tested_keeps_the_record_of_the_earlier_look(monkeypatch, write_suite,
+                                                                                       tmp_path):
+    from bench.tune import contender
+
+    script_results(monkeypatch, lambda n, cfg: [0.4, 0.3, 0.1][n])
+    path = write_suite(SPACE_RANDOM.replace("{trials}", "2"), base=BASE)
+    tune_run(path, tmp_path)
+    (first,) = records(tmp_path).values()
+    path.write_text(path.read_text().replace("trials = 2", "trials = 3"))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(contender, "evaluate_test", killed)
+        with pytest.raises(KeyboardInterrupt):
+            tune_run(path, tmp_path)
+    tune_run(path, tmp_path)
+    (rec,) = records(tmp_path).values()
+    assert rec["superseded_tests"] == [{"trial": 1, "cell": first["chosen"], "metrics": {"test": first["test"]}}]
+    assert rec["test_looks"] == 2 and rec["test"] is not None
+
+
 def test_sequential_tuning_proposes_the_same_trials_given_the_seed(write_suite, tmp_path):
     path = write_suite(SPACE_RANDOM.replace("{trials}", "2").replace('"random"', '"tpe"'), base=BASE)
     for folder in ("a", "b"):

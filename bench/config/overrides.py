@@ -72,8 +72,11 @@ def apply(raw: dict[str, Any], overrides: Sequence[Override], file: Path | None 
 
 def blame(error: UserError, overrides: Sequence[Override]) -> UserError:
     """`error` with the override that set its key named, when one did."""
-    path = _key_path(re.sub(r"\[\d+\]", "", error.key or ""))
-    hit = next((o for o in overrides if path and _overlap(o.path, path)), None)
+    key = re.sub(r"\[\d+\]", "", error.key or "")
+    path = _key_path(key)
+    # pydantic's location of a key inside a dotted name (tune.space."train.lr") comes unquoted: by its text
+    hit = next((o for o in overrides if path and _overlap(o.path, path)
+                or f"{key}.".startswith(".".join(o.path) + ".")), None)
     if hit is None:
         return error
     note = f"(set on the command line: {hit.text})"
@@ -134,6 +137,13 @@ def _reaches_every_cell(raw: dict[str, Any], o: Override, file: Path | None) -> 
     def sets(keys) -> str | None:
         return next((k for k in keys if _overlap(tuple(k.split(".")), o.path)), None)
 
+    tune = raw.get("tune")
+    space = tune.get("space") if isinstance(tune, dict) else None
+    searched = sets(space) if isinstance(space, dict) else None
+    if searched:
+        raise UserError(f"[tune] searches {searched} for every trial, so the override {o.text} would change "
+                        "nothing", file=file, key=f'tune.space."{searched}"',
+                        hint=f"override the range instead: 'tune.space.\"{searched}\"={{low = ..., high = ...}}'")
     grid = raw.get("grid")
     axis = sets(flatten(grid)) if isinstance(grid, dict) else None
     if axis:

@@ -235,7 +235,8 @@ class Contender:
     def _withdraw_tests(self, suite_dir: Path, chosen: str | None) -> None:
         """Test figures in any trial's cell but the chosen one's are an earlier choice's (the budget changed
         since): out of its predictions.npz and result.json, so that nothing reads them as valid, and into the
-        record's superseded_tests."""
+        record's superseded_tests, which is written first: a kill between the two, or during the new choice's
+        test, must not erase that the test split was looked at."""
         numbers = {}
         for t in self.study.get_trials(deepcopy=False):
             numbers.setdefault(t.user_attrs.get("cell"), t.number)
@@ -244,6 +245,9 @@ class Contender:
             tested = {k: v for k, v in ((result or {}).get("metrics") or {}).items() if k.startswith("test")}
             if not tested:
                 continue
+            if not any((e["trial"], e["cell"]) == (number, cid) for e in self.superseded):  # not after a kill
+                self.superseded.append({"trial": number, "cell": cid, "metrics": tested})
+                self.write()
             path = suite_dir / cid / PREDICTIONS
             if path.is_file():  # first: a kill before result.json is rewritten leaves the figures to withdraw
                 with np.load(path) as npz:
@@ -252,7 +256,6 @@ class Contender:
             result["metrics"] = {k: v for k, v in result["metrics"].items() if k not in tested}
             result.pop("test_evaluated", None)
             write_result(suite_dir / cid, result)
-            self.superseded.append({"trial": number, "cell": cid, "metrics": tested})
 
     def record(self) -> dict[str, Any]:
         trials = []
