@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.cell import Cell, RunOptions, RunSummary, select
+from bench.cell import Cell, RunOptions, RunSummary, resolved_config, select
 from bench.config import Suite
 from bench.config.overrides import Override, blame, config_toml, load, parse, suite_text
 from bench.errors import UserError
@@ -25,7 +25,7 @@ class Plan:
     suite: Suite  # as run: with the command line's overrides, rewritten for stand-in data with --smoke
     cells: list[Cell]  # in run order, parents first, with the ids `bench run` uses
     notes: list[str]  # what preflight says for the console (a split carved from the source's train part)
-    text: str  # the suite file as it runs (with the overrides set), for the results folder's suite.toml
+    overrides: tuple[Override, ...] = ()  # the command line's, set in `suite`; the results folder records them
 
 
 def plan(path: Path | str, *, only: str | None = None, smoke: bool = False, device: str = "auto",
@@ -57,33 +57,35 @@ def _plan(path: Path, given: list[Override], *, only: str | None, smoke: bool, d
         from bench.tune.space import check_space
 
         check_space(suite, cells)
-    chosen = select(cells, only)
-    if not chosen:
-        raise UserError(f"--only '{only}' matches none of the {len(cells)} cells", file=path,
-                        hint="match a cell id or label; `bench plan` lists them")
+    chosen = _matching(cells, only, "--only", path)
     notes = preflight(suite, chosen, device, data=data, results=results, force=force) if check else []
-    return Plan(path, suite, chosen, notes, suite_text(path, given))
+    return Plan(path, suite, chosen, notes, tuple(given))
+
+
+def _matching(cells: list[Cell], pattern: str | None, option: str, path: Path) -> list[Cell]:
+    chosen = select(cells, pattern)
+    if not chosen:
+        raise UserError(f"{option} '{pattern}' matches none of the {len(cells)} cells", file=path,
+                        hint="match a cell id or label; `bench plan` lists them")
+    return chosen
 
 
 def show_config(planned: Plan, pattern: str) -> str:
     """The resolved config, as TOML, of each planned cell whose id or label matches `pattern` (as --only)."""
-    chosen = select(planned.cells, pattern)
-    if not chosen:
-        raise UserError(f"--show-config '{pattern}' matches none of the {len(planned.cells)} cells",
-                        file=planned.path, hint="match a cell id or label; `bench plan` lists them")
-    return "\n".join(config_toml(c.config.model_dump(mode="json"), f"cell {c.id}: {c.label}") for c in chosen)
+    chosen = _matching(planned.cells, pattern, "--show-config", planned.path)
+    return "\n".join(config_toml(resolved_config(c), f"cell {c.id}: {c.label}") for c in chosen)
 
 
 def run(planned: Plan, *, results: Path | str = Path("results"), device: str = "auto",
         options: RunOptions | None = None, executor: Any = None, progress: Any = None) -> RunSummary | TuneSummary:
     """Run a plan's cells: a plain suite through bench.runner, a suite with [tune] through bench.tune."""
-    suite_text = planned.text
+    text = suite_text(planned.path, planned.overrides)  # as it runs, for the results folder's suite.toml
     if planned.suite.tune is not None:
         from bench.tune.waves import tune_suite
 
-        return tune_suite(planned.suite, suite_text, planned.cells, Path(results), device=device,
+        return tune_suite(planned.suite, text, planned.cells, Path(results), device=device,
                           progress=progress, options=options, executor=executor)
     from bench.runner import run_suite
 
-    return run_suite(suite_text, planned.suite.suite.name, planned.cells, Path(results), device=device,
+    return run_suite(text, planned.suite.suite.name, planned.cells, Path(results), device=device,
                      progress=progress, options=options, executor=executor)

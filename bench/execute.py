@@ -5,7 +5,6 @@ contender's chosen trial). Who runs a cell, and where, is decided above: bench.a
 
 from __future__ import annotations
 
-import errno
 import time
 import traceback
 from pathlib import Path
@@ -30,6 +29,7 @@ from bench.store import (
     PREDICTIONS,
     add_predictions,
     forget_result,
+    full_disk_path,
     init_file,
     load_best,
     read_result,
@@ -69,7 +69,7 @@ def execute(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProg
         return failure_record(cell, suite_dir, device, "oom", error, trial=trial, peak_cuda_mb=peak,
                               detail=str(e)[:500])
     except Exception as e:  # one cell's failure is a record, and the suite goes on
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC and e.filename:
+        if full_disk_path(e):
             raise  # but a full disk takes no record: the run stops on one line naming the folder (store's)
         return failure_record(cell, suite_dir, device, "failed", first_line(e, typed=True), trial=trial,
                               traceback=traceback.format_exc())
@@ -154,8 +154,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
 
     write_history(cell_dir, result.history)
     write_npz(cell_dir / PREDICTIONS, **prediction_arrays(result.predictions))
-    model.load_state_dict(result.best_state)
-    save_best(model, cell_dir)
+    save_best(model, cell_dir)  # fit leaves the model holding its best weights
     (params_total, params_trainable) = net.params
     record = {
         "schema_version": bench.SCHEMA_VERSION,

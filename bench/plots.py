@@ -19,14 +19,14 @@ import pandas as pd
 import torch
 
 from bench import ranking
+from bench.compare import read_predictions
 from bench.metrics import (
     RECALL_GRID,
     averaged_pr_curves,
     confusion_matrix,
-    load_predictions,
     precision_at_recall,
 )
-from bench.report.cross_dataset import cross_dataset, on_validation, ranked_by
+from bench.report.cross_dataset import cross_dataset, on_validation
 from bench.report.leaderboard import leaderboard
 from bench.report.load import COLUMNS, Filter, frame, read_studies
 from bench.store import HISTORY, PREDICTIONS
@@ -243,15 +243,6 @@ def _save(fig: Figure, path: Path, written: list[Path]) -> None:
     written.append(path)
 
 
-def _plotted_split(cell_dir: Path, split: str | None) -> str:
-    """`split`, or (None) test where the cell saved test predictions, else validation: a suite whose split
-    has no test part (split = [0.8, 0.2, 0.0]) saves validation's alone."""
-    if split is not None:
-        return split
-    with np.load(cell_dir / PREDICTIONS) as npz:  # reads the archive's index, not the arrays
-        return "test" if "test_logits" in npz.files else "val"
-
-
 def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str] = (), split: str | None = None,
                 metric: str = "val_error", rank_by: str = "test_error") -> list[Path]:
     """Every figure for the finished cells of `suite_dirs` that pass `filters`; returns the files written.
@@ -277,10 +268,9 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
         for cost in COST_AXES:
             if not board.empty and board[cost].notna().any():
                 _save(cost_plot(board, cost, metric), out_dir / suite / f"cost_{cost}.png", written)
-        ranked = ranked_by(board, rank_by)
-        for r in cross_dataset(board, ranked):
+        for r in cross_dataset(board, rank_by):
             if r.test is not None:
-                what = f"{COLUMNS[ranked].header} over {r.test.datasets} data sets"
+                what = f"{COLUMNS[r.metric].header} over {r.test.datasets} data sets"
                 written.append(ranking.draw_cd_diagram(r.test, out_dir / suite / "cd_diagram.png"))
                 profile = ranking.performance_profile(r.complete, higher_is_better=r.higher)
                 written.append(ranking.draw_performance_profile(profile, out_dir / suite / "performance_profile.png",
@@ -293,8 +283,10 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
             if (cell_dir / HISTORY).is_file():
                 _save(learning_curves(pd.read_csv(cell_dir / HISTORY), title), dest / "learning_curves.png", written)
             if (cell_dir / PREDICTIONS).is_file():
-                shown = _plotted_split(cell_dir, split)
-                logits, labels = load_predictions(cell_dir, shown)
+                # test where the cell was tested, else validation: a suite whose split has no test part
+                # (split = [0.8, 0.2, 0.0]) saves validation's predictions alone
+                shown = split or ("test" if "test" in row.record.result.get("metrics", {}) else "val")
+                logits, labels = read_predictions(cell_dir, shown)
                 _save(pr_curves(logits, labels, names, title=f"{title} ({shown})"), dest / "pr_curves.png", written)
                 _save(confusion_plot(confusion_matrix(logits, labels), names, f"{title} ({shown})"),
                       dest / "confusion.png", written)

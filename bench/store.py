@@ -56,6 +56,14 @@ def disk_full(path: Path | str) -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
+def full_disk_path(error: BaseException) -> str | None:
+    """The file or folder a full disk kept from being written, when `error` is disk_full's (or another
+    ENOSPC that names its path); None for any other error."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC and error.filename:
+        return str(error.filename)
+    return None
+
+
 def _chain(error: BaseException | None) -> Iterator[BaseException]:
     """`error` and the exceptions it was raised from or while handling, as a traceback shows them."""
     while error is not None:

@@ -218,10 +218,11 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
                              after_step=loop.ema)
         _check_divergence(epoch, lr, tr, progress, len(class_counts))
         row = _epoch_row(epoch, lr, tr, loop, loaders["val"], progress)
-        if loop.stopper.update(as_selected(row, loop.selected)):  # validation only decides
+        selected = as_selected(row, loop.selected)
+        if loop.stopper.update(selected):  # validation only decides
             progress.keep_best(epoch, loop)
         row["epochs_since_best"] = loop.stopper.since_best
-        loop.scheduler.epoch_end(as_selected(row, loop.selected))  # a plateau schedule hears what stopping reads
+        loop.scheduler.epoch_end(selected)  # a plateau schedule hears what stopping reads
         progress.history.append(row)
         if on_epoch is not None:
             try:

@@ -11,7 +11,6 @@ progress calls to the parent through a pipe (the bars keep moving), writes its s
 from __future__ import annotations
 
 import contextlib
-import errno
 import multiprocessing as mp
 import os
 import signal
@@ -30,7 +29,7 @@ from bench.environment import quiet_known_notices
 from bench.errors import first_line
 from bench.execute import execute, failure_record
 from bench.models.plugins import load_plugins
-from bench.store import LOG, disk_full
+from bench.store import LOG, disk_full, full_disk_path
 
 TAIL_LINES = 20
 
@@ -87,14 +86,15 @@ def _child(cell: Cell, suite_dir: Path, device: str, index: int, total: int, opt
         threading.Thread(target=_exit_with_parent, args=(lifeline,), daemon=True).start()
         record = execute(cell, suite_dir, torch.device(device), _Relay(conn), index, total, options)
     except Exception as e:  # no record could be written (a full disk), or the process never got to the cell
-        text = traceback.format_exc()
+        text, logged = traceback.format_exc(), False
         with contextlib.suppress(OSError):  # into stderr.log (not the console of the fork server), room allowing
             if log is not None:
                 sys.stderr.write(text)
                 sys.stderr.flush()
+                logged = True
         with contextlib.suppress(OSError):  # the parent says it, and keeps it when the log could not
-            conn.send(("__error__", ({"error": first_line(e, typed=True), "traceback": text,
-                                      "errno": getattr(e, "errno", None), "filename": getattr(e, "filename", None)},)))
+            conn.send(("__error__", ({"error": first_line(e, typed=True), "traceback": text, "logged": logged,
+                                      "full_disk": full_disk_path(e)},)))
         sys.exit(1)
     conn.send(("__record__", (record,)))
     sys.stdout.flush()
@@ -158,14 +158,14 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
             log.unlink(missing_ok=True)
         return record
     tail = _tail(log)
-    if error is not None and error["traceback"].splitlines()[-1:] != tail[-1:]:
+    if error is not None and not error["logged"]:
         # the child could not write its traceback to its log (a full disk), or had not opened the log yet
         with contextlib.suppress(OSError):  # its end freed what its writes held: there may be room now
             with log.open("a") as f:
                 f.write(error["traceback"])
         tail = [*tail, *error["traceback"].splitlines()][-TAIL_LINES:]
-    if error is not None and error["errno"] == errno.ENOSPC and error["filename"]:
-        raise disk_full(error["filename"])  # as when the cell runs in this process: the run stops, and says where
+    if error is not None and error["full_disk"]:
+        raise disk_full(error["full_disk"])  # as when the cell runs in this process: the run stops, and says where
     return failure_record(cell, suite_dir, device, "crashed", _cause(proc.exitcode, error, bool(tail)),
                           exitcode=proc.exitcode, stderr_tail=tail, trial=options.trials.get(cell.id))
 

@@ -181,3 +181,14 @@ def wait_for(predicate, proc, what: str = "", timeout=120.0):
         assert proc.poll() is None, f"the run ended before {what}: " + proc.communicate()[0]
         assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def offline(monkeypatch, tmp_path) -> None:
+    """No network, and an empty hub cache: hub weights can be neither found nor fetched."""
+    from bench.models import factory
+
+    def unreachable(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(factory.socket, "create_connection", unreachable)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))

@@ -17,6 +17,7 @@ from PIL import Image
 from bench import SCHEMA_VERSION
 from bench.errors import UserError
 from bench.store import write_json, write_npz
+from tests.support import offline
 
 # id -> (case(tmp_path, monkeypatch) -> (bench arguments, fragments of the one error line), pytest marks)
 CASES: dict[str, tuple[Callable, tuple]] = {}
@@ -298,13 +299,7 @@ def _(t, mp):
 
 @case("hub-weights-offline-no-cache")
 def _(t, mp):
-    from bench.models import factory
-
-    def offline(*a, **k):
-        raise OSError("network is unreachable")
-
-    mp.setattr(factory.socket, "create_connection", offline)
-    mp.setattr(torch.hub, "get_dir", lambda: str(t / "empty-hub"))
+    offline(mp, t)
     return ["run", suite(t, '[model]\narch = "tv:alexnet"\npretrained = true\n')], [
         "model.pretrained", "cannot fetch pretrained weights for tv:alexnet", "unreachable"]
 
@@ -428,6 +423,11 @@ def _(t, mp):
                                                                   "--only a --force"]
 
 
+@case("report-plots-corrupt-predictions")
+def _(t, mp):
+    return ["report", results(t), "--plots", t / "plots"], ["a/predictions.npz: damaged predictions file"]
+
+
 @case("export-no-such-cell")
 def _(t, mp):
     return ["export", "zzz", "--suite", results(t), "--out", t / "sub.csv"], ["'zzz' matches 0 cells"]
@@ -500,15 +500,10 @@ def test_preflight_refuses_a_device_this_machine_lacks(write_suite):
 def test_hub_is_not_asked_when_the_initial_weights_are_saved(write_suite, tmp_path, monkeypatch):
     """An offline rerun of a suite whose initial weights the first run saved needs no hub."""
     from bench.config import load_suite
-    from bench.models import factory
     from bench.suite import expand, preflight
     from bench.weights import init_key
 
-    def offline(*a, **k):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(factory.socket, "create_connection", offline)
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    offline(monkeypatch, tmp_path)
     spec = load_suite(write_suite('[model]\narch = "tv:alexnet"\npretrained = true\n'))
     cells = expand(spec)
     with pytest.raises(UserError, match="cannot fetch pretrained weights"):

@@ -6,22 +6,11 @@ from __future__ import annotations
 import tomllib
 
 import pytest
-import torch
 
 from bench import api
 from bench.config import flatten
 from tests.conftest import TINY
-
-
-def offline(monkeypatch, tmp_path) -> None:
-    """No network, and an empty hub cache: hub weights can be neither found nor fetched."""
-    from bench.models import factory
-
-    def unreachable(*a, **k):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(factory.socket, "create_connection", unreachable)
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+from tests.support import offline
 
 
 @pytest.mark.parametrize("needs", ["hub weights", "data"])

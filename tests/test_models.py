@@ -10,11 +10,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from bench.errors import UserError
-from bench.models import create_model, factory, list_archs
+from bench.models import create_model, list_archs
 from bench.models.builtins import BUILTINS
 from bench.models.freeze import apply_freeze, count_params, layers, set_train_mode
 from bench.models.heads import Head, build_head, head_name, replace_head
 from tests.conftest import write_plugin
+from tests.support import offline
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -94,11 +95,7 @@ def test_arch_listing_spans_all_registries():
 
 
 def test_hub_weights_offline_fail_fast_with_a_clear_error(monkeypatch, tmp_path):
-    def no_network(*a, **k):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(factory.socket, "create_connection", no_network)
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # empty cache
+    offline(monkeypatch, tmp_path)
     for arch in ("tv:alexnet", "timm:resnet10t"):
         with pytest.raises(UserError) as e:
             create_model(arch, 3, 64, pretrained=True)

@@ -33,7 +33,7 @@ def figures(monkeypatch):
 
 
 def _title(fig) -> str:
-    return fig._suptitle.get_text() if fig._suptitle else ""
+    return fig.get_suptitle()
 
 
 def _text_boxes(fig, texts):
@@ -258,7 +258,7 @@ def test_tuning_plot_legend_of_many_contenders_leaves_the_points_clear(tmp_path)
          "value": 0.1 * n + 0.01 * i} for n in range(4)]} for i in range(8)]
     fig = tuning_plot(studies, "train.lr")
     fig.savefig(tmp_path / "tuning.png", dpi=120)
-    legend = fig.legends[0] if fig.legends else fig.axes[0].get_legend()
+    (legend,) = fig.legends
     renderer = fig.canvas.get_renderer()
     box = legend.get_window_extent(renderer)
     assert [t.get_text() for t in legend.get_texts()] == [s["label"] for s in studies] + [

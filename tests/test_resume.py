@@ -380,9 +380,10 @@ def test_checkpoints_are_spaced_so_that_writing_them_costs_at_most_5_percent(tmp
 
 # ------------------------------------------------------------------------------------------ a full disk
 # A cell's process on a results disk that fills up at one file (FULL_AT) while FULL_DISK (the results folder)
-# is set (a fork server that preloaded the plugin serves later tests too), each writer failing in its own words: torch.save's checkpoint as torch says it, a record as Python
+# is set, each writer failing in its own words: torch.save's checkpoint as torch says it, a record as Python
 # does (ENOSPC, naming no file); the file system then has no block left to give, and a cell's own process
-# (BENCH_EXECUTOR set) nothing more for its stderr.log.
+# (BENCH_EXECUTOR set) nothing more for its stderr.log. The plugin acts only while FULL_DISK is set, because
+# a fork server that preloaded it serves later tests too.
 FULL_DISK = '''
 import errno
 import os

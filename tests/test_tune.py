@@ -38,15 +38,22 @@ def trial_dirs(results) -> list:
     return sorted(p.parent for p in (results / "tuned").glob("*/cell.json"))
 
 
-def count_fits(monkeypatch, on_call=None) -> list:
-    """Every training a trial starts, in order; `on_call(n, cfg)` may script or interrupt it."""
-    calls, real = [], execute.fit
+REAL_FIT = execute.fit  # wrapped afresh by each helper below: a second call replaces the first's wrapper
+
+
+def count_fits(monkeypatch, on_call=None, after=None) -> list:
+    """Every training a trial starts, in order; `on_call(n, cfg)` may script or interrupt it, `after(n, cfg,
+    result, test)` may rewrite its result (`test`: whether fit was asked to evaluate test)."""
+    calls = []
 
     def fit(model, loaders, cfg, *args, **kw):
         calls.append(cfg)
         if on_call is not None:
             on_call(len(calls) - 1, cfg)
-        return real(model, loaders, cfg, *args, **kw)
+        result = REAL_FIT(model, loaders, cfg, *args, **kw)
+        if after is not None:
+            after(len(calls) - 1, cfg, result, kw["test"])
+        return result
 
     monkeypatch.setattr(execute, "fit", fit)
     return calls
@@ -61,17 +68,12 @@ def script_val_errors(monkeypatch, scripts: list[list[float]]) -> list:
 def script_results(monkeypatch, val_error) -> list:
     """Trial cell n's validation top-1 error in its result, what its study is told, is val_error(n, cfg) (the
     n-th training this run starts); returns the configs trained, in order."""
-    calls, real = [], execute.fit
 
-    def fit(model, loaders, cfg, *args, **kw):
-        calls.append(cfg)
-        result = real(model, loaders, cfg, *args, **kw)
-        assert kw["test"] is False  # a trial never evaluates test
-        result.metrics["val"] = {**result.metrics["val"], "top1_error": val_error(len(calls) - 1, cfg)}
-        return result
+    def scripted(n, cfg, result, test):
+        assert test is False  # a trial never evaluates test
+        result.metrics["val"] = {**result.metrics["val"], "top1_error": val_error(n, cfg)}
 
-    monkeypatch.setattr(execute, "fit", fit)
-    return calls
+    return count_fits(monkeypatch, after=scripted)
 
 
 SPACE_LR = '''
@@ -203,8 +205,6 @@ def test_a_choice_changed_by_a_raised_budget_withdraws_the_earlier_test_and_the_
 
 def test_a_kill_while_the_new_choice_is_tested_keeps_the_record_of_the_earlier_look(monkeypatch, write_suite,
                                                                                        tmp_path):
-    from bench.tune import contender
-
     script_results(monkeypatch, lambda n, cfg: [0.4, 0.3, 0.1][n])
     path = write_suite(SPACE_RANDOM.replace("{trials}", "2"), base=BASE)
     tune_run(path, tmp_path)
@@ -215,7 +215,7 @@ def test_a_kill_while_the_new_choice_is_tested_keeps_the_record_of_the_earlier_l
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(contender, "evaluate_test", killed)
+        m.setattr(tune_contender, "evaluate_test", killed)
         with pytest.raises(KeyboardInterrupt):
             tune_run(path, tmp_path)
     tune_run(path, tmp_path)

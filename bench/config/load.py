@@ -91,6 +91,12 @@ def check_grid(grid: dict[str, Any], path: Path | None) -> dict[str, Any]:
     return grid
 
 
+def setting(keys, key: str) -> str | None:
+    """The first of the dotted `keys` that sets `key`: the key itself, a table holding it, or a key inside it
+    (data.annotations.train and "data.annotations" set each other)."""
+    return next((k for k in keys if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'model': {'arch': x}} and {'model.arch': x} both become {'model.arch': x}. An empty table stays a value:
     `"model.kwargs" = {}` in a [[cells]] entry clears the base's keyword arguments."""

@@ -12,12 +12,13 @@ import textwrap
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from bench.config.load import flatten, parse_suite, read_suite
+from bench.config.load import flatten, parse_suite, read_suite, setting
 from bench.config.suite import SECTIONS, Resources, Suite
 from bench.errors import UserError
 
@@ -73,10 +74,9 @@ def apply(raw: dict[str, Any], overrides: Sequence[Override], file: Path | None 
 def blame(error: UserError, overrides: Sequence[Override]) -> UserError:
     """`error` with the override that set its key named, when one did."""
     key = re.sub(r"\[\d+\]", "", error.key or "")
-    path = _key_path(key)
-    # pydantic's location of a key inside a dotted name (tune.space."train.lr") comes unquoted: by its text
-    hit = next((o for o in overrides if path and _overlap(o.path, path)
-                or f"{key}.".startswith(".".join(o.path) + ".")), None)
+    # by the keys' text: pydantic names a key inside a dotted name (tune.space."train.lr") unquoted
+    key = ".".join(_key_path(key) or [key])
+    hit = next((o for o in overrides if key and setting([".".join(o.path)], key)), None)
     if hit is None:
         return error
     note = f"(set on the command line: {hit.text})"
@@ -133,10 +133,7 @@ def _without_none(d: dict[str, Any]) -> dict[str, Any]:
 
 def _reaches_every_cell(raw: dict[str, Any], o: Override, file: Path | None) -> None:
     key = ".".join(o.path)
-
-    def sets(keys) -> str | None:
-        return next((k for k in keys if _overlap(tuple(k.split(".")), o.path)), None)
-
+    sets = partial(setting, key=key)
     tune = raw.get("tune")
     space = tune.get("space") if isinstance(tune, dict) else None
     searched = sets(space) if isinstance(space, dict) else None
@@ -157,12 +154,6 @@ def _reaches_every_cell(raw: dict[str, Any], o: Override, file: Path | None) -> 
                 raise UserError(f"sets {hit} for its cells, so the override {o.text} would not reach them",
                                 file=file, key=f"{table}[{i}]", hint=f"set {key} in the file's [[{table}]] "
                                                                      "entries instead")
-
-
-def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """One key is the other or inside it (data.annotations.train and data.annotations)."""
-    n = min(len(a), len(b))
-    return a[:n] == b[:n]
 
 
 def _key_path(key: str) -> tuple[str, ...] | None:

@@ -52,6 +52,11 @@ def head_module(model: nn.Module) -> nn.Module:
     return model.get_submodule(head_name(model))
 
 
+def head_param_ids(model: nn.Module) -> set[int]:
+    """The ids of the head's parameters: what a technique that treats the head apart tells it by."""
+    return {id(p) for p in head_module(model).parameters()}
+
+
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, module)

@@ -23,13 +23,13 @@ def on_validation(metric: str) -> str:
     return metric.replace("test_", "val_", 1) if metric.startswith("test_") else metric
 
 
-def ranked_by(board: pd.DataFrame, metric: str) -> str:
-    """The figure that ranks a suite's contenders: `metric`, or its validation twin when no row has it (a
-    suite without a test split ranks on the split it has)."""
+def _ranked_by(board: pd.DataFrame, metric: str) -> str:
+    """`metric`, or its validation twin when no row has it: a suite without a test split ranks its
+    contenders on the split it has."""
     twin = on_validation(metric)
-    if metric in board.columns and (board.empty or board[metric].notna().any()) or twin not in board.columns:
-        return metric
-    return twin
+    if twin in board.columns and (metric not in board.columns or board[metric].isna().all()):
+        return twin
+    return metric
 
 
 def contender(label: str, dataset: Any) -> str:
@@ -86,7 +86,9 @@ class CrossDataset:
 def cross_dataset(board: pd.DataFrame, metric: str = RANK_BY, alpha: float = ALPHA) -> list[CrossDataset]:
     """Per suite whose leaderboard spans two or more data sets (the dataset axis): each contender's
     `metric` (mean over seeds) per data set, its ranks, mean rank, mean z-score, and the Friedman test with
-    the Nemenyi critical difference over the contenders scored on every data set."""
+    the Nemenyi critical difference over the contenders scored on every data set. With no row scored by
+    `metric`, its validation twin ranks them (CrossDataset.metric says which)."""
+    metric = _ranked_by(board, metric)
     column = DATASET_AXIS
     if board.empty or column not in board.columns or metric not in board.columns:
         return []

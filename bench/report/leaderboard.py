@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import UserError, did_you_mean
-from bench.report.cross_dataset import RANK_BY, cross_dataset, on_validation, ranked_by, ranking_table
+from bench.report.cross_dataset import RANK_BY, cross_dataset, on_validation, ranking_table
 from bench.report.load import COLUMNS, DATASET_AXIS, PARAM, REACHED, SORT_BY
 from bench.report.significance import WORSE, significance, significance_note
 from bench.report.table import (
@@ -150,8 +150,7 @@ def leaderboard_table(df: pd.DataFrame, columns: Sequence[str], sort: str | None
     if not worse.empty:
         data["worse_p"] = worse["p_adjusted"].to_numpy()
         data["worse"] = worse["worse"].to_numpy()
-    ranked = ranked_by(board, rank_by)
-    rankings = cross_dataset(board, ranked) if ranked in board.columns else []
+    rankings = cross_dataset(board, rank_by)
     if rankings:
         data = data.merge(pd.concat([r.per_row() for r in rankings]), how="left", on=["suite", "label"])
     data.columns = [c.removeprefix("axis:").removeprefix(PARAM) for c in data.columns]

@@ -19,12 +19,14 @@ import dataclasses
 import itertools
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
 
 from bench.cell import Cell, value_text
 from bench.config import SECTIONS, CellConfig, Suite, check_grid, flatten, validation_error
+from bench.config.load import setting
 from bench.errors import UserError, did_you_mean
 from bench.suite.names import check_names
 
@@ -203,10 +205,7 @@ def where_set(suite: Suite | None, cell: Cell, key: str) -> str:
     A key inside a table matches the table's key too (data.annotations.train set by "data.annotations")."""
     if suite is None:
         return key
-
-    def sets(keys) -> str | None:
-        return next((k for k in keys if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
-
+    sets = partial(setting, key=key)
     grid_key = sets(suite.grid)
     if grid_key:
         return f'grid."{grid_key}"'

@@ -30,7 +30,7 @@ from torch import nn
 
 from bench.config import TrainConfig
 from bench.errors import UserError
-from bench.models.heads import head_module
+from bench.models.heads import head_param_ids
 from bench.registry import register
 from bench.techniques.schedules import SCHEDULES, BatchSchedule
 
@@ -166,7 +166,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
     if cfg.layer_decay is not None:
         groups = layer_decay_groups(model, cfg)
     elif cfg.backbone_lr is not None:
-        head = {id(p) for p in head_module(model).parameters()}
+        head = head_param_ids(model)
         groups = [{"params": [p for p in params if id(p) not in head], "lr": cfg.backbone_lr, "name": "backbone"},
                   {"params": [p for p in params if id(p) in head], "lr": cfg.lr, "name": "head"}]
         groups = [g for g in groups if g["params"]]

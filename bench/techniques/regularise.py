@@ -9,7 +9,7 @@ import torch
 from timm.utils import dispatch_clip_grad
 from torch import nn
 
-from bench.models.heads import head_module
+from bench.models.heads import head_module, head_param_ids
 
 
 def head_penalty(model: nn.Module, l1: float, l2: float) -> Callable[[], torch.Tensor] | None:
@@ -34,6 +34,6 @@ def grad_clipper(model: nn.Module, threshold: float | None, mode: str) -> tuple[
         return None, 0
     params = [p for p in model.parameters() if p.requires_grad]
     if mode == "agc":
-        head = {id(p) for p in head_module(model).parameters()}
+        head = head_param_ids(model)
         params = [p for p in params if id(p) not in head] or params
     return partial(dispatch_clip_grad, params, threshold, mode=mode), len(params)

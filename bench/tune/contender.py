@@ -118,8 +118,7 @@ class Contender:
         another tune.metric, which a trial monitors) would mix figures and lose its trials' folders: refused.
         One trial shows it."""
         recorded = next((t for t in self.study.get_trials(deepcopy=False) if "cell" in t.user_attrs), None)
-        if recorded is not None and recorded.user_attrs["cell"] != trial_cell(
-                self.cell, recorded.number, recorded.user_attrs["params"], self.tune.metric, self.checked).id:
+        if recorded is not None and recorded.user_attrs["cell"] != self._trial_cell(recorded.number, recorded.user_attrs["params"]).id:
             raise UserError(f"trial {recorded.number} ran as cell {recorded.user_attrs['cell']}, which this bench "
                             f"and this tune.metric ({self.tune.metric}) make another cell", file=self.journal,
                             hint="start this tuning over with bench run --force, or go back to the tune.metric "
@@ -153,12 +152,15 @@ class Contender:
         return TrialSpec(self.cell.id, number, params, str(self.journal), self.tune.pruner,
                          self.tune.warmup_epochs, self.tune.pruner_startup_trials, self.tune.metric)
 
+    def _trial_cell(self, number: int, params: dict[str, Any]) -> Cell:
+        return trial_cell(self.cell, number, params, self.tune.metric, self.checked)
+
     def _pending(self, trial: optuna.trial.Trial) -> Pending | None:
         """The trial's cell, or None when its values make a config bench refuses: that trial failed."""
         params = suggest(trial, self.tune.space)
         trial.set_user_attr("params", params)
         try:
-            cell = trial_cell(self.cell, trial.number, params, self.tune.metric, self.checked)
+            cell = self._trial_cell(trial.number, params)
         except UserError as e:
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("error", f"sampled values refused: {e.line()}")
@@ -214,8 +216,7 @@ class Contender:
             return
         with self.timed():
             best = self.best()
-            cell = trial_cell(self.cell, best.number, best.user_attrs["params"], self.tune.metric, self.checked) \
-                if best else None
+            cell = self._trial_cell(best.number, best.user_attrs["params"]) if best else None
             self._withdraw_tests(suite_dir, cell.id if cell is not None else None)
         earlier = read_result(suite_dir / cell.id) if cell is not None else None
         if earlier and "test" in earlier.get("metrics", {}):  # tested by an earlier run: test is looked at once

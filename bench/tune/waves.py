@@ -15,7 +15,6 @@ from bench.progress import LiveView, LogProgress
 from bench.session import open_session
 from bench.store import TUNE, read_result
 from bench.tune.contender import FINAL, Contender, Pending, final_result
-from bench.tune.space import check_space
 
 
 @dataclass
@@ -125,13 +124,13 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
                executor: Any = None) -> TuneSummary:
     """Tune every contender to its budget, in waves of trials through `executor`, then choose each one's trial
     on validation and evaluate it on test. Interrupted (Ctrl-C, SIGTERM), it leaves every study and checkpoint
-    resumable: the same command goes on where it stopped."""
+    resumable: the same command goes on where it stopped. The [tune] space was checked against every
+    contender when the suite was planned (bench.api.plan)."""
     tune = suite.tune
     assert tune is not None, "tune_suite needs a suite with [tune]"
     options = options or RunOptions()
     progress = progress or LogProgress()
     executor = executor or Local()
-    check_space(suite, contenders)
     with open_session(results, suite.suite.name, suite_text, device, executor.name) as session:
         checked: dict = {}
         studies = [Contender(c, tune, session.dir / TUNE, checked) for c in contenders]
