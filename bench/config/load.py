@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from bench.config.base import NAME_PATTERN
-from bench.config.suite import SECTIONS, Resources, Suite, SuiteMeta, Tune
+from bench.config.suite import SECTIONS, Log, Resources, Suite, SuiteMeta, Tune
 from bench.errors import UserError, did_you_mean
 
 
@@ -32,11 +32,11 @@ def read_suite(path: str | Path) -> dict[str, Any]:
 
 def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
     """The parsed TOML of the suite file at `path` as a validated Suite; errors name `path`."""
-    known = ("suite", *SECTIONS, "grid", "cells", "resources", "tune", "datasets")
+    known = ("suite", *SECTIONS, "grid", "cells", "resources", "log", "tune", "datasets")
     for key in raw:
         if key not in known:
             raise UserError("unknown table", file=path, key=key, hint=did_you_mean(key, known))
-    for key in ("suite", *SECTIONS, "grid", "resources", "tune"):
+    for key in ("suite", *SECTIONS, "grid", "resources", "log", "tune"):
         if key in raw and not isinstance(raw[key], dict):
             raise UserError("must be a table", file=path, key=key, hint=f"write it as [{key}]")
     if "suite" not in raw:
@@ -53,6 +53,10 @@ def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
         resources = Resources.model_validate(raw.get("resources", {}))
     except ValidationError as e:
         raise validation_error(e, path, prefix="resources", model=Resources) from None
+    try:
+        log = Log.model_validate(raw.get("log", {}))
+    except ValidationError as e:
+        raise validation_error(e, path, prefix="log", model=Log) from None
     tune = None
     if "tune" in raw:
         try:
@@ -61,7 +65,7 @@ def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
             raise validation_error(e, path, prefix="tune", model=Tune) from None
     datasets = check_datasets(raw.get("datasets", []), path)
     return Suite(path=path, suite=meta, base={k: raw.get(k, {}) for k in SECTIONS}, grid=grid, cells=cells,
-                 resources=resources, tune=tune, datasets=datasets)
+                 resources=resources, log=log, tune=tune, datasets=datasets)
 
 
 def check_datasets(datasets: Any, path: Path) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The suite file's shape: a cell's config, `[suite]`, `[resources]`, `[tune]`, and the parsed Suite."""
+"""The suite file's shape: a cell's config, `[suite]`, `[resources]`, `[log]`, `[tune]`, and the parsed Suite."""
 
 from __future__ import annotations
 
@@ -40,6 +40,25 @@ class Resources(Strict):
     time_min: int | None = Field(None, gt=0)  # Slurm --time, in minutes; a timed-out cell resumes when requeued
     array_parallelism: int | None = Field(None, gt=0)  # at most this many array jobs at once (Slurm's %N)
     sbatch: dict[str, str | int | float | bool] = Field(default_factory=dict)  # any other sbatch option
+
+
+class Log(Strict):
+    """Trackers a suite's cells are also sent to (`[log]`): never part of a cell's id, since where results are
+    shown does not change them. The results folder stays the source of truth (bench.trackers)."""
+    # true: the SQLite store results/mlflow.db (MLFLOW_TRACKING_URI when set); a string: a tracking URI
+    mlflow: bool | str = False
+    tensorboard: bool | str = False  # true: event files under results/tensorboard/; a string: that folder
+    wandb: Literal["online", "offline"] | None = None  # offline: run files under results/wandb/, `wandb sync` later
+    project: str | None = None  # the W&B project; default the suite's name
+    entity: str | None = None  # the W&B team or user; default W&B's own
+    predictions: bool = False  # also send each cell's predictions.npz as an artefact (MLflow, W&B)
+
+    @field_validator("mlflow", "tensorboard")
+    @classmethod
+    def _not_empty(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("give a URI or folder, or true for the default")
+        return value
 
 
 class Dimension(Strict):
@@ -113,6 +132,7 @@ class Suite(Strict):
     grid: dict[str, list[Any]]
     cells: list[dict[str, Any]]
     resources: Resources = Field(default_factory=Resources)
+    log: Log = Field(default_factory=Log)
     tune: Tune | None = None
     # [[datasets]]: name = "..." and data.* keys (relative to [data]) each; every cell runs on every one
     datasets: list[dict[str, Any]] = Field(default_factory=list)
