@@ -1,7 +1,7 @@
 """The library's entry point, what the `bench` commands and the tests call: a suite file becomes its checked
 cells (`plan`: load with the command line's overrides, --smoke, expand, the [tune] space, --only,
 preflight), and those cells run (`run`: a plain suite through bench.runner, a suite with [tune] through
-bench.tune)."""
+bench.tune); and a suite's results sent to trackers (`send_results`, `bench log`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from bench.config.overrides import Override, blame, config_toml, load, parse, su
 from bench.errors import UserError
 
 if TYPE_CHECKING:  # bench.tune loads Optuna: only a tuned suite's run imports it
+    from bench.trackers.sync import Sync
     from bench.tune.waves import TuneSummary
 
 
@@ -58,6 +59,10 @@ def _plan(path: Path, given: list[Override], *, only: str | None, smoke: bool, d
 
         check_space(suite, cells)
     chosen = _matching(cells, only, "--only", path)
+    if check:
+        from bench.trackers import check_installed, wanted
+
+        check_installed(wanted(suite.log), file=path)
     notes = preflight(suite, chosen, device, data=data, results=results, force=force) if check else []
     return Plan(path, suite, chosen, notes, tuple(given))
 
@@ -88,4 +93,54 @@ def run(planned: Plan, *, results: Path | str = Path("results"), device: str = "
     from bench.runner import run_suite
 
     return run_suite(text, planned.suite.suite.name, planned.cells, Path(results), device=device,
-                     progress=progress, options=options, executor=executor)
+                     progress=progress, options=options, executor=executor, log=planned.suite.log)
+
+
+def send_results(suite_dir: Path | str, to: Sequence[str], *, project: str | None = None,
+                 entity: str | None = None, say: Any = print) -> Sync:
+    """A suite's results, finished or not, sent to the trackers `to` names (NAME, or NAME=TARGET: a tracking
+    URI, a folder, W&B's mode); the rest of [log] (project, predictions) as the suite ran with it. What a
+    tracker already holds is not sent again (each cell's trackers.json says what went where)."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from bench.config.load import validation_error
+    from bench.config.suite import Log
+    from bench.errors import did_you_mean
+    from bench.store import SUITE_FILE, is_suite_dir
+    from bench.trackers import PACKAGES, check_installed, wanted
+    from bench.trackers.sync import send
+
+    suite_dir = Path(suite_dir)
+    if not is_suite_dir(suite_dir):
+        raise UserError("not a suite's results folder", file=suite_dir, hint="name results/<suite>, e.g. results/quickstart")
+    recorded = tomllib.loads((suite_dir / SUITE_FILE).read_text()).get("log", {})
+    settings = {k: v for k, v in recorded.items() if k not in PACKAGES}
+    for item in to:
+        name, _, target = item.partition("=")
+        if name not in PACKAGES:
+            raise UserError(f"unknown tracker '{name}'", key="--to", hint=did_you_mean(name, PACKAGES))
+        settings[name] = target or recorded.get(name) or ("online" if name == "wandb" else True)
+    settings.update({k: v for k, v in (("project", project), ("entity", entity)) if v is not None})
+    try:
+        log = Log.model_validate(settings)
+    except ValidationError as e:
+        raise validation_error(e, suite_dir / SUITE_FILE, prefix="log", model=Log) from None
+    check_installed(wanted(log))
+    return send(log, suite_dir, say)
+
+
+def suite_dir_of(target: Path | None, results: Path) -> Path | None:
+    """The results folder a command names: a suite file's, a results/<suite> folder, or the latest in one."""
+    from bench.store import is_suite_dir, latest_suite_dir
+
+    if target is None:
+        return latest_suite_dir(results)
+    if target.is_file() and target.suffix == ".toml":
+        from bench.config import load_suite
+
+        return results / load_suite(target).suite.name
+    if is_suite_dir(target):
+        return target
+    return latest_suite_dir(target) if target.is_dir() else None

@@ -90,7 +90,8 @@ def cell_record(cell: Cell, trial: TrialSpec | None = None) -> dict[str, Any]:
     record = {"id": cell.id, "group": cell.group, "label": cell.label, "axes": cell.axes, "parent": cell.parent,
               "config": resolved_config(cell)}
     if trial is not None:  # which contender's study this cell is a trial of (bench.tune)
-        record["tune"] = {"contender": trial.contender, "trial": trial.number, "params": trial.params}
+        record["tune"] = {"contender": trial.contender, "label": trial.contender_label, "trial": trial.number,
+                          "params": trial.params}
     return record
 
 
@@ -107,6 +108,7 @@ class TrialSpec:
     warmup_epochs: int = 1
     startup_trials: int = 5  # the median pruner's n_startup_trials
     metric: str = "val_error"
+    contender_label: str = ""  # what trackers name the contender's parent run
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True)
 
 
+def _say(text: str) -> None:
+    err.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -48,7 +52,7 @@ def _plan(suite_path: Path, only: str | None, smoke: bool, overrides: list[str] 
 
     planned = plan(suite_path, only=only, smoke=smoke, overrides=overrides or (), **kwargs)
     for note in planned.notes:
-        err.print(f"[bench] {note}", highlight=False, markup=False)
+        _say(f"[bench] {note}")
     return planned
 
 
@@ -98,14 +102,14 @@ def run(
         summary = run_plan(planned, results=results, device=device.value, options=options, executor=runner,
                            progress=make_progress(err))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished epoch is in a checkpoint
-        err.print("[bench] interrupted; run the same command again to resume", highlight=False, markup=False)
+        _say("[bench] interrupted; run the same command again to resume")
         raise typer.Exit(130) from None
     if spec.tune is not None:
         _tuned(summary)
         return
     busy = f", {len(summary.busy)} running elsewhere" if summary.busy else ""
-    err.print(f"[bench] {len(summary.ran)} ran, {len(summary.skipped)} skipped, {len(summary.failed)} failed"
-              f"{busy} -> {summary.suite_dir}", highlight=False, markup=False)
+    _say(f"[bench] {len(summary.ran)} ran, {len(summary.skipped)} skipped, {len(summary.failed)} failed{busy}"
+         f" -> {summary.suite_dir}")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -115,11 +119,11 @@ def _tuned(summary) -> None:
     from bench.tune.waves import describe
 
     for row in summary.contenders:
-        err.print(f"[bench] {describe(row)}", highlight=False, markup=False, soft_wrap=True)
+        _say(f"[bench] {describe(row)}")
     busy = f", {len(summary.busy)} held by another run" if summary.busy else ""
-    err.print(f"[bench] {len(summary.contenders)} contender(s) tuned: {len(summary.ran)} trial(s) ran, "
+    _say(f"[bench] {len(summary.contenders)} contender(s) tuned: {len(summary.ran)} trial(s) ran, "
               f"{len(summary.skipped)} finished earlier, {len(summary.failed)} failed{busy} -> "
-              f"{summary.suite_dir}/tune", highlight=False, markup=False)
+              f"{summary.suite_dir}/tune")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -149,7 +153,7 @@ def status(
     rows = cell_states(suite_dir, listed)
     print(tabulate([[r["id"], r["label"], r["state"], r["detail"]] for r in rows],
                    headers=["id", "label", "state", "detail"], tablefmt="github"))
-    err.print(f"[bench] {summary(rows)}", highlight=False, markup=False)
+    _say(f"[bench] {summary(rows)}")
 
 
 @app.command()
@@ -225,12 +229,13 @@ def report(
                                                  "test on the test images; reads every row's predictions)"),
 ) -> None:
     """Leaderboard or pivot table of one or more runs (default: the most recent one under results/)."""
+    from bench.api import suite_dir_of
     from bench.report import render
     from bench.store import is_suite_dir
 
     suite_dirs = []
     for target in targets or [None]:
-        suite_dir = _suite_dir(target, results)
+        suite_dir = suite_dir_of(target, results)
         if suite_dir is None or not is_suite_dir(suite_dir):
             where = target or results
             raise UserError(f"no run found at '{where}'",
@@ -247,14 +252,14 @@ def report(
         from bench.store import atomic_write_text
 
         atomic_write_text(out, text)
-        err.print(f"[bench] wrote {out}", highlight=False, markup=False)
+        _say(f"[bench] wrote {out}")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     if plots:
         from bench.plots import write_plots
 
         written = write_plots(suite_dirs, plots, filters=filter_ or [], rank_by=value or "test_error")
-        err.print(f"[bench] wrote {len(written)} plot(s) to {plots}", highlight=False, markup=False)
+        _say(f"[bench] wrote {len(written)} plot(s) to {plots}")
 
 
 @app.command()
@@ -288,7 +293,7 @@ def export(
     from bench.store import find_cell
 
     n = export_submission(find_cell(cell, suite), out, split=split, k=k)
-    err.print(f"[bench] wrote {n} predictions to {out}", highlight=False, markup=False)
+    _say(f"[bench] wrote {n} predictions to {out}")
 
 
 @app.command()
@@ -311,21 +316,25 @@ def predict(
     listed = unlabelled_images(images, root)
     logits = predict_unlabelled(record, [f for _, f in listed], device.value)
     write_submission([i for i, _ in listed], logits, record.result["data"]["class_names"], out, k)
-    err.print(f"[bench] wrote {len(listed)} predictions to {out}", highlight=False, markup=False)
+    _say(f"[bench] wrote {len(listed)} predictions to {out}")
 
 
-def _suite_dir(target: Path | None, results: Path) -> Path | None:
-    from bench.store import is_suite_dir, latest_suite_dir
+@app.command("log")
+def log_results(
+    suite_dir: Path = typer.Argument(..., help="a suite's results folder, e.g. results/quickstart"),
+    to: list[str] = typer.Option(..., help="mlflow, tensorboard or wandb; NAME=TARGET for another "
+                                 "destination: mlflow=URI, tensorboard=DIR, wandb=offline"),
+    project: str | None = typer.Option(None, help="the W&B project (default: the suite's [log] project, else its name)"),
+    entity: str | None = typer.Option(None, help="the W&B team or user"),
+) -> None:
+    """Send a suite's results to trackers, e.g. a suite run without [log]: what a tracker holds is not sent twice."""
+    from bench.api import send_results
 
-    if target is None:
-        return latest_suite_dir(results)
-    if target.is_file() and target.suffix == ".toml":
-        from bench.config import load_suite
-
-        return results / load_suite(target).suite.name
-    if is_suite_dir(target):
-        return target
-    return latest_suite_dir(target) if target.is_dir() else None
+    sync = send_results(suite_dir, to, project=project, entity=entity, say=_say)
+    for line in sync.lines():
+        _say(line)
+    if sync.failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -335,7 +344,7 @@ def models(pattern: str = typer.Argument("*", help="glob over prefix:name, e.g. 
 
     names = list_archs(pattern if ":" in pattern or pattern == "*" else f"*{pattern}")
     print("\n".join(names))
-    err.print(f"[bench] {len(names)} architecture(s)", highlight=False, markup=False)
+    _say(f"[bench] {len(names)} architecture(s)")
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at a data set before training on it.")
@@ -366,7 +375,7 @@ def data_inspect(
             print(render(info) + "\n")
         if plot:
             out = plot if len(configs) == 1 else plot.with_stem(f"{plot.stem}-{i}")
-            err.print(f"[bench] wrote {plot_histogram(info, out)}", highlight=False, markup=False)
+            _say(f"[bench] wrote {plot_histogram(info, out)}")
 
 
 def main() -> None:
@@ -378,7 +387,7 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        err.print(f"error: {e.line()}", highlight=False, markup=False, soft_wrap=True)
+        _say(f"error: {e.line()}")
         sys.exit(2)
     except OSError as e:  # a full disk is the user's to fix, and every write is atomic: nothing half-written
         if e.errno != errno.ENOSPC:
@@ -386,5 +395,5 @@ def main() -> None:
         from bench.artefacts import no_space
 
         folder = Path(e.filename).parent if e.filename else Path.cwd()
-        err.print(f"error: {no_space(folder, None, '').line()}", highlight=False, markup=False, soft_wrap=True)
+        _say(f"error: {no_space(folder, None, '').line()}")
         sys.exit(1)

@@ -127,7 +127,9 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
             checkpoint.remove()
     report = _pruning_reporter(trial, cfg.train)
 
-    def on_epoch(row: dict[str, Any]) -> None:
+    def on_epoch(history: list[dict[str, Any]]) -> None:
+        row = history[-1]
+        write_history(cell_dir, history)  # each epoch: trackers and `bench status` follow a running cell
         progress.epoch(row)
         if claim is not None:
             claim.update(epoch=row["epoch"])

@@ -7,20 +7,22 @@ from pathlib import Path
 from typing import Any
 
 from bench.cell import Cell, RunOptions, RunSummary
+from bench.config.suite import Log
 from bench.errors import UserError
 from bench.executors import Local
 from bench.progress import LiveView, LogProgress
 from bench.session import open_session
 from bench.store import is_done
+from bench.trackers.sync import following
 
 
 def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, device: str = "auto",
               progress: LogProgress | None = None, options: RunOptions | None = None,
-              executor: Any = None) -> RunSummary:
+              executor: Any = None, log: Log | None = None) -> RunSummary:
     """Run `cells` (in order, or as `executor` spreads them; parents always before their children). A cell
     another live process has claimed is left to it; a finished one is skipped; an unfinished one goes on
     from its checkpoint. One cell's failure is its record, and the suite goes on; KeyboardInterrupt (or
-    SIGTERM) stops the suite, leaving every checkpoint resumable."""
+    SIGTERM) stops the suite, leaving every checkpoint resumable. The trackers `log` names follow the cells."""
     options = options or RunOptions()
     progress = progress or LogProgress()
     executor = executor or Local()
@@ -31,7 +33,8 @@ def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, d
             raise UserError(f"cell '{c.label}' starts from cell {c.parent} (model.init_from = "
                             f"'{c.config.model.init_from}'), which has not finished", key="model.init_from",
                             hint="run the parent cell first, or widen --only to include it")
-    with open_session(results, name, suite_text, device, executor.name) as session:
+    with open_session(results, name, suite_text, device, executor.name) as session, \
+            following(log or Log(), session.dir, lambda line: progress.say(line), [c.id for c in cells], options.force):
         session.note_run(c.id for c in cells)
         summary = RunSummary(session.dir)
         if executor.parallel:  # many cells at once: one view of the suite, read from its folders

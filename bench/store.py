@@ -7,11 +7,13 @@ results/<suite>/
   init/<key>.safetensors  shared initial weights
   splits/<key>.json       the split used
   tune/                   a tuned suite's studies and contenders' records (bench.tune)
+  (results/ itself: mlflow.db, mlartifacts/, tensorboard/, wandb/: the trackers' default destinations)
   .submitit/              Slurm job folders (bench.executors)
   <cell-id>/
     cell.json             the cell as its suite expanded it
     result.json           its record (status ok marks it done), written last
-    history.csv           one row per epoch
+    history.csv           one row per epoch, rewritten as each ends
+    trackers.json         its run in each tracker [log] sends it to, and how many epochs went (bench.trackers)
     predictions.npz       logits and labels per split, the test confusion matrix
     best.safetensors      the weights validation selected
     checkpoint.pt/.json   the last epoch's state, while it runs
@@ -48,6 +50,8 @@ SUITE_FILE, RUN, INIT, SPLITS, TUNE, SUBMITIT = "suite.toml", "run.json", "init"
 CELL, RESULT, HISTORY, PREDICTIONS, BEST = "cell.json", "result.json", "history.csv", "predictions.npz", "best.safetensors"
 CHECKPOINT, CHECKPOINT_INFO, CLAIM, LOCK, LOG, JOB = "checkpoint.pt", "checkpoint.json", "claim.json", ".lock", \
     "stderr.log", "job.json"
+TRACKER_STATE, MLFLOW_DB, MLFLOW_ARTIFACTS = "trackers.json", "mlflow.db", "mlartifacts"
+TENSORBOARD_DIR, WANDB_DIR = "tensorboard", "wandb"
 
 
 def disk_full(path: Path | str) -> OSError:

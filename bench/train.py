@@ -192,7 +192,7 @@ def _final_evaluation(loop: Loop, loaders: dict, progress: Progress, test: bool
 
 # ----------------------------------------------------------------------------------------- fit
 def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device, class_counts: list[int],
-        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
         on_step: Callable[[], None] | None = None, checkpoint: Checkpoint | None = None,
         test: bool = True) -> FitResult:
     """Train `model` in place. `class_counts`, the training images per class, come from the data: their
@@ -226,7 +226,7 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         progress.history.append(row)
         if on_epoch is not None:
             try:
-                on_epoch(row)
+                on_epoch(progress.history)  # every row so far (a resumed cell's too): the new one last
             except Pruned as e:
                 e.history = progress.history
                 raise

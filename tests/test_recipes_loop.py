@@ -175,7 +175,7 @@ def _states(accumulate: int, batch: int, n: int = 36) -> tuple[list[dict], train
     cfg = TrainConfig(epochs=2, optimizer="sgd", lr=0.05, momentum=0.9, schedule="cosine", batch_size=batch,
                       accumulate=accumulate)
     result = fit(model, loaders(dataset(n), batch), cfg, CPU, COUNTS,
-                 on_epoch=lambda row: states.append(copy.deepcopy(model.state_dict())))
+                 on_epoch=lambda history: states.append(copy.deepcopy(model.state_dict())))
     return states, result
 
 

@@ -39,7 +39,7 @@ def test_early_stopping_stops_at_the_right_epoch_and_restores_the_best(monkeypat
     states = []
     cfg = TrainConfig(epochs=7, optimizer="adam", lr=0.01, **kw)
     result = fit(model, tiny_loaders(), cfg, CPU, class_counts=[16, 16, 16],
-                 on_epoch=lambda row: states.append(copy.deepcopy(model.state_dict())))
+                 on_epoch=lambda history: states.append(copy.deepcopy(model.state_dict())))
     assert result.best_epoch == best and len(result.history) == run
     assert [r["epochs_since_best"] for r in result.history][best - 1] == 0
     assert result.history[-1]["epochs_since_best"] == (kw.get("patience") or run - best)

@@ -17,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from bench.config.suite import Log
+from bench.store import TENSORBOARD_DIR
 from bench.trackers.base import CellRun, Ending, Run, Scalar, Tracker, tracker
 
 SPLITS = ("train", "val", "test")  # history columns named <split>_<what> become <split>/<what>
@@ -135,7 +136,7 @@ class TensorBoard(Tracker):
 
     def __init__(self, target: bool | str, log: Log, results: Path, suite: str):
         super().__init__(target, log, results, suite)
-        folder = self.results / "tensorboard" if target is True else Path(str(target)).expanduser()
+        folder = self.results / TENSORBOARD_DIR if target is True else Path(str(target)).expanduser()
         self.folder = Path(os.path.abspath(folder))
         self.runs: set[TensorBoardRun] = set()
 

@@ -150,7 +150,8 @@ class Contender:
 
     def _spec(self, number: int, params: dict[str, Any]) -> TrialSpec:
         return TrialSpec(self.cell.id, number, params, str(self.journal), self.tune.pruner,
-                         self.tune.warmup_epochs, self.tune.pruner_startup_trials, self.tune.metric)
+                         self.tune.warmup_epochs, self.tune.pruner_startup_trials, self.tune.metric,
+                         self.cell.label)
 
     def _trial_cell(self, number: int, params: dict[str, Any]) -> Cell:
         return trial_cell(self.cell, number, params, self.tune.metric, self.checked)

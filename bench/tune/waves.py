@@ -14,6 +14,7 @@ from bench.executors import Local
 from bench.progress import LiveView, LogProgress
 from bench.session import open_session
 from bench.store import TUNE, read_result
+from bench.trackers.sync import following
 from bench.tune.contender import FINAL, Contender, Pending, final_result
 
 
@@ -131,7 +132,8 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
     options = options or RunOptions()
     progress = progress or LogProgress()
     executor = executor or Local()
-    with open_session(results, suite.suite.name, suite_text, device, executor.name) as session:
+    with open_session(results, suite.suite.name, suite_text, device, executor.name) as session, \
+            following(suite.log, session.dir, lambda line: progress.say(line)) as trackers:
         checked: dict = {}
         studies = [Contender(c, tune, session.dir / TUNE, checked) for c in contenders]
         summary = TuneSummary(session.dir)
@@ -159,6 +161,8 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
                 while wave := _next_wave(opened, width):
                     to_run, later = _sort_wave(wave, session.dir, options.force, fresh)
                     planned.update(dict.fromkeys(p.cell.id for p in wave))
+                    if trackers is not None:
+                        trackers.follow((p.cell.id for p in wave), options.force)
                     session.note_run(planned, tune=tuned)
                     count = _run_wave(to_run, later, fresh, session, executor, progress, options, count, total,
                                       summary)
