@@ -29,7 +29,7 @@ from bench.metrics import (
 from bench.report.cross_dataset import cross_dataset, on_validation
 from bench.report.leaderboard import leaderboard
 from bench.report.load import COLUMNS, Filter, frame, read_studies
-from bench.store import HISTORY, PREDICTIONS
+from bench.store import HISTORY, PREDICTIONS, Record
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -277,22 +277,31 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
                                                                 f"Performance profile: {what}"))
         histograms = set()
         for row in part[part["status"] == "ok"].itertuples():
-            cell_dir, dest = row.record.dir, out_dir / suite / row.id
+            written += cell_plots(row.record, out_dir / suite / row.id, split)
             data = row.record.result.get("data", {})
-            names, title = data.get("class_names") or [], f"{row.label} seed={row.seed}"
-            if (cell_dir / HISTORY).is_file():
-                _save(learning_curves(pd.read_csv(cell_dir / HISTORY), title), dest / "learning_curves.png", written)
-            if (cell_dir / PREDICTIONS).is_file():
-                # test where the cell was tested, else validation: a suite whose split has no test part
-                # (split = [0.8, 0.2, 0.0]) saves validation's predictions alone
-                shown = split or ("test" if "test" in row.record.result.get("metrics", {}) else "val")
-                logits, labels = read_predictions(cell_dir, shown)
-                _save(pr_curves(logits, labels, names, title=f"{title} ({shown})"), dest / "pr_curves.png", written)
-                _save(confusion_plot(confusion_matrix(logits, labels), names, f"{title} ({shown})"),
-                      dest / "confusion.png", written)
+            names = data.get("class_names") or []
             key = data.get("split_key")
             if data.get("train_class_counts") and key not in histograms:
                 histograms.add(key)
                 _save(class_histogram(data["train_class_counts"], names),
                       out_dir / suite / f"class_histogram_{key}.png", written)
+    return written
+
+
+def cell_plots(record: Record, dest: Path, split: str | None = None) -> list[Path]:
+    """A finished cell's own figures in `dest`: its learning curves, and the PR curves and confusion matrix of
+    `split` (default test where the cell was tested, else validation). For the report and the trackers."""
+    written: list[Path] = []
+    cell_dir, data = record.dir, record.result.get("data", {})
+    names = data.get("class_names") or []
+    title = f"{record.cell['label']} seed={record.cell['config'].get('seed')}"
+    if (cell_dir / HISTORY).is_file():
+        _save(learning_curves(pd.read_csv(cell_dir / HISTORY), title), dest / "learning_curves.png", written)
+    if (cell_dir / PREDICTIONS).is_file():
+        # a suite whose split has no test part (split = [0.8, 0.2, 0.0]) saves validation's predictions alone
+        shown = split or ("test" if "test" in record.result.get("metrics", {}) else "val")
+        logits, labels = read_predictions(cell_dir, shown)
+        _save(pr_curves(logits, labels, names, title=f"{title} ({shown})"), dest / "pr_curves.png", written)
+        _save(confusion_plot(confusion_matrix(logits, labels), names, f"{title} ({shown})"),
+              dest / "confusion.png", written)
     return written

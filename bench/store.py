@@ -1,19 +1,20 @@
 """The results folder: its layout (every file name below is defined here and nowhere else), atomic writes,
 and the one reader and writer of cell records, histories, predictions and best weights.
 
+results/                  mlflow.db, mlartifacts/, tensorboard/, wandb/: the trackers' default destinations
 results/<suite>/
   suite.toml              copy of what was run
   run.json                the cells the last `bench run` set out to run (a report of fewer says "partial")
   init/<key>.safetensors  shared initial weights
   splits/<key>.json       the split used
   tune/                   a tuned suite's studies and contenders' records (bench.tune)
-  (results/ itself: mlflow.db, mlartifacts/, tensorboard/, wandb/: the trackers' default destinations)
   .submitit/              Slurm job folders (bench.executors)
   <cell-id>/
     cell.json             the cell as its suite expanded it
     result.json           its record (status ok marks it done), written last
     history.csv           one row per epoch, rewritten as each ends
     trackers.json         its run in each tracker [log] sends it to, and how many epochs went (bench.trackers)
+    plots/                its figures, made for the trackers to attach
     predictions.npz       logits and labels per split, the test confusion matrix
     best.safetensors      the weights validation selected
     checkpoint.pt/.json   the last epoch's state, while it runs
@@ -51,7 +52,7 @@ CELL, RESULT, HISTORY, PREDICTIONS, BEST = "cell.json", "result.json", "history.
 CHECKPOINT, CHECKPOINT_INFO, CLAIM, LOCK, LOG, JOB = "checkpoint.pt", "checkpoint.json", "claim.json", ".lock", \
     "stderr.log", "job.json"
 TRACKER_STATE, MLFLOW_DB, MLFLOW_ARTIFACTS = "trackers.json", "mlflow.db", "mlartifacts"
-TENSORBOARD_DIR, WANDB_DIR = "tensorboard", "wandb"
+TENSORBOARD_DIR, CELL_PLOTS = "tensorboard", "plots"  # (W&B names its own folder, results/wandb/)
 
 
 def disk_full(path: Path | str) -> OSError:

@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from bench.config import CellConfig, Resources, SuiteMeta
+from bench.config.suite import Log
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -23,7 +24,8 @@ def _keys(model: type[BaseModel], prefix: str) -> list[str]:
     return out
 
 
-KEYS = [k for k in _keys(CellConfig, "") if k != "seed"] + _keys(SuiteMeta, "suite.") + _keys(Resources, "resources.")
+KEYS = [k for k in _keys(CellConfig, "") if k != "seed"] + _keys(SuiteMeta, "suite.") + _keys(Resources, "resources.") \
+    + _keys(Log, "log.")
 
 
 @pytest.mark.parametrize("key", KEYS)

@@ -192,3 +192,50 @@ def test_a_tuned_contender_is_a_parent_run_with_its_trials_nested_and_the_chosen
     assert best.data.metrics["test.top1_error"] == pytest.approx(record["test"]["top1_error"])
     assert parent.data.tags["bench.chosen_trial"] == record["chosen"] and parent.info.status == "FINISHED"
     assert parent.info.run_name == record["label"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_by_sigkill_continues_each_trackers_run_with_every_epoch_once(write_suite, tmp_path,
+                                                                                   monkeypatch):
+    import os
+    import signal
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.support import bench, run_file, wait_for
+    from tests.test_trackers_wandb import _history, _read
+
+    # epochs long enough (~0.2 s) that the kill comes mid-training, after the parent sent some of them
+    path = write_suite('[log]\nmlflow = true\ntensorboard = true\nwandb = "offline"\n')
+    path.write_text(path.read_text().replace("epochs = 2", "epochs = 20").replace("images = 120", "images = 900"))
+    results = tmp_path / "r"
+
+    def sent() -> bool:
+        state = next(results.glob("tiny/*/trackers.json"), None)
+        try:
+            return state is not None and all(s["epochs"] >= 2 for s in json.loads(state.read_text()).values())
+        except (ValueError, KeyError):
+            return False
+
+    home = tmp_path / "wandb-home"  # nothing leaves this machine, nothing lands in the user's W&B folders
+    wandb_env = {"WANDB_MODE": "offline", "WANDB_ERROR_REPORTING": "false", "WANDB_CONFIG_DIR": str(home),
+                 "WANDB_CACHE_DIR": str(home), "WANDB_DATA_DIR": str(home)}
+    proc = bench("run", str(path), "--results", str(results), "--device", "cpu", env={**os.environ, **wandb_env})
+    wait_for(sent, proc, "two epochs sent to both trackers")
+    os.killpg(proc.pid, signal.SIGKILL)  # bench, its fork server and the cell's process: no goodbye to anyone
+    proc.wait()
+    for var, value in wandb_env.items():
+        monkeypatch.setenv(var, value)
+    assert not run_file(path, results, log=open(os.devnull, "w")).failed
+    client, [run] = _runs(results)
+    assert run.info.status == "FINISHED" and [s for s, _ in _steps(client, run)] == list(range(1, 21))
+    [folder] = (results / "tensorboard" / "tiny").iterdir()
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/error")] == list(range(1, 21))
+    # W&B: the killed process's offline folder gave way to one with every epoch (the kill took what W&B's
+    # service had not written yet)
+    [run_id] = {json.loads(p.read_text())["wandb:/tiny"]["run"] for p in results.glob("tiny/*/trackers.json")}
+    [log] = (results / "wandb").glob(f"offline-run-*-{run_id}*/run-{run_id}.wandb")
+    [records] = _read([log])
+    assert list(_history(records)) == list(range(1, 21))

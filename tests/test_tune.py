@@ -116,7 +116,8 @@ def test_selection_is_on_validation_and_only_the_chosen_trial_sees_test_once(mon
         for t in rec["trials"]:
             cell_dir = tmp_path / "tuned" / t["cell"]
             cell = read_json(cell_dir / "cell.json")
-            assert cell["tune"] == {"contender": contender, "trial": t["number"], "params": t["params"]}
+            assert cell["tune"] == {"contender": contender, "label": rec["label"], "trial": t["number"],
+                                    "params": t["params"]}
             result = read_json(cell_dir / "result.json")
             arrays = np.load(cell_dir / "predictions.npz").files
             if t["cell"] == rec["chosen"]:

@@ -54,6 +54,9 @@ class Ending:
 class Run:
     """One cell's run in a tracker, open while the cell is followed."""
     id: str  # kept in the cell's folder: a resumed cell continues this run
+    # the last epoch the destination holds: start() may find fewer than the cell's folder counts (a kill came
+    # before a tracker's own buffers reached its files) or more (a kill came before the count was saved)
+    logged: int = 0
 
     def log_epochs(self, rows: list[dict[str, float]]) -> None:
         """History rows not sent before, in epoch order; each has `epoch` (the step) and numeric columns."""

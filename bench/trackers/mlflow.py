@@ -11,7 +11,7 @@ import re
 import time
 from pathlib import Path
 
-from bench.store import MLFLOW_ARTIFACTS, MLFLOW_DB, read_result
+from bench.store import CELL_PLOTS, MLFLOW_ARTIFACTS, MLFLOW_DB, read_result
 from bench.trackers.base import CellRun, Ending, Run, Tracker, tracker
 
 BATCH = 100  # MLflow's log_batch takes at most 100 params and 1000 metrics per call
@@ -32,7 +32,6 @@ class MLflow(Tracker):
 
         for name in ("mlflow.store.db.utils", "alembic"):  # a new store's schema steps, told at INFO
             logging.getLogger(name).setLevel(logging.WARNING)
-        self.default_store = not isinstance(target, str) and not os.environ.get("MLFLOW_TRACKING_URI")
         if isinstance(target, str):
             self.uri = target
         elif os.environ.get("MLFLOW_TRACKING_URI"):
@@ -53,8 +52,9 @@ class MLflow(Tracker):
             found = self.client.get_experiment_by_name(self.suite)
             if found is not None:
                 self._experiment = found.experiment_id
-            else:  # the default store keeps its artefacts beside it, not in ./mlruns of whatever folder bench ran in
-                where = (self.results / MLFLOW_ARTIFACTS / self.suite).resolve().as_uri() if self.default_store else None
+            else:  # a SQLite store keeps its artefacts beside it, not in ./mlruns of whatever folder bench ran in
+                db = self.uri.removeprefix("sqlite:///") if self.uri.startswith("sqlite:///") else None
+                where = (Path(db).parent / MLFLOW_ARTIFACTS / self.suite).resolve().as_uri() if db else None
                 self._experiment = self.client.create_experiment(self.suite, artifact_location=where,
                                                                  tags={"bench.suite": self.suite})
         return self._experiment
@@ -121,18 +121,18 @@ class MLflow(Tracker):
 
 
 class _Run(Run):
-    def __init__(self, client, run_id: str, sent: int):
-        self.client, self.id, self.sent = client, run_id, sent
+    def __init__(self, client, run_id: str, logged: int):
+        self.client, self.id, self.logged = client, run_id, logged
 
     def log_epochs(self, rows: list[dict[str, float]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(_key(k), v, now, int(row["epoch"])) for row in rows if row["epoch"] > self.sent
+        metrics = [Metric(_key(k), v, now, int(row["epoch"])) for row in rows if row["epoch"] > self.logged
                    for k, v in row.items() if k != "epoch"]
         for i in range(0, len(metrics), 10 * BATCH):
             self.client.log_batch(self.id, metrics=metrics[i:i + 10 * BATCH])
-        self.sent = max([self.sent, *(int(r["epoch"]) for r in rows)])
+        self.logged = max([self.logged, *(int(r["epoch"]) for r in rows)])
 
     def finish(self, ending: Ending) -> None:
         from mlflow.entities import Metric, RunTag
@@ -145,8 +145,8 @@ class _Run(Run):
         for i in range(0, len(metrics), 10 * BATCH):
             self.client.log_batch(self.id, metrics=metrics[i:i + 10 * BATCH])
         self.client.log_batch(self.id, tags=tags)
-        for path in ending.files:
-            self.client.log_artifact(self.id, str(Path(path)))
+        for path in map(Path, ending.files):  # the cell's figures in plots/, its records at the top
+            self.client.log_artifact(self.id, str(path), CELL_PLOTS if path.parent.name == CELL_PLOTS else None)
         self.client.set_terminated(self.id, "FINISHED" if ending.ok else "FAILED")
 
     def suspend(self) -> None:

@@ -13,6 +13,7 @@ cells go on, the error lands in the records of the cells it left unsent, and `be
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 from collections import Counter
@@ -25,11 +26,13 @@ from bench.errors import first_line
 from bench.hashing import stable_hash
 from bench.store import (
     CELL,
+    CELL_PLOTS,
     HISTORY,
     PREDICTIONS,
     RESULT,
     TRACKER_STATE,
     TUNE,
+    load_record,
     read_history,
     read_json,
     read_result,
@@ -99,6 +102,7 @@ class Sync:
         rows = _numeric_rows(read_history(cell_dir))
         run_info = None
         ended = True
+        ending = functools.cache(lambda: _ending(result, cell_dir, self.log))  # once, whatever the trackers
         for t in self.live():
             s = state.setdefault(t.destination, {})
             attempt = _attempt(result)
@@ -106,7 +110,7 @@ class Sync:
                 continue
             try:
                 run_info = run_info or _cell_run(cell, cell_dir, self.suite_dir)
-                ended &= self._send(t, run_info, s, rows, result, attempt, lambda: write_json(
+                ended &= self._send(t, run_info, s, rows, result, attempt, ending, lambda: write_json(
                     cell_dir / TRACKER_STATE, state))
             except Exception as e:  # noqa: BLE001 - any tracker's failure is a warning, never the cell's
                 self._fail(t, e)
@@ -118,7 +122,8 @@ class Sync:
             write_json(cell_dir / TRACKER_STATE, state)
 
     def _send(self, t: Tracker, cell: CellRun, s: dict[str, Any], rows: list[dict[str, float]],
-              result: dict[str, Any] | None, attempt: str | None, save: Callable[[], None]) -> bool:
+              result: dict[str, Any] | None, attempt: str | None, ending: Callable[[], Ending],
+              save: Callable[[], None]) -> bool:
         """Send what `t` has not had of one cell; whether its run ended."""
         key = (t.destination, cell.id)
         if s.get("ended") is not None:  # its run ended, and the cell ran again since (a failed cell retried)
@@ -133,14 +138,14 @@ class Sync:
             if s.get("run") != run.id:
                 s.update(run=run.id, epochs=0)
                 save()  # before any epoch: a kill from here on continues this run, never starts a second
-        new = [r for r in rows if r["epoch"] > s.get("epochs", 0)]
+        new = [r for r in rows if r["epoch"] > run.logged]  # what the destination lacks, by its own count
         if new:
             run.log_epochs(new)
-            s["epochs"] = int(new[-1]["epoch"])
             count["epochs"] += len(new)
+        s["epochs"] = run.logged
         if result is None:
             return False
-        run.finish(_ending(result, cell.dir, self.log))
+        run.finish(ending())
         self.open.pop(key, None)
         count["ended"] += 1
         s["ended"] = attempt
@@ -296,6 +301,10 @@ def _ending(result: dict[str, Any], cell_dir: Path, log: Log) -> Ending:
         if isinstance(result.get(k), int):
             summary[k] = float(result[k])
     files = [cell_dir / name for name in (RESULT, CELL, HISTORY) if (cell_dir / name).is_file()]
+    if result.get("status") == "ok":  # its learning curves, PR curves and confusion matrix, as `bench report --plots`
+        from bench.plots import cell_plots
+
+        files += cell_plots(load_record(cell_dir), cell_dir / CELL_PLOTS)
     if log.predictions and (cell_dir / PREDICTIONS).is_file():
         files.append(cell_dir / PREDICTIONS)
     status = result.get("status", "failed")

@@ -85,6 +85,10 @@ class TensorBoardRun(Run):
         self.writer: SummaryWriter | None = SummaryWriter(str(owner.folder / run_id), purge_step=purge_step)
         owner.runs.add(self)
 
+    @property
+    def logged(self) -> int:
+        return self.step
+
     def _open(self) -> SummaryWriter:
         if self.writer is None:
             raise RuntimeError(f"TensorBoard run {self.id} is closed")

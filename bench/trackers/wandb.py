@@ -1,12 +1,13 @@
 """Weights & Biases (`[log] wandb = "online"|"offline"`): one W&B run per cell, its run files under
-<results>/wandb/ in either mode. Offline ones are sent later with `wandb sync`: a continued run has one
-offline-run-* folder per start, to be synced oldest first.
+<results>/wandb/ in either mode. Offline ones are sent later with `wandb sync`: one offline-run-* folder per
+cell run (a continued run's earlier folder gives way to one with every epoch).
 
 The `wandb` package is imported only when a run is opened: `import wandb` here is absolute, so it finds the
 installed package, never this module."""
 
 from __future__ import annotations
 
+import shutil
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,10 @@ class WandBRun(Run):
     def __init__(self, run: Any, next_epoch: int, cell_dir: Path, tracker: WandB):
         self._run, self._next, self._cell_dir, self._tracker = run, next_epoch, cell_dir, tracker
         self.id = run.id
+
+    @property
+    def logged(self) -> int:
+        return self._next - 1
 
     def log_epochs(self, rows: list[dict[str, float]]) -> None:
         for row in rows:
@@ -140,6 +145,15 @@ class WandB(Tracker):
         if trial:
             notes += f"; trial {cell.trial} of {cell.contender_label or cell.contender}"
         self.results.mkdir(parents=True, exist_ok=True)  # W&B falls back to a temporary folder when it is missing
+        offline_again = self.target == "offline" and run_id is not None
+        if offline_again:
+            # An offline run continued: a killed process loses what W&B's service had not yet written to the
+            # run's file, so what the cell's folder counts as sent may not be there. The earlier folders of
+            # this run give way to one that gets every epoch again (history.csv has them all): one folder per
+            # run, complete, for `wandb sync`.
+            wandb_dir = self.results / "wandb"
+            for folder in [*wandb_dir.glob(f"offline-run-*-{run_id}"), *wandb_dir.glob(f"offline-run-*-{run_id}-*")]:
+                shutil.rmtree(folder, ignore_errors=True)
         run = wandb.init(
             entity=self.entity, project=self.project, dir=self.results,  # W&B adds the wandb/ folder itself
             id=run_id, resume="allow" if run_id else None,
@@ -151,7 +165,8 @@ class WandB(Tracker):
         )
         # A continued run goes on after the epochs already sent; online, W&B also knows the next step it takes
         # (offline it cannot, and says 0)
-        started = WandBRun(run, max(logged + 1, run.step if run_id else 0), Path(cell.dir), self)
+        first = 1 if offline_again else max(logged + 1, run.step if run_id else 0)
+        started = WandBRun(run, first, Path(cell.dir), self)
         self.runs[run.id] = started
         return started
 
