@@ -85,10 +85,11 @@ def resolved_config(cell: Cell) -> dict[str, Any]:
     return cell.config.model_dump(mode="json")
 
 
-def cell_record(cell: Cell, trial: TrialSpec | None = None) -> dict[str, Any]:
-    """What cell.json holds: the cell as its suite expanded it (and, for a trial, whose study it is in)."""
+def cell_record(cell: Cell, trial: TrialSpec | None = None, attempt: str | None = None) -> dict[str, Any]:
+    """What cell.json holds: the cell as its suite expanded it (and, for a trial, whose study it is in), and
+    which attempt at it the folder's files are (a token its result.json repeats)."""
     record = {"id": cell.id, "group": cell.group, "label": cell.label, "axes": cell.axes, "parent": cell.parent,
-              "config": resolved_config(cell)}
+              "config": resolved_config(cell), "attempt": attempt}
     if trial is not None:  # which contender's study this cell is a trial of (bench.tune)
         record["tune"] = {"contender": trial.contender, "label": trial.contender_label, "trial": trial.number,
                           "params": trial.params}

@@ -5,6 +5,7 @@ contender's chosen trial). Who runs a cell, and where, is decided above: bench.a
 
 from __future__ import annotations
 
+import secrets
 import time
 import traceback
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 import bench
 from bench.artefacts import sealed_digest
 from bench.cell import Cell, Diverged, Pruned, RunOptions, TrialSpec, cell_record, resolved_config
-from bench.checkpoint import Checkpoint
+from bench.checkpoint import Checkpoint, saved_epoch
 from bench.claims import Claim, holder
 from bench.data.loaders import Preprocess
 from bench.environment import environment, peak_rss_mb, reset_peak_rss
@@ -25,6 +26,7 @@ from bench.hashing import stable_hash
 from bench.network import build_network
 from bench.progress import LogProgress
 from bench.store import (
+    CELL,
     INIT,
     PREDICTIONS,
     add_predictions,
@@ -32,6 +34,7 @@ from bench.store import (
     full_disk_path,
     init_file,
     load_best,
+    read_json,
     read_result,
     save_best,
     write_cell,
@@ -80,11 +83,20 @@ def failure_record(cell: Cell, suite_dir: Path, device: torch.device, status: st
     """Write and return the record of a cell that did not finish."""
     cell_dir = suite_dir / cell.id
     cell_dir.mkdir(parents=True, exist_ok=True)
-    write_cell(cell_dir, cell_record(cell, trial))
+    attempt = _attempt_of(cell_dir)  # the attempt that failed (its process wrote cell.json as it started)
+    write_cell(cell_dir, cell_record(cell, trial, attempt))
     record = {"schema_version": bench.SCHEMA_VERSION, "status": status, "error": error, **extra,
-              "config": resolved_config(cell), "env": environment(device)}
+              "config": resolved_config(cell), "env": environment(device), "attempt": attempt}
     write_result(cell_dir, record)
     return record
+
+
+def _attempt_of(cell_dir: Path) -> str | None:
+    """The attempt cell.json names: which run of the cell its files are (a resumed one keeps its own)."""
+    try:
+        return read_json(cell_dir / CELL).get("attempt")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _pruning_reporter(trial: TrialSpec | None, train: Any):
@@ -109,8 +121,11 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     trial = options.trials.get(cell.id)
     cell_dir = suite_dir / cell.id
     cell_dir.mkdir(parents=True, exist_ok=True)
-    write_cell(cell_dir, cell_record(cell, trial))
-    forget_result(cell_dir)
+    # an attempt goes on from its checkpoint, or starts anew (its trackers' runs with it: bench.trackers)
+    resumes = options.checkpoint and not options.force and saved_epoch(cell_dir) is not None
+    attempt = (resumes and _attempt_of(cell_dir)) or secrets.token_hex(6)
+    forget_result(cell_dir, history=not resumes)  # before cell.json names the new attempt
+    write_cell(cell_dir, cell_record(cell, trial, attempt))
     if options.threads:  # the executor's share of the cores (floating-point sums depend on it: recorded)
         torch.set_num_threads(options.threads)
     net = build_network(cell, suite_dir, device)
@@ -129,7 +144,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
 
     def on_epoch(history: list[dict[str, Any]]) -> None:
         row = history[-1]
-        write_history(cell_dir, history)  # each epoch: trackers and `bench status` follow a running cell
+        write_history(cell_dir, history)  # each epoch: the trackers follow a running cell (bench.trackers)
         progress.epoch(row)
         if claim is not None:
             claim.update(epoch=row["epoch"])
@@ -182,6 +197,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         "init": {"key": net.init_key, "sha256": init_sha},
         **({"parent": net.parent} if net.parent else {}), **({"features": net.features} if net.features else {}),
         "env": environment(device),
+        "attempt": attempt,
     }
     write_result(cell_dir, record)
     if checkpoint is not None and not options.keep_checkpoint:

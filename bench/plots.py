@@ -277,7 +277,7 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
                                                                 f"Performance profile: {what}"))
         histograms = set()
         for row in part[part["status"] == "ok"].itertuples():
-            written += cell_plots(row.record, out_dir / suite / row.id, split)
+            written += cell_plots(row.record, out_dir / suite / row.id, split, f"{row.label} seed={row.seed}")
             data = row.record.result.get("data", {})
             names = data.get("class_names") or []
             key = data.get("split_key")
@@ -288,13 +288,14 @@ def write_plots(suite_dirs: Sequence[Path], out_dir: Path, filters: Sequence[str
     return written
 
 
-def cell_plots(record: Record, dest: Path, split: str | None = None) -> list[Path]:
+def cell_plots(record: Record, dest: Path, split: str | None = None, title: str | None = None) -> list[Path]:
     """A finished cell's own figures in `dest`: its learning curves, and the PR curves and confusion matrix of
-    `split` (default test where the cell was tested, else validation). For the report and the trackers."""
+    `split` (default test where the cell was tested, else validation). For the report (whose row label a
+    tuned contender's chosen trial shows under) and the trackers."""
     written: list[Path] = []
     cell_dir, data = record.dir, record.result.get("data", {})
     names = data.get("class_names") or []
-    title = f"{record.cell['label']} seed={record.cell['config'].get('seed')}"
+    title = title or f"{record.cell['label']} seed={record.cell['config'].get('seed')}"
     if (cell_dir / HISTORY).is_file():
         _save(learning_curves(pd.read_csv(cell_dir / HISTORY), title), dest / "learning_curves.png", written)
     if (cell_dir / PREDICTIONS).is_file():

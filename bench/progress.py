@@ -57,7 +57,7 @@ class RichProgress(LogProgress):
         return self.bars.__exit__(*exc)
 
     def say(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        self.console.print(text, highlight=False, markup=False)  # error texts hold [brackets] of their own
 
     def start_run(self, total: int, name: str) -> None:
         self.cells = self.bars.add_task(f"{name}", total=total)
@@ -116,7 +116,7 @@ class LiveView(LogProgress):
 
     def say(self, text: str) -> None:
         if self.live:
-            self.live.console.print(text, highlight=False)
+            self.live.console.print(text, highlight=False, markup=False)
         else:
             super().say(text)
 

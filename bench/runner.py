@@ -34,7 +34,7 @@ def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, d
                             f"'{c.config.model.init_from}'), which has not finished", key="model.init_from",
                             hint="run the parent cell first, or widen --only to include it")
     with open_session(results, name, suite_text, device, executor.name) as session, \
-            following(log or Log(), session.dir, lambda line: progress.say(line), [c.id for c in cells], options.force):
+            following(log or Log(), session.dir, lambda line: progress.say(line), [c.id for c in cells]):
         session.note_run(c.id for c in cells)
         summary = RunSummary(session.dir)
         if executor.parallel:  # many cells at once: one view of the suite, read from its folders

@@ -18,7 +18,7 @@ results/<suite>/
     predictions.npz       logits and labels per split, the test confusion matrix
     best.safetensors      the weights validation selected
     checkpoint.pt/.json   the last epoch's state, while it runs
-    claim.json, .lock     who runs it (bench.claims)
+    claim.json, .lock     who runs it (bench.claims); .trackers.lock: who sends it to the trackers
     stderr.log, job.json  its process's output; its queued job (bench.executors)
 """
 
@@ -51,7 +51,7 @@ SUITE_FILE, RUN, INIT, SPLITS, TUNE, SUBMITIT = "suite.toml", "run.json", "init"
 CELL, RESULT, HISTORY, PREDICTIONS, BEST = "cell.json", "result.json", "history.csv", "predictions.npz", "best.safetensors"
 CHECKPOINT, CHECKPOINT_INFO, CLAIM, LOCK, LOG, JOB = "checkpoint.pt", "checkpoint.json", "claim.json", ".lock", \
     "stderr.log", "job.json"
-TRACKER_STATE, MLFLOW_DB, MLFLOW_ARTIFACTS = "trackers.json", "mlflow.db", "mlartifacts"
+TRACKER_STATE, TRACKER_LOCK, MLFLOW_DB, MLFLOW_ARTIFACTS = "trackers.json", ".trackers.lock", "mlflow.db", "mlartifacts"
 TENSORBOARD_DIR, CELL_PLOTS = "tensorboard", "plots"  # (W&B names its own folder, results/wandb/)
 
 
@@ -231,9 +231,11 @@ def write_result(cell_dir: Path, record: dict[str, Any]) -> None:
     write_json(Path(cell_dir) / RESULT, record)
 
 
-def forget_result(cell_dir: Path) -> None:
-    """A rerun is not done until it writes a new result."""
+def forget_result(cell_dir: Path, history: bool = False) -> None:
+    """A rerun is not done until it writes a new result; one that starts anew (`history`) has no epochs yet."""
     (Path(cell_dir) / RESULT).unlink(missing_ok=True)
+    if history:
+        (Path(cell_dir) / HISTORY).unlink(missing_ok=True)
 
 
 def write_history(cell_dir: Path, history: list[dict[str, Any]]) -> None:

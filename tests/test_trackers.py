@@ -29,6 +29,13 @@ def _records(suite_dir):
             if (p / "result.json").is_file()}
 
 
+def _history_csv(cell_dir):
+    import csv
+
+    with (cell_dir / "history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
 def _steps(client, run, key="val_error"):
     return [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
 
@@ -43,15 +50,14 @@ def test_each_cell_is_one_mlflow_run_with_its_config_history_figures_and_record(
     for run in runs:
         cid = run.data.tags["bench.cell_id"]
         record = records[cid]
-        history = [json.loads(json.dumps(row)) for row in
-                   (tmp_path / "r" / "tiny" / cid / "history.csv").read_text().splitlines()[1:]]
+        history = _history_csv(tmp_path / "r" / "tiny" / cid)
         assert run.info.status == "FINISHED" and run.data.tags["bench.status"] == "ok"
         assert run.info.run_name == json.loads((tmp_path / "r" / "tiny" / cid / "cell.json").read_text())["label"]
         assert run.data.params["model.arch"] == record["config"]["model"]["arch"]
         assert float(run.data.params["train.lr"]) == record["config"]["train"]["lr"]
         steps = _steps(client, run)
         assert [s for s, _ in steps] == [1, 2] == list(range(1, len(history) + 1))
-        assert steps[-1][1] == pytest.approx(float(history[-1].split(",")[5]))  # val_error, history.csv's column
+        assert [v for _, v in steps] == pytest.approx([float(r["val_error"]) for r in history])
         assert run.data.metrics["test.top1_error"] == pytest.approx(record["metrics"]["test"]["top1_error"])
         assert run.data.metrics["cost.params_total"] == record["cost"]["params_total"]
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"result.json", "history.csv"}
@@ -108,10 +114,10 @@ def test_an_interrupted_cell_continues_its_run_and_sends_each_epoch_once(write_s
     assert run().ran
     client, [again] = _runs(results)
     assert again.info.run_id == run_.info.run_id and again.info.status == "FINISHED"
-    history = (state_file.parent / "history.csv").read_text().splitlines()[1:]
     steps = _steps(client, again)
     assert [s for s, _ in steps] == [1, 2, 3, 4, 5]
-    assert [v for _, v in steps][3:] == pytest.approx([float(r.split(",")[5]) for r in history][3:])
+    # epoch 3, trained again after the resume, keeps the value first sent: bitwise the same here, on the CPU
+    assert [v for _, v in steps] == [float(r["val_error"]) for r in _history_csv(state_file.parent)]
 
 
 def test_a_failed_cell_ends_its_run_failed_with_the_reason(write_suite, tmp_path, cli):
@@ -192,6 +198,12 @@ def test_a_tuned_contender_is_a_parent_run_with_its_trials_nested_and_the_chosen
     assert best.data.metrics["test.top1_error"] == pytest.approx(record["test"]["top1_error"])
     assert parent.data.tags["bench.chosen_trial"] == record["chosen"] and parent.info.status == "FINISHED"
     assert parent.info.run_name == record["label"]
+    assert parent.data.metrics["test.top1_error"] == pytest.approx(record["test"]["top1_error"])
+    # told again (a rerun, a backfill), nothing is logged twice
+    assert cli("run", write_suite(TUNED), "--results", tmp_path / "r")[0] == 0
+    assert cli("log", tmp_path / "r" / "tiny", "--to", "mlflow")[0] == 0
+    for run_id in (parent.info.run_id, best.info.run_id):
+        assert len(client.get_metric_history(run_id, "test.top1_error")) == 1
 
 
 @pytest.mark.slow
@@ -239,3 +251,54 @@ def test_a_run_killed_by_sigkill_continues_each_trackers_run_with_every_epoch_on
     [log] = (results / "wandb").glob(f"offline-run-*-{run_id}*/run-{run_id}.wandb")
     [records] = _read([log])
     assert list(_history(records)) == list(range(1, 21))
+
+
+def test_a_cell_run_anew_gets_a_new_run_with_its_own_figures(write_suite, tmp_path, cli, use_plugin):
+    import os
+
+    # fails while BENCH_TEST_FAIL is set: a failed cell, then the same cell run again and finishing
+    use_plugin("flaky", 'if os.environ.get("BENCH_TEST_FAIL"): raise RuntimeError("flaky")')
+    path = write_suite('[model]\narch = "bench:flaky"\n[log]\nmlflow = true\n')
+    os.environ["BENCH_TEST_FAIL"] = "1"
+    try:
+        assert cli("run", path, "--results", tmp_path / "r")[0] == 1
+    finally:
+        del os.environ["BENCH_TEST_FAIL"]
+    assert cli("run", path, "--results", tmp_path / "r")[0] == 0  # the failed cell runs again
+    assert cli("run", path, "--results", tmp_path / "r", "--force")[0] == 0  # and once more, from scratch
+    client, runs = _runs(tmp_path / "r")
+    runs = sorted(runs, key=lambda r: r.info.start_time)
+    assert [(r.info.status, r.data.tags["bench.status"]) for r in runs] == [
+        ("FAILED", "failed"), ("FINISHED", "ok"), ("FINISHED", "ok")]
+    assert "RuntimeError: flaky" in runs[0].data.tags["bench.reason"]
+    [cell_dir] = [p.parent for p in (tmp_path / "r" / "tiny").glob("*/result.json")]
+    record = json.loads((cell_dir / "result.json").read_text())
+    assert record["trackers"][f"mlflow:sqlite:///{tmp_path / 'r' / 'mlflow.db'}"] == {"run": runs[-1].info.run_id}
+    # the last run has the last attempt's own epochs (its timings are its own), not the one before's
+    seconds = [m.value for m in sorted(client.get_metric_history(runs[-1].info.run_id, "train_seconds"),
+                                       key=lambda m: m.step)]
+    assert seconds == [float(r["train_seconds"]) for r in _history_csv(cell_dir)]
+    assert seconds != [m.value for m in sorted(client.get_metric_history(runs[1].info.run_id, "train_seconds"),
+                                               key=lambda m: m.step)]
+
+
+def test_a_cell_another_bench_is_sending_is_left_to_it(write_suite, tmp_path, cli):
+    from bench.locks import FileLock
+
+    assert cli("run", write_suite(GRID), "--results", tmp_path / "r")[0] == 0
+    held, free = sorted(p.parent for p in (tmp_path / "r" / "tiny").glob("*/cell.json"))
+    with FileLock(held / ".trackers.lock"):  # as a `bench run` sending it would hold it
+        code, _, err = cli("log", tmp_path / "r" / "tiny", "--to", "mlflow")
+    assert code == 0 and "1 new run(s)" in err and "1 cell(s) left to the bench that is sending them" in err
+    _, [run] = _runs(tmp_path / "r")
+    assert run.data.tags["bench.cell_id"] == free.name and "trackers" not in json.loads(
+        (held / "result.json").read_text())
+
+
+def test_log_keys_set_on_the_command_line_leave_cell_ids_alone(write_suite):
+    from bench import api
+
+    path = write_suite(GRID)
+    plain = [c.id for c in api.plan(path, check=False).cells]
+    logged = api.plan(path, check=False, overrides=["log.mlflow=true", "log.wandb=offline", "log.project=x"])
+    assert [c.id for c in logged.cells] == plain and logged.suite.log.wandb == "offline"

@@ -90,7 +90,12 @@ class Tracker:
         raise NotImplementedError
 
     def mark_chosen(self, cell: CellRun, run_id: str, chosen: bool) -> None:
-        """A tuning trial is (or no longer is) its contender's chosen one. Optional."""
+        """A tuning trial is (or no longer is) its contender's chosen one; the chosen one has its test figures
+        by now (cell.dir's result.json). Optional: only what changed is told."""
+
+    def end_contender(self, contender: str, chosen: CellRun | None, run_id: str | None) -> None:
+        """A tuned contender is done: its chosen trial and that trial's run, or None when no trial completed.
+        Optional; told at the end of every run that tuned it, so it must be idempotent."""
 
     def close(self) -> None:
         """Release connections and writers at the end of a run."""

@@ -28,10 +28,12 @@ class MLflow(Tracker):
 
     def __init__(self, target, log, results, suite):
         super().__init__(target, log, results, suite)
-        from mlflow import MlflowClient
-
         for name in ("mlflow.store.db.utils", "alembic"):  # a new store's schema steps, told at INFO
             logging.getLogger(name).setLevel(logging.WARNING)
+        # a tracking server that is down would otherwise hold the end of a run for minutes (7 retries with
+        # backoff, 120 s timeouts): it fails in seconds, one warning, and `bench log` sends it later
+        for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+            os.environ.setdefault(var, value)
         if isinstance(target, str):
             self.uri = target
         elif os.environ.get("MLFLOW_TRACKING_URI"):
@@ -39,13 +41,22 @@ class MLflow(Tracker):
         else:
             self.results.mkdir(parents=True, exist_ok=True)
             self.uri = f"sqlite:///{(self.results / MLFLOW_DB).resolve()}"
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self._client = None
         self._experiment: str | None = None
         self._parents: dict[str, str] = {}  # contender id -> its parent run
 
     @property
     def destination(self) -> str:
         return f"mlflow:{self.uri}"
+
+    @property
+    def client(self):
+        """Opened at first use, so that a store that cannot be opened fails as any other call does."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
 
     def experiment(self) -> str:
         if self._experiment is None:
@@ -59,19 +70,22 @@ class MLflow(Tracker):
                                                                  tags={"bench.suite": self.suite})
         return self._experiment
 
-    def _parent(self, cell: CellRun) -> str:
-        """The contender's parent run: found by its tags (made once, by whichever run met a trial first)."""
-        if cell.contender not in self._parents:
+    def _parent(self, contender: str, label: str | None = None) -> str | None:
+        """The contender's parent run, found by its tags (made once, by whichever run met a trial first);
+        None when it has none and no `label` to make it with."""
+        if contender not in self._parents:
             runs = self.client.search_runs(
                 [self.experiment()], max_results=1,
-                filter_string=f"tags.`bench.kind` = 'contender' and tags.`bench.contender` = '{cell.contender}'")
+                filter_string=f"tags.`bench.kind` = 'contender' and tags.`bench.contender` = '{contender}'")
             if runs:
-                self._parents[cell.contender] = runs[0].info.run_id
+                self._parents[contender] = runs[0].info.run_id
+            elif label is None:
+                return None
             else:
-                run = self.client.create_run(self.experiment(), run_name=cell.contender_label, tags={
-                    "bench.kind": "contender", "bench.contender": cell.contender, "bench.suite": self.suite})
-                self._parents[cell.contender] = run.info.run_id
-        return self._parents[cell.contender]
+                run = self.client.create_run(self.experiment(), run_name=label, tags={
+                    "bench.kind": "contender", "bench.contender": contender, "bench.suite": self.suite})
+                self._parents[contender] = run.info.run_id
+        return self._parents[contender]
 
     def start(self, cell: CellRun, run_id: str | None, logged: int) -> Run:
         from mlflow.entities import Param
@@ -82,7 +96,8 @@ class MLflow(Tracker):
         tags = {"bench.kind": "trial" if cell.contender else "cell", "bench.cell_id": cell.id,
                 "bench.suite": cell.suite, "bench.seed": str(cell.seed), "bench.status": "running"}
         if cell.contender:
-            tags.update({"mlflow.parentRunId": self._parent(cell), "bench.contender": cell.contender,
+            tags.update({"mlflow.parentRunId": self._parent(cell.contender, cell.contender_label),
+                         "bench.contender": cell.contender,
                          "bench.trial": str(cell.trial)})
         run = self.client.create_run(self.experiment(), run_name=cell.label, tags=tags)
         run_id = run.info.run_id
@@ -93,31 +108,44 @@ class MLflow(Tracker):
 
     def _last_step(self, run_id: str) -> int:
         """The last epoch the store holds (a kill may have come between a send and the count's save)."""
-        keys = list(self.client.get_run(run_id).data.metrics)
-        history = [k for k in keys if "." not in k and k not in ("best_epoch", "epochs_run")]  # not final figures
-        if not history:
-            return 0
-        return max((m.step for m in self.client.get_metric_history(run_id, history[0])), default=0)
+        keys = [k for k in self.client.get_run(run_id).data.metrics
+                if "." not in k and k not in ("best_epoch", "epochs_run")]  # history columns, not final figures
+        return max((m.step for k in keys for m in self.client.get_metric_history(run_id, k)), default=0)
 
     def mark_chosen(self, cell: CellRun, run_id: str, chosen: bool) -> None:
         from mlflow.entities import Metric
 
         self.client.set_tag(run_id, "bench.chosen", str(chosen).lower())
-        if not chosen:
-            return
-        result = read_result(cell.dir) or {}
-        test = {f"test.{k}": float(v) for k, v in ((result.get("metrics") or {}).get("test") or {}).items()
-                if isinstance(v, int | float)}
-        now = int(time.time() * 1000)
-        if test:  # the chosen trial alone is tested, after its run ended
+        # the chosen trial alone is tested, maybe after its run ended (then its figures are not in the run yet)
+        held = self.client.get_run(run_id).data.metrics if chosen else {}
+        test = {k: v for k, v in _figures(cell, "test").items() if _key(k) not in held}
+        if chosen and test:
+            now = int(time.time() * 1000)
             self.client.log_batch(run_id, metrics=[Metric(_key(k), v, now, 0) for k, v in test.items()])
-        parent = self._parent(cell)
-        val = {f"val.{k}": float(v) for k, v in ((result.get("metrics") or {}).get("val") or {}).items()
-               if isinstance(v, int | float)}
-        self.client.log_batch(parent, metrics=[Metric(_key(k), v, now, 0) for k, v in {**val, **test}.items()])
-        self.client.set_tag(parent, "bench.chosen_trial", cell.id)
-        self.client.set_tag(parent, "bench.chosen_run", run_id)
-        self.client.set_terminated(parent, "FINISHED")
+
+    def end_contender(self, contender: str, chosen: CellRun | None, run_id: str | None) -> None:
+        from mlflow.entities import Metric
+
+        parent = self._parent(contender)
+        if parent is None:
+            return
+        run = self.client.get_run(parent)
+        said = chosen.id if chosen else "none"
+        if run.info.status in ("FINISHED", "FAILED") and run.data.tags.get("bench.chosen_trial") == said:
+            return  # told before: figures are not logged twice
+        if chosen is not None:
+            figures = {**_figures(chosen, "val"), **_figures(chosen, "test")}
+            now = int(time.time() * 1000)
+            self.client.log_batch(parent, metrics=[Metric(_key(k), v, now, 0) for k, v in figures.items()])
+            self.client.set_tag(parent, "bench.chosen_run", run_id)
+        self.client.set_tag(parent, "bench.chosen_trial", said)
+        self.client.set_terminated(parent, "FINISHED" if chosen else "FAILED")
+
+
+def _figures(cell: CellRun, split: str) -> dict[str, float]:
+    """A trial's final figures of `split` as its record has them now (test is added once it is chosen)."""
+    metrics = ((read_result(cell.dir) or {}).get("metrics") or {}).get(split) or {}
+    return {f"{split}.{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
 
 
 class _Run(Run):

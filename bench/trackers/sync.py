@@ -15,21 +15,25 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.config.load import flatten
 from bench.config.suite import Log
 from bench.errors import first_line
 from bench.hashing import stable_hash
+from bench.locks import FileLock
 from bench.store import (
     CELL,
     CELL_PLOTS,
     HISTORY,
     PREDICTIONS,
     RESULT,
+    TRACKER_LOCK,
     TRACKER_STATE,
     TUNE,
     load_record,
@@ -46,93 +50,97 @@ POLL_S = 2.0  # how often a running suite's cells are read: an epoch shows up in
 
 
 class Sync:
-    """The trackers `log` names, fed from the cell folders of `suite_dir` (one suite's results)."""
+    """The trackers `log` names, fed from the cell folders of `suite_dir` (one suite's results).
 
-    def __init__(self, log: Log, suite_dir: Path, say: Callable[[str], None], only: Iterable[str] | None = None):
-        self.suite_dir, self.say = Path(suite_dir), say
+    A cell's files say which attempt at it they are (cell.json's token, repeated by result.json): a cell run
+    anew (--force, a failed cell run again) gets new runs, while a resumed one continues its own; a record
+    left by an earlier attempt is never sent as the new one's. While this process sends a cell it holds the
+    cell's tracker lock: another `bench run` or `bench log` at the same time leaves that cell to it."""
+
+    def __init__(self, log: Log, suite_dir: Path, say: Callable[[str], None]):
+        self.suite_dir, self.say, self.log = Path(suite_dir), say, log
         results, suite = self.suite_dir.parent, self.suite_dir.name
-        self.log = log
         self.failed: dict[str, str] = {}  # destination -> its error: not used again in this run
-        self.trackers: list[Tracker] = []
-        for name, target in wanted(log).items():
-            kind = tracker_class(name)
-            try:
-                self.trackers.append(kind(target, log, results, suite))
-            except Exception as e:  # noqa: BLE001 - a store that cannot be opened: a warning, as any failure
-                self._warn(name, f"{name}:{target}", e)
+        self.trackers: list[Tracker] = [tracker_class(name)(target, log, results, suite)
+                                        for name, target in wanted(log).items()]
         self.open: dict[tuple[str, str], Run] = {}  # (destination, cell id) -> its run while the cell is followed
-        self.cells: dict[str, None] = dict.fromkeys(only or ())
-        self.ended: set[str] = set()  # cells whose runs all ended: not read again by the polls
+        self.locks: dict[str, FileLock] = {}  # cells this process sends (with a run open)
+        self.cells: dict[str, None] = {}
+        self.seen: dict[str, tuple] = {}  # cell -> its files' stamps at the last pass: unchanged, not read again
+        self.held_elsewhere: set[str] = set()
         self.lock = threading.Lock()
         self.counts = {t.destination: Counter() for t in self.trackers}  # runs new, continued, ended; epochs
+        import bench.plots  # noqa: F401 - matplotlib imported here, not in the poll thread while the main one imports it
 
-    def follow(self, cell_ids: Iterable[str], force: bool = False) -> None:
-        """Follow these cells too; with `force` (they run again from scratch) their next runs are new runs."""
-        cell_ids = list(cell_ids)
-        if force:
-            for cid in cell_ids:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.suite_dir / cid / TRACKER_STATE).unlink()
+    def follow(self, cell_ids: Iterable[str]) -> None:
         with self.lock:
             self.cells.update(dict.fromkeys(cell_ids))
-            self.ended.difference_update(cell_ids)
 
     def live(self) -> list[Tracker]:
         return [t for t in self.trackers if t.destination not in self.failed]
 
     def sync(self) -> None:
-        """One pass over the followed cells that have not ended."""
+        """One pass over the followed cells whose files changed since the last."""
         with self.lock:
-            cells = [c for c in self.cells if c not in self.ended]
+            cells = list(self.cells)
         for cid in cells:
             if not self.live():
                 return
-            self._cell(self.suite_dir / cid)
+            cell_dir = self.suite_dir / cid
+            stamp = tuple(_mtime(cell_dir / name) for name in (CELL, RESULT, HISTORY))
+            if self.seen.get(cid) != stamp:
+                self.seen[cid] = stamp if self._cell(cell_dir) else None
 
-    def _cell(self, cell_dir: Path) -> None:
+    def _cell(self, cell_dir: Path) -> bool:
+        """Send one cell's news; whether all of it went (False: read the cell again next pass)."""
         try:
             cell = read_json(cell_dir / CELL)
         except (OSError, ValueError):
-            return  # not started yet (or not a cell): a later pass sees it
+            return False  # not started yet (or not a cell): a later pass sees it
+        lock = self.locks.get(cell_dir.name) or FileLock(cell_dir / TRACKER_LOCK)
+        if not lock.held and not lock.acquire(blocking=False):
+            self.held_elsewhere.add(cell_dir.name)  # another bench sends it
+            return False
+        self.locks[cell_dir.name] = lock
+        self.held_elsewhere.discard(cell_dir.name)
+        attempt = cell.get("attempt")
         result = read_result(cell_dir)
-        try:
-            state = read_json(cell_dir / TRACKER_STATE)
-        except (OSError, ValueError):
-            state = {}
+        if result is not None and result.get("attempt") != attempt:
+            result = None  # an earlier attempt's record, not yet replaced
+        state = _state(cell_dir)
         rows = _numeric_rows(read_history(cell_dir))
-        run_info = None
-        ended = True
         ending = functools.cache(lambda: _ending(result, cell_dir, self.log))  # once, whatever the trackers
+        done = True
         for t in self.live():
             s = state.setdefault(t.destination, {})
-            attempt = _attempt(result)
-            if s.get("ended") is not None and s["ended"] == attempt:
-                continue
             try:
-                run_info = run_info or _cell_run(cell, cell_dir, self.suite_dir)
-                ended &= self._send(t, run_info, s, rows, result, attempt, ending, lambda: write_json(
-                    cell_dir / TRACKER_STATE, state))
+                done &= self._send(t, cell, cell_dir, s, rows, result, ending,
+                                   lambda: write_json(cell_dir / TRACKER_STATE, state))
             except Exception as e:  # noqa: BLE001 - any tracker's failure is a warning, never the cell's
                 self._fail(t, e)
-                ended = False
-        if result is not None and ended:
-            with self.lock:
-                self.ended.add(cell_dir.name)
+                done = False
         with contextlib.suppress(OSError):  # a full disk: the trackers already have it; a rerun resends
             write_json(cell_dir / TRACKER_STATE, state)
+        if not any(k[1] == cell_dir.name for k in self.open):
+            self.locks.pop(cell_dir.name).release()
+        return done and result is not None
 
-    def _send(self, t: Tracker, cell: CellRun, s: dict[str, Any], rows: list[dict[str, float]],
-              result: dict[str, Any] | None, attempt: str | None, ending: Callable[[], Ending],
+    def _send(self, t: Tracker, cell: dict[str, Any], cell_dir: Path, s: dict[str, Any],
+              rows: list[dict[str, float]], result: dict[str, Any] | None, ending: Callable[[], Ending],
               save: Callable[[], None]) -> bool:
-        """Send what `t` has not had of one cell; whether its run ended."""
-        key = (t.destination, cell.id)
-        if s.get("ended") is not None:  # its run ended, and the cell ran again since (a failed cell retried)
-            s.clear()
+        """Send what `t` has not had of one cell's attempt; whether its run ended."""
+        key = (t.destination, cell["id"])
+        if s.get("attempt") != cell.get("attempt") or "run" not in s:  # a new attempt: a new run
             self._drop(key)
+            s.clear()
+            s["attempt"] = cell.get("attempt")
+        ended = _ended(result)
+        if ended is not None and s.get("ended") == ended:
+            return True
         run = self.open.get(key)
         count = self.counts[t.destination]
         if run is None:
-            run = t.start(cell, s.get("run"), s.get("epochs", 0))
+            run = t.start(_cell_run(cell, cell_dir, self.suite_dir), s.get("run"), s.get("epochs", 0))
             self.open[key] = run
             count["continued" if s.get("run") else "new"] += 1
             if s.get("run") != run.id:
@@ -148,8 +156,7 @@ class Sync:
         run.finish(ending())
         self.open.pop(key, None)
         count["ended"] += 1
-        s["ended"] = attempt
-        s.pop("error", None)
+        s["ended"] = ended
         return True
 
     def _drop(self, key: tuple[str, str]) -> None:
@@ -158,27 +165,37 @@ class Sync:
             with contextlib.suppress(Exception):
                 run.suspend()
 
-    def _warn(self, name: str, destination: str, e: Exception) -> None:
-        why = first_line(e, typed=True)
-        self.failed[destination] = why
-        self.say(f"[bench] warning: {name} ({destination}) failed: {why}; the cells go on, the results "
-                 f"folder keeps everything, and `bench log {self.suite_dir} --to {name}` sends it later")
-
     def _fail(self, t: Tracker, e: Exception) -> None:
-        self._warn(t.name, t.destination, e)
+        why = first_line(e, typed=True)
+        self.failed[t.destination] = why
+        self.say(f"[bench] warning: {t.name} ({t.destination}) failed: {why}; the cells go on, the results "
+                 f"folder keeps everything, and `bench log {self.suite_dir} --to {t.name}` sends it later")
         for key in [k for k in self.open if k[0] == t.destination]:
             self._drop(key)
 
     def mark_chosen(self) -> None:
-        """Each tuned contender's chosen trial tagged as such (its test figures too), the others untagged."""
+        """Each tuned contender's chosen trial tagged as such (its test figures too), the others untagged, and
+        the contender's own run ended; only what changed since it was last told."""
+        contenders: dict[str, list[tuple[str, bool]]] = {}
+        for cid, contender, chosen in _trials(self.suite_dir, list(self.cells)):
+            contenders.setdefault(contender, []).append((cid, chosen))
         for t in self.live():
             try:
-                for cid, chosen in _trials(self.suite_dir, list(self.cells)):
-                    state = _state(self.suite_dir / cid).get(t.destination) or {}
-                    if state.get("run"):
+                for contender, trials in contenders.items():
+                    chosen_run = None
+                    for cid, chosen in trials:
+                        state = _state(self.suite_dir / cid)
+                        s = state.get(t.destination) or {}
+                        if not s.get("run"):
+                            continue
                         cell = _cell_run(read_json(self.suite_dir / cid / CELL), self.suite_dir / cid,
                                          self.suite_dir)
-                        t.mark_chosen(cell, state["run"], chosen)
+                        if s.get("chosen") != chosen:
+                            t.mark_chosen(cell, s["run"], chosen)
+                            s["chosen"] = chosen
+                            write_json(self.suite_dir / cid / TRACKER_STATE, state)
+                        chosen_run = (cell, s["run"]) if chosen else chosen_run
+                    t.end_contender(contender, *(chosen_run or (None, None)))
             except Exception as e:  # noqa: BLE001
                 self._fail(t, e)
 
@@ -190,33 +207,60 @@ class Sync:
             state = f"failed: {self.failed[t.destination]}" if t.destination in self.failed else "ok"
             out.append(f"[bench] {t.destination}: {n['new']} new run(s), {n['continued']} continued, "
                        f"{n['ended']} ended, {n['epochs']} epoch(s) sent; {state}")
+        if self.held_elsewhere:
+            out.append(f"[bench] {len(self.held_elsewhere)} cell(s) left to the bench that is sending them")
         return out
 
     def close(self, interrupted: bool) -> None:
-        """The last pass; runs of unfinished cells suspended; each followed cell's record told where it went."""
-        self.sync()
-        if not interrupted:
-            self.mark_chosen()
-        for key in list(self.open):
-            self._drop(key)
-        for t in self.trackers:
-            with contextlib.suppress(Exception):
-                t.close()
-        destinations = list(dict.fromkeys([*(t.destination for t in self.trackers), *self.failed]))
-        for cid in self.cells:
-            _note_in_record(self.suite_dir / cid, destinations, self.failed)
+        """The last pass; runs of unfinished cells suspended; each followed cell's record told where it went.
+        Ctrl-C or SIGTERM wait until it is done: cut short, it would leave runs open in their trackers."""
+        with _signals_held():
+            self.seen.clear()
+            self.sync()
+            if not interrupted:
+                self.mark_chosen()
+            for key in list(self.open):
+                self._drop(key)
+            for t in self.trackers:
+                with contextlib.suppress(Exception):
+                    t.close()
+            for lock in self.locks.values():
+                lock.release()
+            for cid in self.cells:
+                if cid not in self.held_elsewhere:
+                    _note_in_record(self.suite_dir / cid, [t.destination for t in self.trackers], self.failed)
 
 
 @contextlib.contextmanager
-def following(log: Log, suite_dir: Path, say: Callable[[str], None], cells: Iterable[str] = (),
-              force: bool = False) -> Iterator[Sync | None]:
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while the block runs (delivered after it), in the main thread."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
+@contextlib.contextmanager
+def following(log: Log, suite_dir: Path, say: Callable[[str], None], cells: Iterable[str] = ()
+              ) -> Iterator[Sync | None]:
     """While the block runs, `cells` (and those later given to follow()) are sent to the trackers `log`
     names, by a thread that reads their folders every POLL_S seconds; None when `log` names none."""
     if not wanted(log):
         yield None
         return
-    sync = Sync(log, suite_dir, say)
-    sync.follow(cells, force)
+    try:
+        sync = Sync(log, suite_dir, say)
+    except Exception as e:  # noqa: BLE001 - a tracker that cannot even start: a warning, as any failure
+        say(f"[bench] warning: [log] {', '.join(wanted(log))} could not start: {first_line(e, typed=True)}; the "
+            f"cells go on, and `bench log {suite_dir} --to NAME` sends them later")
+        yield None
+        return
+    sync.follow(cells)
     stop = threading.Event()
 
     def poll() -> None:
@@ -236,21 +280,28 @@ def following(log: Log, suite_dir: Path, say: Callable[[str], None], cells: Iter
 
 
 def send(log: Log, suite_dir: Path, say: Callable[[str], None]) -> Sync:
-    """`bench log`: every cell of a finished (or partly run) suite sent, what was sent before left alone."""
+    """`bench log`: every cell of a suite's results sent, what was sent before left alone."""
     suite_dir = Path(suite_dir)
-    cells = sorted(p.parent.name for p in suite_dir.glob(f"*/{CELL}"))
-    sync = Sync(log, suite_dir, say, cells)
+    sync = Sync(log, suite_dir, say)
+    sync.follow(sorted(p.parent.name for p in suite_dir.glob(f"*/{CELL}")))
     sync.close(interrupted=False)
     return sync
 
 
 # ------------------------------------------------------------------------------------------------ what is sent
-def _attempt(result: dict[str, Any] | None) -> str | None:
-    """Which ending of a cell a record is: a failed cell run again ends anew (a new run), while a later change
-    to the same ending (a tuned trial's test figures, withdrawn ones) is not a new attempt."""
+def _ended(result: dict[str, Any] | None) -> str | None:
+    """How an attempt ended, as its record says: a record that changes this (a resumed failed cell that now
+    finishes) ends its run again, one that does not (a tuned trial's test figures added) is not sent again."""
     if result is None:
         return None
     return stable_hash({k: result.get(k) for k in ("status", "error", "epochs_run", "best_epoch")}, 12)
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _numeric_rows(rows: list[dict[str, str]]) -> list[dict[str, float]]:
@@ -266,17 +317,6 @@ def _numeric_rows(rows: list[dict[str, str]]) -> list[dict[str, float]]:
     return out
 
 
-def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as dotted keys (`train.lr`), leaves as they are."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _scalar(value: Any) -> int | float | str | bool:
     if isinstance(value, bool | int | float | str):
         return value
@@ -287,14 +327,14 @@ def _cell_run(cell: dict[str, Any], cell_dir: Path, suite_dir: Path) -> CellRun:
     config = cell["config"]
     tune = cell.get("tune") or {}
     return CellRun(id=cell["id"], label=cell["label"], suite=suite_dir.name, seed=int(config.get("seed", 0)),
-                   config=config, params={k: _scalar(v) for k, v in flat(config).items()}, dir=cell_dir,
+                   config=config, params={k: _scalar(v) for k, v in flatten(config).items()}, dir=cell_dir,
                    contender=tune.get("contender"), contender_label=tune.get("label") or tune.get("contender"),
                    trial=tune.get("trial"))
 
 
 def _ending(result: dict[str, Any], cell_dir: Path, log: Log) -> Ending:
-    summary = {k: float(v) for k, v in flat({"metrics": result.get("metrics") or {},
-                                             "cost": result.get("cost") or {}}).items()
+    summary = {k: float(v) for k, v in flatten({"metrics": result.get("metrics") or {},
+                                                "cost": result.get("cost") or {}}).items()
                if isinstance(v, int | float) and not isinstance(v, bool)}
     summary = {k.removeprefix("metrics."): v for k, v in summary.items()}  # val.top1_error, cost.wall_time_s
     for k in ("best_epoch", "epochs_run"):
@@ -304,7 +344,10 @@ def _ending(result: dict[str, Any], cell_dir: Path, log: Log) -> Ending:
     if result.get("status") == "ok":  # its learning curves, PR curves and confusion matrix, as `bench report --plots`
         from bench.plots import cell_plots
 
-        files += cell_plots(load_record(cell_dir), cell_dir / CELL_PLOTS)
+        try:
+            files += cell_plots(load_record(cell_dir), cell_dir / CELL_PLOTS)
+        except Exception:  # noqa: BLE001 - no figures is no reason to hold back the record
+            pass
     if log.predictions and (cell_dir / PREDICTIONS).is_file():
         files.append(cell_dir / PREDICTIONS)
     status = result.get("status", "failed")
@@ -313,24 +356,25 @@ def _ending(result: dict[str, Any], cell_dir: Path, log: Log) -> Ending:
 
 
 def _state(cell_dir: Path) -> dict[str, Any]:
+    """The cell's trackers.json: per destination, its run, attempt, epochs sent, how it ended."""
     try:
         state = read_json(cell_dir / TRACKER_STATE)
     except (OSError, ValueError):
         return {}
-    return state if isinstance(state, dict) else {}
+    return state if isinstance(state, dict) and all(isinstance(v, dict) for v in state.values()) else {}
 
 
-def _trials(suite_dir: Path, cells: list[str]) -> Iterator[tuple[str, bool]]:
-    """(trial cell, whether its contender chose it) for every followed cell that is a tuning trial."""
+def _trials(suite_dir: Path, cells: list[str]) -> Iterator[tuple[str, str, bool]]:
+    """(trial cell, its contender, whether the contender chose it) for every followed tuning trial."""
     chosen: dict[str, str | None] = {}
     for cid in cells:
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             contender = (read_json(suite_dir / cid / CELL).get("tune") or {}).get("contender")
             if contender is None:
                 continue
             if contender not in chosen:
                 chosen[contender] = read_json(tune_files(suite_dir / TUNE, contender)[1]).get("chosen")
-            yield cid, chosen[contender] == cid
+            yield cid, contender, chosen[contender] == cid
 
 
 def _note_in_record(cell_dir: Path, destinations: list[str], failed: dict[str, str]) -> None:
@@ -343,7 +387,7 @@ def _note_in_record(cell_dir: Path, destinations: list[str], failed: dict[str, s
     for where in destinations:
         s = state.get(where) or {}
         entry = {"run": s.get("run")} if s.get("run") else {}
-        if where in failed and s.get("ended") != _attempt(result):
+        if where in failed and s.get("ended") != _ended(result):
             entry["error"] = failed[where]
         note[where] = entry
     if result.get("trackers") != {**(result.get("trackers") or {}), **note}:

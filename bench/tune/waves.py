@@ -148,6 +148,8 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
                 else:
                     summary.busy.append(s.cell.id)
             session.note_run(planned, tune=tuned)
+            if trackers is not None:  # an earlier run's trials too: its runs may be unended, its choice untold
+                trackers.follow(cid for s in opened for cid in s.finished_earlier())
             width, total, count = _wave_width(executor, len(opened)), len(opened) * tune.trials, 0
             fresh: set[str] = set()  # trial cells trained by this run: a repeat of one is told its result
             title = f"{suite.suite.name}: {len(opened)} contender(s), {tune.trials} trials each over " \
@@ -162,7 +164,7 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
                     to_run, later = _sort_wave(wave, session.dir, options.force, fresh)
                     planned.update(dict.fromkeys(p.cell.id for p in wave))
                     if trackers is not None:
-                        trackers.follow((p.cell.id for p in wave), options.force)
+                        trackers.follow(p.cell.id for p in wave)
                     session.note_run(planned, tune=tuned)
                     count = _run_wave(to_run, later, fresh, session, executor, progress, options, count, total,
                                       summary)
