@@ -101,21 +101,19 @@ def send_results(suite_dir: Path | str, to: Sequence[str], *, project: str | Non
     """A suite's results, finished or not, sent to the trackers `to` names (NAME, or NAME=TARGET: a tracking
     URI, a folder, W&B's mode); the rest of [log] (project, predictions) as the suite ran with it. What a
     tracker already holds is not sent again (each cell's trackers.json says what went where)."""
-    import tomllib
-
     from pydantic import ValidationError
 
-    from bench.config.load import validation_error
+    from bench.config.load import read_suite, validation_error
     from bench.config.suite import Log
     from bench.errors import did_you_mean
     from bench.store import SUITE_FILE, is_suite_dir
-    from bench.trackers import PACKAGES, check_installed, wanted
+    from bench.trackers import PACKAGES
     from bench.trackers.sync import send
 
     suite_dir = Path(suite_dir)
     if not is_suite_dir(suite_dir):
         raise UserError("not a suite's results folder", file=suite_dir, hint="name results/<suite>, e.g. results/quickstart")
-    recorded = tomllib.loads((suite_dir / SUITE_FILE).read_text()).get("log", {})
+    recorded = read_suite(suite_dir / SUITE_FILE).get("log", {})  # the [log] the suite ran with
     settings = {k: v for k, v in recorded.items() if k not in PACKAGES}
     for item in to:
         name, _, target = item.partition("=")
@@ -127,8 +125,7 @@ def send_results(suite_dir: Path | str, to: Sequence[str], *, project: str | Non
         log = Log.model_validate(settings)
     except ValidationError as e:
         raise validation_error(e, suite_dir / SUITE_FILE, prefix="log", model=Log) from None
-    check_installed(wanted(log))
-    return send(log, suite_dir, say)
+    return send(log, suite_dir, say)  # a tracker whose package is missing: one line with the install command
 
 
 def suite_dir_of(target: Path | None, results: Path) -> Path | None:

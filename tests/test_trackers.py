@@ -319,3 +319,21 @@ def test_log_keys_set_on_the_command_line_leave_cell_ids_alone(write_suite):
     plain = [c.id for c in api.plan(path, check=False).cells]
     logged = api.plan(path, check=False, overrides=["log.mlflow=true", "log.wandb=offline", "log.project=x"])
     assert [c.id for c in logged.cells] == plain and logged.suite.log.wandb == "offline"
+
+
+@pytest.mark.parametrize("predictions", [False, True])
+def test_a_cells_files_go_with_its_figures_and_predictions_only_when_asked(tmp_path, predictions):
+    from bench.config.suite import Log
+    from bench.trackers.sync import _ending
+
+    cell_dir = tmp_path / "cell"
+    cell_dir.mkdir()
+    for name in ("result.json", "cell.json", "history.csv", "predictions.npz"):
+        (cell_dir / name).write_text("")
+    ending = _ending({"status": "diverged", "error": "loss is nan", "metrics": {"val": {"top1_error": 0.5}},
+                      "cost": {"train_time_s": 2, "peak_cuda_mb": None}, "epochs_run": 3},
+                     cell_dir, Log(predictions=predictions))
+    assert sorted(p.name for p in ending.files) == sorted(
+        ["result.json", "cell.json", "history.csv"] + (["predictions.npz"] if predictions else []))
+    assert ending.summary == {"val.top1_error": 0.5, "cost.train_time_s": 2.0, "epochs_run": 3.0}
+    assert (ending.status, ending.reason, ending.ok) == ("diverged", "loss is nan", False)

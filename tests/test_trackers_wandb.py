@@ -19,7 +19,7 @@ from bench.trackers.wandb import SUSPENDED_EXIT_CODE, WandB  # noqa: E402
 # one worker runs the module's tests, so one set of runs (and one W&B service start, about 0.5 s) serves all
 pytestmark = pytest.mark.xdist_group("wandb")
 
-ROWS = [{"epoch": e, "train_loss": 1.0 / e, "val_acc": 0.1 * e, "lr": 0.01, "phase": "fine"} for e in range(1, 6)]
+ROWS = [{"epoch": e, "train_loss": 1.0 / e, "val_acc": 0.1 * e, "lr": 0.01} for e in range(1, 6)]
 
 
 def _cell(results: Path, name: str, **kw) -> CellRun:
@@ -33,8 +33,10 @@ def _cell(results: Path, name: str, **kw) -> CellRun:
                    params={"model.arch": f"arch-{name}"}, dir=folder, **kw)
 
 
-def _files(cell: CellRun) -> list[Path]:
-    return [cell.dir / "result.json", cell.dir / "plots" / "curves.png", cell.dir / "predictions.npz"]
+def _files(cell: CellRun, predictions: bool = False) -> list[Path]:
+    """An Ending's files, as bench.trackers.sync names them ([log] predictions decides the last)."""
+    return [cell.dir / "result.json", cell.dir / "plots" / "curves.png",
+            *([cell.dir / "predictions.npz"] if predictions else [])]
 
 
 # `wandb leet inspect --json FILE` for each file, in one Python (wandb takes ~0.5 s to start): the command
@@ -94,7 +96,7 @@ def logs(tmp_path_factory):
         rc.suspend()
         rc2 = other.start(c, rc.id, 3)
         rc2.log_epochs(ROWS)
-        rc2.finish(Ending("ok", None, {"val.acc": 0.5}, _files(c)))
+        rc2.finish(Ending("ok", None, {"val.acc": 0.5}, _files(c, predictions=True)))
         rd = other.start(d, None, 0)
         rd.log_epochs(ROWS[:1])
         plain.close()
@@ -122,7 +124,7 @@ def _history(records: list[dict]) -> dict[int, dict]:
 
 
 def _logged(rows: list[dict]) -> dict[int, dict]:
-    return {r["epoch"]: {k: v for k, v in r.items() if k != "phase"} for r in rows}
+    return {r["epoch"]: dict(r) for r in rows}
 
 
 def _summary(records: list[dict]) -> dict:
@@ -179,8 +181,8 @@ def test_summary_and_exit_code(logs):
 
 
 def test_files(logs):
-    """The record and plots go with the run as laid out in the cell's folder; predictions only when
-    [log] predictions is set."""
+    """The Ending's files (record, plots, predictions when [log] predictions is set) go with the run as laid out
+    in the cell's folder."""
     _, runs, folders, _ = logs
     saved = [f["path"] for r in _of(runs["a"][0], "files") for f in r["files"]]
     assert sorted(saved) == ["plots/curves.png", "result.json"]

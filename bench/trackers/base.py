@@ -59,7 +59,8 @@ class Run:
     logged: int = 0
 
     def log_epochs(self, rows: list[dict[str, float]]) -> None:
-        """History rows not sent before, in epoch order; each has `epoch` (the step) and numeric columns."""
+        """History rows after `logged` (the caller sends no others), in epoch order; each has `epoch` (the
+        step) and numeric columns."""
         raise NotImplementedError
 
     def finish(self, ending: Ending) -> None:

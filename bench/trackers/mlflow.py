@@ -22,6 +22,16 @@ def _key(name: str) -> str:
     return _KEY.sub("_", name)
 
 
+def _log(client, run_id: str, values: dict[str, float], step: int = 0) -> None:
+    """`values` as metrics of the run at `step`, in batches of what log_batch takes."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(_key(k), v, now, step) for k, v in sorted(values.items())]
+    for i in range(0, len(metrics), 10 * BATCH):
+        client.log_batch(run_id, metrics=metrics[i:i + 10 * BATCH])
+
+
 @tracker("mlflow")
 class MLflow(Tracker):
     name = "mlflow"
@@ -113,19 +123,14 @@ class MLflow(Tracker):
         return max((m.step for k in keys for m in self.client.get_metric_history(run_id, k)), default=0)
 
     def mark_chosen(self, cell: CellRun, run_id: str, chosen: bool) -> None:
-        from mlflow.entities import Metric
-
         self.client.set_tag(run_id, "bench.chosen", str(chosen).lower())
         # the chosen trial alone is tested, maybe after its run ended (then its figures are not in the run yet)
         held = self.client.get_run(run_id).data.metrics if chosen else {}
         test = {k: v for k, v in _figures(cell, "test").items() if _key(k) not in held}
         if chosen and test:
-            now = int(time.time() * 1000)
-            self.client.log_batch(run_id, metrics=[Metric(_key(k), v, now, 0) for k, v in test.items()])
+            _log(self.client, run_id, test)
 
     def end_contender(self, contender: str, chosen: CellRun | None, run_id: str | None) -> None:
-        from mlflow.entities import Metric
-
         parent = self._parent(contender)
         if parent is None:
             return
@@ -134,9 +139,7 @@ class MLflow(Tracker):
         if run.info.status in ("FINISHED", "FAILED") and run.data.tags.get("bench.chosen_trial") == said:
             return  # told before: figures are not logged twice
         if chosen is not None:
-            figures = {**_figures(chosen, "val"), **_figures(chosen, "test")}
-            now = int(time.time() * 1000)
-            self.client.log_batch(parent, metrics=[Metric(_key(k), v, now, 0) for k, v in figures.items()])
+            _log(self.client, parent, {**_figures(chosen, "val"), **_figures(chosen, "test")})
             self.client.set_tag(parent, "bench.chosen_run", run_id)
         self.client.set_tag(parent, "bench.chosen_trial", said)
         self.client.set_terminated(parent, "FINISHED" if chosen else "FAILED")
@@ -153,25 +156,17 @@ class _Run(Run):
         self.client, self.id, self.logged = client, run_id, logged
 
     def log_epochs(self, rows: list[dict[str, float]]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(_key(k), v, now, int(row["epoch"])) for row in rows if row["epoch"] > self.logged
-                   for k, v in row.items() if k != "epoch"]
-        for i in range(0, len(metrics), 10 * BATCH):
-            self.client.log_batch(self.id, metrics=metrics[i:i + 10 * BATCH])
-        self.logged = max([self.logged, *(int(r["epoch"]) for r in rows)])
+        for row in rows:
+            _log(self.client, self.id, {k: v for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
+            self.logged = int(row["epoch"])
 
     def finish(self, ending: Ending) -> None:
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import RunTag
 
-        now = int(time.time() * 1000)
-        metrics = [Metric(_key(k), v, now, 0) for k, v in sorted(ending.summary.items())]
+        _log(self.client, self.id, ending.summary)
         tags = [RunTag("bench.status", ending.status)]
         if ending.reason:
             tags.append(RunTag("bench.reason", ending.reason[:5000]))
-        for i in range(0, len(metrics), 10 * BATCH):
-            self.client.log_batch(self.id, metrics=metrics[i:i + 10 * BATCH])
         self.client.log_batch(self.id, tags=tags)
         for path in map(Path, ending.files):  # the cell's figures in plots/, its records at the top
             self.client.log_artifact(self.id, str(path), CELL_PLOTS if path.parent.name == CELL_PLOTS else None)

@@ -253,13 +253,7 @@ def following(log: Log, suite_dir: Path, say: Callable[[str], None], cells: Iter
     if not wanted(log):
         yield None
         return
-    try:
-        sync = Sync(log, suite_dir, say)
-    except Exception as e:  # noqa: BLE001 - a tracker that cannot even start: a warning, as any failure
-        say(f"[bench] warning: [log] {', '.join(wanted(log))} could not start: {first_line(e, typed=True)}; the "
-            f"cells go on, and `bench log {suite_dir} --to NAME` sends them later")
-        yield None
-        return
+    sync = Sync(log, suite_dir, say)  # no tracker touches its destination before its first send
     sync.follow(cells)
     stop = threading.Event()
 
@@ -390,7 +384,8 @@ def _note_in_record(cell_dir: Path, destinations: list[str], failed: dict[str, s
         if where in failed and s.get("ended") != _ended(result):
             entry["error"] = failed[where]
         note[where] = entry
-    if result.get("trackers") != {**(result.get("trackers") or {}), **note}:
-        result["trackers"] = {**(result.get("trackers") or {}), **note}
+    noted = {**(result.get("trackers") or {}), **note}
+    if result.get("trackers") != noted:
+        result["trackers"] = noted
         with contextlib.suppress(OSError):
             write_json(cell_dir / RESULT, result)

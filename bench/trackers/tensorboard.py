@@ -80,14 +80,10 @@ def _after_newest_file(folder: Path) -> None:
 class TensorBoardRun(Run):
     def __init__(self, owner: TensorBoard, cell: CellRun, run_id: str, purge_step: int | None, step: int):
         self.id, self.cell, self.owner = run_id, cell, owner
-        self.step = step  # the last epoch sent: the ending's figures are written at it
+        self.logged = step  # the last epoch sent: the ending's figures are written at it
         # flush_secs is moot: every call flushes, since people watch a running suite live
         self.writer: SummaryWriter | None = SummaryWriter(str(owner.folder / run_id), purge_step=purge_step)
         owner.runs.add(self)
-
-    @property
-    def logged(self) -> int:
-        return self.step
 
     def _open(self) -> SummaryWriter:
         if self.writer is None:
@@ -102,7 +98,7 @@ class TensorBoardRun(Run):
                 number = _number(value)
                 if column != "epoch" and number is not None:
                     writer.add_scalar(tag(column), number, step)
-            self.step = max(self.step, step)
+            self.logged = max(self.logged, step)
         writer.flush()
 
     def finish(self, ending: Ending) -> None:
@@ -110,17 +106,17 @@ class TensorBoardRun(Run):
         for key, value in ending.summary.items():
             number = _number(value)
             if number is not None:  # as scalars of this run, the HParams view's metric columns
-                writer.add_scalar(f"{FINAL}/{key}", number, self.step)
+                writer.add_scalar(f"{FINAL}/{key}", number, self.logged)
         if ending.reason:
-            writer.add_text("status", f"{ending.status}: {ending.reason}", self.step)
+            writer.add_text("status", f"{ending.status}: {ending.reason}", self.logged)
         params = {key: _hparam(value) for key, value in self.cell.params.items()}
         params.update(seed=self.cell.seed, status=ending.status)
         # Only the session start of hparams(): its experiment summary lists this cell's hparams and metrics
         # alone, and TensorBoard shows ONE run's experiment for all (the first it finds), so a failed cell's
         # would hide every metric column. Without any, it takes the union over all runs' sessions.
         _, start, _ = hparams(params, {})
-        writer.file_writer.add_summary(start, self.step)  # in this folder: add_hparams() would make a sub-run
-        writer.file_writer.add_summary(_session_end(ending.ok), self.step)
+        writer.file_writer.add_summary(start, self.logged)  # in this folder: add_hparams() would make a sub-run
+        writer.file_writer.add_summary(_session_end(ending.ok), self.logged)
         self.close()
 
     def suspend(self) -> None:

@@ -8,12 +8,10 @@ installed package, never this module."""
 from __future__ import annotations
 
 import shutil
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
 from bench.config.suite import Log
-from bench.store import PREDICTIONS
 from bench.trackers.base import CellRun, Ending, Run, Tracker, tracker
 
 # What `bench run` exits with when interrupted (128 + SIGINT): with mark_preempting, W&B shows the run as
@@ -69,16 +67,11 @@ class WandBRun(Run):
         return self._next - 1
 
     def log_epochs(self, rows: list[dict[str, float]]) -> None:
-        for row in rows:
+        for row in rows:  # after `logged` (the sync sends only those): W&B drops a step lower than one it has
             epoch = int(row["epoch"])
-            # W&B drops a step lower than one it has; an epoch sent before this run was continued is skipped
-            # here rather than left for W&B to warn about
-            if epoch < self._next:
-                continue
-            values = {k: v for k, v in row.items() if isinstance(v, Real)}
             # commit: the row is complete; W&B would hold the step open until the next one, and a live chart
             # would lag an epoch behind
-            self._run.log(values, step=epoch, commit=True)
+            self._run.log(row, step=epoch, commit=True)
             self._next = epoch + 1
 
     def finish(self, ending: Ending) -> None:
@@ -89,7 +82,7 @@ class WandBRun(Run):
             self._run.notes = f"{self._run.notes}\n{ending.status}: {ending.reason}"
         self._run.summary.update(summary)
         for path in map(Path, ending.files):
-            if (path.name == PREDICTIONS and not self._tracker.log.predictions) or not path.is_file():
+            if not path.is_file():
                 continue
             # kept as laid out in the cell's folder (plots/...), so two files of one name do not clash
             base = self._cell_dir if path.is_relative_to(self._cell_dir) else path.parent
@@ -116,8 +109,6 @@ class WandB(Tracker):
 
     def __init__(self, target: bool | str, log: Log, results: Path, suite: str):
         super().__init__(target, log, results, suite)
-        if target not in ("online", "offline"):
-            raise ValueError(f'[log] wandb must be "online" or "offline", not {target!r}')
         self.project = log.project or suite
         self.entity = log.entity
         self.runs: dict[str, WandBRun] = {}  # open runs: close() must not leave W&B to finish them as successes
