@@ -30,6 +30,7 @@ from bench.store import (
     INIT,
     PREDICTIONS,
     add_predictions,
+    drop_predictions,
     forget_result,
     full_disk_path,
     init_file,
@@ -61,7 +62,6 @@ def execute(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProg
         return failure_record(cell, suite_dir, device, "diverged", str(e), trial=trial, epoch=e.epoch,
                               history=e.history)
     except Pruned as e:  # final as well: a rerun never trains it on (its study was told it was pruned)
-        write_history(suite_dir / cell.id, e.history)
         return failure_record(cell, suite_dir, device, "pruned", str(e), trial=trial, epoch=e.epoch,
                               history=e.history, cost=e.cost)
     except torch.OutOfMemoryError as e:
@@ -203,6 +203,15 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     if checkpoint is not None and not options.keep_checkpoint:
         checkpoint.remove()
     return record
+
+
+def withdraw_test(cell_dir: Path, record: dict[str, Any]) -> None:
+    """evaluate_test undone: the test figures out of the cell's predictions.npz, then out of its result.json
+    (in that order: a kill between the two leaves the record saying what is still to withdraw)."""
+    drop_predictions(cell_dir, "test")
+    record["metrics"] = {k: v for k, v in record["metrics"].items() if not k.startswith("test")}
+    record.pop("test_evaluated", None)
+    write_result(cell_dir, record)
 
 
 def evaluate_test(cell: Cell, suite_dir: Path, device: torch.device) -> dict[str, dict[str, float]]:

@@ -35,6 +35,7 @@ def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, d
                             hint="run the parent cell first, or widen --only to include it")
     with open_session(results, name, suite_text, device, executor.name) as session, \
             following(log or Log(), session.dir, lambda line: progress.say(line), [c.id for c in cells]):
+        # (a lambda: `progress` becomes the live view below when cells run in parallel)
         session.note_run(c.id for c in cells)
         summary = RunSummary(session.dir)
         if executor.parallel:  # many cells at once: one view of the suite, read from its folders

@@ -267,6 +267,15 @@ def add_predictions(cell_dir: Path, arrays: dict[str, np.ndarray]) -> None:
     write_npz(path, **saved, **arrays)
 
 
+def drop_predictions(cell_dir: Path, prefix: str) -> None:
+    """The arrays named `prefix`... out of the cell's predictions.npz (a withdrawn test look's)."""
+    path = Path(cell_dir) / PREDICTIONS
+    if path.is_file():
+        with np.load(path) as npz:
+            kept = {k: npz[k] for k in npz.files if not k.startswith(prefix)}
+        write_npz(path, **kept)
+
+
 def save_best(model, cell_dir: Path) -> None:
     from safetensors.torch import save_model
 

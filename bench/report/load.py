@@ -313,7 +313,7 @@ def tuning_notes(targets: Path | Sequence[Path]) -> list[str]:
                      "columns are the chosen trial's values; trials, pruned and tuning s are the search's cost.")
         for s in (s for s in studies.values() if s.get("superseded_tests")):
             earlier = ", ".join(f"trial {t.get('trial')}" for t in s["superseded_tests"])
-            notes.append(f"test seen {s.get('test_looks') or len(s['superseded_tests']) + 1} times{where}: "
+            notes.append(f"test seen {s['test_looks']} times{where}: "
                          f"{s.get('label', s.get('contender'))}: its choice changed after {earlier} had been tested "
                          "(the budget changed); those figures are withdrawn (superseded_tests in its tune record)")
         open_ = [s for s in studies.values() if not s.get("chosen")]

@@ -11,17 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.cell import Cell, TrialSpec
 from bench.config import Tune
 from bench.errors import UserError
-from bench.execute import evaluate_test
+from bench.execute import evaluate_test, withdraw_test
 from bench.hashing import stable_hash
 from bench.locks import FileLock
-from bench.store import PREDICTIONS, read_json, read_result, tune_files, write_json, write_npz, write_result
+from bench.store import read_json, read_result, tune_files, write_json
 from bench.tune.pruning import PRUNERS, journal
 from bench.tune.space import grid_space, suggest, trial_cell
 
@@ -250,14 +249,7 @@ class Contender:
             if not any((e["trial"], e["cell"]) == (number, cid) for e in self.superseded):  # not after a kill
                 self.superseded.append({"trial": number, "cell": cid, "metrics": tested})
                 self.write()
-            path = suite_dir / cid / PREDICTIONS
-            if path.is_file():  # first: a kill before result.json is rewritten leaves the figures to withdraw
-                with np.load(path) as npz:
-                    kept = {k: npz[k] for k in npz.files if not k.startswith("test")}
-                write_npz(path, **kept)
-            result["metrics"] = {k: v for k, v in result["metrics"].items() if k not in tested}
-            result.pop("test_evaluated", None)
-            write_result(suite_dir / cid, result)
+            withdraw_test(suite_dir / cid, result)
 
     def record(self) -> dict[str, Any]:
         trials = []

@@ -133,7 +133,7 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
     progress = progress or LogProgress()
     executor = executor or Local()
     with open_session(results, suite.suite.name, suite_text, device, executor.name) as session, \
-            following(suite.log, session.dir, lambda line: progress.say(line)) as trackers:
+            following(suite.log, session.dir, progress.say) as trackers:
         checked: dict = {}
         studies = [Contender(c, tune, session.dir / TUNE, checked) for c in contenders]
         summary = TuneSummary(session.dir)
@@ -144,12 +144,13 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
             for s in studies:
                 if s.open(options.force):
                     opened.append(s)
-                    summary.skipped.extend(s.finished_earlier())
+                    earlier = s.finished_earlier()
+                    summary.skipped.extend(earlier)
+                    if trackers is not None:  # their runs may be unended, their choice untold (a resumed run)
+                        trackers.follow(c for c in earlier if (session.dir / c).is_dir())  # refused: no cell
                 else:
                     summary.busy.append(s.cell.id)
             session.note_run(planned, tune=tuned)
-            if trackers is not None:  # an earlier run's trials too: its runs may be unended, its choice untold
-                trackers.follow(cid for s in opened for cid in s.finished_earlier())
             width, total, count = _wave_width(executor, len(opened)), len(opened) * tune.trials, 0
             fresh: set[str] = set()  # trial cells trained by this run: a repeat of one is told its result
             title = f"{suite.suite.name}: {len(opened)} contender(s), {tune.trials} trials each over " \
