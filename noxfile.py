@@ -23,7 +23,7 @@ def slow(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.run("ruff", "check", "bench", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "bench", "tests", "benchmarks", "docs", "noxfile.py")
 
 
 @nox.session
@@ -33,6 +33,13 @@ def smoke(session: nox.Session) -> None:
     for suite in sorted(Path("suites").glob("*.toml")):
         session.run("bench", "run", str(suite), "--smoke", "--results", str(results))
         session.run("bench", "report", str(results / f"{suite.stem}-smoke"))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, strictly: a broken link or anchor fails it (the reference pages from the code)."""
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site"),
+                *session.posargs)
 
 
 @nox.session

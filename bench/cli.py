@@ -324,10 +324,10 @@ def log_results(
     suite_dir: Path = typer.Argument(..., help="a suite's results folder, e.g. results/quickstart"),
     to: list[str] = typer.Option(..., help="mlflow, tensorboard or wandb; NAME=TARGET for another "
                                  "destination: mlflow=URI, tensorboard=DIR, wandb=offline"),
-    project: str | None = typer.Option(None, help="the W&B project (default: the suite's [log] project, else its name)"),
+    project: str | None = typer.Option(None, help="the W&B project (default: log.project of the suite, else its name)"),
     entity: str | None = typer.Option(None, help="the W&B team or user"),
 ) -> None:
-    """Send a suite's results to trackers, e.g. a suite run without [log]: what a tracker holds is not sent twice."""
+    """Send a suite's results to trackers (say, of a suite run without a log table); nothing is sent twice."""
     from bench.api import send_results
 
     sync = send_results(suite_dir, to, project=project, entity=entity, say=_say)

@@ -17,7 +17,7 @@ from bench.models.heads import Head, build_head, head_name, replace_head
 from tests.conftest import write_plugin
 from tests.support import offline
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+MODELS_PAGE = (Path(__file__).parent.parent / "docs" / "models.md").read_text()
 
 
 @pytest.mark.parametrize("name", sorted(BUILTINS))
@@ -38,9 +38,9 @@ def test_every_builtin_runs_at_its_minimum_size_and_not_below(name):
             create_model(f"bench:{name}", 3, size - 1).eval()(torch.zeros(1, 3, size - 1, size - 1))
 
 
-# README, "Built-in models": the table's counts (10 classes, 64 px) and the studies' figures it quotes
+# docs/models.md, "Built-in models": the table's counts (10 classes, 64 px) and the studies' figures it quotes
 TABLE_SIZE, TABLE_CLASSES = 64, 10
-README_PARAMS = [
+DOC_PARAMS = [
     ("mlp", 64, 10, 3_136_255),
     ("cifar_cnn", 64, 10, 338_486),
     ("shallow_cnn", 64, 10, 67_114),
@@ -58,17 +58,17 @@ README_PARAMS = [
 ]
 
 
-@pytest.mark.parametrize(("name", "size", "classes", "expected"), README_PARAMS)
-def test_builtins_have_the_parameter_counts_the_readme_states(name, size, classes, expected):
+@pytest.mark.parametrize(("name", "size", "classes", "expected"), DOC_PARAMS)
+def test_builtins_have_the_parameter_counts_the_docs_state(name, size, classes, expected):
     assert count_params(create_model(f"bench:{name}", classes, size)) == (expected, expected)
 
 
 @pytest.mark.parametrize("name", sorted(BUILTINS))
-def test_every_builtin_has_its_readme_row_with_its_count_and_minimum_size(name):
-    rows = [line for line in README.splitlines() if line.startswith(f"| `bench:{name}` |")]
-    assert len(rows) == 1, f"README's built-in table lacks bench:{name}"
+def test_every_builtin_has_its_docs_row_with_its_count_and_minimum_size(name):
+    rows = [line for line in MODELS_PAGE.splitlines() if line.startswith(f"| `bench:{name}` |")]
+    assert len(rows) == 1, f"docs/models.md's built-in table lacks bench:{name}"
     *_, params, min_px, _ = (cell.strip() for cell in rows[0].split("|"))
-    table = {(n, s, c): e for n, s, c, e in README_PARAMS}
+    table = {(n, s, c): e for n, s, c, e in DOC_PARAMS}
     assert params == f"{table[name, TABLE_SIZE, TABLE_CLASSES]:,}" and int(min_px) == BUILTINS[name].min_size
 
 

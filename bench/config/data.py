@@ -12,38 +12,68 @@ from bench.config.base import Strict
 class SyntheticConfig(Strict):
     """The embedded generator: species-like classes that differ by shape and texture, long-tailed."""
 
-    classes: int = Field(10, ge=2, le=200)
-    images: int = Field(1500, ge=10)  # in all classes together
-    imbalance: float = Field(6.0, ge=1.0)  # images in the largest class / in the smallest (the long tail)
-    size: int = Field(64, ge=16, le=1024)  # side of the generated JPEGs, px
-    seed: int = 0  # seeds the data itself; the suite's seeds drive split, init and training
+    classes: int = Field(10, ge=2, le=200, description="classes of the generated data, each a shape filled with "
+                         "a texture (see *Suites*, \"The embedded data\")")
+    images: int = Field(1500, ge=10, description="images in all classes together")
+    imbalance: float = Field(6.0, ge=1.0, description="images in the largest class / in the smallest: a "
+                             "geometric long tail, as in iNaturalist")
+    size: int = Field(64, ge=16, le=1024, description="side of the generated JPEGs, px")
+    seed: int = Field(0, description="seeds the images themselves; the suite's seeds (split, initial weights, "
+                      "training) do not change the data")
 
 
 class DataConfig(Strict):
     """Where the images come from, how they are curated (in the order of the fields below), split and sized."""
 
-    source: Literal["synthetic", "folder", "csv", "inat"] = "synthetic"
-    root: str | None = None  # the dataset folder; synthetic: where to write it (default: the cache)
-    manifest: str = "labels.csv"  # csv: path,label[,split] rows, relative to root
-    annotations: dict[Literal["train", "val", "test"], str] = Field(default_factory=dict)  # inat: split -> JSON
-    image_size: int = Field(32, ge=8, le=1024)  # px the model sees (shorter side resized, centre crop)
-    cache_size: int | None = Field(None, ge=8, le=2048)  # px side kept in the decoded cache; > image_size leaves room for crops
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train/val/test, stratified per class
-    source_split: bool = True  # use the source's own splits; false pools everything and splits by ratio
-    workers: int = Field(0, ge=0)  # DataLoader worker processes; 0 reads batches in the main process
-    # curation, applied in this order (see README, "Curation")
-    modes: Literal["convert", "drop"] = "convert"  # images that are not RGB (L, P, RGBA, CMYK, ...)
-    min_side: int = Field(0, ge=0)  # drop images whose shorter side is below this, px
-    max_aspect: float | None = Field(None, ge=1.0)  # drop images with long side / short side above this
-    modal_size: bool = False  # keep only images of the most common width x height (study 004)
-    min_per_class: int = Field(0, ge=0)  # prune classes with fewer training images (study 001: 100)
-    # the splits class pruning (min_per_class, top_classes) takes images from, counted on the train split
-    # after splitting (study 001: ["train"]: val and test keep every class); unset: pruned before splitting
-    prune_splits: list[Literal["train", "val", "test"]] | None = None
-    top_classes: int | None = Field(None, ge=2)  # keep the K most frequent classes (study 000: 100)
-    max_per_class: int | None = Field(None, ge=1)  # cap each class, a random subset
-    fraction: float = Field(1.0, gt=0, le=1)  # a stratified random fraction of what is left
-    synthetic: SyntheticConfig = SyntheticConfig()
+    source: Literal["synthetic", "folder", "csv", "inat"] = Field(
+        "synthetic", description="`synthetic`: the embedded generator; `folder`: an image folder "
+        "(`ROOT/<class>/<image>`, or `train/` with optional `val/` and `test/` beside it); `csv`: a manifest; "
+        "`inat`: iNaturalist's JSON annotations (see *Data*); every source but `synthetic` needs `root`")
+    root: str | None = Field(None, description="the dataset folder, relative to where you run bench; every path "
+                             "a manifest or annotation file names must stay inside it. `synthetic`: where to write "
+                             "the generated images; unset: the cache (`~/.cache/bench`, or `$BENCH_CACHE`)")
+    manifest: str = Field("labels.csv", description="`csv`: the manifest, relative to `root`, with a header "
+                          "`path,label` and optionally `split` (`train`, `val`, `test`)")
+    annotations: dict[Literal["train", "val", "test"], str] = Field(
+        default_factory=dict, description="`inat`: split → JSON file relative to `root`, e.g. "
+        '`{train = "train2019.json", val = "val2019.json"}`; `inat` needs `train`')
+    image_size: int = Field(32, ge=8, le=1024, description="pixels the model sees: the shorter side resized, "
+                            "centre-cropped")
+    cache_size: int | None = Field(None, ge=8, le=2048, description="side kept in the decoded cache, px; larger "
+                                   "than `image_size` leaves a margin that random crops can use (evaluation "
+                                   "centre-crops `image_size`); at least `image_size`; unset: `image_size`")
+    split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train/val/test ratios, stratified "
+                                              "per class; a source's own splits win, and a missing split is "
+                                              "carved from train with its ratio; each ≥ 0, train and val > 0, "
+                                              "summing to 1")
+    source_split: bool = Field(True, description="use the source's own splits (iNat's val file, `val/` folders, "
+                               "a `split` column); `false` pools all images and splits them by `data.split` "
+                               "(study 001)")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes; 0: load in the main process (a cached "
+                         "batch is one memory copy; workers pay off with heavy augmentation)")
+    # curation, applied in this order (see the docs' *Data* page)
+    modes: Literal["convert", "drop"] = Field("convert", description="non-RGB images (L, P, RGBA, CMYK, ...): "
+                                              "`convert` them to RGB or `drop` them (study 000 dropped 89 L and "
+                                              "2 CMYK images)")
+    min_side: int = Field(0, ge=0, description="drop images whose shorter side is below this many pixels")
+    max_aspect: float | None = Field(None, ge=1.0, description="drop images whose long side / short side exceeds "
+                                     "this; unset: keep every aspect")
+    modal_size: bool = Field(False, description="keep only images of the most common width × height (study 004 "
+                             "kept its 300×300 images)")
+    min_per_class: int = Field(0, ge=0, description="prune classes with fewer training images (study 001: 100)")
+    prune_splits: list[Literal["train", "val", "test"]] | None = Field(
+        None, description="the splits that class pruning (`min_per_class`, `top_classes`) takes images from, "
+        'e.g. `["train"]` (study 001): classes are counted on the training split after splitting, and val and '
+        "test keep every class, so cells that prune differently share their split and `bench compare` pairs "
+        "them; it lists `train`; unset: pruned before splitting")
+    top_classes: int | None = Field(None, ge=2, description="keep the K most frequent classes (study 000: 100 of "
+                                    "1,003); unset: every class")
+    max_per_class: int | None = Field(None, ge=1, description="keep at most this many images per class (a fixed "
+                                      "random subset); unset: no cap")
+    fraction: float = Field(1.0, gt=0, le=1, description="keep a stratified random fraction of what is left, for "
+                            "quick subsets")
+    synthetic: SyntheticConfig = Field(SyntheticConfig(), description="the embedded generator's settings "
+                                       "(`source = \"synthetic\"`)")
 
     @field_validator("split")
     @classmethod

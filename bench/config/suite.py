@@ -16,42 +16,68 @@ from bench.config.train import TrainConfig
 class CellConfig(Strict):
     """Everything that decides a cell's numbers; its hash is the cell id."""
 
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    seed: int = 0
+    data: DataConfig = Field(DataConfig(), description="`[data]`: where the images come from, how they are "
+                             "curated, split and sized")
+    model: ModelConfig = Field(ModelConfig(), description="`[model]`: the architecture, its starting weights, the "
+                               "classifier head and what trains")
+    train: TrainConfig = Field(TrainConfig(), description="`[train]`: how the cell trains")
+    seed: int = Field(0, description="the seed of this run of the cell, one of `suite.seeds`: it drives the "
+                      "split, the initial weights, shuffling and augmentation")
 
 
 class SuiteMeta(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
-    description: str = ""
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    """`[suite]`: the suite's name, what it asks, and its seeds."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="letters, digits, `_ . -`; names the results folder, "
+                      "`results/<name>/`")
+    description: str = Field("", description="what the suite asks, shown by `bench plan`")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="one run of every cell per "
+                             "seed (reports show mean ± std (n)); the seed drives the split, the initial weights, "
+                             "shuffling and augmentation")
 
 
 class Resources(Strict):
     """What one cell asks of an executor (`[resources]`): never part of a cell's id, since where a cell runs
-    does not change what it computes. Unset values take each executor's default (see README, "Running at
-    scale"); the Slurm keys are ignored by the other executors."""
-    gpus: float | None = Field(None, ge=0)  # per cell; default 1 where the machine or cluster has GPUs, else 0
-    cpus: float | None = Field(None, gt=0)  # per cell; default an even share of the cores among the jobs
-    memory_gb: float | None = Field(None, gt=0)  # per cell (Ray's memory, Slurm's --mem)
-    partition: str | None = None  # Slurm --partition
-    account: str | None = None  # Slurm --account
-    time_min: int | None = Field(None, gt=0)  # Slurm --time, in minutes; a timed-out cell resumes when requeued
-    array_parallelism: int | None = Field(None, gt=0)  # at most this many array jobs at once (Slurm's %N)
-    sbatch: dict[str, str | int | float | bool] = Field(default_factory=dict)  # any other sbatch option
+    does not change what it computes. Unset values take each executor's default (see the docs' *Long runs and
+    running at scale* page); the Slurm keys are ignored by the other executors."""
+    gpus: float | None = Field(None, ge=0, description="GPUs per cell for `--executor ray`/`slurm` (`--jobs` "
+                               "gives each cell one GPU); fractions share a GPU on Ray, Slurm rounds them down; "
+                               "unset: 1 where the machine or cluster has GPUs, else 0")
+    cpus: float | None = Field(None, gt=0, description="CPUs per cell (Ray's `num_cpus`, Slurm's "
+                               "`--cpus-per-task`, rounded down); on the CPU also torch's threads per cell; "
+                               "unset: an even share of the cores among the jobs")
+    memory_gb: float | None = Field(None, gt=0, description="memory per cell in GB (Ray's `memory`, Slurm's "
+                                    "`--mem`); unset: the executor's default")
+    partition: str | None = Field(None, description="Slurm's `--partition` (or `bench run --partition`); unset: "
+                                  "the cluster's default")
+    account: str | None = Field(None, description="Slurm's `--account` (or `bench run --account`); unset: the "
+                                "cluster's default")
+    time_min: int | None = Field(None, gt=0, description="Slurm's `--time` per cell, in minutes (or `bench run "
+                                 "--time-min`); a cell whose job times out or is preempted is requeued and resumes "
+                                 "from its last epoch; unset: the cluster's default")
+    array_parallelism: int | None = Field(None, gt=0, description="at most this many array jobs at once (Slurm's "
+                                          "`--array=…%N`); unset: `--jobs` when it is above 1, else no limit")
+    sbatch: dict[str, str | int | float | bool] = Field(default_factory=dict, description="any other sbatch "
+                                                        'option, e.g. `{qos = "high", constraint = "a100"}` (or '
+                                                        "`bench run --sbatch qos=high`, repeatable)")
 
 
 class Log(Strict):
     """Trackers a suite's cells are also sent to (`[log]`): never part of a cell's id, since where results are
-    shown does not change them. The results folder stays the source of truth (bench.trackers)."""
-    # true: the SQLite store results/mlflow.db (MLFLOW_TRACKING_URI when set); a string: a tracking URI
-    mlflow: bool | str = False
-    tensorboard: bool | str = False  # true: event files under results/tensorboard/; a string: that folder
-    wandb: Literal["online", "offline"] | None = None  # offline: run files under results/wandb/, `wandb sync` later
-    project: str | None = None  # the W&B project; default the suite's name
-    entity: str | None = None  # the W&B team or user; default W&B's own
-    predictions: bool = False  # also send each cell's predictions.npz as an artefact (MLflow, W&B)
+    shown does not change them. The results folder stays the source of truth (bench.trackers; see the docs'
+    *Trackers* page)."""
+    mlflow: bool | str = Field(False, description="`true`: every cell a run in MLflow's SQLite store "
+                               "`results/mlflow.db` (or `MLFLOW_TRACKING_URI` when set); a string: that tracking "
+                               "URI")
+    tensorboard: bool | str = Field(False, description="`true`: event files under `results/tensorboard/<suite>/`; "
+                                    "a string: that folder")
+    wandb: Literal["online", "offline"] | None = Field(
+        None, description="a W&B run per cell, `online`, or `offline` (run files under `results/wandb/`, "
+        "`wandb sync` later); unset: no W&B")
+    project: str | None = Field(None, description="the W&B project; unset: the suite's name")
+    entity: str | None = Field(None, description="the W&B team or user; unset: W&B's default")
+    predictions: bool = Field(False, description="also send each cell's `predictions.npz` as an artefact "
+                              "(MLflow, W&B)")
 
     @field_validator("mlflow", "tensorboard")
     @classmethod
@@ -64,11 +90,15 @@ class Log(Strict):
 class Dimension(Strict):
     """One tuned key's range: `{low, high[, log, step]}` (floats, or ints when both ends are ints) or
     `{choices = [...]}`, as Optuna's suggest_float / suggest_int / suggest_categorical take them."""
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False  # sample log-uniformly (learning rates, weight decays)
-    step: float | int | None = Field(None, gt=0)  # a grid step between low and high
-    choices: list[Any] | None = Field(None, min_length=1)
+    low: float | int | None = Field(None, description="the range's lower end (with `high`; integers when both "
+                                    "ends are)")
+    high: float | int | None = Field(None, description="the range's upper end, above `low`")
+    log: bool = Field(False, description="sample log-uniformly (learning rates, weight decays); needs `low` > 0, "
+                      "exclusive with `step`")
+    step: float | int | None = Field(None, gt=0, description="a grid step between `low` and `high`; the grid "
+                                     "sampler needs it (or `choices`) for every key")
+    choices: list[Any] | None = Field(None, min_length=1, description="the values to choose from, instead of a "
+                                      "range")
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> Dimension:
@@ -94,16 +124,30 @@ class Dimension(Strict):
 
 class Tune(Strict):
     """`[tune]`: every cell of the suite is a contender that gets the same search over `space`, `trials`
-    trials each, chosen on validation only (see README, "Tuning")."""
-    space: dict[str, Dimension] = Field(min_length=1)  # dotted train.* / model.* keys -> their range
-    trials: int = Field(ge=1)  # the budget: trials per contender, the same for every one
-    sampler: Literal["tpe", "random", "grid"] = "tpe"  # Optuna's TPESampler, RandomSampler, GridSampler
-    startup_trials: int | None = Field(None, ge=1)  # tpe: random trials before TPE models; unset: Optuna's 10
-    pruner: Literal["none", "median", "halving"] = "none"  # stop hopeless trials after an epoch (Optuna's)
-    warmup_epochs: int = Field(1, ge=0)  # median: epochs a trial runs before it may be pruned
-    pruner_startup_trials: int = Field(5, ge=0)  # median: finished trials before any is pruned (Optuna's 5)
-    metric: Literal["val_error", "val_loss"] = "val_error"  # what a trial is judged on, per epoch and at the end
-    seed: int = 0  # the sampler's seed (with the contender's id): the same proposals on a rerun
+    trials each, chosen on validation only (see the docs' *Tuning* page)."""
+    space: dict[str, Dimension] = Field(min_length=1, description="dotted `train.*`/`model.*` keys → their range, "
+                                        "e.g. `{\"train.lr\" = {low = 1e-4, high = 1e-1, log = true}}`; a key, "
+                                        "range or choice that a contender's config refuses is one line naming the "
+                                        "key, before anything runs")
+    trials: int = Field(ge=1, description="the budget: trials per contender, the same for every one (the grid "
+                        "sampler: at most as many as grid points); raising it later adds exactly the difference")
+    sampler: Literal["tpe", "random", "grid"] = Field(
+        "tpe", description="Optuna's sampler: `tpe` (TPESampler), `random` (RandomSampler), `grid` (GridSampler, "
+        "which needs `choices` or a `step` for every key)")
+    startup_trials: int | None = Field(None, ge=1, description="`tpe`: random trials before TPE models; unset: "
+                                       "Optuna's 10")
+    pruner: Literal["none", "median", "halving"] = Field(
+        "none", description="stop hopeless trials after an epoch (Optuna's MedianPruner, SuccessiveHalvingPruner); "
+        "a pruned trial is recorded as `pruned`, final like `diverged`")
+    warmup_epochs: int = Field(1, ge=0, description="`median`: epochs a trial runs before it may be pruned")
+    pruner_startup_trials: int = Field(5, ge=0, description="`median`: finished trials before any trial is pruned "
+                                       "(Optuna's default)")
+    metric: Literal["val_error", "val_loss"] = Field(
+        "val_error", description="what trials are judged on, per epoch and at the end; it is also each trial's "
+        "`train.monitor` (with `val_loss`, each trial keeps, and is judged and, if chosen, tested on, its epoch "
+        "of lowest validation loss)")
+    seed: int = Field(0, description="with the contender's id and the trial number, seeds each trial's draw: a "
+                      "rerun or resumed run proposes the same values")
 
     @field_validator("space")
     @classmethod
@@ -126,13 +170,22 @@ SECTIONS = ("data", "model", "train")
 
 
 class Suite(Strict):
-    path: Path
-    suite: SuiteMeta
-    base: dict[str, Any]  # the [data], [model], [train] tables as written
-    grid: dict[str, list[Any]]
-    cells: list[dict[str, Any]]
-    resources: Resources = Field(default_factory=Resources)
-    log: Log = Field(default_factory=Log)
-    tune: Tune | None = None
-    # [[datasets]]: name = "..." and data.* keys (relative to [data]) each; every cell runs on every one
-    datasets: list[dict[str, Any]] = Field(default_factory=list)
+    """A parsed suite file: its tables as written, before expansion into cells (bench.suite.expand)."""
+
+    path: Path = Field(description="the suite file")
+    suite: SuiteMeta = Field(description="`[suite]`: name, description, seeds")
+    base: dict[str, Any] = Field(description="the `[data]`, `[model]` and `[train]` tables as written: every "
+                                 "cell's defaults")
+    grid: dict[str, list[Any]] = Field(description="`[grid]`: dotted keys → values; the cells are their cartesian "
+                                       'product, e.g. `"model.arch" = ["tv:alexnet", "tv:resnet50"]` (keys may be '
+                                       "quoted or not)")
+    cells: list[dict[str, Any]] = Field(description="`[[cells]]`: optional explicit cells, each an optional "
+                                        "`label` and dotted keys, each crossed with the grid")
+    resources: Resources = Field(default_factory=Resources, description="`[resources]`: what one cell asks of an "
+                                 "executor")
+    log: Log = Field(default_factory=Log, description="`[log]`: trackers the cells are also sent to")
+    tune: Tune | None = Field(None, description="`[tune]`: the same hyperparameter search for every cell; unset: "
+                              "no tuning")
+    datasets: list[dict[str, Any]] = Field(default_factory=list, description="`[[datasets]]`: each a `name` and "
+                                           "`data.*` keys relative to `[data]` (dotted or nested), which they "
+                                           "override; every cell runs on every entry, as the axis `dataset`")

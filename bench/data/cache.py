@@ -6,7 +6,7 @@
   stored as one raw uint8 memmap (N, size, size, 3) that every cell and epoch of every suite reads.
 
 Raw uint8 was chosen by measurement over re-encoded small JPEGs: a batch is a memcpy instead of N JPEG
-decodes (see README, "Performance"); the price is disk, size*size*3 bytes per image. Both caches are
+decodes (see docs/performance.md); the price is disk, size*size*3 bytes per image. Both caches are
 built in parallel over the cores; an image that fails to decode is recorded as bad, never raised.
 """
 

@@ -72,7 +72,7 @@ def _data_root(root: str | Path) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"data folder '{root}' does not exist", key="data.root",
-                        hint="put the data there (see README, 'Data'), fix the path, or try --smoke")
+                        hint="put the data there (see docs/data.md), fix the path, or try --smoke")
     return root
 
 
@@ -189,7 +189,7 @@ def _inat_file(file: Path, key: str) -> tuple[list[tuple[str, int | str, str]], 
         doc = json.loads(file.read_bytes())
     except ValueError as e:  # not JSON, or not UTF-8
         raise UserError(f"'{file}' is not valid JSON ({first_line(e, typed=True)})", key=key,
-                        hint="download it again (see README, 'iNaturalist')") from None
+                        hint="download it again (see docs/data.md, 'iNaturalist')") from None
     if not isinstance(doc, dict):
         raise bad(f"the top level is a {type(doc).__name__}, not an object with images, annotations, categories")
     for part in ("images", "annotations"):
@@ -229,7 +229,7 @@ def inat(cfg: DataConfig) -> Samples:
         file, key = root / name, f"data.annotations.{split}"
         if not file.is_file():
             raise UserError(f"annotation file '{file}' does not exist", key=key,
-                            hint="download it next to the images (see README, 'iNaturalist')")
+                            hint="download it next to the images (see docs/data.md, 'iNaturalist')")
         anns, cats = _inat_file(file, key)
         for c in cats:
             categories.setdefault(c["id"], c)

@@ -75,7 +75,7 @@ def _first_calls(model: nn.Module, modules: list[nn.Module], sizes) -> dict[nn.M
 
 
 def frozen_layers(model: nn.Module, mode: str, image_size: int | None = None) -> list[tuple[str, nn.Module]]:
-    """The backbone layers a freeze mode freezes (see README, "Models, heads, freezing and staged cells").
+    """The backbone layers a freeze mode freezes (see docs/models.md, "Freezing").
     first:N and last:N count layers in definition order; last_conv:N counts convolutions, and freezes the
     layers before the N-th last one, in execution order (see execution_order)."""
     if mode == "none":

@@ -28,7 +28,8 @@ def _markdown(table: Table) -> str:
     lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) + " |"
              for line in [table.headers, *rows]]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    notes = table.notes[:1] + [f"- {n}" for n in table.notes[1:]]
+    # a blank line before the list: Python-Markdown (mkdocs) does not let a list interrupt a paragraph
+    notes = table.notes[:1] + [""] * (len(table.notes) > 1) + [f"- {n}" for n in table.notes[1:]]
     text = f"### {table.title}\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
     return text + "".join("\n" + _markdown(s) for s in table.sections)
 

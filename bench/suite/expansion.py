@@ -114,7 +114,7 @@ def _resolve(suite: Suite, seed: int, where: Where, checked: dict[str, UserError
     for key, value in {**where.data_over, **where.cell_over, **where.grid_over}.items():
         if key.split(".")[0] not in SECTIONS:  # seeds come from [suite] seeds, never per cell
             raise UserError("unknown key", file=suite.path, key=where.key(key),
-                            hint="keys are dotted: data.*, model.*, train.* (see README)")
+                            hint="keys are dotted: data.*, model.*, train.* (see docs/suites.md)")
         try:
             set_dotted(tree, key, value)
         except UserError as e:
