@@ -1,7 +1,8 @@
 """The library's entry point, what the `bench` commands and the tests call: a suite file becomes its checked
 cells (`plan`: load with the command line's overrides, --smoke, expand, the [tune] space, --only,
-preflight), and those cells run (`run`: a plain suite through bench.runner, a suite with [tune] through
-bench.tune); and a suite's results sent to trackers (`send_results`, `bench log`)."""
+preflight), what they share built before they run (`prepare`), and those cells run (`run`: a plain suite
+through bench.runner, a suite with [tune] through bench.tune); and a suite's results sent to trackers
+(`send_results`, `bench log`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from bench.config.overrides import Override, blame, config_toml, load, parse, su
 from bench.errors import UserError
 
 if TYPE_CHECKING:  # bench.tune loads Optuna: only a tuned suite's run imports it
+    from bench.prepare import Prepared
     from bench.trackers.sync import Sync
     from bench.tune.waves import TuneSummary
 
@@ -96,6 +98,30 @@ def run(planned: Plan, *, results: Path | str = Path("results"), device: str = "
                      progress=progress, options=options, executor=executor, log=planned.suite.log)
 
 
+def prepare(planned: Plan, *, results: Path | str = Path("results"), say: Any = print) -> Prepared:
+    """Every split, decoded cache and set of initial weights the plan's cells need (a tuned suite's: its
+    contenders'), built into results/<suite>/ before any cell runs, and each cell's estimated cost."""
+    from bench.prepare import prepare_cells
+
+    suite_dir = Path(results).resolve() / planned.suite.suite.name
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    return prepare_cells(planned.cells, suite_dir, say)
+
+
+def status_rows(target: Path, overrides: Sequence[str], results: Path, smoke: bool) -> list[dict[str, Any]]:
+    """`bench status`: each cell's state, from a suite file (every cell, started or not) or a results folder."""
+    from bench.status import cell_states
+
+    if target.suffix == ".toml":
+        planned = plan(target, smoke=smoke, overrides=overrides, check=False)
+        return cell_states(results / planned.suite.suite.name, [(c.id, c.label) for c in planned.cells])
+    if overrides:
+        raise UserError(f"{overrides[0]} overrides a suite file's key", file=target, hint="name the suite file")
+    if not target.is_dir():
+        raise UserError(f"no results folder at '{target}'", hint="name a suite file or results/<suite>")
+    return cell_states(target, None)
+
+
 def send_results(suite_dir: Path | str, to: Sequence[str], *, project: str | None = None,
                  entity: str | None = None, say: Any = print) -> Sync:
     """A suite's results, finished or not, sent to the trackers `to` names (NAME, or NAME=TARGET: a tracking
@@ -126,6 +152,25 @@ def send_results(suite_dir: Path | str, to: Sequence[str], *, project: str | Non
     except ValidationError as e:
         raise validation_error(e, suite_dir / SUITE_FILE, prefix="log", model=Log) from None
     return send(log, suite_dir, say)  # a tracker whose package is missing: one line with the install command
+
+
+def data_configs(cells: Sequence[Cell]) -> list:
+    """The distinct data configs of `cells` (workers aside: it does not change the data)."""
+    return list({c.config.data.model_dump_json(exclude={"workers"}): c.config.data for c in cells}.values())
+
+
+def suite_dirs_of(targets: Sequence[Path | None], results: Path) -> list[Path]:
+    """The results folders `bench report` names (None: the latest run under `results`), each one a run's."""
+    from bench.store import is_suite_dir
+
+    found = []
+    for target in targets:
+        suite_dir = suite_dir_of(target, results)
+        if suite_dir is None or not is_suite_dir(suite_dir):
+            raise UserError(f"no run found at '{target or results}'",
+                            hint="run `bench run SUITE` first, or name a results/<suite> folder")
+        found.append(suite_dir)
+    return found
 
 
 def suite_dir_of(target: Path | None, results: Path) -> Path | None:

@@ -73,6 +73,15 @@ def value_text(v: Any, digits: int | None = None) -> str:
     return str(v)
 
 
+def depths(cells: list[Cell]) -> dict[str, int]:
+    """Each cell's depth in its chain of parents within `cells` (0: no parent among them); expand() orders
+    parents first, and so must `cells`."""
+    depth: dict[str, int] = {}
+    for c in cells:
+        depth[c.id] = depth[c.parent] + 1 if c.parent in depth else 0
+    return depth
+
+
 def select(cells: list[Cell], only: str | None) -> list[Cell]:
     """--only GLOB matches a cell's id or label."""
     if not only:

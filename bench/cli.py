@@ -139,21 +139,39 @@ def status(
     started. Reads the results folder only: no data, weights or network."""
     from tabulate import tabulate
 
-    from bench.status import cell_states, summary
+    from bench.api import status_rows
+    from bench.status import summary
 
-    if target.suffix == ".toml":
-        planned = _plan(target, None, smoke, overrides, check=False)
-        suite_dir, listed = results / planned.suite.suite.name, [(c.id, c.label) for c in planned.cells]
-    else:
-        if overrides:
-            raise UserError(f"{overrides[0]} overrides a suite file's key", file=target, hint="name the suite file")
-        suite_dir, listed = target, None
-        if not suite_dir.is_dir():
-            raise UserError(f"no results folder at '{target}'", hint="name a suite file or results/<suite>")
-    rows = cell_states(suite_dir, listed)
+    rows = status_rows(target, overrides or (), results, smoke)
     print(tabulate([[r["id"], r["label"], r["state"], r["detail"]] for r in rows],
                    headers=["id", "label", "state", "detail"], tablefmt="github"))
     _say(f"[bench] {summary(rows)}")
+
+
+@app.command()
+def prepare(
+    suite: Path = typer.Argument(..., help="suite file, e.g. suites/quickstart.toml"),
+    overrides: list[str] | None = OVERRIDES,
+    results: Path = typer.Option(Path("results"), help="where results/<suite>/ is written"),
+    only: str | None = typer.Option(None, help="only cells whose id or label matches this glob"),
+    smoke: bool = typer.Option(False, help="the cells as --smoke runs them"),
+) -> None:
+    """Build every split, decoded cache and set of initial weights the cells need, and estimate each one's
+    training cost, before any cell takes a device (a parallel bench run does this first itself)."""
+    from tabulate import tabulate
+
+    from bench.api import prepare as prepare_cells
+    from bench.prepare import flops_text
+
+    planned = _plan(suite, only, smoke, overrides, results=results)
+    done = prepare_cells(planned, results=results, say=_say)
+    print(tabulate([[c.id, c.label, flops_text(done.costs[c.id]) if c.id in done.costs else "",
+                     done.failed.get(c.id, "")] for c in planned.cells],
+                   headers=["id", "label", "training (est.)", "not prepared"], tablefmt="github"))
+    _say(f"[bench] {len(done.costs)} of {len(planned.cells)} cell(s) prepared in {done.seconds:.1f} s "
+         f"-> {results / planned.suite.suite.name}")
+    if done.failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -190,19 +208,11 @@ def plan(suite: Path = typer.Argument(..., help="suite file"),
               f"({t.sampler} sampler, {t.pruner} pruner; chosen on {t.metric}, then tested once)")
     print(tabulate(rows, headers=headers, tablefmt="github"))
     if data:
-        from bench.data import curated
-        from bench.data.inspect import curation_table
+        from bench.api import data_configs
+        from bench.data.inspect import curation_summary
 
-        for cfg in _data_configs(cells):
-            cur = curated(cfg)
-            print(f"\ndata: {cfg.source} {cfg.root or ''} -> {len(cur.samples.paths):,} images, "
-                  f"{len(cur.samples.classes):,} classes, {len(cur.bad)} bad file(s)")
-            print(curation_table(cur.steps))
-
-
-def _data_configs(cells) -> list:
-    """The distinct data configs of `cells` (workers aside: it does not change the data)."""
-    return list({c.config.data.model_dump_json(exclude={"workers"}): c.config.data for c in cells}.values())
+        for cfg in data_configs(cells):
+            print("\n" + curation_summary(cfg))
 
 
 @app.command()
@@ -229,18 +239,10 @@ def report(
                                                  "test on the test images; reads every row's predictions)"),
 ) -> None:
     """Leaderboard or pivot table of one or more runs (default: the most recent one under results/)."""
-    from bench.api import suite_dir_of
+    from bench.api import suite_dirs_of
     from bench.report import render
-    from bench.store import is_suite_dir
 
-    suite_dirs = []
-    for target in targets or [None]:
-        suite_dir = suite_dir_of(target, results)
-        if suite_dir is None or not is_suite_dir(suite_dir):
-            where = target or results
-            raise UserError(f"no run found at '{where}'",
-                            hint="run `bench run SUITE` first, or name a results/<suite> folder")
-        suite_dirs.append(suite_dir)
+    suite_dirs = suite_dirs_of(targets or [None], results)
 
     def split(text: str | None) -> list[str]:
         return [t.strip() for t in (text or "").split(",") if t.strip()]
@@ -360,13 +362,12 @@ def data_inspect(
     """Images, modes, resolutions, bad files, curation and images per class (study 001's Table 1)."""
     import json
 
+    from bench.api import data_configs
     from bench.config import DataConfig
     from bench.data.inspect import describe, plot_histogram, render
 
-    if target.suffix == ".toml":
-        configs = _data_configs(_plan(target, None, smoke=False, check=False).cells)
-    else:
-        configs = [DataConfig(source="folder", root=str(target))]
+    configs = (data_configs(_plan(target, None, smoke=False, check=False).cells) if target.suffix == ".toml"
+               else [DataConfig(source="folder", root=str(target))])
     for i, cfg in enumerate(configs):
         info = describe(cfg)
         if as_json:

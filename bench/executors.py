@@ -6,7 +6,9 @@ folder and every worker goes through `bench.attempt.attempt`, so every executor 
 runs one cell twice (two launches, or a launch and a local run, included), and — at the same torch threads
 per cell — gives the same numbers. A staged cell (`model.init_from`) starts only once its parent finished.
 Shared artefacts (split, caches, initial weights) are built under their own locks by the first cell that
-needs them (bench.artefacts), so no executor builds one twice at once.
+needs them (bench.artefacts), so no executor builds one twice at once; a parallel run builds them all first
+(`prepare`: here, or as one CPU-only Ray task or Slurm job), so that no cell holds a GPU while it waits on
+another's lock, and starts the longest cells first (bench.prepare.longest_first).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from typing import Any
 import torch
 
 from bench.attempt import attempt
-from bench.cell import Cell, Outcome, RunOptions
+from bench.cell import Cell, Outcome, RunOptions, depths
 from bench.config import Resources
 from bench.environment import EXECUTOR_ENV
 from bench.errors import UserError, first_line
 from bench.execute import failure_record
+from bench.prepare import Prepared, prepare_cells
 from bench.progress import LogProgress
 from bench.registry import register
 from bench.store import JOB, SUBMITIT, read_result, write_json
@@ -61,6 +64,15 @@ def run_job(job: Job, *after: Any) -> Outcome:
                    job.options, job.env)
 
 
+def prepare_job(cells: list[Cell], suite_dir: Path, env: dict[str, str], cwd: str) -> Prepared:
+    """A worker's preparing task (bench.prepare): the launching run's environment and folder, then the cells'
+    splits, caches and initial weights."""
+    from bench.worker import adopt
+
+    adopt(env, cwd)
+    return prepare_cells(cells, suite_dir)
+
+
 class Quiet(LogProgress):
     """A worker's progress when a live view of the whole suite (read from the cell folders) shows it."""
 
@@ -84,21 +96,41 @@ def _cores() -> int:
 
 def _waves(cells: list[Cell]) -> list[list[Cell]]:
     """Cells by depth of their parent chain within the run: each wave only after the one before."""
-    depth: dict[str, int] = {}
-    for c in cells:  # expand() orders parents first
-        depth[c.id] = depth[c.parent] + 1 if c.parent in depth else 0
+    depth = depths(cells)
     return [[c for c in cells if depth[c.id] == d] for d in range(max(depth.values(), default=-1) + 1)]
+
+
+def _env(executor: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    return {**forwarded, EXECUTOR_ENV: executor, **(extra or {})}
 
 
 def _job(cell: Cell, index: int, total: int, suite_dir: Path, device: str, options: RunOptions, executor: str,
          env: dict[str, str] | None = None) -> Job:
-    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    return Job(cell, suite_dir, device, options, index, total, {**forwarded, EXECUTOR_ENV: executor, **(env or {})},
-               os.getcwd())
+    return Job(cell, suite_dir, device, options, index, total, _env(executor, env), os.getcwd())
+
+
+class Executor:
+    """What every executor shares: preparing a run's cells in this process, and nothing held between runs
+    (used as a context manager by a run, which closes it at its end)."""
+    name = ""
+    parallel = False
+
+    def prepare(self, cells: list[Cell], suite_dir: Path, progress: LogProgress) -> Prepared:
+        return prepare_cells(cells, suite_dir, progress.say)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @register(EXECUTORS, "local")
-class Local:
+class Local(Executor):
     """Up to `jobs` cells at once on this machine, each in its own process: on GPUs each cell sees one GPU
     (CUDA_VISIBLE_DEVICES set for its process, round robin); on the CPU the cores are divided among the jobs
     (torch threads per cell, recorded in its result). `jobs = 1` is the plain sequential run."""
@@ -167,7 +199,7 @@ class Local:
 
 
 @register(EXECUTORS, "ray")
-class Ray:
+class Ray(Executor):
     """One Ray task per cell on a running cluster (`address`, or RAY_ADDRESS), or on a local instance started
     for the run. Each task asks for the cell's [resources]: 1 GPU where the cluster has GPUs, else an even
     share of the cluster's CPUs. A parent's task is an argument of its children's, so Ray starts them after
@@ -177,6 +209,36 @@ class Ray:
 
     def __init__(self, jobs: int = 1, resources: Resources | None = None, address: str | None = None, **_: Any):
         self.jobs, self.resources, self.address = jobs, resources or Resources(), address
+        self.started = False  # whether this run started Ray (its instance ends with the run, not with a wave)
+
+    def _ray(self):
+        """Ray, connected once per run: every wave of a tuned suite reuses the connection (and its instance)."""
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--executor ray needs Ray, which is not installed",
+                            hint="pip install -e '.[ray]' (or pip install 'ray>=2.9')") from None
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, logging_level="warning", log_to_driver=False)
+            self.started = True
+        return ray
+
+    def close(self) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+            self.started = False
+
+    def prepare(self, cells: list[Cell], suite_dir: Path, progress: LogProgress) -> Prepared:
+        """One CPU-only task, before any cell's task takes a GPU."""
+        ray = self._ray()
+        cpus = min(self.resources.cpus or 1.0, ray.cluster_resources().get("CPU", 1.0))
+        task = ray.remote(prepare_job).options(num_cpus=cpus, num_gpus=0)
+        try:
+            return ray.get(task.remote(cells, suite_dir, _env(self.name), os.getcwd()))
+        except ray.exceptions.RayError as e:  # the cells build what they need themselves, as before
+            return _unprepared(progress, f"its Ray task failed: {first_line(e)[:300]}")
 
     def _task_resources(self, ray, n_cells: int, device: torch.device) -> dict[str, Any]:
         total = ray.cluster_resources()
@@ -191,43 +253,31 @@ class Ray:
 
     def run(self, cells: list[Cell], suite_dir: Path, device: torch.device, progress: LogProgress,
             options: RunOptions) -> Iterator[Outcome]:
+        ray = self._ray()
+        spec = self._task_resources(ray, len(cells), device)
+        task = ray.remote(run_job).options(**spec)
+        run_options = options if options.threads else replace(options, threads=max(1, int(spec["num_cpus"])))
+        dev = "cuda" if spec["num_gpus"] else "cpu"
+        refs: dict[str, Any] = {}
+        owner: dict[Any, Cell] = {}
+        for i, cell in enumerate(cells, 1):  # parents before children, so a child's task waits on its parent's
+            after = [refs[cell.parent]] if cell.parent in refs else []
+            ref = task.remote(_job(cell, i, len(cells), suite_dir, dev, run_options, self.name), *after)
+            refs[cell.id], owner[ref] = ref, cell
+        remaining = list(owner)
         try:
-            import ray
-        except ImportError:
-            raise UserError("--executor ray needs Ray, which is not installed",
-                            hint="pip install -e '.[ray]' (or pip install 'ray>=2.9')") from None
-        started = not ray.is_initialized()
-        if started:
-            ray.init(address=self.address, include_dashboard=False, logging_level="warning",
-                     log_to_driver=False)
-        try:
-            spec = self._task_resources(ray, len(cells), device)
-            task = ray.remote(run_job).options(**spec)
-            run_options = options if options.threads else replace(options, threads=max(1, int(spec["num_cpus"])))
-            dev = "cuda" if spec["num_gpus"] else "cpu"
-            refs: dict[str, Any] = {}
-            owner: dict[Any, Cell] = {}
-            for i, cell in enumerate(cells, 1):
-                after = [refs[cell.parent]] if cell.parent in refs else []
-                ref = task.remote(_job(cell, i, len(cells), suite_dir, dev, run_options, self.name), *after)
-                refs[cell.id], owner[ref] = ref, cell
-            remaining = list(owner)
-            try:
-                while remaining:
-                    done, remaining = ray.wait(remaining, num_returns=1)
-                    for ref in done:
-                        try:
-                            yield ray.get(ref)
-                        except ray.exceptions.RayError as e:  # the worker died, or the task could not start
-                            yield _lost(owner[ref], suite_dir, f"its Ray task failed: {first_line(e)[:300]}",
-                                        run_options)
-            except BaseException:
-                for ref in remaining:
-                    ray.cancel(ref, force=True)
-                raise
-        finally:
-            if started:
-                ray.shutdown()
+            while remaining:
+                done, remaining = ray.wait(remaining, num_returns=1)
+                for ref in done:
+                    try:
+                        yield ray.get(ref)
+                    except ray.exceptions.RayError as e:  # the worker died, or the task could not start
+                        yield _lost(owner[ref], suite_dir, f"its Ray task failed: {first_line(e)[:300]}",
+                                    run_options)
+        except BaseException:
+            for ref in remaining:
+                ray.cancel(ref, force=True)
+            raise
 
 
 class CellTask:
@@ -247,7 +297,7 @@ LOCAL_TIMEOUT_MIN = 3 * 24 * 60  # submitit's local executor kills a job after 2
 
 
 @register(EXECUTORS, "slurm")
-class Slurm:
+class Slurm(Executor):
     """The cells as submitit job arrays (one array per wave of staged cells, the next submitted once the one
     before finished), with the suite's [resources] as sbatch options. Where Slurm is absent, submitit's
     local executor runs the same jobs on this machine (what the tests use). The job folder is
@@ -276,6 +326,16 @@ class Slurm:
             slurm_array_parallelism=res.array_parallelism or (self.jobs if self.jobs > 1 else None),
             slurm_additional_parameters=dict(res.sbatch) or None)
         return ex, cpus
+
+    def prepare(self, cells: list[Cell], suite_dir: Path, progress: LogProgress) -> Prepared:
+        """One job without GPUs, before the cells' arrays are submitted."""
+        ex, _ = self._executor(suite_dir, torch.device("cpu"), 1)
+        ex.update_parameters(gpus_per_node=0)
+        job = ex.submit(prepare_job, cells, suite_dir, _env(self.name), os.getcwd())
+        try:
+            return job.result()
+        except Exception as e:  # submitit's FailedJobError / UncompletedJobError: the job died
+            return _unprepared(progress, f"its job {job.job_id} ended without a result: {first_line(e)[:300]}")
 
     def run(self, cells: list[Cell], suite_dir: Path, device: torch.device, progress: LogProgress,
             options: RunOptions) -> Iterator[Outcome]:
@@ -310,6 +370,11 @@ class Slurm:
                     if not job.done():
                         job.cancel(check=False)
                 raise
+
+
+def _unprepared(progress: LogProgress, why: str) -> Prepared:
+    progress.say(f"[bench] preparing the cells failed ({why}); each cell builds what it needs as it starts")
+    return Prepared()
 
 
 def _lost(cell: Cell, suite_dir: Path, why: str, options: RunOptions) -> Outcome:

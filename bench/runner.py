@@ -10,6 +10,7 @@ from bench.cell import Cell, RunOptions, RunSummary
 from bench.config.suite import Log
 from bench.errors import UserError
 from bench.executors import Local
+from bench.prepare import Prepared, longest_first
 from bench.progress import LiveView, LogProgress
 from bench.session import open_session
 from bench.store import is_done
@@ -33,15 +34,28 @@ def run_suite(suite_text: str, name: str, cells: list[Cell], results: Path, *, d
             raise UserError(f"cell '{c.label}' starts from cell {c.parent} (model.init_from = "
                             f"'{c.config.model.init_from}'), which has not finished", key="model.init_from",
                             hint="run the parent cell first, or widen --only to include it")
-    with open_session(results, name, suite_text, device, executor.name) as session, \
+    with open_session(results, name, suite_text, device, executor.name) as session, executor, \
             following(log or Log(), session.dir, lambda line: progress.say(line), [c.id for c in cells]):
         # (a lambda: `progress` becomes the live view below when cells run in parallel)
         session.note_run(c.id for c in cells)
         summary = RunSummary(session.dir)
-        if executor.parallel:  # many cells at once: one view of the suite, read from its folders
+        if executor.parallel:  # many cells at once: what they share built first, the longest started first
+            cells = _prepared(executor, cells, session, progress, options)
             progress = LiveView(session.dir, cells, getattr(progress, "console", None), progress.stream)
         with progress:
             progress.start_run(len(cells), name)
             for outcome in executor.run(cells, session.dir, session.device, progress, options):
                 summary.add(outcome)
     return summary
+
+
+def _prepared(executor: Any, cells: list[Cell], session: Any, progress: LogProgress,
+              options: RunOptions) -> list[Cell]:
+    """The cells' splits, caches and initial weights built (those that will train: not finished ones), and
+    the cells in the order to start them; run.json says what preparing took and where it ran."""
+    todo = [c for c in cells if options.force or not is_done(session.dir / c.id)]
+    prepared = executor.prepare(todo, session.dir, progress) if todo else Prepared()
+    session.note_run((c.id for c in cells), prepared={"seconds": round(prepared.seconds, 3), "host": prepared.host,
+                                                      "pid": prepared.pid, "costs": prepared.costs,
+                                                      "failed": prepared.failed})
+    return longest_first(cells, prepared.costs)

@@ -117,6 +117,9 @@ def test_every_executor_gives_the_sequential_numbers_bit_for_bit(name, suite_fil
     assert len(summary.ran) == 3 and not summary.failed, summary.failed
     suite_dir = tmp_path / "spread"
     assert outputs(suite_dir) == sequential
+    prepared = json.loads((suite_dir / "run.json").read_text())["prepared"]  # first, by a CPU task of its own
+    assert len(prepared["costs"]) == 3 and not prepared["failed"]
+    assert (prepared["pid"] == os.getpid()) == (name == "local"), prepared
     records = {json.loads((p / "cell.json").read_text())["label"]: json.loads((p / "result.json").read_text())
                for p in suite_dir.iterdir() if (p / "result.json").is_file()}
     for record in records.values():  # which executor, host and device ran it, and with how many threads
@@ -351,3 +354,22 @@ def test_slurm_jobs_get_the_resources_as_sbatch_options(tmp_path, monkeypatch):
 
 if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip("process groups and /proc as on Linux")
+
+
+def test_ray_connects_once_per_run_and_ends_only_the_instance_it_started(monkeypatch):
+    """Every wave of a tuned suite calls run(): one ray.init for all of them, one shutdown as the run ends."""
+    ray = pytest.importorskip("ray")
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: "init" in calls and "shutdown" not in calls)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append("init"))
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    with make_executor("ray") as executor:
+        executor._ray()
+        executor._ray()
+        assert calls == ["init"]
+    assert calls == ["init", "shutdown"]
+    calls.clear()
+    calls.append("init")  # an instance someone else started (a cluster joined): left as it was
+    with make_executor("ray") as executor:
+        executor._ray()
+    assert calls == ["init"]

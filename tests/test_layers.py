@@ -25,7 +25,7 @@ LAYERS = [
     ["bench.attempt"],
     ["bench.worker"],
     ["bench.execute"],
-    ["bench.network", "bench.tune.pruning"],
+    ["bench.network", "bench.prepare", "bench.tune.pruning"],
     ["bench.train"],
     ["bench.loop", "bench.evaluate"],
     ["bench.store", "bench.cell", "bench.config", "bench.errors", "bench.claims", "bench.progress",

@@ -53,6 +53,13 @@ def curation_table(steps: list[dict]) -> str:
                     headers=["curation step", "setting", "images", "classes"], tablefmt="github")
 
 
+def curation_summary(cfg: DataConfig) -> str:
+    """What `bench plan` prints of a data set: its size, classes and bad files, then each curation step."""
+    cur = curated(cfg)
+    return (f"data: {cfg.source} {cfg.root or ''} -> {len(cur.samples.paths):,} images, "
+            f"{len(cur.samples.classes):,} classes, {len(cur.bad)} bad file(s)\n{curation_table(cur.steps)}")
+
+
 def render(info: dict[str, Any]) -> str:
     from tabulate import tabulate
 

@@ -132,7 +132,7 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
     options = options or RunOptions()
     progress = progress or LogProgress()
     executor = executor or Local()
-    with open_session(results, suite.suite.name, suite_text, device, executor.name) as session, \
+    with open_session(results, suite.suite.name, suite_text, device, executor.name) as session, executor, \
             following(suite.log, session.dir, progress.say) as trackers:
         checked: dict = {}
         studies = [Contender(c, tune, session.dir / TUNE, checked) for c in contenders]
@@ -150,6 +150,9 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
                         trackers.follow(c for c in earlier if (session.dir / c).is_dir())  # refused: no cell
                 else:
                     summary.busy.append(s.cell.id)
+            if executor.parallel and opened:  # what the trials share built first; the dearest contender's first
+                costs = executor.prepare([s.cell for s in opened], session.dir, progress).costs
+                opened.sort(key=lambda s: -costs.get(s.cell.id, float("inf")))
             session.note_run(planned, tune=tuned)
             width, total, count = _wave_width(executor, len(opened)), len(opened) * tune.trials, 0
             fresh: set[str] = set()  # trial cells trained by this run: a repeat of one is told its result
