@@ -172,6 +172,7 @@ class TimmPolicy:
             self.policy = augment_and_mix_transform(config, {**hparams, "translate_pct": 0.3})
         else:
             self.policy = auto_augment_transform(config, hparams)
+        _guard_posterize(self.policy)
         self.config = config
 
     def __call__(self, image):
@@ -179,6 +180,31 @@ class TimmPolicy:
 
     def __repr__(self) -> str:
         return f"TimmPolicy({self.config!r})"
+
+
+def _posterize(img, bits_to_keep, **kwargs):
+    """timm's posterize, and black where no bit is kept: what Pillow gave for 0 bits before Pillow 13, which
+    refuses them. timm's increasing posterize asks for 0 bits at the top of its magnitude range (m10, or m9
+    with mstd0.5 on ~0.1% of images), and a refused op would fail the cell in its first epoch."""
+    from timm.data.auto_augment import posterize
+
+    return img.point(lambda _: 0) if bits_to_keep < 1 else posterize(img, bits_to_keep, **kwargs)
+
+
+def _guard_posterize(policy) -> None:
+    """Every posterize op of a timm policy (RandAugment's and AugMix's ops, AutoAugment's sub-policies) guarded."""
+    from timm.data.auto_augment import AugmentOp, posterize
+
+    todo = [policy]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, AugmentOp):
+            if item.aug_fn is posterize:
+                item.aug_fn = _posterize
+        elif isinstance(item, list | tuple):
+            todo.extend(item)
+        else:
+            todo.extend(getattr(item, name) for name in ("ops", "policy") if hasattr(item, name))
 
 
 # ------------------------------------------------------------------------------------------ parsing
