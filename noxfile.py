@@ -36,6 +36,18 @@ def smoke(session: nox.Session) -> None:
 
 
 @nox.session
+def gpu(session: nox.Session) -> None:
+    """The checks that need a CUDA device (skipped without one): cells on the GPU, their synchronised timings
+    and allocator figures, deterministic cells repeating bit for bit; then the loader benchmark."""
+    import torch  # the project's venv has it: nox runs in it
+
+    if not torch.cuda.is_available():
+        session.skip("no CUDA device here")
+    session.run("pytest", "-m", "gpu", "-n", "0", "-p", "no:cacheprovider", *session.posargs)
+    session.run("pytest", "benchmarks/test_loader.py", "--benchmark-only", "-n", "0", "-p", "no:cacheprovider")
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """The documentation site, strictly: a broken link or anchor fails it (the reference pages from the code)."""
     session.run("mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site"),

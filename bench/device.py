@@ -22,3 +22,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "mps" and not _mps():
         raise UserError("--device mps, but torch sees no MPS device", hint="use --device auto or cpu")
     return torch.device(name)
+
+
+def synchronize(device: torch.device | None) -> None:
+    """Wait for the work queued on `device`, so that a timer read next times the work, not its launch."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device is not None and device.type == "mps":
+        torch.mps.synchronize()

@@ -8,7 +8,8 @@ from __future__ import annotations
 HIGHER_IS_BETTER = {
     "top1_error": False, "top5_error": False, "loss": False,
     "f1_macro": True, "f1_weighted": True, "auc_macro": True, "map": True,
-    "train_time_s": False, "time_per_epoch_s": False, "peak_rss_mb": False, "peak_cuda_mb": False,
+    "train_time_s": False, "time_per_epoch_s": False, "peak_rss_mb": False, "peak_rss_anon_mb": False,
+    "peak_cuda_mb": False, "peak_cuda_reserved_mb": False,
     "train_images_per_s": True, "eval_images_per_s": True, "params_total": False, "params_trainable": False,
     "gflops_forward": False, "gflops_per_s": True, "time_to_target_s": False, "compile_time_s": False,
     # a tuned contender's search: fewer trials or pruned ones are not better, but "lower" keeps them sortable

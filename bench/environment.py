@@ -8,6 +8,7 @@ import os
 import platform
 import resource
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,52 @@ def peak_rss_mb() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _rss_anon_kb() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class AnonPeak:
+    """The peak of this process's anonymous memory while the block runs: RssAnon, what the process allocated,
+    without the page cache of the files it maps (the decoded-image cache's pages, which VmHWM counts). The
+    kernel keeps no high-water mark of it, so a thread samples it every `every` seconds; `mb` is None where
+    /proc is absent (macOS)."""
+
+    def __init__(self, every: float = 0.05):
+        self.every, self.peak_kb = every, _rss_anon_kb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="bench-rss", daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            self._take()
+
+    def _take(self) -> None:
+        now = _rss_anon_kb()
+        if now is not None and self.peak_kb is not None:
+            self.peak_kb = max(self.peak_kb, now)
+
+    def __enter__(self) -> AnonPeak:
+        if self.peak_kb is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._take()
+
+    @property
+    def mb(self) -> float | None:
+        return None if self.peak_kb is None else self.peak_kb / 1024
 
 
 def _cpu_name() -> str:

@@ -19,7 +19,7 @@ from bench.cell import Cell, Diverged, Pruned, RunOptions, TrialSpec, cell_recor
 from bench.checkpoint import Checkpoint, saved_epoch
 from bench.claims import Claim, holder
 from bench.data.loaders import Preprocess
-from bench.environment import environment, peak_rss_mb, reset_peak_rss
+from bench.environment import AnonPeak, environment, peak_rss_mb, reset_peak_rss
 from bench.errors import UserError, first_line
 from bench.evaluate import evaluate, prediction_arrays
 from bench.hashing import stable_hash
@@ -159,8 +159,9 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     try:
-        result = fit(model, loaders, cfg.train, device, on_epoch=on_epoch, on_step=progress.step,
-                     class_counts=data.info["train_class_counts"], checkpoint=checkpoint, test=trial is None)
+        with AnonPeak() as anon:
+            result = fit(model, loaders, cfg.train, device, on_epoch=on_epoch, on_step=progress.step,
+                         class_counts=data.info["train_class_counts"], checkpoint=checkpoint, test=trial is None)
     except Pruned as e:
         if checkpoint is not None and not options.keep_checkpoint:
             checkpoint.remove()
@@ -187,7 +188,11 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
             "wall_time_s": wall,
             "peak_rss_mb": peak_rss_mb(),
             "peak_rss_scope": "cell" if exact_rss else "process",
+            "peak_rss_anon_mb": anon.mb,  # without the page cache of mapped files (the decoded images)
             "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            # what the caching allocator held at most: what the GPU must have free for the cell
+            "peak_cuda_reserved_mb": (torch.cuda.max_memory_reserved(device) / 2**20 if device.type == "cuda"
+                                      else None),
             "params_total": params_total,
             "params_trainable": params_trainable,
             "gflops_forward": net.gflops,

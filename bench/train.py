@@ -20,10 +20,12 @@ from bench.cell import Diverged, Pruned
 from bench.checkpoint import Checkpoint
 from bench.config import TrainConfig
 from bench.data.loaders import Preprocess
+from bench.device import synchronize
 from bench.evaluate import evaluate, predict
 from bench.loop import Loop, Progress, info_record, timing_record
 from bench.metrics import classification_metrics
 from bench.models.freeze import set_train_mode
+from bench.techniques.backends import backend_flags
 from bench.techniques.precision import precision_setup
 from bench.techniques.stopping import as_selected
 
@@ -50,6 +52,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     # the epoch's batch count sizes its last accumulation group, which may be shorter than the others
     total = steps_per_epoch(batches, max_steps) if accumulate > 1 else None
     group = 1
+    synchronize(device)  # on a GPU the clock times the epoch's work, not the queueing of its kernels
     start = time.perf_counter()
     for step, (x, y) in enumerate(batches):
         if max_steps is not None and step >= max_steps:
@@ -98,6 +101,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
         seen += len(y)
         if on_step is not None:
             on_step()
+    synchronize(device)
     seconds = time.perf_counter() - start
     return {"loss": float(loss_sum) / max(1, seen), "accuracy": float(correct) / max(1, seen),
             "images": seen, "seconds": seconds, "first_loss": float(first) if first is not None else float("nan")}
@@ -203,6 +207,15 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
     Raises Diverged when an epoch's mean training loss is not finite or exceeds DIVERGENCE_FACTOR times
     the larger of the first batch's loss and ln(classes) (the loss of a uniform guess); on_epoch may raise
     Pruned. `test = False` never looks at the test split (a tuning trial: only the chosen one is tested)."""
+    with backend_flags(cfg) as backends:  # deterministic algorithms or cuDNN's benchmark, TF32: as cfg says
+        result = _fit(model, loaders, cfg, device, class_counts, on_epoch, on_step, checkpoint, test)
+    result.info["backends"] = backends
+    return result
+
+
+def _fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device, class_counts: list[int],
+         on_epoch: Callable[[list[dict[str, Any]]], None] | None, on_step: Callable[[], None] | None,
+         checkpoint: Checkpoint | None, test: bool) -> FitResult:
     loop = Loop(model, loaders, cfg, device, class_counts, precision=precision_setup(cfg.precision, device),
                 steps=steps_per_epoch(loaders["train"], cfg.max_steps, cfg.accumulate))
     progress = Progress.start(loop, checkpoint)

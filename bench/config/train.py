@@ -186,6 +186,15 @@ class TrainConfig(Strict):
         "a gradient scaler (CUDA only)")
     channels_last: bool = Field(False, description="channels-last memory layout for the model and batches")
     compile: bool = Field(False, description="`torch.compile` the model")
+    deterministic: bool = Field(False, description="deterministic algorithms (torch's "
+                                "`use_deterministic_algorithms`, cuDNN's deterministic mode, a fixed cuBLAS "
+                                "workspace): the same bits on every run of a cell on the same GPU, slower; an op "
+                                "without a deterministic implementation fails the cell, naming itself. Default: "
+                                "the fast path, cuDNN benchmarking its algorithms per shape. Recorded in "
+                                "`result.json` (`train.backends`)")
+    tf32: bool | None = Field(None, description="TF32 on NVIDIA GPUs since Ampere: `true` for matrix products and "
+                              "convolutions (timm's train.py), `false` for neither (full fp32); unset: torch's "
+                              "own choice, TF32 convolutions and fp32 matrix products. Recorded in `result.json`")
     max_steps: int | None = Field(None, ge=1, description="cap on training batches per epoch (what `--smoke` "
                                   "uses); unset: every batch")
 

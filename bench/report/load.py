@@ -63,7 +63,10 @@ COLUMNS.update({
     "gflops_per_s": Column("GFLOP/s", (), 1, "gflops_per_s", timing=True),
     "gflops": Column("GFLOPs", ("cost", "gflops_forward"), 3, "gflops_forward"),
     "peak_rss_mb": Column("peak RSS MB", ("cost", "peak_rss_mb"), 0, "peak_rss_mb"),
+    "peak_rss_anon_mb": Column("peak anon RSS MB", ("cost", "peak_rss_anon_mb"), 0, "peak_rss_anon_mb"),
     "peak_cuda_mb": Column("peak CUDA MB", ("cost", "peak_cuda_mb"), 0, "peak_cuda_mb"),
+    "peak_cuda_reserved_mb": Column("peak CUDA reserved MB", ("cost", "peak_cuda_reserved_mb"), 0,
+                                    "peak_cuda_reserved_mb"),
     "params_total": Column("params", ("cost", "params_total"), 0, "params_total", integer=True),
     "params_trainable": Column("trainable", ("cost", "params_trainable"), 0, "params_trainable", integer=True),
     # a tuned contender's search, from its study file (bench.store.TUNE), on the row of its chosen trial
