@@ -59,8 +59,15 @@ class Cell:
 def identity(config: BaseModel) -> dict[str, Any]:
     """What a cell's id hashes: the keys whose values differ from bench's defaults. A key that a new bench
     adds (at a default that keeps today's behaviour) leaves every existing cell's id, and so its finished
-    results, as they were; changing a default's meaning is a SCHEMA_VERSION bump, not a silent new id."""
-    return config.model_dump(mode="json", exclude_defaults=True)
+    results, as they were; changing a default's meaning is a SCHEMA_VERSION bump, not a silent new id.
+    `data.workers` is left out: each image's augmentation is drawn from its own seed (bench.data.loaders),
+    so where the loading runs changes no number."""
+    spec = config.model_dump(mode="json", exclude_defaults=True)
+    if isinstance(spec.get("data"), dict):
+        spec["data"].pop("workers", None)
+        if not spec["data"]:
+            del spec["data"]
+    return spec
 
 
 def value_text(v: Any, digits: int | None = None) -> str:

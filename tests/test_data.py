@@ -137,3 +137,27 @@ def test_cache_margin_feeds_random_crops_and_centre_crops_for_evaluation(tmp_pat
     v, _ = data.datasets["val"].__getitems__([0])
     row = data.datasets["val"].rows[0]
     assert torch.equal(v[0], torch.from_numpy(np.ascontiguousarray(stored[row, 4:20, 4:20])).permute(2, 0, 1))
+
+
+def test_the_worker_count_changes_neither_a_cells_id_nor_a_bit_of_its_results(write_suite, tmp_path):
+    """Each image's augmentation is drawn from (seed, epoch, index): two loader workers give what the main
+    process gives, for torchvision's ops and timm's policies alike, in the same cell."""
+    import os
+
+    from bench import api
+    from bench.cell import RunOptions
+    from bench.progress import LogProgress
+    from tests.support import outputs
+
+    path = write_suite('augment = "crop_flip"\n\n[[cells]]\nlabel = "crop"\n\n'
+                       '[[cells]]\nlabel = "policy"\n"train.augment" = ["rand-m9-mstd0.5", "rrc", "hflip"]\n')
+    ids = {}
+    for workers in (0, 2):
+        planned = api.plan(path, check=False, overrides=[f"data.workers={workers}"])
+        assert all(c.config.data.workers == workers for c in planned.cells)
+        ids[workers] = [c.id for c in planned.cells]
+        summary = api.run(planned, results=tmp_path / str(workers), device="cpu",
+                          options=RunOptions(isolate=False, threads=1), progress=LogProgress(open(os.devnull, "w")))
+        assert len(summary.ran) == 2 and not summary.failed, summary.failed
+    assert ids[0] == ids[2]
+    assert outputs(tmp_path / "0" / "tiny") == outputs(tmp_path / "2" / "tiny")

@@ -50,7 +50,9 @@ class DataConfig(Strict):
                                "a `split` column); `false` pools all images and splits them by `data.split` "
                                "(study 001)")
     workers: int = Field(0, ge=0, description="DataLoader worker processes; 0: load in the main process (a cached "
-                         "batch is one memory copy; workers pay off with heavy augmentation)")
+                         "batch is one memory copy; workers pay off with heavy augmentation). Changes neither "
+                         "the cell's id nor its numbers: each image's augmentation is drawn from (seed, epoch, "
+                         "image)")
     # curation, applied in this order (see the docs' *Data* page)
     modes: Literal["convert", "drop"] = Field("convert", description="non-RGB images (L, P, RGBA, CMYK, ...): "
                                               "`convert` them to RGB or `drop` them (study 000 dropped 89 L and "

@@ -92,7 +92,7 @@ def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None)
         steps = [*steps, *pruned]
     file = cur.decoded.folder / "images.npy"
     datasets = {name: ArrayDataset(file, cur.rows[idx], s.labels[idx], cfg.image_size,
-                                   augment_transform if name == "train" else None)
+                                   augment_transform if name == "train" else None, seed=seed)
                 for name, idx in parts.items()}
     info = {"source": cfg.source, "root": str(s.root), "files": cur.files, "images": {k: len(v) for k, v in parts.items()},
             "origin": split.origins(s.given, cfg.split),

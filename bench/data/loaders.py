@@ -7,6 +7,9 @@ fewer bytes through the loader and the host-to-device copy.
 
 from __future__ import annotations
 
+import contextlib
+import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +17,53 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_MASK = 2**63 - 1
+
+
+def draw_seed(*parts: int) -> int:
+    """One image's seed from (seed, epoch, index, view, ...): distinct parts, distinct seeds (odd multipliers
+    mod 2^63, splitmix64's constants), in microseconds where a hash of a tuple would not be stable."""
+    x = 0
+    for part, mult in zip(parts, (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x2545F4914F6CDD1D),
+                          strict=False):
+        x = (x + (part + 1) * mult) & _MASK
+    return x
+
+
+@contextlib.contextmanager
+def own_draws() -> Iterator[Callable[[int], None]]:
+    """The global generators an augmentation draws from — torch's CPU one (the v2 ops), Python's and numpy's
+    (timm's policy strings) — lent out to be seeded image by image (`seed(s)`), and restored after, so that
+    what an image gets depends on its seed alone, not on the process, worker or images before it."""
+    saved = torch.default_generator.get_state(), random.getstate(), np.random.get_state()
+
+    def seed(s: int) -> None:
+        torch.default_generator.manual_seed(s)  # torch.manual_seed would seed every device too: 100x slower
+        random.seed(s)
+        np.random.seed(s % 2**32)
+
+    try:
+        yield seed
+    finally:
+        torch.default_generator.set_state(saved[0])
+        random.setstate(saved[1])
+        np.random.set_state(saved[2])
 
 
 class ArrayDataset(Dataset):
-    def __init__(self, file: Path, rows: np.ndarray, labels: np.ndarray, size: int, transform=None):
+    """A split's images from the decoded cache; a training split's `transform` draws each image's augmentation
+    from (seed, epoch, image index, view) alone (`set_epoch` before each epoch), so neither the worker count
+    nor a resume changes a bit of it."""
+
+    def __init__(self, file: Path, rows: np.ndarray, labels: np.ndarray, size: int, transform=None,
+                 seed: int = 0):
         self.file, self.rows, self.size, self.transform = Path(file), np.asarray(rows), size, transform
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self._images = None
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     @property
     def images(self) -> np.ndarray:
@@ -48,15 +91,22 @@ class ArrayDataset(Dataset):
 
     splits = 1  # > 1 (train.aug_splits): the batch holds each image clean, then splits - 1 augmented views
 
+    def augmented(self, x: torch.Tensor, idx: list[int], view: int = 0) -> torch.Tensor:
+        with own_draws() as seed:
+            out = []
+            for im, i in zip(x, idx, strict=True):
+                seed(draw_seed(self.seed, self.epoch, int(i), view))
+                out.append(self.transform(im))
+        return torch.stack(out)
+
     def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.raw(idx)
         y = self.labels[torch.as_tensor(idx)]
         if self.splits > 1:  # timm's AugMixDataset + fast_collate layout: [clean..., view 1..., view 2...]
-            views = [self.crop(x)] + [self.crop(torch.stack([self.transform(im) for im in x]))
-                                      for _ in range(self.splits - 1)]
+            views = [self.crop(x)] + [self.crop(self.augmented(x, idx, v)) for v in range(1, self.splits)]
             return torch.cat(views).contiguous(), y.repeat(self.splits)
         if self.transform is not None:
-            x = torch.stack([self.transform(im) for im in x])
+            x = self.augmented(x, idx)
         return self.crop(x).contiguous(), y
 
     def __getitem__(self, i: int):
@@ -72,8 +122,8 @@ def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int, workers
                 sampler=None) -> DataLoader:
     """Shuffled from `seed` for training (or drawn by `sampler`), in order for evaluation."""
     generator = torch.Generator().manual_seed(seed)
-    # Training workers start afresh each epoch, seeded from `generator`: an epoch's augmentation then depends
-    # on the generator's state alone, which a checkpoint restores (persistent workers would carry theirs).
+    # Training workers start afresh each epoch, with the dataset as set_epoch left it (persistent ones would
+    # keep the epoch they started with); the order comes from `generator`, which a checkpoint restores.
     return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       generator=generator, num_workers=workers, collate_fn=_whole_batch,
                       persistent_workers=workers > 0 and not train)

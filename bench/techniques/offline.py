@@ -11,31 +11,11 @@ online augmentation costs per epoch.
 
 from __future__ import annotations
 
-import contextlib
-import random
-
 import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from bench.data.loaders import ArrayDataset
-
-
-@contextlib.contextmanager
-def fixed_draw(seed: int):
-    """torch's, numpy's and Python's global generators seeded for one draw, and restored after it: the
-    v2 ops draw from torch's, timm's policy strings from Python's and numpy's."""
-    py, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(np_state)
-
+from bench.data.loaders import ArrayDataset, own_draws
 
 F = v2.functional
 COPIES = {  # the deterministic copies of an offline list
@@ -67,13 +47,14 @@ class OfflineAugmented(torch.utils.data.Dataset):
     def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.base)
         out = []
-        for i, im in zip(idx, self.base.raw(np.asarray(idx) % n), strict=True):
-            fixed, augmented = self.blocks[i // n]
-            im = COPIES[fixed](im)
-            if augmented and self.transform is not None:  # augment = ["none"] leaves nothing to do
-                with fixed_draw(self.seed * 1_000_003 + i):
+        with own_draws() as seed:
+            for i, im in zip(idx, self.base.raw(np.asarray(idx) % n), strict=True):
+                fixed, augmented = self.blocks[i // n]
+                im = COPIES[fixed](im)
+                if augmented and self.transform is not None:  # augment = ["none"] leaves nothing to do
+                    seed(self.seed * 1_000_003 + i)  # the same in every epoch: the set is fixed
                     im = self.transform(im)
-            out.append(self.base.crop(im))
+                out.append(self.base.crop(im))
         return torch.stack(out).contiguous(), self.labels[torch.as_tensor(idx)]
 
     def __getitem__(self, i: int):
