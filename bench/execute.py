@@ -44,6 +44,7 @@ from bench.store import (
     write_result,
 )
 from bench.techniques import build_tta
+from bench.techniques.backends import backend_flags
 from bench.techniques.precision import precision_setup
 from bench.train import fit, steps_per_epoch
 
@@ -54,7 +55,8 @@ def execute(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProg
     saying what it was (diverged, oom, failed) so a suite goes on past it."""
     trial = options.trials.get(cell.id)
     try:
-        return run_cell(cell, suite_dir, device, progress, index, total, options=options, claim=claim)
+        with backend_flags(cell.config.train):  # the whole cell: its feature extraction, training, evaluation
+            return run_cell(cell, suite_dir, device, progress, index, total, options=options, claim=claim)
     except KeyboardInterrupt:
         raise
     except Diverged as e:  # a result: the history so far is kept, and the report lists it
@@ -235,22 +237,28 @@ def evaluate_test(cell: Cell, suite_dir: Path, device: torch.device) -> dict[str
         raise UserError(f"cell {cell.id} is held by another run ({holder(cell_dir)})", file=cell_dir,
                         hint="run again once it has finished")
     try:
-        cfg = cell.config
-        net = build_network(cell, suite_dir, device)
-        if len(net.loaders["test"].dataset) == 0:
-            return {}
-        load_best(net.model, cell_dir)
-        if cfg.train.channels_last:
-            net.model.to(memory_format=torch.channels_last)
-        autocast, _ = precision_setup(cfg.train.precision, device)
-        start = time.perf_counter()
-        tested = evaluate(net.model, net.loaders["test"], Preprocess(device, cfg.train.channels_last), "test",
-                          autocast=autocast, views=build_tta(cfg.train.tta))
-        seconds = time.perf_counter() - start
-        add_predictions(cell_dir, prediction_arrays(tested.predictions))
-        record["metrics"].update(tested.metrics)
-        record["test_evaluated"] = {"at": time.time(), "seconds": seconds, "env": environment(device)}
-        write_result(cell_dir, record)
-        return tested.metrics
+        with backend_flags(cell.config.train):
+            return _test_look(cell, record, suite_dir, device)
     finally:
         claim.release()
+
+
+def _test_look(cell: Cell, record: dict[str, Any], suite_dir: Path, device: torch.device
+               ) -> dict[str, dict[str, float]]:
+    cell_dir, cfg = suite_dir / cell.id, cell.config
+    net = build_network(cell, suite_dir, device)
+    if len(net.loaders["test"].dataset) == 0:
+        return {}
+    load_best(net.model, cell_dir)
+    if cfg.train.channels_last:
+        net.model.to(memory_format=torch.channels_last)
+    autocast, _ = precision_setup(cfg.train.precision, device)
+    start = time.perf_counter()
+    tested = evaluate(net.model, net.loaders["test"], Preprocess(device, cfg.train.channels_last), "test",
+                      autocast=autocast, views=build_tta(cfg.train.tta))
+    seconds = time.perf_counter() - start
+    add_predictions(cell_dir, prediction_arrays(tested.predictions))
+    record["metrics"].update(tested.metrics)
+    record["test_evaluated"] = {"at": time.time(), "seconds": seconds, "env": environment(device)}
+    write_result(cell_dir, record)
+    return tested.metrics

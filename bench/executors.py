@@ -65,8 +65,7 @@ def run_job(job: Job, *after: Any) -> Outcome:
 
 
 def prepare_job(cells: list[Cell], suite_dir: Path, env: dict[str, str], cwd: str) -> Prepared:
-    """A worker's preparing task (bench.prepare): the launching run's environment and folder, then the cells'
-    splits, caches and initial weights."""
+    """A worker's preparing task (bench.prepare), in the launching run's environment and folder."""
     from bench.worker import adopt
 
     adopt(env, cwd)
@@ -119,14 +118,11 @@ class Executor:
     def prepare(self, cells: list[Cell], suite_dir: Path, progress: LogProgress) -> Prepared:
         return prepare_cells(cells, suite_dir, progress.say)
 
-    def close(self) -> None:
-        pass
-
     def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        pass
 
 
 @register(EXECUTORS, "local")
@@ -223,7 +219,7 @@ class Ray(Executor):
             self.started = True
         return ray
 
-    def close(self) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.started:
             import ray
 
@@ -234,11 +230,15 @@ class Ray(Executor):
         """One CPU-only task, before any cell's task takes a GPU."""
         ray = self._ray()
         cpus = min(self.resources.cpus or 1.0, ray.cluster_resources().get("CPU", 1.0))
-        task = ray.remote(prepare_job).options(num_cpus=cpus, num_gpus=0)
+        ref = ray.remote(prepare_job).options(num_cpus=cpus, num_gpus=0).remote(cells, suite_dir, _env(self.name),
+                                                                               os.getcwd())
         try:
-            return ray.get(task.remote(cells, suite_dir, _env(self.name), os.getcwd()))
+            return ray.get(ref)
         except ray.exceptions.RayError as e:  # the cells build what they need themselves, as before
             return _unprepared(progress, f"its Ray task failed: {first_line(e)[:300]}")
+        except BaseException:  # Ctrl-C: the task goes with the run
+            ray.cancel(ref, force=True)
+            raise
 
     def _task_resources(self, ray, n_cells: int, device: torch.device) -> dict[str, Any]:
         total = ray.cluster_resources()
@@ -331,11 +331,17 @@ class Slurm(Executor):
         """One job without GPUs, before the cells' arrays are submitted."""
         ex, _ = self._executor(suite_dir, torch.device("cpu"), 1)
         ex.update_parameters(gpus_per_node=0)
-        job = ex.submit(prepare_job, cells, suite_dir, _env(self.name), os.getcwd())
+        job = None
         try:
+            job = ex.submit(prepare_job, cells, suite_dir, _env(self.name), os.getcwd())
             return job.result()
-        except Exception as e:  # submitit's FailedJobError / UncompletedJobError: the job died
-            return _unprepared(progress, f"its job {job.job_id} ended without a result: {first_line(e)[:300]}")
+        except Exception as e:  # refused (a GPU-only partition), or died: FailedJobError, UncompletedJobError
+            return _unprepared(progress, f"its job {getattr(job, 'job_id', '(not submitted)')} gave no result: "
+                                         f"{first_line(e)[:300]}")
+        except BaseException:  # Ctrl-C: the job goes with the run
+            if job is not None:
+                job.cancel(check=False)
+            raise
 
     def run(self, cells: list[Cell], suite_dir: Path, device: torch.device, progress: LogProgress,
             options: RunOptions) -> Iterator[Outcome]:

@@ -16,6 +16,7 @@ from bench.checkpoint import Checkpoint, loader_generators, rng_state, set_rng_s
 from bench.config import TrainConfig
 from bench.data.loaders import Preprocess
 from bench.techniques import LOSSES, MIXES, build_tta
+from bench.techniques.backends import in_force
 from bench.techniques.compile import compile_warm_up
 from bench.techniques.ema import EmaUpdate
 from bench.techniques.optimizers import build_optimizer, optimizer_record
@@ -134,6 +135,7 @@ def info_record(cfg: TrainConfig, loop: Loop, progress: Progress) -> dict[str, A
     epochs_run = len(progress.history)
     return {
         "resumed_at_epoch": progress.resumed_at,
+        "backends": in_force(),  # deterministic algorithms, cuDNN's benchmark, TF32: as torch has them now
         "precision": cfg.precision, "autocast": str(loop.autocast.keywords["dtype"]) if loop.autocast else None,
         "grad_scaler": loop.scaler is not None, "channels_last": cfg.channels_last, "compiled": cfg.compile,
         **optimizer_record(loop.optimizer, cfg.optimizer),  # its class and settings, each group's lr and decay

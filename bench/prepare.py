@@ -31,13 +31,18 @@ class Prepared:
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
 
+    def note(self) -> dict[str, object]:
+        """What run.json says of it."""
+        return {"seconds": round(self.seconds, 3), "host": self.host, "pid": self.pid, "costs": self.costs,
+                "failed": self.failed}
+
 
 def prepare_cells(cells: list[Cell], suite_dir: Path, say: Callable[[str], None] = lambda _: None) -> Prepared:
     """Build what `cells` share and estimate each one's cost: TRAIN_FLOPS_PER_FORWARD x its network's forward
     GFLOPs x its training images x its epochs (bench's own FLOP counter, at its image size)."""
     start, out = time.perf_counter(), Prepared()
     data: dict[tuple[str, int], object] = {}
-    gflops: dict[str, float] = {}
+    gflops: dict[tuple[str, int], float] = {}  # (initial weights, image size): a timm net's key has no size
     for cell in cells:
         cfg = cell.config
         try:
@@ -46,10 +51,11 @@ def prepare_cells(cells: list[Cell], suite_dir: Path, say: Callable[[str], None]
                 data[key] = prepare_data(cfg.data, cfg.seed, suite_dir / SPLITS)
             prepared = data[key]
             model, init = initial_model(cfg, prepared.num_classes, suite_dir / INIT)
-            if init not in gflops:
-                gflops[init] = forward_gflops(model, cfg.data.image_size)
+            size = (init, cfg.data.image_size)
+            if size not in gflops:
+                gflops[size] = forward_gflops(model, cfg.data.image_size)
             images = len(prepared.datasets["train"])
-            out.costs[cell.id] = TRAIN_FLOPS_PER_FORWARD * gflops[init] * images * cfg.train.epochs
+            out.costs[cell.id] = TRAIN_FLOPS_PER_FORWARD * gflops[size] * images * cfg.train.epochs
         except Exception as e:  # noqa: BLE001 - the cell's own run records it, with its traceback
             out.failed[cell.id] = first_line(e)
             say(f"[bench] {cell.label}: not prepared ({first_line(e)[:200]}); it will say why when it runs")

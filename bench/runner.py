@@ -55,7 +55,5 @@ def _prepared(executor: Any, cells: list[Cell], session: Any, progress: LogProgr
     the cells in the order to start them; run.json says what preparing took and where it ran."""
     todo = [c for c in cells if options.force or not is_done(session.dir / c.id)]
     prepared = executor.prepare(todo, session.dir, progress) if todo else Prepared()
-    session.note_run((c.id for c in cells), prepared={"seconds": round(prepared.seconds, 3), "host": prepared.host,
-                                                      "pid": prepared.pid, "costs": prepared.costs,
-                                                      "failed": prepared.failed})
+    session.note_run((c.id for c in cells), prepared=prepared.note())
     return longest_first(cells, prepared.costs)

@@ -173,9 +173,11 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    """Uncompressed, streamed to the file: logits, most of the bytes, compress to ~93% of their size at ~2% of
+    the speed (20,000 x 1,000 float32 logits: 4.1 s compressed against 0.08 s), and a buffer in memory
+    would hold them twice."""
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def read_json(path: Path | str) -> Any:

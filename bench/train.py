@@ -25,7 +25,6 @@ from bench.evaluate import evaluate, predict
 from bench.loop import Loop, Progress, info_record, timing_record
 from bench.metrics import classification_metrics
 from bench.models.freeze import set_train_mode
-from bench.techniques.backends import backend_flags
 from bench.techniques.precision import precision_setup
 from bench.techniques.stopping import as_selected
 
@@ -207,15 +206,6 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
     Raises Diverged when an epoch's mean training loss is not finite or exceeds DIVERGENCE_FACTOR times
     the larger of the first batch's loss and ln(classes) (the loss of a uniform guess); on_epoch may raise
     Pruned. `test = False` never looks at the test split (a tuning trial: only the chosen one is tested)."""
-    with backend_flags(cfg) as backends:  # deterministic algorithms or cuDNN's benchmark, TF32: as cfg says
-        result = _fit(model, loaders, cfg, device, class_counts, on_epoch, on_step, checkpoint, test)
-    result.info["backends"] = backends
-    return result
-
-
-def _fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device, class_counts: list[int],
-         on_epoch: Callable[[list[dict[str, Any]]], None] | None, on_step: Callable[[], None] | None,
-         checkpoint: Checkpoint | None, test: bool) -> FitResult:
     loop = Loop(model, loaders, cfg, device, class_counts, precision=precision_setup(cfg.precision, device),
                 steps=steps_per_epoch(loaders["train"], cfg.max_steps, cfg.accumulate))
     progress = Progress.start(loop, checkpoint)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import time
 
 import numpy as np
 import pytest
@@ -80,3 +81,9 @@ def test_anonymous_peak_leaves_out_the_page_cache_of_a_mapped_file(tmp_path):
     assert anon.mb - start < 32  # MB: the mapped file is not the process's own memory
     if exact:
         assert peak_rss_mb() - before > 200  # while VmHWM counted the mapped pages
+    with AnonPeak(every=0.01) as anon:  # and what the process allocates itself, it does count
+        start = anon.mb
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, written
+        time.sleep(0.1)
+        del block
+    assert anon.mb - start > 60

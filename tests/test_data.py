@@ -161,3 +161,21 @@ def test_the_worker_count_changes_neither_a_cells_id_nor_a_bit_of_its_results(wr
         assert len(summary.ran) == 2 and not summary.failed, summary.failed
     assert ids[0] == ids[2]
     assert outputs(tmp_path / "0" / "tiny") == outputs(tmp_path / "2" / "tiny")
+
+
+def test_an_image_drawn_twice_in_an_epoch_gets_two_augmentations(tmp_path):
+    """The balanced and square-root samplers draw with replacement: each draw is seeded by its place in the
+    epoch, not by the image, so a repeat is augmented anew, and the same again in the next run."""
+    from bench.data.loaders import ArrayDataset, make_loader
+
+    np.save(tmp_path / "images.npy", np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
+    ds = ArrayDataset(tmp_path / "images.npy", np.arange(2), np.arange(2), 16, AUGMENTS["crop_flip"](16))
+
+    def first_batch():
+        x, y = next(iter(make_loader(ds, 4, train=True, seed=0, sampler=[0, 0, 1, 1])))
+        return x, y
+
+    x, y = first_batch()
+    assert y.tolist() == [0, 0, 1, 1]
+    assert not torch.equal(x[0], x[1]) and not torch.equal(x[2], x[3])
+    assert torch.equal(first_batch()[0], x)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -86,15 +87,29 @@ def test_a_cell_that_cannot_be_prepared_is_left_to_fail_on_its_own(write_suite, 
 
 
 def test_a_parallel_run_prepares_first_and_starts_the_longest_cell_first(suite, tmp_path, monkeypatch):
-    started = []
+    started, events = [], []
 
-    def fake(job, *after):  # each cell's number is its place in the order the pool starts them in
-        started.append((job.index, job.cell.label.split()[0]))
+    def fake(job, *after):  # each cell's number is its place in the order the pool submits them in
+        label = job.cell.label.split()[0]
+        started.append((job.index, label))
+        events.append(("start", label))
+        time.sleep(0.05)
+        events.append(("end", label))
         return Outcome(job.cell.id, "ok")
 
     monkeypatch.setattr(bench.executors, "run_job", fake)
     summary = run_file(suite, tmp_path, executor=make_executor("local", jobs=2), log=open(os.devnull, "w"))
     assert len(summary.ran) == 4
     assert [label for _, label in sorted(started)] == ["large", "medium", "small", "child"]
+    assert events.index(("end", "small")) < events.index(("start", "child"))  # the parent finished first
     run = json.loads((tmp_path / "tiny" / "run.json").read_text())
     assert run["prepared"]["pid"] == os.getpid() and len(run["prepared"]["costs"]) == 4
+
+
+def test_a_larger_image_costs_more_whatever_the_initial_weights_share(write_suite, tmp_path):
+    """torchvision's and timm's weights do not depend on the image size, so two sizes share them: the
+    estimate must not."""
+    cells = expand(load_suite(write_suite('[model]\narch = "tv:resnet18"\n\n[grid]\n"data.image_size" = [16, 32]\n')))
+    costs = prepare_cells(cells, tmp_path / "tiny").costs
+    small, large = (costs[c.id] for c in sorted(cells, key=lambda c: c.config.data.image_size))
+    assert large > 2 * small  # (4x the pixels; at 16 px the last stages already see one pixel)

@@ -119,13 +119,15 @@ def test_timm_policy_strings_build_timms_transforms_and_are_seeded():
 def test_timm_policies_train_on_current_pillow_where_posterize_keeps_no_bit(spec):
     """Pillow 13 refuses posterize with 0 bits, which the top of timm's increasing posterize asks for (m10 each
     time the op is drawn, m9 with mstd0.5 on ~0.1% of images): bench's guard gives black there, as Pillow did."""
+    import PIL
     from PIL import ImageOps
     from timm.data.auto_augment import posterize
     from torchvision.transforms import v2
 
     image = v2.functional.to_pil_image(torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8))
-    with pytest.raises(ValueError, match="bits must be"):  # the edge the guard is for: still there in Pillow
-        ImageOps.posterize(image, 0)
+    if int(PIL.__version__.split(".")[0]) >= 13:  # the edge the guard is for (older Pillow gave black)
+        with pytest.raises(ValueError, match="bits must be"):
+            ImageOps.posterize(image, 0)
     assert posterize(image, 8) is image
     t = build_augment(spec, 16)
     random.seed(0)

@@ -51,8 +51,8 @@ class DataConfig(Strict):
                                "(study 001)")
     workers: int = Field(0, ge=0, description="DataLoader worker processes; 0: load in the main process (a cached "
                          "batch is one memory copy; workers pay off with heavy augmentation). Changes neither "
-                         "the cell's id nor its numbers: each image's augmentation is drawn from (seed, epoch, "
-                         "image)")
+                         "the cell's id nor its numbers: each draw's augmentation is seeded by (seed, epoch, "
+                         "place in the epoch)")
     # curation, applied in this order (see the docs' *Data* page)
     modes: Literal["convert", "drop"] = Field("convert", description="non-RGB images (L, P, RGBA, CMYK, ...): "
                                               "`convert` them to RGB or `drop` them (study 000 dropped 89 L and "

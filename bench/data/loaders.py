@@ -14,19 +14,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _MASK = 2**63 - 1
 
 
 def draw_seed(*parts: int) -> int:
-    """One image's seed from (seed, epoch, index, view, ...): distinct parts, distinct seeds (odd multipliers
-    mod 2^63, splitmix64's constants), in microseconds where a hash of a tuple would not be stable."""
+    """One draw's seed from (seed, epoch, place in the epoch, view): each part folded in through splitmix64's
+    finaliser, so that neighbouring parts give unrelated seeds (torch's CPU generator keeps their low 32 bits),
+    in microseconds where a hash of a tuple would not be stable across processes."""
     x = 0
-    for part, mult in zip(parts, (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x2545F4914F6CDD1D),
-                          strict=False):
-        x = (x + (part + 1) * mult) & _MASK
+    for part in parts:
+        x = (x ^ part) + 0x9E3779B97F4A7C15 & _MASK
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _MASK
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _MASK
+        x ^= x >> 31
     return x
 
 
@@ -50,10 +53,34 @@ def own_draws() -> Iterator[Callable[[int], None]]:
         np.random.set_state(saved[2])
 
 
+class Numbered(Sampler):
+    """The indices another sampler draws, each with its place in the epoch's draws: an augmented dataset
+    seeds each draw by its place, so an image drawn twice in one epoch (the balanced and square-root samplers
+    draw with replacement) gets two augmentations, and the sampler, run in the main process, decides them
+    whatever the worker that loads them."""
+
+    def __init__(self, base: Sampler):
+        self.base = base
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(enumerate(self.base))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
+def _places(items: list) -> tuple[list[int], list[int]]:
+    """(indices, places in the epoch) of what a Numbered sampler gave, or of plain indices (their own places)."""
+    if items and isinstance(items[0], tuple):
+        places, idx = zip(*items, strict=True)
+        return list(idx), list(places)
+    return list(items), list(items)
+
+
 class ArrayDataset(Dataset):
     """A split's images from the decoded cache; a training split's `transform` draws each image's augmentation
-    from (seed, epoch, image index, view) alone (`set_epoch` before each epoch), so neither the worker count
-    nor a resume changes a bit of it."""
+    from (seed, epoch, place in the epoch's draws, view) alone (`set_epoch` before each epoch, a Numbered
+    sampler for the places), so neither the worker count nor a resume changes a bit of it."""
 
     def __init__(self, file: Path, rows: np.ndarray, labels: np.ndarray, size: int, transform=None,
                  seed: int = 0):
@@ -91,22 +118,23 @@ class ArrayDataset(Dataset):
 
     splits = 1  # > 1 (train.aug_splits): the batch holds each image clean, then splits - 1 augmented views
 
-    def augmented(self, x: torch.Tensor, idx: list[int], view: int = 0) -> torch.Tensor:
+    def augmented(self, x: torch.Tensor, places: list[int], view: int = 0) -> torch.Tensor:
         with own_draws() as seed:
             out = []
-            for im, i in zip(x, idx, strict=True):
-                seed(draw_seed(self.seed, self.epoch, int(i), view))
+            for im, place in zip(x, places, strict=True):
+                seed(draw_seed(self.seed, self.epoch, int(place), view))
                 out.append(self.transform(im))
         return torch.stack(out)
 
-    def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, places = _places(items)
         x = self.raw(idx)
         y = self.labels[torch.as_tensor(idx)]
         if self.splits > 1:  # timm's AugMixDataset + fast_collate layout: [clean..., view 1..., view 2...]
-            views = [self.crop(x)] + [self.crop(self.augmented(x, idx, v)) for v in range(1, self.splits)]
+            views = [self.crop(x)] + [self.crop(self.augmented(x, places, v)) for v in range(1, self.splits)]
             return torch.cat(views).contiguous(), y.repeat(self.splits)
         if self.transform is not None:
-            x = self.augmented(x, idx)
+            x = self.augmented(x, places)
         return self.crop(x).contiguous(), y
 
     def __getitem__(self, i: int):
@@ -122,6 +150,8 @@ def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int, workers
                 sampler=None) -> DataLoader:
     """Shuffled from `seed` for training (or drawn by `sampler`), in order for evaluation."""
     generator = torch.Generator().manual_seed(seed)
+    if train and isinstance(ds, ArrayDataset) and ds.transform is not None:  # each draw seeded by its place
+        sampler = Numbered(sampler if sampler is not None else RandomSampler(ds, generator=generator))
     # Training workers start afresh each epoch, with the dataset as set_epoch left it (persistent ones would
     # keep the epoch they started with); the order comes from `generator`, which a checkpoint restores.
     return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,

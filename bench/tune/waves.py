@@ -140,6 +140,7 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
         planned: dict[str, None] = {}  # the trial cells this run set out to run, for run.json
         tuned = [c.id for c in contenders]
         opened: list[Contender] = []
+        noted: dict[str, Any] = {}
         try:
             for s in studies:
                 if s.open(options.force):
@@ -150,10 +151,11 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
                         trackers.follow(c for c in earlier if (session.dir / c).is_dir())  # refused: no cell
                 else:
                     summary.busy.append(s.cell.id)
-            if executor.parallel and opened:  # what the trials share built first; the dearest contender's first
-                costs = executor.prepare([s.cell for s in opened], session.dir, progress).costs
-                opened.sort(key=lambda s: -costs.get(s.cell.id, float("inf")))
-            session.note_run(planned, tune=tuned)
+            costs: dict[str, float] = {}  # in parallel: what the trials share built first, the dearest started first
+            if executor.parallel and opened:
+                prepared = executor.prepare([s.cell for s in opened], session.dir, progress)
+                costs, noted["prepared"] = prepared.costs, prepared.note()
+            session.note_run(planned, tune=tuned, **noted)
             width, total, count = _wave_width(executor, len(opened)), len(opened) * tune.trials, 0
             fresh: set[str] = set()  # trial cells trained by this run: a repeat of one is told its result
             title = f"{suite.suite.name}: {len(opened)} contender(s), {tune.trials} trials each over " \
@@ -169,9 +171,9 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
                     planned.update(dict.fromkeys(p.cell.id for p in wave))
                     if trackers is not None:
                         trackers.follow(p.cell.id for p in wave)
-                    session.note_run(planned, tune=tuned)
+                    session.note_run(planned, tune=tuned, **noted)
                     count = _run_wave(to_run, later, fresh, session, executor, progress, options, count, total,
-                                      summary)
+                                      summary, costs)
             for s in opened:
                 s.finish(session.dir, session.device)
                 summary.contenders.append(_row(s))
@@ -184,9 +186,11 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
 
 
 def _run_wave(to_run: dict[str, Pending], later: list[Pending], fresh: set[str], session: Any, executor: Any,
-              progress: LogProgress, options: RunOptions, count: int, total: int, summary: TuneSummary) -> int:
-    """One wave: its new trial cells through the executor, each study told what became of its trials; returns
-    how many trials the run has shown so far."""
+              progress: LogProgress, options: RunOptions, count: int, total: int, summary: TuneSummary,
+              costs: dict[str, float]) -> int:
+    """One wave: its new trial cells through the executor (the dearest contender's first; the studies are
+    asked in suite order, so the estimates never change which trials are proposed), each study told what
+    became of its trials; returns how many trials the run has shown so far."""
     for p in later:
         if p.cell.id not in to_run and p.cell.id not in fresh:  # finished before this run
             summary.skipped.append(p.cell.id)
@@ -196,7 +200,7 @@ def _run_wave(to_run: dict[str, Pending], later: list[Pending], fresh: set[str],
             count += 1
     outcomes = {}
     if to_run:
-        cells = [p.cell for p in to_run.values()]
+        cells = sorted((p.cell for p in to_run.values()), key=lambda c: -costs.get(c.contender or "", 0.0))
         wave_options = replace(options, trials={cid: p.spec for cid, p in to_run.items()})
         view = LiveView(session.dir, cells, getattr(progress, "console", None), progress.stream) \
             if executor.parallel else contextlib.nullcontext(_Numbered(progress, count, total))
