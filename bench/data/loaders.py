@@ -61,6 +61,7 @@ class Numbered(Sampler):
 
     def __init__(self, base: Sampler):
         self.base = base
+        self.generator = getattr(base, "generator", None)  # what a checkpoint saves of the sampler's draws
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(enumerate(self.base))
