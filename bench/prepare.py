@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.cell import Cell, depths
@@ -33,8 +33,7 @@ class Prepared:
 
     def note(self) -> dict[str, object]:
         """What run.json says of it."""
-        return {"seconds": round(self.seconds, 3), "host": self.host, "pid": self.pid, "costs": self.costs,
-                "failed": self.failed}
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
 def prepare_cells(cells: list[Cell], suite_dir: Path, say: Callable[[str], None] = lambda _: None) -> Prepared:

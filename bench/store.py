@@ -52,7 +52,7 @@ CELL, RESULT, HISTORY, PREDICTIONS, BEST = "cell.json", "result.json", "history.
 CHECKPOINT, CHECKPOINT_INFO, CLAIM, LOCK, LOG, JOB = "checkpoint.pt", "checkpoint.json", "claim.json", ".lock", \
     "stderr.log", "job.json"
 TRACKER_STATE, TRACKER_LOCK, MLFLOW_DB, MLFLOW_ARTIFACTS = "trackers.json", ".trackers.lock", "mlflow.db", "mlartifacts"
-TENSORBOARD_DIR, CELL_PLOTS = "tensorboard", "plots"  # (W&B names its own folder, results/wandb/)
+TENSORBOARD_DIR, WANDB_DIR, CELL_PLOTS = "tensorboard", "wandb", "plots"
 
 
 def disk_full(path: Path | str) -> OSError:

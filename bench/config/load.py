@@ -49,23 +49,20 @@ def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
     cells = raw.get("cells", [])
     if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
         raise UserError("must be an array of tables", file=path, key="cells", hint="write each as [[cells]]")
-    try:
-        resources = Resources.model_validate(raw.get("resources", {}))
-    except ValidationError as e:
-        raise validation_error(e, path, prefix="resources", model=Resources) from None
-    try:
-        log = Log.model_validate(raw.get("log", {}))
-    except ValidationError as e:
-        raise validation_error(e, path, prefix="log", model=Log) from None
-    tune = None
-    if "tune" in raw:
-        try:
-            tune = Tune.model_validate(raw["tune"])
-        except ValidationError as e:
-            raise validation_error(e, path, prefix="tune", model=Tune) from None
+    resources = _table(Resources, raw.get("resources", {}), path, "resources")
+    log = _table(Log, raw.get("log", {}), path, "log")
+    tune = _table(Tune, raw["tune"], path, "tune") if "tune" in raw else None
     datasets = check_datasets(raw.get("datasets", []), path)
     return Suite(path=path, suite=meta, base={k: raw.get(k, {}) for k in SECTIONS}, grid=grid, cells=cells,
                  resources=resources, log=log, tune=tune, datasets=datasets)
+
+
+def _table(model: type[BaseModel], value: Any, path: Path, prefix: str) -> Any:
+    """One of the suite's own tables validated, a mistake in it one line naming the file and the key."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as e:
+        raise validation_error(e, path, prefix=prefix, model=model) from None
 
 
 def check_datasets(datasets: Any, path: Path) -> list[dict[str, Any]]:

@@ -124,10 +124,12 @@ class MLflow(Tracker):
 
     def mark_chosen(self, cell: CellRun, run_id: str, chosen: bool) -> None:
         self.client.set_tag(run_id, "bench.chosen", str(chosen).lower())
+        if not chosen:
+            return
         # the chosen trial alone is tested, maybe after its run ended (then its figures are not in the run yet)
-        held = self.client.get_run(run_id).data.metrics if chosen else {}
+        held = self.client.get_run(run_id).data.metrics
         test = {k: v for k, v in _figures(cell, "test").items() if _key(k) not in held}
-        if chosen and test:
+        if test:
             _log(self.client, run_id, test)
 
     def end_contender(self, contender: str, chosen: CellRun | None, run_id: str | None) -> None:

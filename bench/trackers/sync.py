@@ -13,6 +13,7 @@ cells go on, the error lands in the records of the cells it left unsent, and `be
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import signal
@@ -108,6 +109,7 @@ class Sync:
         if result is not None and result.get("attempt") != attempt:
             result = None  # an earlier attempt's record, not yet replaced
         state = _state(cell_dir)
+        sent = copy.deepcopy(state)  # what trackers.json holds: written again only if a pass changed it
         rows = _numeric_rows(read_history(cell_dir))
         ending = functools.cache(lambda: _ending(result, cell_dir, self.log))  # once, whatever the trackers
         done = True
@@ -119,11 +121,12 @@ class Sync:
             except Exception as e:  # noqa: BLE001 - any tracker's failure is a warning, never the cell's
                 self._fail(t, e)
                 done = False
-        with contextlib.suppress(OSError):  # a full disk: the trackers already have it; a rerun resends
-            write_json(cell_dir / TRACKER_STATE, state)
+        if state != sent:
+            with contextlib.suppress(OSError):  # a full disk: the trackers already have it; a rerun resends
+                write_json(cell_dir / TRACKER_STATE, state)
         if not any(k[1] == cell_dir.name for k in self.open):
             self.locks.pop(cell_dir.name).release()
-        return done and result is not None
+        return done  # a running cell is read again when its files change (a new epoch, its result)
 
     def _send(self, t: Tracker, cell: dict[str, Any], cell_dir: Path, s: dict[str, Any],
               rows: list[dict[str, float]], result: dict[str, Any] | None, ending: Callable[[], Ending],

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config.suite import Log
+from bench.store import WANDB_DIR
 from bench.trackers.base import CellRun, Ending, Run, Tracker, tracker
 
 # What `bench run` exits with when interrupted (128 + SIGINT): with mark_preempting, W&B shows the run as
@@ -142,7 +143,7 @@ class WandB(Tracker):
             # run's file, so what the cell's folder counts as sent may not be there. The earlier folders of
             # this run give way to one that gets every epoch again (history.csv has them all): one folder per
             # run, complete, for `wandb sync`.
-            wandb_dir = self.results / "wandb"
+            wandb_dir = self.results / WANDB_DIR
             for folder in [*wandb_dir.glob(f"offline-run-*-{run_id}"), *wandb_dir.glob(f"offline-run-*-{run_id}-*")]:
                 shutil.rmtree(folder, ignore_errors=True)
         run = wandb.init(
