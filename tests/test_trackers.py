@@ -134,7 +134,8 @@ def test_an_interrupted_cell_continues_its_run_and_sends_each_epoch_once(write_s
     assert again.info.run_id == run_.info.run_id and again.info.status == "FINISHED"
     steps = _steps(client, again)
     assert [s for s, _ in steps] == [1, 2, 3, 4, 5]
-    # epoch 3, trained again after the resume, keeps the value first sent: bitwise the same here, on the CPU
+    # each step's value is history.csv's (epoch 3, trained again after the resume, is bitwise the same on the
+    # CPU, so the values cannot tell keeping from resending: the steps above say each epoch went once)
     assert [v for _, v in steps] == [float(r["val_error"]) for r in _history_csv(state_file.parent)]
 
 
