@@ -136,7 +136,8 @@ class RunOptions:
     checkpoint: bool = True  # save every epoch, and resume from the last
     keep_checkpoint: bool = False  # keep checkpoint.pt once the cell has finished
     isolate: bool = True  # each cell in a child process, so a crash is that cell's record
-    threads: int | None = None  # torch threads per cell; None: torch's default (every core)
+    threads: int | None = None  # torch threads per cell (per rank); None: torch's default (every core)
+    ranks: int = 1  # processes per cell ([resources] processes on the CPU, gpus on CUDA): bench.distributed
     # cell id -> its tuning trial (bench.tune): trained on validation only, its epochs reported to its study
     trials: Mapping[str, TrialSpec] = field(default_factory=dict)
 

@@ -26,7 +26,8 @@ from bench.store import CHECKPOINT, CHECKPOINT_INFO, atomic_path, read_json, wri
 def loader_generators(loader) -> dict[str, torch.Generator]:
     """The training loader's own random generators: its shuffle and worker seeds, and a sampler's draws."""
     found = {"loader": loader.generator}
-    sampler = getattr(loader.sampler, "generator", None)
+    # a sampler's own, or (a rank of a cell) the one its global batches are drawn from
+    sampler = getattr(loader.sampler, "generator", None) or getattr(loader.batch_sampler, "generator", None)
     if sampler is not None and sampler is not loader.generator:
         found["sampler"] = sampler
     return {k: g for k, g in found.items() if g is not None}

@@ -103,6 +103,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     import torch  # here, so that the CLI's quiet_known_notices imports no torch
     import torchvision
 
+    from bench import distributed
+
     return {
         "bench": bench.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
         "timm": timm.__version__, "python": platform.python_version(), "platform": platform.platform(),
@@ -110,6 +112,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "threads": torch.get_num_threads(), "host": platform.node(),
         "executor": os.environ.get(EXECUTOR_ENV, "local"),
+        # the cell's ranks (bench.distributed): processes, each on its own GPU on CUDA
+        "world_size": distributed.world(),
+        **({"distributed_backend": torch.distributed.get_backend()} if distributed.world() > 1 else {}),
     }
 
 

@@ -14,13 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench import distributed
 from bench.metrics import confusion_matrix, full_metrics
 
 
 @torch.no_grad()
 def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | None = None,
             views: list[Callable] | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Logits (float32, on the CPU) and labels for every batch, and the seconds it took.
+    """Logits (float32, on the CPU) and labels for every batch, and the seconds it took. A cell's rank
+    evaluates its shard of the split, and gets every rank's rows back, in order.
 
     With test-time `views`, the softmax of every view is averaged and its log returned in place of the
     logits, so argmax, top-k and cross-entropy of the result are those of the averaged prediction.
@@ -38,8 +40,12 @@ def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | N
                 out = model(x)
         logits.append(out.float().cpu())
         labels.append(y)
+    logits = torch.cat(logits) if logits else torch.empty(0)
+    labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)
+    if distributed.world() > 1:  # each rank evaluated its shard of the split (bench.distributed)
+        logits, labels = distributed.gather_rows(logits), distributed.gather_rows(labels)
     seconds = time.perf_counter() - start
-    return torch.cat(logits), torch.cat(labels), seconds
+    return logits, labels, seconds
 
 
 @dataclass

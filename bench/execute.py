@@ -5,15 +5,19 @@ contender's chosen trial). Who runs a cell, and where, is decided above: bench.a
 
 from __future__ import annotations
 
+import contextlib
+import random
 import secrets
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import bench
+from bench import distributed
 from bench.artefacts import sealed_digest
 from bench.cell import Cell, Diverged, Pruned, RunOptions, TrialSpec, cell_record, resolved_config
 from bench.checkpoint import Checkpoint, saved_epoch
@@ -25,6 +29,7 @@ from bench.evaluate import evaluate, prediction_arrays
 from bench.hashing import stable_hash
 from bench.network import build_network
 from bench.progress import LogProgress
+from bench.ranks import ranks
 from bench.store import (
     CELL,
     INIT,
@@ -55,7 +60,9 @@ def execute(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProg
     saying what it was (diverged, oom, failed) so a suite goes on past it."""
     trial = options.trials.get(cell.id)
     try:
-        with backend_flags(cell.config.train):  # the whole cell: its feature extraction, training, evaluation
+        # the whole cell, with its other ranks (bench.distributed): its feature extraction, training, evaluation
+        with backend_flags(cell.config.train), ranks(options.ranks, device, train_as_helper,
+                                                     (cell, suite_dir, options), suite_dir / cell.id) as device:
             return run_cell(cell, suite_dir, device, progress, index, total, options=options, claim=claim)
     except KeyboardInterrupt:
         raise
@@ -122,12 +129,17 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     cfg = cell.config
     trial = options.trials.get(cell.id)
     cell_dir = suite_dir / cell.id
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    # an attempt goes on from its checkpoint, or starts anew (its trackers' runs with it: bench.trackers)
-    resumes = options.checkpoint and not options.force and saved_epoch(cell_dir) is not None
-    attempt = (resumes and _attempt_of(cell_dir)) or secrets.token_hex(6)
-    forget_result(cell_dir, history=not resumes)  # before cell.json names the new attempt
-    write_cell(cell_dir, cell_record(cell, trial, attempt))
+    main = distributed.is_main()  # the other ranks of a cell train with it and write nothing
+    distributed.tell(True)
+    distributed.require_splittable(cfg.train.batch_size, cfg.model.freeze, distributed.world())  # preflight's too
+    attempt = None
+    if main:
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        # an attempt goes on from its checkpoint, or starts anew (its trackers' runs with it: bench.trackers)
+        resumes = options.checkpoint and not options.force and saved_epoch(cell_dir) is not None
+        attempt = (resumes and _attempt_of(cell_dir)) or secrets.token_hex(6)
+        forget_result(cell_dir, history=not resumes)  # before cell.json names the new attempt
+        write_cell(cell_dir, cell_record(cell, trial, attempt))
     if options.threads:  # the executor's share of the cores (floating-point sums depend on it: recorded)
         torch.set_num_threads(options.threads)
     net = build_network(cell, suite_dir, device)
@@ -140,8 +152,12 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         fingerprint = stable_hash({"cell": cell.id, "split": data.split_key, "init": init_sha,
                                    "parent": net.parent, "schema": bench.SCHEMA_VERSION}, 16)
         checkpoint = Checkpoint(cell_dir, fingerprint, cfg.train.epochs)
-        if options.force:
+        if options.force and main:
             checkpoint.remove()
+    distributed.barrier()  # no rank reads a checkpoint rank 0 is about to remove
+    if not main:
+        _train_as_helper(cell, net, device, checkpoint, trial)
+        return {}
     report = _pruning_reporter(trial, cfg.train)
 
     def on_epoch(history: list[dict[str, Any]]) -> None:
@@ -210,6 +226,25 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     if checkpoint is not None and not options.keep_checkpoint:
         checkpoint.remove()
     return record
+
+
+def _train_as_helper(cell: Cell, net: Any, device: torch.device, checkpoint: Checkpoint | None,
+                     trial: TrialSpec | None) -> None:
+    """A rank other than 0: the same fit, its own draws for dropout and mixing (seed + rank, as timm's
+    distributed training seeds them), no files written; rank 0 records what happened."""
+    seed = cell.config.seed + distributed.rank()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    with contextlib.suppress(Diverged, Pruned):  # rank 0 took the same decision, and records it
+        fit(net.model, net.loaders, cell.config.train, device, class_counts=net.data.info["train_class_counts"],
+            checkpoint=checkpoint, test=trial is None)
+
+
+def train_as_helper(device: torch.device, cell: Cell, suite_dir: Path, options: RunOptions) -> None:
+    """A rank other than 0 of a cell (bench.ranks starts it): run_cell as rank 0 runs it."""
+    with backend_flags(cell.config.train):
+        run_cell(cell, suite_dir, device, LogProgress(), options=options)
 
 
 def withdraw_test(cell_dir: Path, record: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,54 +29,13 @@ from bench.config import Resources
 from bench.environment import EXECUTOR_ENV
 from bench.errors import UserError, first_line
 from bench.execute import failure_record
+from bench.jobs import Job, make_job, prepare_job, ray_ranks, run_job, slurm_task, worker_env
 from bench.prepare import Prepared, prepare_cells
 from bench.progress import LogProgress
 from bench.registry import register
 from bench.store import JOB, SUBMITIT, read_result, write_json
 
 EXECUTORS: dict[str, Callable[..., Any]] = {}
-FORWARDED_ENV = ("BENCH_CACHE", "BENCH_PLUGINS", "XDG_CACHE_HOME")  # what a remote worker must see as we do
-
-
-@dataclass(frozen=True)
-class Job:
-    """One cell as a worker receives it: what `attempt` needs, picklable (Ray and submitit send it)."""
-    cell: Cell
-    suite_dir: Path
-    device: str
-    options: RunOptions
-    index: int
-    total: int
-    env: dict[str, str]
-    cwd: str
-
-
-def run_job(job: Job, *after: Any) -> Outcome:
-    """A worker's task: one cell. `after` are the parents' outcomes, which Ray hands over once they exist."""
-    from bench.worker import adopt
-
-    # relative data roots in a suite mean what they meant where `bench run` started
-    if job.options.isolate:
-        os.chdir(job.cwd)  # the cell's own process starts from here, with job.env
-    else:  # the worker is the cell's own process (a Slurm job)
-        adopt(job.env, job.cwd)
-    return attempt(job.cell, job.suite_dir, torch.device(job.device), Quiet(), job.index, job.total,
-                   job.options, job.env)
-
-
-def prepare_job(cells: list[Cell], suite_dir: Path, env: dict[str, str], cwd: str) -> Prepared:
-    """A worker's preparing task (bench.prepare), in the launching run's environment and folder."""
-    from bench.worker import adopt
-
-    adopt(env, cwd)
-    return prepare_cells(cells, suite_dir)
-
-
-class Quiet(LogProgress):
-    """A worker's progress when a live view of the whole suite (read from the cell folders) shows it."""
-
-    def say(self, text: str) -> None:
-        pass
 
 
 def default_jobs(device: str = "auto") -> int:
@@ -99,16 +58,6 @@ def _waves(cells: list[Cell]) -> list[list[Cell]]:
     return [[c for c in cells if depth[c.id] == d] for d in range(max(depth.values(), default=-1) + 1)]
 
 
-def _env(executor: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    return {**forwarded, EXECUTOR_ENV: executor, **(extra or {})}
-
-
-def _job(cell: Cell, index: int, total: int, suite_dir: Path, device: str, options: RunOptions, executor: str,
-         env: dict[str, str] | None = None) -> Job:
-    return Job(cell, suite_dir, device, options, index, total, _env(executor, env), os.getcwd())
-
-
 class Executor:
     """What every executor shares: preparing a run's cells in this process, and nothing held between runs
     (used as a context manager by a run, which closes it at its end)."""
@@ -117,6 +66,16 @@ class Executor:
 
     def prepare(self, cells: list[Cell], suite_dir: Path, progress: LogProgress) -> Prepared:
         return prepare_cells(cells, suite_dir, progress.say)
+
+    def ranked(self, options: RunOptions, device: torch.device, cells_at_once: int = 1) -> RunOptions:
+        """`options` with the ranks each cell trains as ([resources]), and on the CPU the threads of each:
+        the cores divided among every rank of the cells running at once, unless set."""
+        ranks = self.resources.ranks(device.type)
+        threads = options.threads
+        if device.type == "cpu" and not threads and (ranks > 1 or cells_at_once > 1):
+            cpus = self.resources.cpus or _cores() // cells_at_once
+            threads = max(1, int(cpus) // ranks)
+        return replace(options, ranks=ranks, threads=threads)
 
     def __enter__(self):
         return self
@@ -144,28 +103,29 @@ class Local(Executor):
     def run(self, cells: list[Cell], suite_dir: Path, device: torch.device, progress: LogProgress,
             options: RunOptions) -> Iterator[Outcome]:
         if not self.parallel:
+            options = self.ranked(options, device)
             for i, cell in enumerate(cells, 1):
                 yield attempt(cell, suite_dir, device, progress, i, len(cells), options, {EXECUTOR_ENV: self.name})
             return
         yield from self._pool(cells, suite_dir, device, options)
 
-    def _slots(self, device: torch.device) -> list[dict[str, str]]:
+    def _slots(self, device: torch.device, ranks: int) -> list[dict[str, str]]:
+        """What each cell running at once may use: on GPUs, its `ranks` GPUs (round robin)."""
         if device.type == "cuda":
             gpus = torch.cuda.device_count()
-            return [{"CUDA_VISIBLE_DEVICES": str(i % gpus)} for i in range(self.jobs)]
+            return [{"CUDA_VISIBLE_DEVICES": ",".join(str((i * ranks + k) % gpus) for k in range(ranks))}
+                    for i in range(max(1, min(self.jobs, gpus // ranks)))]
         return [{} for _ in range(self.jobs)]
 
     def _pool(self, cells: list[Cell], suite_dir: Path, device: torch.device, options: RunOptions
               ) -> Iterator[Outcome]:
         from bench.worker import STOP
 
-        if device.type == "cpu" and not options.threads:
-            share = int(self.resources.cpus) if self.resources.cpus else max(1, _cores() // self.jobs)
-            options = replace(options, threads=share)
+        options = self.ranked(options, device, self.jobs)
         ids = {c.id for c in cells}
         pending = list(enumerate(cells, 1))
         finished: set[str] = set()
-        slots = self._slots(device)
+        slots = self._slots(device, options.ranks)
         running: dict[Any, tuple[Cell, dict[str, str]]] = {}
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="bench-job") as pool:
             try:
@@ -178,7 +138,7 @@ class Local(Executor):
                             continue  # its parent is queued or running: it waits for it
                         pending.remove(item)
                         slot = slots.pop(0)
-                        job = _job(cell, index, len(cells), suite_dir, device.type, options, self.name, slot)
+                        job = make_job(cell, index, len(cells), suite_dir, device.type, options, self.name, slot)
                         running[pool.submit(run_job, job)] = (cell, slot)
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in done:
@@ -230,8 +190,8 @@ class Ray(Executor):
         """One CPU-only task, before any cell's task takes a GPU."""
         ray = self._ray()
         cpus = min(self.resources.cpus or 1.0, ray.cluster_resources().get("CPU", 1.0))
-        ref = ray.remote(prepare_job).options(num_cpus=cpus, num_gpus=0).remote(cells, suite_dir, _env(self.name),
-                                                                               os.getcwd())
+        ref = ray.remote(prepare_job).options(num_cpus=cpus, num_gpus=0).remote(cells, suite_dir,
+                                                                               worker_env(self.name), os.getcwd())
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as e:  # the cells build what they need themselves, as before
@@ -255,14 +215,21 @@ class Ray(Executor):
             options: RunOptions) -> Iterator[Outcome]:
         ray = self._ray()
         spec = self._task_resources(ray, len(cells), device)
-        task = ray.remote(run_job).options(**spec)
-        run_options = options if options.threads else replace(options, threads=max(1, int(spec["num_cpus"])))
         dev = "cuda" if spec["num_gpus"] else "cpu"
+        ranks = self.resources.ranks(dev)
+        if ranks > 1:  # a placement group per cell: a bundle per rank, each its share of the cell's CPUs
+            spec = {**spec, "num_cpus": max(1.0, spec["num_cpus"] // ranks), "num_gpus": 1.0 if dev == "cuda" else 0}
+        threads = options.threads or max(1, int(spec["num_cpus"]))
+        run_options = replace(options, threads=threads, ranks=ranks)
         refs: dict[str, Any] = {}
         owner: dict[Any, Cell] = {}
         for i, cell in enumerate(cells, 1):  # parents before children, so a child's task waits on its parent's
             after = [refs[cell.parent]] if cell.parent in refs else []
-            ref = task.remote(_job(cell, i, len(cells), suite_dir, dev, run_options, self.name), *after)
+            job = make_job(cell, i, len(cells), suite_dir, dev, run_options, self.name)
+            if ranks > 1:
+                ref = ray_ranks(ray, job, spec, after)
+            else:
+                ref = ray.remote(run_job).options(**spec).remote(job, *after)
             refs[cell.id], owner[ref] = ref, cell
         remaining = list(owner)
         try:
@@ -284,8 +251,10 @@ class CellTask:
     """A Slurm array element: one cell. Checkpointable, so when Slurm preempts the job or its time runs out,
     submitit requeues it and the cell goes on from its last epoch checkpoint."""
 
-    def __call__(self, job: Job) -> Outcome:
-        return run_job(job)
+    def __call__(self, job: Job) -> Outcome | None:
+        if job.options.ranks == 1:
+            return run_job(job)
+        return slurm_task(job)  # one of the cell's ranks: a task each
 
     def checkpoint(self, job: Job):
         import submitit
@@ -317,10 +286,12 @@ class Slurm(Executor):
         ex = submitit.AutoExecutor(folder=suite_dir / SUBMITIT / "%j", cluster=self.cluster)
         res = self.resources
         gpus = int(res.gpus) if res.gpus is not None else (1 if device.type == "cuda" else 0)
+        ranks = res.ranks(device.type)  # a task per rank, each with its share of the cell's CPUs
         cpus = int(res.cpus) if res.cpus else (max(1, _cores() // min(n_cells, _cores())) if ex.cluster == "local"
                                                else None)
+        cpus = max(1, cpus // ranks) if cpus else None
         ex.update_parameters(
-            name=f"bench-{suite_dir.name}", gpus_per_node=gpus, cpus_per_task=cpus,
+            name=f"bench-{suite_dir.name}", gpus_per_node=gpus, cpus_per_task=cpus, tasks_per_node=ranks,
             mem_gb=res.memory_gb, timeout_min=res.time_min or (LOCAL_TIMEOUT_MIN if ex.cluster != "slurm" else None),
             slurm_partition=res.partition, slurm_account=res.account,
             slurm_array_parallelism=res.array_parallelism or (self.jobs if self.jobs > 1 else None),
@@ -333,7 +304,7 @@ class Slurm(Executor):
         ex.update_parameters(gpus_per_node=0)
         job = None
         try:
-            job = ex.submit(prepare_job, cells, suite_dir, _env(self.name), os.getcwd())
+            job = ex.submit(prepare_job, cells, suite_dir, worker_env(self.name), os.getcwd())
             return job.result()
         except Exception as e:  # refused (a GPU-only partition), or died: FailedJobError, UncompletedJobError
             return _unprepared(progress, f"its job {getattr(job, 'job_id', '(not submitted)')} gave no result: "
@@ -354,10 +325,10 @@ class Slurm(Executor):
         if cpus and not options.threads and device.type == "cpu":
             options = replace(options, threads=cpus)
         # a job is a process of its own, so the cell runs in it: a crash ends the job, which is recorded
-        options = replace(options, isolate=False)
+        options = replace(options, isolate=False, ranks=self.resources.ranks(device.type))
         index = {c.id: i for i, c in enumerate(cells, 1)}
         for wave in _waves(cells):
-            jobs = ex.map_array(CellTask(), [_job(c, index[c.id], len(cells), suite_dir, device.type, options,
+            jobs = ex.map_array(CellTask(), [make_job(c, index[c.id], len(cells), suite_dir, device.type, options,
                                                   self.name) for c in wave])
             owner = {}
             for cell, job in zip(wave, jobs, strict=True):
@@ -367,7 +338,7 @@ class Slurm(Executor):
             try:
                 for job in as_completed(jobs, poll_frequency=1):
                     try:
-                        yield job.result()
+                        yield job.results()[0]  # task 0's: rank 0 of a cell trained as several
                     except Exception as e:  # submitit's FailedJobError / UncompletedJobError: the job died
                         yield _lost(owner[job.job_id], suite_dir, f"its job {job.job_id} ended without a "
                                                                   f"result: {first_line(e)[:300]}", options)

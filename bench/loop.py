@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench import distributed
 from bench.checkpoint import Checkpoint, loader_generators, rng_state, set_rng_state
 from bench.config import TrainConfig
 from bench.data.loaders import Preprocess
@@ -35,10 +36,18 @@ class Loop:
         self.autocast, self.scaler = precision
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.net = torch.compile(model) if cfg.compile else model  # weights are shared: state_dicts from `model`
+        ranks = distributed.world()
+        if ranks > 1 and cfg.sync_bn:  # in place, before the optimizer and EMA see the parameters
+            distributed.sync_batchnorm(model, device)
+        # weights are shared: state_dicts come from `model`; evaluation runs `eval_net`, which is no DDP (the
+        # ranks' shards of a split may differ by a batch, and DDP's forward is a collective)
+        self.eval_net = torch.compile(model) if cfg.compile else model
         self.prep = Preprocess(device, cfg.channels_last)
-        self.compile_seconds = compile_warm_up(self.net, model, loaders, self.prep, self.autocast,
+        self.compile_seconds = compile_warm_up(self.eval_net, model, loaders, self.prep, self.autocast,
                                                cfg.batch_size) if cfg.compile else None
+        self.net = distributed.data_parallel(self.eval_net, device) if ranks > 1 else self.eval_net
+        # a rank's loss weight per step: its share of each global batch (None in one process)
+        self.weight = getattr(loaders["train"].batch_sampler, "weight", None) if ranks > 1 else None
         self.optimizer, self.scheduler = build_optimizer(model, cfg, steps)
         self.loss_fn = LOSSES[cfg.loss](cfg, class_counts)
         self.mix = MIXES[cfg.mix](cfg, len(class_counts))
@@ -85,7 +94,8 @@ class Progress:
         progress.history, progress.start_loss = saved["history"], saved["start_loss"]
         progress.eval_seconds, progress.eval_images = saved["eval_seconds"], saved["eval_images"]
         progress.resumed_at = saved["epoch"]
-        set_rng_state(saved["rng"], loop.generators)
+        rng = saved["rng"]  # a list, one per rank, from a cell trained as several ranks
+        set_rng_state(rng[min(distributed.rank(), len(rng) - 1)] if isinstance(rng, list) else rng, loop.generators)
         return progress
 
     def checkpoint_state(self, loop: Loop) -> dict[str, Any]:

@@ -7,6 +7,7 @@ the head penalty, and the registries of losses, mixes and TTA views)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench import distributed
 from bench.cell import Diverged, Pruned
 from bench.checkpoint import Checkpoint
 from bench.config import TrainConfig
@@ -34,18 +36,21 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
                     mix: Callable | None = None, autocast: Callable | None = None, scaler=None,
                     penalty: Callable[[], torch.Tensor] | None = None, accumulate: int = 1,
                     clip: Callable[[], None] | None = None,
-                    after_step: Callable[[], None] | None = None) -> dict[str, float]:
+                    after_step: Callable[[], None] | None = None,
+                    weight: Callable[[int], float] | None = None) -> dict[str, float]:
     """One pass over `batches`; returns mean loss, accuracy (against the unmixed labels), images and seconds.
 
     mix(x, y) -> (x, soft targets); autocast() -> a context for the forward pass; scaler: a GradScaler;
     penalty() -> a term added to the loss; accumulate: batches per optimizer step; clip() clips the
     gradients (unscaled) before each optimizer step; after_step() runs after each (the weight EMA).
+    weight(step) -> this rank's loss weight when the batch is one rank's share of a global batch
+    (bench.distributed.RankBatches): the figures returned are then the global batch's, summed over the ranks.
     All optional: without them this is the plain loop, one optimizer and schedule step per batch.
     """
     set_train_mode(model)
     device = prep.device if isinstance(prep, Preprocess) else None
     loss_sum = torch.zeros((), device=device)
-    first = None
+    first, first_images = None, 0
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     # the epoch's batch count sizes its last accumulation group, which may be shorter than the others
@@ -60,25 +65,31 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
         target = y
         if mix is not None:
             x, target = mix(x, y)
-        if autocast is None:
-            logits = model(x)
-        else:
-            with autocast():
-                logits = model(x)
-            logits = logits.float()  # the loss in fp32, as torch's AMP recipe
-        loss = loss_fn(logits, target)
-        if penalty is not None:
-            loss = loss + penalty()
         if step % accumulate == 0:
             optimizer.zero_grad(set_to_none=True)
             if total is not None:
                 group = min(accumulate, total - step)
-        # each batch's share of the group's mean gradient (timm divides the remainder group by its own size)
-        if scaler is None:
-            (loss / group if group > 1 else loss).backward()
-        else:
-            scaler.scale(loss / group if group > 1 else loss).backward()
-        if total is None or (step + 1) % accumulate == 0 or step + 1 == total:
+        steps = total is None or (step + 1) % accumulate == 0 or step + 1 == total
+        # DDP averages gradients once per optimizer step, not per accumulated batch
+        with contextlib.nullcontext() if steps or not hasattr(model, "no_sync") else model.no_sync():
+            if autocast is None:
+                logits = model(x)
+            else:
+                with autocast():
+                    logits = model(x)
+                logits = logits.float()  # the loss in fp32, as torch's AMP recipe
+            loss = loss_fn(logits, target)
+            if penalty is not None:
+                loss = loss + penalty()
+            # each batch's share of the group's mean gradient (timm divides the remainder group by its own size)
+            scaled = loss / group if group > 1 else loss
+            if weight is not None:  # this rank's share of the global batch (bench.distributed)
+                scaled = scaled * weight(step)
+            if scaler is None:
+                scaled.backward()
+            else:
+                scaler.scale(scaled).backward()
+        if steps:
             if clip is not None:
                 if scaler is not None:
                     scaler.unscale_(optimizer)  # the threshold is for the true gradients (timm's NativeScaler)
@@ -92,18 +103,25 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
                 scheduler.step()
             if after_step is not None:
                 after_step()
+        if on_step is not None:
+            on_step()
+        if weight is not None and weight(step) == 0:
+            continue  # a stand-in image for a rank that the last batch left empty: not counted
         if first is None:  # the loss before any update of this epoch: the divergence rule's yardstick
-            first = loss.detach()
+            first, first_images = loss.detach(), len(y)
         # accumulate on the device: no host sync per step
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
-        if on_step is not None:
-            on_step()
     synchronize(device)
     seconds = time.perf_counter() - start
-    return {"loss": float(loss_sum) / max(1, seen), "accuracy": float(correct) / max(1, seen),
-            "images": seen, "seconds": seconds, "first_loss": float(first) if first is not None else float("nan")}
+    loss_total, right, first_loss = float(loss_sum), float(correct), float(first) if first is not None else float("nan")
+    if distributed.world() > 1:  # the global batch's figures: every rank's sums
+        loss_total, right, seen, first_sum, first_images = distributed.all_sum(
+            [loss_total, right, seen, first_loss * first_images, first_images], device)
+        seen, first_loss = int(seen), first_sum / first_images
+    return {"loss": loss_total / max(1, seen), "accuracy": right / max(1, seen), "images": seen,
+            "seconds": seconds, "first_loss": first_loss}
 
 
 DIVERGENCE_FACTOR = 100.0
@@ -152,7 +170,7 @@ def _epoch_row(epoch: int, lr: float, tr: dict[str, float], loop: Loop, val_load
         progress.evaluated(sec, len(labels))
         return classification_metrics(logits, labels), sec
 
-    val, sec = validate(loop.net)
+    val, sec = validate(loop.eval_net)
     row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_error": 1 - tr["accuracy"],
            "val_loss": val["loss"], "val_error": val["top1_error"], "val_top5_error": val["top5_error"],
            "train_seconds": tr["seconds"], "train_images": tr["images"], "val_seconds": sec}
@@ -180,7 +198,7 @@ def _final_evaluation(loop: Loop, loaders: dict, progress: Progress, test: bool
         for split in ("val", "test") if test else ("val",):
             if len(loaders[split].dataset) == 0:
                 continue
-            done = evaluate(loop.net, loaders[split], loop.prep, split + suffix, autocast=loop.autocast,
+            done = evaluate(loop.eval_net, loaders[split], loop.prep, split + suffix, autocast=loop.autocast,
                             views=loop.views)
             predictions.update(done.predictions)
             metrics.update(done.metrics)
@@ -220,7 +238,7 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         tr = train_one_epoch(loop.net, loaders["train"], loop.optimizer, loop.scheduler, loop.loss_fn, loop.prep,
                              max_steps=cfg.max_steps, on_step=on_step, mix=loop.mix, autocast=loop.autocast,
                              scaler=loop.scaler, penalty=loop.penalty, accumulate=cfg.accumulate, clip=loop.clip,
-                             after_step=loop.ema)
+                             after_step=loop.ema, weight=loop.weight)
         _check_divergence(epoch, lr, tr, progress, len(class_counts))
         row = _epoch_row(epoch, lr, tr, loop, loaders["val"], progress)
         selected = as_selected(row, loop.selected)
@@ -229,14 +247,20 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         row["epochs_since_best"] = loop.stopper.since_best
         loop.scheduler.epoch_end(selected)  # a plateau schedule hears what stopping reads
         progress.history.append(row)
+        stopped = None
         if on_epoch is not None:
             try:
                 on_epoch(progress.history)  # every row so far (a resumed cell's too): the new one last
             except Pruned as e:
-                e.history = progress.history
-                raise
-        if checkpoint is not None and checkpoint.due():
-            checkpoint.save(epoch, progress.checkpoint_state(loop))
+                e.history, stopped = progress.history, e
+        if distributed.agree(stopped is not None):  # rank 0 hears the callbacks; every rank stops with it
+            raise stopped or Pruned(epoch, "rank 0 stopped the cell")
+        if checkpoint is not None:
+            state = progress.checkpoint_state(loop)
+            if distributed.world() > 1:  # every rank's own draws, each resumed by its own rank
+                state["rng"] = distributed.gather_objects(state["rng"])
+            if distributed.is_main() and checkpoint.due():
+                checkpoint.save(epoch, state)
     best_state, predictions, metrics, tta_seconds = _final_evaluation(loop, loaders, progress, test)
     return FitResult(progress.history, progress.best_epoch, best_state, predictions, metrics,
                      timing_record(loop, progress, tta_seconds, checkpoint),

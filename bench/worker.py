@@ -11,13 +11,11 @@ progress calls to the parent through a pipe (the bars keep moving), writes its s
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 import signal
 import sys
 import threading
 import traceback
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +23,12 @@ import torch
 
 from bench.cell import Cell
 from bench.claims import Claim
-from bench.environment import quiet_known_notices
 from bench.errors import first_line
 from bench.execute import execute, failure_record
-from bench.models.plugins import load_plugins
+from bench.processes import adopt, spawn_context
 from bench.store import LOG, disk_full, full_disk_path
 
 TAIL_LINES = 20
-
-
-@cache
-def _context():
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        # what every cell's process uses, imported once here rather than in each child: the cell's code, and
-        # the metrics its evaluation computes (bench.metrics imports torchmetrics lazily, for the reports)
-        ctx.set_forkserver_preload(["bench.execute", "torchmetrics.functional.classification"])
-        return ctx
-    return mp.get_context("spawn")
 
 
 class _Relay:
@@ -61,15 +47,6 @@ def _exit_with_parent(lifeline) -> None:
     except (EOFError, OSError):
         pass
     os._exit(1)
-
-
-def adopt(env: dict[str, str], cwd: str) -> None:
-    """Make this process the one a cell runs in: the launching run's environment (over this one's) and
-    folder, and the plugins that environment names."""
-    os.environ.update(env)
-    os.chdir(cwd)
-    quiet_known_notices()
-    load_plugins()
 
 
 def _child(cell: Cell, suite_dir: Path, device: str, index: int, total: int, options, conn, lifeline,
@@ -110,7 +87,7 @@ def run_in_child(cell: Cell, suite_dir: Path, device: torch.device, progress, in
                  options, claim: Claim, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run `cell` in a child process (with `env` over this process's environment, e.g. the GPU it may see);
     its record, or the record of how the child died."""
-    ctx = _context()
+    ctx = spawn_context()
     (suite_dir / cell.id).mkdir(parents=True, exist_ok=True)
     conn, child_conn = ctx.Pipe()
     life_recv, life_send = ctx.Pipe(duplex=False)

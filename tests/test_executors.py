@@ -152,7 +152,7 @@ def test_jobs_2_runs_cells_at_once_and_the_child_after_its_parent(tmp_path):
 
 
 def test_jobs_2_claims_name_the_process_that_trains_each_cell(tmp_path, monkeypatch, use_plugin):
-    import bench.executors
+    import bench.jobs
     from bench.claims import read_claim
 
     pids = tmp_path / "pids"  # the plugin's network leaves a file named after each process that trains it
@@ -164,14 +164,14 @@ def test_jobs_2_claims_name_the_process_that_trains_each_cell(tmp_path, monkeypa
                     .replace('["bench:mlp", "bench:broken", "bench:small_cnn"]', '["bench:pid"]'))
     claimed = {}
 
-    class Spy(bench.executors.Quiet):  # in this process, as each cell's epochs come down its pipe
+    class Spy(bench.jobs.Quiet):  # in this process, as each cell's epochs come down its pipe
         def start_cell(self, index, total, label, cell_id, epochs, steps):
             self.cell = cell_id
 
         def epoch(self, row):
             claimed[self.cell] = read_claim(tmp_path / "fails" / self.cell)["pid"]
 
-    monkeypatch.setattr(bench.executors, "Quiet", Spy)
+    monkeypatch.setattr(bench.jobs, "Quiet", Spy)
     summary = _run(path, tmp_path, make_executor("local", jobs=2))
     assert len(summary.ran) == 2 and not summary.failed, summary.failed
     assert len(set(claimed.values())) == 2 and os.getpid() not in claimed.values()
@@ -346,8 +346,10 @@ def test_slurm_jobs_get_the_resources_as_sbatch_options(tmp_path, monkeypatch):
     ex, _ = Slurm(jobs=4, resources=resources)._executor(tmp_path, torch.device("cuda"), 5)
     assert isinstance(ex, submitit.AutoExecutor) and ex.cluster == "slurm"
     script = ex._executor._make_submission_file_text("python -m bench", "uid")
+    # two GPUs per cell: two ranks, a task each with half the cell's CPUs
     for line in ("#SBATCH --partition=a100", "#SBATCH --account=lab", "#SBATCH --time=600",
-                 "#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB",
+                 "#SBATCH --gpus-per-node=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=4",
+                 "#SBATCH --mem=32GB",
                  "#SBATCH --qos=high", "#SBATCH --job-name=bench-"):
         assert line in script, (line, script)
 

@@ -45,3 +45,23 @@ def test_a_deterministic_cell_repeats_bit_for_bit_on_the_gpu(write_suite, tmp_pa
     _run(path, tmp_path / "a")
     _run(path, tmp_path / "b")
     assert outputs(tmp_path / "a" / "tiny") == outputs(tmp_path / "b" / "tiny")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_cell_on_two_gpus_trains_as_one_gpu_does(write_suite, tmp_path):
+    """`[resources] gpus = 2`: two NCCL ranks with SyncBatchNorm (timm's converter) end close to one GPU's
+    cell at the same global batch, rank 0 alone writing, the record naming both devices."""
+    from bench.config import Resources
+    from bench.executors import make_executor
+
+    path = write_suite('sync_bn = true\n\n[model]\narch = "bench:small_cnn"\n')
+    results = {}
+    for gpus in (1, 2):
+        summary = api.run(api.plan(path, check=False), results=tmp_path / str(gpus), device="cuda",
+                          options=RunOptions(), progress=LogProgress(open(os.devnull, "w")),
+                          executor=make_executor("local", resources=Resources(gpus=gpus)))
+        assert summary.ran and not summary.failed, summary.failed
+        results[gpus] = json.loads((summary.suite_dir / summary.ran[0] / "result.json").read_text())
+    assert results[2]["env"]["world_size"] == 2 and results[2]["env"]["distributed_backend"] == "nccl"
+    assert results[1]["train"]["train_images_per_epoch"] == results[2]["train"]["train_images_per_epoch"]
+    assert abs(results[1]["metrics"]["val"]["loss"] - results[2]["metrics"]["val"]["loss"]) < 0.05

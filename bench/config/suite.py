@@ -40,9 +40,13 @@ class Resources(Strict):
     """What one cell asks of an executor (`[resources]`): never part of a cell's id, since where a cell runs
     does not change what it computes. Unset values take each executor's default (see the docs' *Long runs and
     running at scale* page); the Slurm keys are ignored by the other executors."""
-    gpus: float | None = Field(None, ge=0, description="GPUs per cell for `--executor ray`/`slurm` (`--jobs` "
-                               "gives each cell one GPU); fractions share a GPU on Ray, Slurm rounds them down; "
-                               "unset: 1 where the machine or cluster has GPUs, else 0")
+    gpus: float | None = Field(None, ge=0, description="GPUs per cell; 2 or more train the cell as that many "
+                               "ranks of torch.distributed (DDP over NCCL, one process per GPU, "
+                               "`train.batch_size` the global batch) on every executor; fractions below 1 share a "
+                               "GPU on Ray; unset: 1 where the machine or cluster has GPUs, else 0")
+    processes: int | None = Field(None, ge=1, description="on the CPU, ranks per cell: the cell trains as that "
+                                  "many processes of torch.distributed (DDP over gloo), `train.batch_size` the "
+                                  "global batch; unset: 1")
     cpus: float | None = Field(None, gt=0, description="CPUs per cell (Ray's `num_cpus`, Slurm's "
                                "`--cpus-per-task`, rounded down); on the CPU also torch's threads per cell; "
                                "unset: an even share of the cores among the jobs")
@@ -60,6 +64,20 @@ class Resources(Strict):
     sbatch: dict[str, str | int | float | bool] = Field(default_factory=dict, description="any other sbatch "
                                                         'option, e.g. `{qos = "high", constraint = "a100"}` (or '
                                                         "`bench run --sbatch qos=high`, repeatable)")
+
+
+    @field_validator("gpus")
+    @classmethod
+    def _whole_gpus_for_ranks(cls, v: float | None) -> float | None:
+        if v is not None and v > 1 and v != int(v):
+            raise ValueError(f"{v} GPUs: above 1, a cell's GPUs are its ranks, a whole number (e.g. 2)")
+        return v
+
+    def ranks(self, device: str) -> int:
+        """Processes one cell trains as (bench.distributed): `gpus` on CUDA, `processes` on the CPU."""
+        if device == "cuda":
+            return max(1, int(self.gpus or 1))
+        return self.processes or 1
 
 
 class Log(Strict):

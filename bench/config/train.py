@@ -186,6 +186,9 @@ class TrainConfig(Strict):
         "a gradient scaler (CUDA only)")
     channels_last: bool = Field(False, description="channels-last memory layout for the model and batches")
     compile: bool = Field(False, description="`torch.compile` the model")
+    sync_bn: bool = Field(False, description="with several ranks per cell (`[resources] processes`/`gpus`): "
+                          "BatchNorm layers normalise over the global batch (SyncBatchNorm, timm's converter "
+                          "on CUDA), not each rank's share of it; no effect in one process")
     deterministic: bool = Field(False, description="deterministic algorithms (torch's "
                                 "`use_deterministic_algorithms`, cuDNN's deterministic mode, a fixed cuBLAS "
                                 "workspace): the same bits on every run of a cell on the same GPU, slower; an op "

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
+from bench import distributed
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _MASK = 2**63 - 1
 
@@ -153,6 +155,14 @@ def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int, workers
     generator = torch.Generator().manual_seed(seed)
     if train and isinstance(ds, ArrayDataset) and ds.transform is not None:  # each draw seeded by its place
         sampler = Numbered(sampler if sampler is not None else RandomSampler(ds, generator=generator))
+    if distributed.world() > 1:  # a rank of a cell: its share of every global batch, its shard of a split
+        if not train:
+            sampler = distributed.eval_shard(len(ds))
+        else:
+            drawn = sampler if sampler is not None else RandomSampler(ds, generator=generator)
+            batches = distributed.RankBatches(drawn, batch_size, distributed.rank(), distributed.world())
+            return DataLoader(ds, batch_sampler=batches, generator=generator, num_workers=workers,
+                              collate_fn=_whole_batch)
     # Training workers start afresh each epoch, with the dataset as set_epoch left it (persistent ones would
     # keep the epoch they started with); the order comes from `generator`, which a checkpoint restores.
     return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,

@@ -103,9 +103,13 @@ def _text(value: Any) -> str:
 
 
 def _env(result: dict) -> str:
+    """Where a cell ran, as the cost columns' marks name it: its device (times a cell of several ranks: 2 x
+    NVIDIA H100 ...), and the libraries."""
     env = result.get("env") or {}
     libs = ", ".join(f"{k} {env[k]}" for k in ("torch", "torchvision", "timm") if env.get(k))
-    return f"{env.get('device_name', '?')} ({libs})" if libs else str(env.get("device_name", "?"))
+    ranks = env.get("world_size") or 1
+    device = f"{ranks} x {env.get('device_name', '?')}" if ranks > 1 else str(env.get("device_name", "?"))
+    return f"{device} ({libs})" if libs else device
 
 
 def _key_value(key: str, suite: str, cell: dict, result: dict) -> Any:

@@ -24,8 +24,10 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
     local weights files and their fit; freeze modes against the network's depth; hub weights (not asked for
     a cell whose initial weights `results`/<suite>/init already holds); the precision on this device; and,
     unless `force`, that the files under the cells `results` holds finished are still the files they were
-    trained on. Returns notes for the console: a split carved from the source's train part, once per data."""
+    trained on; and what a cell of several ranks ([resources]) cannot be. Returns notes for the console: a
+    split carved from the source's train part, once per data."""
     from bench.device import resolve_device
+    from bench.distributed import require_splittable
     from bench.techniques.precision import precision_setup
 
     dev = resolve_device(device)  # the same check, and message, as the runner's
@@ -46,6 +48,7 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
     for cell in cells:
         d, m, t = cell.config.data, cell.config.model, cell.config.train
         try:
+            require_splittable(t.batch_size, m.freeze, suite.resources.ranks(dev.type))
             data_key = d.model_dump_json(exclude={"workers", "image_size", "cache_size"})
             if data and data_key not in classes:
                 from bench.data.curate import preview, require_trainable

@@ -1,0 +1,34 @@
+"""How bench starts a process that trains — a cell's (bench.worker) or one of its ranks' (bench.ranks) — and
+makes it one: from a fork server that imported what training needs once, in the launching run's environment
+and folder."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from functools import cache
+
+from bench.environment import quiet_known_notices
+from bench.models.plugins import load_plugins
+
+
+@cache
+def spawn_context():
+    """How bench starts a process that trains (a cell, or one of its ranks): from a fork server that
+    imported what training needs once."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        # what every cell's process uses, imported once here rather than in each child: the cell's code, and
+        # the metrics its evaluation computes (bench.metrics imports torchmetrics lazily, for the reports)
+        ctx.set_forkserver_preload(["bench.execute", "torchmetrics.functional.classification"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def adopt(env: dict[str, str], cwd: str) -> None:
+    """Make this process the one a cell runs in: the launching run's environment (over this one's) and
+    folder, and the plugins that environment names."""
+    os.environ.update(env)
+    os.chdir(cwd)
+    quiet_known_notices()
+    load_plugins()
