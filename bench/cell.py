@@ -60,11 +60,13 @@ def identity(config: BaseModel) -> dict[str, Any]:
     """What a cell's id hashes: the keys whose values differ from bench's defaults. A key that a new bench
     adds (at a default that keeps today's behaviour) leaves every existing cell's id, and so its finished
     results, as they were; changing a default's meaning is a SCHEMA_VERSION bump, not a silent new id.
-    `data.workers` is left out: each image's augmentation is drawn from its own seed (bench.data.loaders),
-    so where the loading runs changes no number."""
+    `data.workers` and `data.cache` are left out: each image's augmentation is drawn from its own seed
+    (bench.data.loaders), so where the loading runs changes no number, and an image decoded from its file
+    has the pixels the cache holds."""
     spec = config.model_dump(mode="json", exclude_defaults=True)
     if isinstance(spec.get("data"), dict):
         spec["data"].pop("workers", None)
+        spec["data"].pop("cache", None)
         if not spec["data"]:
             del spec["data"]
     return spec
@@ -138,6 +140,7 @@ class RunOptions:
     isolate: bool = True  # each cell in a child process, so a crash is that cell's record
     threads: int | None = None  # torch threads per cell (per rank); None: torch's default (every core)
     ranks: int = 1  # processes per cell ([resources] processes on the CPU, gpus on CUDA): bench.distributed
+    cpus: int | None = None  # the cell's CPUs per rank, as its executor shares them (data.workers = "auto")
     # cell id -> its tuning trial (bench.tune): trained on validation only, its epochs reported to its study
     trials: Mapping[str, TrialSpec] = field(default_factory=dict)
 

@@ -142,7 +142,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         write_cell(cell_dir, cell_record(cell, trial, attempt))
     if options.threads:  # the executor's share of the cores (floating-point sums depend on it: recorded)
         torch.set_num_threads(options.threads)
-    net = build_network(cell, suite_dir, device)
+    net = build_network(cell, suite_dir, device, options.cpus)
     data, loaders, model = net.data, net.loaders, net.model
 
     init_sha = sealed_digest(init_file(suite_dir / INIT, net.init_key))  # verified by initial_model
@@ -200,7 +200,8 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         "metrics": result.metrics,
         # what it trained with (loss, schedule, augmentation, model kwargs...): the record alone says it all
         "config": resolved_config(cell),
-        "train": result.info,
+        # how batches came: data.workers resolved, pinned for an asynchronous copy to a GPU
+        "train": {**result.info, "loader_workers": net.workers, "pin_memory": device.type == "cuda"},
         "cost": {
             **result.timing,
             "wall_time_s": wall,

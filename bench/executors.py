@@ -71,11 +71,11 @@ class Executor:
         """`options` with the ranks each cell trains as ([resources]), and on the CPU the threads of each:
         the cores divided among every rank of the cells running at once, unless set."""
         ranks = self.resources.ranks(device.type)
+        cpus = max(1, int(self.resources.cpus or _cores() // cells_at_once) // ranks)  # a rank's share
         threads = options.threads
         if device.type == "cpu" and not threads and (ranks > 1 or cells_at_once > 1):
-            cpus = self.resources.cpus or _cores() // cells_at_once
-            threads = max(1, int(cpus) // ranks)
-        return replace(options, ranks=ranks, threads=threads)
+            threads = cpus
+        return replace(options, ranks=ranks, threads=threads, cpus=cpus)
 
     def __enter__(self):
         return self
@@ -220,7 +220,7 @@ class Ray(Executor):
         if ranks > 1:  # a placement group per cell: a bundle per rank, each its share of the cell's CPUs
             spec = {**spec, "num_cpus": max(1.0, spec["num_cpus"] // ranks), "num_gpus": 1.0 if dev == "cuda" else 0}
         threads = options.threads or max(1, int(spec["num_cpus"]))
-        run_options = replace(options, threads=threads, ranks=ranks)
+        run_options = replace(options, threads=threads, ranks=ranks, cpus=max(1, int(spec["num_cpus"])))
         refs: dict[str, Any] = {}
         owner: dict[Any, Cell] = {}
         for i, cell in enumerate(cells, 1):  # parents before children, so a child's task waits on its parent's
@@ -325,7 +325,7 @@ class Slurm(Executor):
         if cpus and not options.threads and device.type == "cpu":
             options = replace(options, threads=cpus)
         # a job is a process of its own, so the cell runs in it: a crash ends the job, which is recorded
-        options = replace(options, isolate=False, ranks=self.resources.ranks(device.type))
+        options = replace(options, isolate=False, ranks=self.resources.ranks(device.type), cpus=cpus)
         index = {c.id: i for i, c in enumerate(cells, 1)}
         for wave in _waves(cells):
             jobs = ex.map_array(CellTask(), [make_job(c, index[c.id], len(cells), suite_dir, device.type, options,

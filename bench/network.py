@@ -4,6 +4,7 @@ cached-feature loaders. Training and the later test of a tuned trial's weights b
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +37,23 @@ class Network:
     params: tuple[int, int]  # total, trainable
     gflops: float | None
     features: dict[str, Any] | None
+    workers: int = 0  # the loaders' worker processes, data.workers resolved
 
 
-def build_network(cell: Cell, suite_dir: Path, device: torch.device) -> Network:
+def loader_workers(workers: int | str, device: torch.device, cpus: int | None = None) -> int:
+    """data.workers as a count: `auto` on a GPU is the cell's CPUs per rank (`cpus`, the executor's share;
+    else every core) less the one that trains, at most 8; on the CPU 0, whose cores train."""
+    if workers != "auto":
+        return int(workers)
+    if device.type == "cpu":
+        return 0
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, cpus - 1))
+
+
+def build_network(cell: Cell, suite_dir: Path, device: torch.device, cpus: int | None = None) -> Network:
+    """`cpus`: the cell's share of the CPUs per rank, which `data.workers = "auto"` follows."""
     cfg = cell.config
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -46,7 +61,8 @@ def build_network(cell: Cell, suite_dir: Path, device: torch.device) -> Network:
 
     online = None if cfg.train.offline else build_augment(cfg.train.augment, cfg.data.image_size)
     data = prepare(cfg.data, cfg.seed, suite_dir / SPLITS, online)
-    loaders = make_loaders(data.datasets, cfg.train, cfg.seed, cfg.data.image_size, cfg.data.workers)
+    workers = loader_workers(cfg.data.workers, device, cpus)
+    loaders = make_loaders(data.datasets, cfg.train, cfg.seed, cfg.data.image_size, workers, pin=device.type == "cuda")
     model, init_key = initial_model(cfg, data.num_classes, suite_dir / INIT)
     parent = None
     if cell.parent:  # a staged cell (model.init_from) starts from its parent's best weights
@@ -62,10 +78,11 @@ def build_network(cell: Cell, suite_dir: Path, device: torch.device) -> Network:
     features = None
     if cfg.model.freeze == "features":  # the head alone trains, on the backbone's cached features
         model, loaders, features = feature_setup(model, cfg, data, loaders, device)
-    return Network(data, loaders, model, init_key, parent, params, gflops, features)
+    return Network(data, loaders, model, init_key, parent, params, gflops, features, workers)
 
 
-def make_loaders(datasets: dict, cfg: TrainConfig, seed: int, image_size: int, workers: int = 0) -> dict:
+def make_loaders(datasets: dict, cfg: TrainConfig, seed: int, image_size: int, workers: int = 0,
+                 pin: bool = False) -> dict:
     """Loaders for every split: the training set enlarged offline (train.offline) and drawn by
     train.sampler; evaluation in order. Online augmentation is already in the training dataset."""
     loaders = {}
@@ -77,7 +94,8 @@ def make_loaders(datasets: dict, cfg: TrainConfig, seed: int, image_size: int, w
             elif cfg.aug_splits > 1:
                 ds.splits = cfg.aug_splits
             sampler = SAMPLERS[cfg.sampler](ds.labels, seed)
-            loaders[split] = make_loader(ds, cfg.batch_size, train=True, seed=seed, workers=workers, sampler=sampler)
+            loaders[split] = make_loader(ds, cfg.batch_size, train=True, seed=seed, workers=workers, sampler=sampler,
+                                         pin=pin)
         else:
-            loaders[split] = make_loader(ds, cfg.eval_batch_size, train=False, seed=seed, workers=workers)
+            loaders[split] = make_loader(ds, cfg.eval_batch_size, train=False, seed=seed, workers=workers, pin=pin)
     return loaders

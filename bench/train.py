@@ -21,7 +21,7 @@ from bench import distributed
 from bench.cell import Diverged, Pruned
 from bench.checkpoint import Checkpoint
 from bench.config import TrainConfig
-from bench.data.loaders import Preprocess
+from bench.data.loaders import Preprocess, set_epoch
 from bench.device import synchronize
 from bench.evaluate import evaluate, predict
 from bench.loop import Loop, Progress, info_record, timing_record
@@ -233,8 +233,7 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         lr = loop.optimizer.param_groups[-1]["lr"]  # the head's when backbone and head differ
         if loop.mix is not None:
             loop.mix.set_epoch(epoch)
-        if hasattr(loaders["train"].dataset, "set_epoch"):  # each image's augmentation: (seed, epoch, index)
-            loaders["train"].dataset.set_epoch(epoch)
+        set_epoch(loaders["train"], epoch)  # each image's augmentation: (seed, epoch, place in the epoch)
         tr = train_one_epoch(loop.net, loaders["train"], loop.optimizer, loop.scheduler, loop.loss_fn, loop.prep,
                              max_steps=cfg.max_steps, on_step=on_step, mix=loop.mix, autocast=loop.autocast,
                              scaler=loop.scaler, penalty=loop.penalty, accumulate=cfg.accumulate, clip=loop.clip,

@@ -179,3 +179,31 @@ def test_an_image_drawn_twice_in_an_epoch_gets_two_augmentations(tmp_path):
     assert y.tolist() == [0, 0, 1, 1]
     assert not torch.equal(x[0], x[1]) and not torch.equal(x[2], x[3])
     assert torch.equal(first_batch()[0], x)
+
+
+@pytest.mark.parametrize("workers, device, cpus, expected", [
+    ("auto", "cpu", 16, 0),  # the cores train
+    ("auto", "cuda", 4, 3),  # the cell's share less its training process
+    ("auto", "cuda", 32, 8),
+    ("auto", "cuda", 1, 0),
+    (3, "cpu", None, 3),
+])
+def test_auto_workers_follow_the_cells_cpu_share_on_a_gpu(workers, device, cpus, expected):
+    from bench.network import loader_workers
+
+    assert loader_workers(workers, torch.device(device), cpus) == expected
+
+
+def test_a_cell_records_its_loader(write_suite, tmp_path):
+    import os
+
+    from bench import api
+    from bench.cell import RunOptions
+    from bench.progress import LogProgress
+
+    planned = api.plan(write_suite(""), check=False)
+    summary = api.run(planned, results=tmp_path, device="cpu", options=RunOptions(isolate=False, threads=1),
+                      progress=LogProgress(open(os.devnull, "w")))
+    record = json.loads((summary.suite_dir / summary.ran[0] / "result.json").read_text())
+    assert record["train"]["loader_workers"] == 0 and record["train"]["pin_memory"] is False
+    assert record["config"]["data"]["workers"] == "auto"

@@ -38,6 +38,7 @@ def test_a_cell_on_the_gpu_records_its_memory_time_and_switches(write_suite, tmp
         assert 0 < cost["peak_cuda_mb"] <= cost["peak_cuda_reserved_mb"]
         assert cost["train_time_s"] > 0 and cost["train_images_per_s"] > 0
         assert backends["cudnn_benchmark"] is not backends["deterministic"]
+        assert r["train"]["pin_memory"] is True and r["train"]["loader_workers"] >= 0  # auto: the CPU share less one
 
 
 def test_a_deterministic_cell_repeats_bit_for_bit_on_the_gpu(write_suite, tmp_path):

@@ -226,3 +226,73 @@ def test_inat_ids_may_be_strings_and_files_may_share_categories(messy):
     with pytest.raises(UserError, match="lists image 'ant/00.jpg' again"):  # one image in train and val
         read_source(DataConfig(source="inat", root=str(root), annotations={"train": "strings.json",
                                                                           "val": "overlap.json"}))
+
+
+MESSY_SUITE = """
+[suite]
+name = "messy"
+[data]
+source = "folder"
+root = "{root}"
+image_size = 16
+cache_size = 20
+split = [0.6, 0.2, 0.2]
+min_per_class = 5
+[model]
+arch = "bench:small_cnn"
+pretrained = false
+[train]
+epochs = 2
+batch_size = 8
+augment = "crop_flip"
+"""
+
+
+def test_without_the_decoded_cache_a_cell_trains_to_the_same_bits(messy, tmp_path):
+    """data.cache = "none" decodes each image from its file per batch, to the pixels the cache holds: the
+    same bad files leave the same splits, the cell keeps its id, and its results are bitwise equal."""
+    import os
+
+    from bench import api
+    from bench.cell import RunOptions
+    from bench.progress import LogProgress
+    from tests.support import outputs
+
+    root, _ = messy
+    path = tmp_path / "messy.toml"
+    path.write_text(MESSY_SUITE.format(root=root))
+    ids, records = {}, {}
+    for mode in ("decoded", "none"):
+        planned = api.plan(path, device="cpu", overrides=[f"data.cache={mode}", "data.workers=0"])
+        ids[mode] = [c.id for c in planned.cells]
+        summary = api.run(planned, results=tmp_path / mode, device="cpu", options=RunOptions(isolate=False, threads=1),
+                          progress=LogProgress(open(os.devnull, "w")))
+        assert summary.ran and not summary.failed, summary.failed
+        records[mode] = json.loads((summary.suite_dir / summary.ran[0] / "result.json").read_text())
+    assert ids["decoded"] == ids["none"]
+    assert records["none"]["config"]["data"]["cache"] == "none"
+    assert records["decoded"]["data"]["bad_images"] == records["none"]["data"]["bad_images"]
+    assert "bee/truncated.jpg" in records["none"]["data"]["bad_images"]["files"]
+    assert outputs(tmp_path / "decoded" / "messy") == outputs(tmp_path / "none" / "messy")
+
+
+def test_a_decoded_cache_the_disk_cannot_hold_is_refused_before_it_is_built(messy, tmp_path, monkeypatch):
+    """The plan says what the cache will take and where; one the disk cannot hold is one line naming
+    data.cache = "none" and data.cache_size, and with data.cache = "none" the same suite plans."""
+    from collections import namedtuple
+
+    from bench import api
+    from bench.data import cache
+
+    root, _ = messy
+    path = tmp_path / "messy.toml"
+    path.write_text(MESSY_SUITE.format(root=root).replace("cache_size = 20", "cache_size = 64"))
+    note = [n for n in api.plan(path, device="cpu").notes if "decoded cache" in n]
+    assert len(note) == 1 and "images at 64 px" in note[0] and "free under" in note[0]
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(UserError) as e:
+        api.plan(path, device="cpu")
+    assert e.value.key == "data.cache" and 'data.cache = "none"' in str(e.value) and "data.cache_size" in str(e.value)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert api.plan(path, device="cpu", overrides=["data.cache=none"]).cells

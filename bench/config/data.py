@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, field_validator, model_validator
 
 from bench.config.base import Strict
 
@@ -42,6 +42,13 @@ class DataConfig(Strict):
     cache_size: int | None = Field(None, ge=8, le=2048, description="side kept in the decoded cache, px; larger "
                                    "than `image_size` leaves a margin that random crops can use (evaluation "
                                    "centre-crops `image_size`); at least `image_size`; unset: `image_size`")
+    cache: Literal["decoded", "none"] = Field("decoded", description="`decoded`: every kept image decoded once "
+                                              "into the decoded-image cache (`cache_size`² × 3 bytes an image), a "
+                                              "batch then one memory copy; `none`: no cache, each image decoded "
+                                              "from its file whenever a batch needs it, to the same pixels (so "
+                                              "neither the cell's id nor its numbers change), for data too big to "
+                                              "cache: give it loader workers. `bench plan` says what the cache "
+                                              "needs and refuses one that the disk cannot hold")
     split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train/val/test ratios, stratified "
                                               "per class; a source's own splits win, and a missing split is "
                                               "carved from train with its ratio; each ≥ 0, train and val > 0, "
@@ -49,10 +56,13 @@ class DataConfig(Strict):
     source_split: bool = Field(True, description="use the source's own splits (iNat's val file, `val/` folders, "
                                "a `split` column); `false` pools all images and splits them by `data.split` "
                                "(study 001)")
-    workers: int = Field(0, ge=0, description="DataLoader worker processes; 0: load in the main process (a cached "
-                         "batch is one memory copy; workers pay off with heavy augmentation). Changes neither "
-                         "the cell's id nor its numbers: each draw's augmentation is seeded by (seed, epoch, "
-                         "place in the epoch)")
+    workers: NonNegativeInt | Literal["auto"] = Field("auto", description="DataLoader worker processes (they "
+                                                      "persist from epoch to epoch); 0: load in the main process (a cached batch is one "
+                                           "memory copy; workers pay off with heavy augmentation); `auto`: on a "
+                                           "GPU the cell's share of the CPUs (per rank) less the one that "
+                                           "trains, at most 8; on the CPU 0, since its cores train. Changes "
+                                           "neither the cell's id nor its numbers: each draw's augmentation is "
+                                           "seeded by (seed, epoch, place in the epoch)")
     # curation, applied in this order (see the docs' *Data* page)
     modes: Literal["convert", "drop"] = Field("convert", description="non-RGB images (L, P, RGBA, CMYK, ...): "
                                               "`convert` them to RGB or `drop` them (study 000 dropped 89 L and "

@@ -16,7 +16,7 @@ import numpy as np
 from bench.config import DataConfig
 from bench.data import cache, curate, split
 from bench.data.cache import files_key
-from bench.data.loaders import ArrayDataset
+from bench.data.loaders import ArrayDataset, FileDataset
 from bench.data.sources import Samples, read_source
 from bench.hashing import stable_hash
 from bench.store import split_file
@@ -47,7 +47,8 @@ def curated(cfg: DataConfig) -> Curated:
     probe = cache.probe(samples.root, samples.paths)
     keep, steps, bad = curate.curate(samples, probe, cfg)
     kept = samples.subset(keep)
-    dec = cache.decoded(kept.root, kept.paths, cfg.stored_size)
+    # the cache's images, or (data.cache = "none") the files and which of them cannot be decoded
+    dec = (cache.decoded if cfg.cache == "decoded" else cache.undecoded)(kept.root, kept.paths, cfg.stored_size)
     ok = np.ones(len(kept.paths), dtype=bool)
     ok[list(dec.bad)] = False
     before = (len(kept.paths), len(kept.classes))
@@ -61,7 +62,7 @@ def curated(cfg: DataConfig) -> Curated:
 
 @dataclass
 class Prepared:
-    datasets: dict[str, ArrayDataset]
+    datasets: dict[str, ArrayDataset]  # FileDataset with data.cache = "none"
     classes: list[str]
     split_key: str
     info: dict[str, Any] = field(default_factory=dict)
@@ -73,7 +74,7 @@ class Prepared:
 
 def split_key(cfg: DataConfig, seed: int, files: str) -> str:
     """Everything that decides which image lands in which split, and nothing else (not sizes or workers)."""
-    spec = cfg.model_dump(mode="json", exclude={"image_size", "cache_size", "workers", "prune_splits"})
+    spec = cfg.model_dump(mode="json", exclude={"image_size", "cache_size", "cache", "workers", "prune_splits"})
     if cfg.prune_splits is not None:  # pruned after the split: the split itself does not depend on it
         spec.pop("min_per_class"), spec.pop("top_classes")
     return stable_hash({**spec, "seed": seed, "files": files}, 16)
@@ -90,10 +91,16 @@ def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None)
     if cfg.prune_splits is not None:
         parts, pruned = curate.prune_after_split(s.labels, parts, cfg)
         steps = [*steps, *pruned]
-    file = cur.decoded.folder / "images.npy"
-    datasets = {name: ArrayDataset(file, cur.rows[idx], s.labels[idx], cfg.image_size,
-                                   augment_transform if name == "train" else None, seed=seed)
-                for name, idx in parts.items()}
+    if cfg.cache == "decoded":
+        file = cur.decoded.folder / "images.npy"
+        datasets = {name: ArrayDataset(file, cur.rows[idx], s.labels[idx], cfg.image_size,
+                                       augment_transform if name == "train" else None, seed=seed)
+                    for name, idx in parts.items()}
+    else:
+        files = cur.decoded.files
+        datasets = {name: FileDataset(files, cfg.stored_size, cur.rows[idx], s.labels[idx], cfg.image_size,
+                                      augment_transform if name == "train" else None, seed=seed)
+                    for name, idx in parts.items()}
     info = {"source": cfg.source, "root": str(s.root), "files": cur.files, "images": {k: len(v) for k, v in parts.items()},
             "origin": split.origins(s.given, cfg.split),
             "classes": len(s.classes), "curation": steps, "modes": cur.modes,

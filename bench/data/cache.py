@@ -3,7 +3,8 @@
 * the probe: mode, width and height of every image from its header, or why the header cannot be read
   (a truncated JPEG still has a valid header: it is caught when the decoded cache is built);
 * the decoded cache: every kept image decoded once, shorter side resized to `size` and centre-cropped,
-  stored as one raw uint8 memmap (N, size, size, 3) that every cell and epoch of every suite reads.
+  stored as one raw uint8 memmap (N, size, size, 3) that every cell and epoch of every suite reads;
+  with data.cache = "none", only which files cannot be decoded (`undecoded`).
 
 Raw uint8 was chosen by measurement over re-encoded small JPEGs: a batch is a memcpy instead of N JPEG
 decodes (see docs/performance.md); the price is disk, size*size*3 bytes per image. Both caches are
@@ -12,12 +13,13 @@ built in parallel over the cores; an image that fails to decode is recorded as b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -167,15 +169,73 @@ def _decode_job(job: tuple[str, str, int, int, list[str], range]) -> list[tuple[
 
 @dataclass
 class Decoded:
-    images: np.ndarray  # (N, size, size, 3) uint8, read-only memmap
+    images: np.ndarray | None  # (N, size, size, 3) uint8, read-only memmap; None: data.cache = "none"
     bad: dict[int, str]  # row -> why it could not be decoded (its pixels are zeros)
-    folder: Path
+    folder: Path | None
+    files: list[str] = field(default_factory=list)  # data.cache = "none": every row's file, decoded per batch
+
+
+def cache_bytes(images: int, size: int) -> int:
+    """What the decoded cache of `images` images at `size` px takes on disk."""
+    return images * size * size * 3
+
+
+def _check_job(job: tuple[str, list[str], range]) -> list[tuple[int, str]]:
+    """(row, reason) for each file that cannot be decoded, read at the smallest scale the decoder offers:
+    a truncated or corrupt image fails there as it fails at any size."""
+    root, paths, rows = job
+    failed = []
+    for i in rows:
+        try:
+            with Image.open(Path(root) / paths[i]) as im:
+                im.draft("RGB", (1, 1))
+                im.convert("RGB")
+        except Exception as e:  # as _decode_job words it: the same images leave the same splits
+            failed.append((i, f"cannot decode ({type(e).__name__})"))
+    return failed
+
+
+def undecoded(root: Path, paths: list[str], size: int) -> Decoded:
+    """data.cache = "none": no cache, only which files cannot be decoded (so that the splits are those of the
+    decoded cache), found once by a pass over the files and kept under their key."""
+    file = cache_root() / "checked" / f"{_key(root, paths, check='decode')}.json"
+    with building(file):
+        bad = None
+        if intact(file):
+            with contextlib.suppress(OSError, ValueError):
+                bad = {int(k): str(v) for k, v in json.loads(file.read_text()).items()}
+        if bad is None:
+            workers = _workers(len(paths))
+            jobs = [(str(root), paths, r) for r in _chunks(len(paths), 8 * workers)]
+            bad = dict(f for part in _map(_check_job, jobs, "checking that images decode", len(paths), workers)
+                       for f in part)
+            with atomic_path(file) as tmp:
+                tmp.write_text(json.dumps({str(k): v for k, v in bad.items()}))
+            seal(file)
+    return Decoded(None, bad, None, [str(Path(root) / p) for p in paths])
+
+
+def decoded_folder(root: Path, paths: list[str], size: int) -> Path:
+    """Where the decoded cache of these files at this size is (or will be)."""
+    return cache_root() / "decoded" / _key(root, paths, size=size, resize="short-side+centre-crop")
+
+
+def room_for(root: Path, paths: list[str], size: int) -> tuple[int, int, Path] | None:
+    """(bytes the decoded cache of these files at this size needs, bytes free, the disk's folder), or None
+    when that cache is already built."""
+    folder = decoded_folder(root, paths, size)
+    if _open_decoded(folder, len(paths), size) is not None:
+        return None
+    existing = folder
+    while not existing.exists():  # the disk the cache will be on: its nearest existing folder's
+        existing = existing.parent
+    return cache_bytes(len(paths), size), shutil.disk_usage(existing).free, existing
 
 
 def decoded(root: Path, paths: list[str], size: int) -> Decoded:
     """The decoded cache for these files at this size; built on first use (by one process), reused after,
     rebuilt when its images no longer match their seal."""
-    folder = cache_root() / "decoded" / _key(root, paths, size=size, resize="short-side+centre-crop")
+    folder = decoded_folder(root, paths, size)
     with building(folder):
         found = _open_decoded(folder, len(paths), size)
         if found is not None:

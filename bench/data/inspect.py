@@ -55,9 +55,14 @@ def curation_table(steps: list[dict]) -> str:
 
 def curation_summary(cfg: DataConfig) -> str:
     """What `bench plan` prints of a data set: its size, classes and bad files, then each curation step."""
+    from rich.filesize import decimal
+
     cur = curated(cfg)
+    store = (f"decoded cache: {decimal(cur.decoded.images.nbytes)} at {cfg.stored_size} px in {cur.decoded.folder}"
+             if cur.decoded.images is not None else "no decoded cache (data.cache = \"none\"): each image is "
+             "decoded from its file per batch")
     return (f"data: {cfg.source} {cfg.root or ''} -> {len(cur.samples.paths):,} images, "
-            f"{len(cur.samples.classes):,} classes, {len(cur.bad)} bad file(s)\n{curation_table(cur.steps)}")
+            f"{len(cur.samples.classes):,} classes, {len(cur.bad)} bad file(s)\n{store}\n{curation_table(cur.steps)}")
 
 
 def render(info: dict[str, Any]) -> str:

@@ -56,44 +56,58 @@ def own_draws() -> Iterator[Callable[[int], None]]:
 
 
 class Numbered(Sampler):
-    """The indices another sampler draws, each with its place in the epoch's draws: an augmented dataset
-    seeds each draw by its place, so an image drawn twice in one epoch (the balanced and square-root samplers
-    draw with replacement) gets two augmentations, and the sampler, run in the main process, decides them
-    whatever the worker that loads them."""
+    """The indices another sampler draws, each with its epoch and its place in the epoch's draws: an augmented
+    dataset seeds each draw by them, so an image drawn twice in one epoch (the balanced and square-root
+    samplers draw with replacement) gets two augmentations, and the sampler, run in the main process, decides
+    them whatever the worker that loads them — a persistent worker too, since the epoch travels with the
+    index (`set_epoch` before each epoch)."""
 
     def __init__(self, base: Sampler):
-        self.base = base
+        self.base, self.epoch = base, 0
         self.generator = getattr(base, "generator", None)  # what a checkpoint saves of the sampler's draws
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(enumerate(self.base))
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        return ((self.epoch, place, i) for place, i in enumerate(self.base))
 
     def __len__(self) -> int:
         return len(self.base)
 
 
-def _places(items: list) -> tuple[list[int], list[int]]:
-    """(indices, places in the epoch) of what a Numbered sampler gave, or of plain indices (their own places)."""
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """The epoch a training loader's Numbered sampler hands its draws (directly, or under a rank's batches)."""
+    for sampler in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        if isinstance(sampler, Numbered):
+            sampler.set_epoch(epoch)
+    if loader.persistent_workers and loader._iterator is not None:
+        # A new epoch's iterator draws its workers' base seed from the loader's generator before the shuffle
+        # does; a persistent loader's reused one does not. Drawn here, so that the order (the same generator's
+        # next draws) is the one of every worker count, and of a resumed run, whose first iterator is new.
+        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+
+
+def _places(items: list) -> tuple[list[int], list[int], list[int]]:
+    """(indices, places in the epoch, epochs) of what a Numbered sampler gave, or of plain indices (their
+    own places, epoch 0)."""
     if items and isinstance(items[0], tuple):
-        places, idx = zip(*items, strict=True)
-        return list(idx), list(places)
-    return list(items), list(items)
+        epochs, places, idx = zip(*items, strict=True)
+        return list(idx), list(places), list(epochs)
+    return list(items), list(items), [0] * len(items)
 
 
 class ArrayDataset(Dataset):
     """A split's images from the decoded cache; a training split's `transform` draws each image's augmentation
-    from (seed, epoch, place in the epoch's draws, view) alone (`set_epoch` before each epoch, a Numbered
-    sampler for the places), so neither the worker count nor a resume changes a bit of it."""
+    from (seed, epoch, place in the epoch's draws, view) alone (a Numbered sampler gives the epoch and the
+    place), so neither the worker count nor a resume changes a bit of it."""
 
     def __init__(self, file: Path, rows: np.ndarray, labels: np.ndarray, size: int, transform=None,
                  seed: int = 0):
         self.file, self.rows, self.size, self.transform = Path(file), np.asarray(rows), size, transform
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self._images = None
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.seed = seed
 
     @property
     def images(self) -> np.ndarray:
@@ -121,23 +135,23 @@ class ArrayDataset(Dataset):
 
     splits = 1  # > 1 (train.aug_splits): the batch holds each image clean, then splits - 1 augmented views
 
-    def augmented(self, x: torch.Tensor, places: list[int], view: int = 0) -> torch.Tensor:
+    def augmented(self, x: torch.Tensor, places: list[int], epochs: list[int], view: int = 0) -> torch.Tensor:
         with own_draws() as seed:
             out = []
-            for im, place in zip(x, places, strict=True):
-                seed(draw_seed(self.seed, self.epoch, int(place), view))
+            for im, place, epoch in zip(x, places, epochs, strict=True):
+                seed(draw_seed(self.seed, int(epoch), int(place), view))
                 out.append(self.transform(im))
         return torch.stack(out)
 
     def __getitems__(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
-        idx, places = _places(items)
+        idx, places, epochs = _places(items)
         x = self.raw(idx)
         y = self.labels[torch.as_tensor(idx)]
         if self.splits > 1:  # timm's AugMixDataset + fast_collate layout: [clean..., view 1..., view 2...]
-            views = [self.crop(x)] + [self.crop(self.augmented(x, places, v)) for v in range(1, self.splits)]
+            views = [self.crop(x)] + [self.crop(self.augmented(x, places, epochs, v)) for v in range(1, self.splits)]
             return torch.cat(views).contiguous(), y.repeat(self.splits)
         if self.transform is not None:
-            x = self.augmented(x, places)
+            x = self.augmented(x, places, epochs)
         return self.crop(x).contiguous(), y
 
     def __getitem__(self, i: int):
@@ -145,14 +159,35 @@ class ArrayDataset(Dataset):
         return x[0], y[0]
 
 
+class FileDataset(ArrayDataset):
+    """data.cache = "none": a split's images decoded from their files whenever a batch needs them, to the
+    pixels the decoded cache would hold (bench.data.cache.load_image: reduced-scale JPEG decoding, the
+    shorter side to `stored`, centre crop); everything after is ArrayDataset's."""
+
+    def __init__(self, files: list[str], stored: int, rows: np.ndarray, labels: np.ndarray, size: int,
+                 transform=None, seed: int = 0):
+        super().__init__(Path(), rows, labels, size, transform, seed)
+        self.files, self.stored = files, stored
+
+    def raw(self, idx) -> torch.Tensor:
+        from bench.data.cache import load_image
+
+        images = [load_image(Path(self.files[r]), self.stored) for r in self.rows[np.asarray(idx)]]
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+
+
 def _whole_batch(batch):
     return batch
 
 
 def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int, workers: int = 0,
-                sampler=None) -> DataLoader:
-    """Shuffled from `seed` for training (or drawn by `sampler`), in order for evaluation."""
-    generator = torch.Generator().manual_seed(seed)
+                sampler=None, pin: bool = False) -> DataLoader:
+    """Shuffled from `seed` for training (or drawn by `sampler`), in order for evaluation. Workers persist
+    from epoch to epoch (the epoch travels with each index); `pin`: batches in pinned memory, so that the
+    copy to a GPU is asynchronous."""
+    common = {"generator": torch.Generator().manual_seed(seed), "num_workers": workers, "collate_fn": _whole_batch,
+              "persistent_workers": workers > 0, "pin_memory": pin}
+    generator = common["generator"]
     if train and isinstance(ds, ArrayDataset) and ds.transform is not None:  # each draw seeded by its place
         sampler = Numbered(sampler if sampler is not None else RandomSampler(ds, generator=generator))
     if distributed.world() > 1:  # a rank of a cell: its share of every global batch, its shard of a split
@@ -161,13 +196,9 @@ def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int, workers
         else:
             drawn = sampler if sampler is not None else RandomSampler(ds, generator=generator)
             batches = distributed.RankBatches(drawn, batch_size, distributed.rank(), distributed.world())
-            return DataLoader(ds, batch_sampler=batches, generator=generator, num_workers=workers,
-                              collate_fn=_whole_batch)
-    # Training workers start afresh each epoch, with the dataset as set_epoch left it (persistent ones would
-    # keep the epoch they started with); the order comes from `generator`, which a checkpoint restores.
-    return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                      generator=generator, num_workers=workers, collate_fn=_whole_batch,
-                      persistent_workers=workers > 0 and not train)
+            return DataLoader(ds, batch_sampler=batches, **common)
+    # the order comes from `generator`, which a checkpoint restores
+    return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler, **common)
 
 
 class Preprocess:

@@ -57,6 +57,8 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
                 require_trainable(samples, keep, steps, d)
                 classes[data_key] = len(np.unique(samples.labels[keep]))
                 notes.extend(_carved(d, samples.given))
+            if data and d.cache == "decoded" and d.source != "synthetic" and once("room", data_key, d.stored_size):
+                notes.extend(_room(d, samples, keep))
             if data_key in files and results is not None and not force \
                     and _trained_on_other_files(Path(results) / suite.suite.name / cell.id, files[data_key]):
                 changed.append(cell)
@@ -90,6 +92,25 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
                         hint="restore the data, or rerun those cells on the new data with --force "
                              "(add --only to pick them)")
     return notes
+
+
+def _room(d: DataConfig, samples: Any, keep: np.ndarray) -> list[str]:
+    """A note on the decoded cache a data set will build, or a UserError when its disk cannot hold it."""
+    from rich.filesize import decimal as human_bytes
+
+    from bench.data.cache import room_for
+
+    room = room_for(samples.root, [p for p, k in zip(samples.paths, keep, strict=True) if k], d.stored_size)
+    if room is None:  # built already
+        return []
+    need, free, where = room
+    if need > free:
+        raise UserError(f"the decoded cache of {d.root} ({int(keep.sum()):,} images at {d.stored_size} px) needs "
+                        f"{human_bytes(need)}, and {human_bytes(free)} are free under {where}", key="data.cache",
+                        hint='set data.cache = "none" (each image decoded from its file per batch), a smaller '
+                             "data.cache_size, or BENCH_CACHE to a disk with room")
+    return [f"data {d.root}: its decoded cache will take {human_bytes(need)} ({int(keep.sum()):,} images at "
+            f"{d.stored_size} px; {human_bytes(free)} free under {where})"]
 
 
 def _carved(d: DataConfig, given: np.ndarray | None) -> list[str]:
