@@ -4,7 +4,6 @@ executor's worker calls `attempt`, so the claim — not the executor — decides
 from __future__ import annotations
 
 import contextlib
-import threading
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ import torch
 from bench.cell import Cell, Outcome, RunOptions
 from bench.claims import Claim, claim_live, holder, read_claim
 from bench.execute import execute
+from bench.processes import alongside
 from bench.progress import LogProgress
 from bench.store import is_done
 
@@ -55,20 +55,10 @@ def attempt(cell: Cell, suite_dir: Path, device: torch.device, progress: LogProg
     return Outcome(cell.id, record["status"], record["error"])
 
 
-@contextlib.contextmanager
 def _heartbeat(claim: Claim):
     """Keep a claim's heartbeat fresh while its cell runs in this process (epochs may outlast STALE_AFTER_S)."""
-    stop = threading.Event()
+    def beat(_stop) -> None:
+        with contextlib.suppress(OSError):  # a full disk: the cell's own next write stops the run, and says so
+            claim.beat()
 
-    def beat() -> None:
-        while not stop.wait(1.0):
-            with contextlib.suppress(OSError):  # a full disk: the cell's own next write stops the run, and says so
-                claim.beat()
-
-    thread = threading.Thread(target=beat, daemon=True, name="bench-heartbeat")
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    return alongside(beat, "bench-heartbeat")

@@ -19,6 +19,10 @@ TIMEOUT = datetime.timedelta(minutes=30)  # a collective that waits this long ha
 GO = "bench/go"  # the store key rank 0 sets once it knows whether the cell trains ("1") or not ("0")
 
 
+class Stopped(Exception):
+    """Raised on a rank other than 0 when rank 0 stopped the cell (pruned, failed): rank 0 records why."""
+
+
 def world() -> int:
     """Ranks of this cell (1 outside torch.distributed)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -40,7 +44,7 @@ _STATE: dict[str, Any] = {}  # this process's store, and whether rank 0 has said
 def join(store: dist.Store, at: int, ranks: int, device: torch.device) -> None:
     """This process into the cell's process group as rank `at` of `ranks` (NCCL on CUDA, gloo otherwise)."""
     dist.init_process_group(BACKENDS.get(device.type, "gloo"), store=store, rank=at, world_size=ranks,
-                            timeout=TIMEOUT)
+                            timeout=TIMEOUT, device_id=device if device.type == "cuda" else None)
     _STATE.update(store=store, told=False)
 
 
@@ -95,6 +99,22 @@ def agree(flag: bool) -> bool:
     return bool(box[0])
 
 
+def same_buffers(*modules: nn.Module | None) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) in every rank's `modules`: DDP sends them before each
+    training forward, so after an epoch each rank holds its last step's own; validation, the best weights
+    and checkpoints must all be rank 0's, the weights it saves."""
+    if world() == 1:
+        return
+    for module in modules:
+        for buffer in module.buffers() if module is not None else ():
+            if buffer.is_floating_point() or buffer.dtype == torch.long:
+                comm = _comm(buffer.device)
+                moved = buffer.to(comm)
+                dist.broadcast(moved, src=0)
+                if moved is not buffer:
+                    buffer.copy_(moved)
+
+
 def gather_rows(t: torch.Tensor) -> torch.Tensor:
     """Every rank's rows of `t`, concatenated in rank order (evaluation: the shards of a split, in order)."""
     if world() == 1:
@@ -120,9 +140,9 @@ def require_splittable(batch_size: int, freeze: str, ranks: int) -> None:
     images than ranks, or a head trained on cached features (one process's job)."""
     from bench.errors import UserError
 
-    if ranks > 1 and batch_size < ranks:
-        raise UserError(f"{batch_size} is the global batch: it needs at least one image for each of the cell's "
-                        f"{ranks} ranks", key="train.batch_size", hint=f"set train.batch_size >= {ranks}")
+    if ranks > 1 and batch_size < 2 * ranks:
+        raise UserError(f"{batch_size} is the global batch: it needs two images or more for each of the cell's "
+                        f"{ranks} ranks", key="train.batch_size", hint=f"set train.batch_size >= {2 * ranks}")
     if ranks > 1 and freeze == "features":
         raise UserError("'features' trains a head on cached features in one process", key="model.freeze",
                         hint="drop [resources] processes / gpus, or freeze another way (e.g. all_but_head)")
@@ -134,11 +154,22 @@ def shard_size(images: int, at: int, ranks: int) -> int:
     return images // ranks + (at < images % ranks)
 
 
+def batch_share(images: int, at: int, ranks: int) -> tuple[int, int]:
+    """(first, count) of rank `at`'s share of a global batch of `images`: as even as it can be without a
+    share of one image (BatchNorm cannot train on one image of 1x1 maps), so a short last batch goes to
+    fewer ranks, two images or more each, and the others get none."""
+    takers = max(1, min(ranks, images // 2))
+    if at >= takers:
+        return images, 0
+    return sum(shard_size(images, r, takers) for r in range(at)), shard_size(images, at, takers)
+
+
 class RankBatches(Sampler):
     """This rank's share of every global batch that `sampler` draws in `batch_size`s: each rank draws the
     same order (one seed), so together the ranks see every draw of the epoch once, and `train.batch_size`
-    stays the global batch. A rank left without an image of a last batch smaller than the ranks gets the
-    batch's first one at weight 0: every rank steps as often as the others."""
+    stays the global batch. A rank that a short last batch leaves without a share steps on the batch's first
+    two images at weight 0 (every rank steps as often as the others; with train.sync_bn they count in that
+    step's BatchNorm statistics)."""
 
     def __init__(self, sampler: Sampler, batch_size: int, at: int, ranks: int):
         self.sampler, self.batch_size, self.at, self.ranks = sampler, batch_size, at, ranks
@@ -148,9 +179,8 @@ class RankBatches(Sampler):
         items = list(self.sampler)
         for start in range(0, len(items), self.batch_size):
             batch = items[start:start + self.batch_size]
-            lo = sum(shard_size(len(batch), r, self.ranks) for r in range(self.at))
-            mine = batch[lo:lo + shard_size(len(batch), self.at, self.ranks)]
-            yield mine or batch[:1]
+            first, count = batch_share(len(batch), self.at, self.ranks)
+            yield batch[first:first + count] or batch[:2]
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
@@ -159,7 +189,7 @@ class RankBatches(Sampler):
         """This rank's loss weight at `step`: its share of the global batch times the ranks, so that DDP's
         mean over the ranks is the mean over the global batch, however unevenly it split."""
         images = min(self.batch_size, len(self.sampler) - step * self.batch_size)
-        return shard_size(images, self.at, self.ranks) * self.ranks / images
+        return batch_share(images, self.at, self.ranks)[1] * self.ranks / images
 
 
 def eval_shard(images: int) -> range:

@@ -29,7 +29,7 @@ from bench.evaluate import evaluate, prediction_arrays
 from bench.hashing import stable_hash
 from bench.network import build_network
 from bench.progress import LogProgress
-from bench.ranks import ranks
+from bench.ranks import clear_stale, ranks
 from bench.store import (
     CELL,
     INIT,
@@ -139,6 +139,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         resumes = options.checkpoint and not options.force and saved_epoch(cell_dir) is not None
         attempt = (resumes and _attempt_of(cell_dir)) or secrets.token_hex(6)
         forget_result(cell_dir, history=not resumes)  # before cell.json names the new attempt
+        clear_stale(cell_dir)
         write_cell(cell_dir, cell_record(cell, trial, attempt))
     if options.threads:  # the executor's share of the cores (floating-point sums depend on it: recorded)
         torch.set_num_threads(options.threads)
@@ -237,7 +238,7 @@ def _train_as_helper(cell: Cell, net: Any, device: torch.device, checkpoint: Che
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-    with contextlib.suppress(Diverged, Pruned):  # rank 0 took the same decision, and records it
+    with contextlib.suppress(Diverged, Pruned, distributed.Stopped):  # rank 0 decided so, and records it
         fit(net.model, net.loaders, cell.config.train, device, class_counts=net.data.info["train_class_counts"],
             checkpoint=checkpoint, test=trial is None)
 

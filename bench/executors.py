@@ -71,6 +71,9 @@ class Executor:
         """`options` with the ranks each cell trains as ([resources]), and on the CPU the threads of each:
         the cores divided among every rank of the cells running at once, unless set."""
         ranks = self.resources.ranks(device.type)
+        if device.type == "cuda" and ranks > torch.cuda.device_count():
+            raise UserError(f"[resources] gpus = {ranks}, but this machine has {torch.cuda.device_count()}",
+                            key="[resources] gpus", hint="ask for fewer, or run on Ray or Slurm")
         cpus = max(1, int(self.resources.cpus or _cores() // cells_at_once) // ranks)  # a rank's share
         threads = options.threads
         if device.type == "cpu" and not threads and (ranks > 1 or cells_at_once > 1):
@@ -110,12 +113,18 @@ class Local(Executor):
         yield from self._pool(cells, suite_dir, device, options)
 
     def _slots(self, device: torch.device, ranks: int) -> list[dict[str, str]]:
-        """What each cell running at once may use: on GPUs, its `ranks` GPUs (round robin)."""
-        if device.type == "cuda":
-            gpus = torch.cuda.device_count()
-            return [{"CUDA_VISIBLE_DEVICES": ",".join(str((i * ranks + k) % gpus) for k in range(ranks))}
-                    for i in range(max(1, min(self.jobs, gpus // ranks)))]
-        return [{} for _ in range(self.jobs)]
+        """What each cell running at once may use: on GPUs one (round robin, so `--jobs` above the GPU count
+        shares them), or a cell of several ranks its own `ranks` GPUs."""
+        if device.type != "cuda":
+            return [{} for _ in range(self.jobs)]
+        gpus = torch.cuda.device_count()
+        # the GPUs this process sees, by the names its own CUDA_VISIBLE_DEVICES gives them
+        names = [n.strip() for n in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if n.strip()][:gpus]
+        names = names or [str(i) for i in range(gpus)]
+        if ranks == 1:
+            return [{"CUDA_VISIBLE_DEVICES": names[i % gpus]} for i in range(self.jobs)]
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(names[i * ranks + k] for k in range(ranks))}
+                for i in range(min(self.jobs, gpus // ranks))]
 
     def _pool(self, cells: list[Cell], suite_dir: Path, device: torch.device, options: RunOptions
               ) -> Iterator[Outcome]:

@@ -8,6 +8,7 @@ size and preprocessing; the head then trains on them in the one training loop, b
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections.abc import Callable, Iterator
@@ -107,7 +108,8 @@ def extract(model: nn.Module, dataset: ArrayDataset, device: torch.device, batch
     if not isinstance(head, nn.Linear | nn.Sequential):
         raise UserError(f'freeze = "features" needs a linear classifier, this model has a {type(head).__name__}',
                         key="model.freeze", hint='use "all_but_head" for this architecture')
-    plain = ArrayDataset(dataset.file, dataset.rows, dataset.labels, dataset.size)  # never augmented
+    plain = copy.copy(dataset)  # the same images (from the cache or their files), never augmented
+    plain.transform, plain.splits = None, 1
     grabbed: list[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda _module, args: grabbed.append(args[0]))
     prep = Preprocess(device, channels_last=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -90,15 +91,19 @@ def main_task(job: Job, token: str, host: str | None = None, *after: Any) -> Out
             rendezvous.publish("", None)
 
 
-def helper_task(job: Job, at: Rank, token: str) -> None:
-    """Another rank's task: rank 0's address from the rendezvous file, then the cell with it (nothing, when
-    rank 0 found none to train)."""
+def helper_task(job: Job, at: Rank, token: str, *after: Any) -> None:
+    """Another rank's task (after the cell's parents, as rank 0's): rank 0's address from the rendezvous file,
+    then the cell with it (nothing, when rank 0 found none to train). Its failure is rank 0's to record: the
+    task prints it and ends, rather than fail the job whose outcome is rank 0's."""
     from bench.execute import train_as_helper
 
     adopt(job.env, job.cwd)
-    found = Rendezvous(job.suite_dir / job.cell.id, token).address()
-    if found is not None:
-        run_helper(at, *found, torch.device(job.device), train_as_helper, (job.cell, job.suite_dir, job.options))
+    try:
+        found = Rendezvous(job.suite_dir / job.cell.id, token).address()
+        if found is not None:
+            run_helper(at, *found, torch.device(job.device), train_as_helper, (job.cell, job.suite_dir, job.options))
+    except Exception:
+        traceback.print_exc()
 
 
 def slurm_task(job: Job) -> Outcome | None:
@@ -129,7 +134,7 @@ def ray_ranks(ray: Any, job: Job, spec: dict[str, Any], after: list) -> Any:
                 "scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)}
 
     for r in range(1, ranks):  # Ray gives each task its GPU as device 0
-        ray.remote(helper_task).options(**on(r)).remote(job, Rank(r, ranks, 0), token)
+        ray.remote(helper_task).options(**on(r)).remote(job, Rank(r, ranks, 0), token, *after)
     main = ray.remote(_ray_main).options(**on(0)).remote(job, token, *after)
     ray.remote(_remove_after).options(num_cpus=0).remote([main], group)  # in a list: not waited for
     return main

@@ -77,6 +77,9 @@ class Progress:
     def start(cls, loop: Loop, checkpoint: Checkpoint | None) -> Progress:
         """From scratch, or from `checkpoint`, with every state (`loop`'s too) as it was after its epoch."""
         saved = checkpoint.load() if checkpoint is not None else None
+        if len(set(distributed.gather_objects(saved["epoch"] if saved else None))) > 1:
+            raise RuntimeError("the cell's ranks found different checkpoints: the results folder must look the "
+                               "same from every node (a shared file system without stale caches)")
         if saved is None:  # the initial weights are the best so far (a resumed cell's come from its checkpoint)
             return cls([], 0, copy.deepcopy(loop.model.state_dict()),
                        copy.deepcopy(loop.ema.module.state_dict()) if loop.ema else None)

@@ -4,8 +4,11 @@ and folder."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import threading
+from collections.abc import Callable, Iterator
 from functools import cache
 
 from bench.environment import quiet_known_notices
@@ -32,3 +35,22 @@ def adopt(env: dict[str, str], cwd: str) -> None:
     os.chdir(cwd)
     quiet_known_notices()
     load_plugins()
+
+
+@contextlib.contextmanager
+def alongside(check: Callable[[threading.Event], None], name: str, period_s: float = 1.0) -> Iterator[None]:
+    """`check(stop)` every `period_s` in a thread of its own while the block runs; `stop` is set as the block
+    ends (a check that waits on it wakes at once)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(period_s):
+            check(stop)
+
+    thread = threading.Thread(target=loop, daemon=True, name=name)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

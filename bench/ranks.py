@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from bench.distributed import _STATE, TIMEOUT, join, leave, told
-from bench.processes import adopt, spawn_context
+from bench.processes import adopt, alongside, spawn_context
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,16 @@ class Rendezvous:
         raise TimeoutError(f"rank 0 never published its address in {self.file}")
 
 
+def clear_stale(cell_dir: Path) -> None:
+    """Rendezvous files of earlier launches (a killed rank 0's, or a word to helpers that nothing trained),
+    removed by the rank 0 that holds the cell now."""
+    launched = from_env()
+    own = launched[1].file.name if launched else None
+    for file in Path(cell_dir).glob(".rendezvous-*.json"):
+        if file.name != own:
+            file.unlink(missing_ok=True)
+
+
 def to_env(at: Rank, rendezvous: Rendezvous) -> dict[str, str]:
     """What a cell's process needs to know it is rank `at` of a launch (bench.worker passes it on)."""
     return {"BENCH_RANK": str(at.rank), "BENCH_WORLD": str(at.world), "BENCH_LOCAL_RANK": str(at.local),
@@ -114,8 +124,16 @@ def ranks(ranks: int, device: torch.device, train: Callable[..., None], args: tu
     try:
         _wait_for(procs, store)
         join(store, at.rank, at.world, device)
-        yield device
+        with _watched(procs):
+            yield device
         failed = False
+    except RuntimeError as e:  # gloo's lost peer, most likely: say which rank ended, and where it said why
+        for r, p in enumerate(procs, 1):
+            p.join(timeout=3)
+            if p.exitcode not in (None, 0):
+                raise RuntimeError(f"rank {r} of the cell ended (exit code {p.exitcode}); see rank{r}.log in "
+                                   "the cell's folder") from e
+        raise
     finally:
         leave()
         for p in procs:  # after a failure, a helper may wait in a collective rank 0 never reaches: ended now
@@ -128,6 +146,23 @@ def ranks(ranks: int, device: torch.device, train: Callable[..., None], args: tu
             with contextlib.suppress(OSError):
                 if log.stat().st_size == 0:
                     log.unlink()
+
+
+GRACE_S = 20.0  # how long rank 0 may take to fail on its own once a helper died (gloo: its next collective)
+
+
+def _watched(procs: list):
+    """While rank 0 trains, a thread that ends its process when a helper started here died and rank 0 has
+    not failed within GRACE_S of it (NCCL would wait for its timeout): the cell's record, written by the
+    process that ran it, then says the process crashed, with this line at the end of its log."""
+    def watch(stop) -> None:
+        for r, p in enumerate(procs, 1):
+            if p.exitcode not in (None, 0) and not stop.wait(GRACE_S):
+                print(f"[bench] rank {r} of the cell ended (exit code {p.exitcode}); see rank{r}.log in the "
+                      "cell's folder", file=sys.stderr, flush=True)
+                os._exit(1)
+
+    return alongside(watch, "bench-ranks")
 
 
 def _wait_for(procs: list, store: dist.Store) -> None:

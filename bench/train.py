@@ -238,6 +238,7 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
                              max_steps=cfg.max_steps, on_step=on_step, mix=loop.mix, autocast=loop.autocast,
                              scaler=loop.scaler, penalty=loop.penalty, accumulate=cfg.accumulate, clip=loop.clip,
                              after_step=loop.ema, weight=loop.weight)
+        distributed.same_buffers(loop.model, loop.ema.module if loop.ema else None)  # rank 0's statistics
         _check_divergence(epoch, lr, tr, progress, len(class_counts))
         row = _epoch_row(epoch, lr, tr, loop, loaders["val"], progress)
         selected = as_selected(row, loop.selected)
@@ -246,20 +247,23 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         row["epochs_since_best"] = loop.stopper.since_best
         loop.scheduler.epoch_end(selected)  # a plateau schedule hears what stopping reads
         progress.history.append(row)
-        stopped = None
-        if on_epoch is not None:
-            try:
-                on_epoch(progress.history)  # every row so far (a resumed cell's too): the new one last
-            except Pruned as e:
-                e.history, stopped = progress.history, e
-        if distributed.agree(stopped is not None):  # rank 0 hears the callbacks; every rank stops with it
-            raise stopped or Pruned(epoch, "rank 0 stopped the cell")
+        state, stopped = None, None
         if checkpoint is not None:
             state = progress.checkpoint_state(loop)
             if distributed.world() > 1:  # every rank's own draws, each resumed by its own rank
                 state["rng"] = distributed.gather_objects(state["rng"])
-            if distributed.is_main() and checkpoint.due():
+        try:  # what rank 0 alone does: no collective in here
+            if on_epoch is not None:
+                on_epoch(progress.history)  # every row so far (a resumed cell's too): the new one last
+            if state is not None and distributed.is_main() and checkpoint.due():
                 checkpoint.save(epoch, state)
+        except Pruned as e:
+            e.history, stopped = progress.history, e
+        except Exception as e:  # a full disk, a tracker: rank 0's record says it, the other ranks stop
+            stopped = e
+        # rank 0 alone hears the callbacks and writes: every rank goes on, or stops, with it
+        if distributed.agree(stopped is not None):
+            raise stopped or distributed.Stopped(f"rank 0 stopped the cell after epoch {epoch}")
     best_state, predictions, metrics, tta_seconds = _final_evaluation(loop, loaders, progress, test)
     return FitResult(progress.history, progress.best_epoch, best_state, predictions, metrics,
                      timing_record(loop, progress, tta_seconds, checkpoint),

@@ -67,10 +67,11 @@ def trained(tmp_path, processes, **kw):
             dict(np.load(cell / "predictions.npz")))
 
 
-@pytest.mark.parametrize("images, batch, ranks", [(23, 5, 2), (23, 5, 3), (9, 4, 3), (40, 8, 2)])
+@pytest.mark.parametrize("images, batch, ranks", [(23, 6, 2), (23, 6, 3), (13, 8, 4), (40, 8, 2), (21, 8, 4)])
 def test_the_ranks_share_every_global_batch(images, batch, ranks):
-    """Together the ranks get each global batch once, in order; a rank the last batch leaves empty gets a
-    stand-in at weight 0; the weights make DDP's mean over ranks the global batch's mean."""
+    """Together the ranks get each global batch once, in order, never a share of one image (BatchNorm cannot
+    train on it); a rank a short last batch leaves out steps on two stand-ins at weight 0; the weights make
+    DDP's mean over the ranks the global batch's mean."""
     sampler = list(np.random.default_rng(0).permutation(images))
     shares = [list(RankBatches(sampler, batch, r, ranks)) for r in range(ranks)]
     assert {len(s) for s in shares} == {-(-images // batch)}  # every rank steps as often
@@ -78,6 +79,7 @@ def test_the_ranks_share_every_global_batch(images, batch, ranks):
         whole = sampler[step * batch:(step + 1) * batch]
         weights = [RankBatches(sampler, batch, r, ranks).weight(step) for r in range(ranks)]
         assert [i for r in range(ranks) if weights[r] for i in shares[r][step]] == whole
+        assert all(len(shares[r][step]) >= 2 for r in range(ranks))
         for r, w in enumerate(weights):  # DDP's mean over ranks of w x a rank's mean: 1/len(whole) per image
             assert w == 0 or w / ranks / len(shares[r][step]) == pytest.approx(1 / len(whole))
 
@@ -117,7 +119,7 @@ def test_sync_bn_normalises_over_the_global_batch(tmp_path):
 
 
 @pytest.mark.parametrize("change, key, fix", [
-    (("batch_size = 20", "batch_size = 1"), "train.batch_size", "set train.batch_size >= 2"),
+    (("batch_size = 20", "batch_size = 3"), "train.batch_size", "set train.batch_size >= 4"),
     (('pretrained = false', 'pretrained = false\nfreeze = "features"'), "model.freeze", "drop [resources]"),
 ])
 def test_what_cannot_split_over_ranks_is_refused_before_anything_trains(tmp_path, change, key, fix):
@@ -129,6 +131,36 @@ def test_what_cannot_split_over_ranks_is_refused_before_anything_trains(tmp_path
         api.plan(path, device="cpu")
     assert e.value.key == key and fix in str(e.value) and str(path) in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_without_sync_bn_every_rank_evaluates_rank_0s_weights(tmp_path):
+    """Each rank's BatchNorm statistics drift apart within an epoch (DDP sends rank 0's only before each
+    training step): the validation predictions a cell records are those of the weights it saves."""
+    from bench.config import load_suite
+    from bench.data.loaders import Preprocess
+    from bench.evaluate import predict
+    from bench.network import build_network
+    from bench.store import load_best
+    from bench.suite import expand
+
+    _, _, saved = trained(tmp_path, 2, arch="bench:small_cnn", epochs=2)
+    cell, = expand(load_suite(tmp_path / "s2.toml"))
+    suite_dir = tmp_path / "r2" / "ranks"
+    net = build_network(cell, suite_dir, torch.device("cpu"))
+    load_best(net.model, suite_dir / cell.id)
+    logits, labels, _ = predict(net.model, net.loaders["val"], Preprocess(torch.device("cpu")))
+    assert np.array_equal(labels.numpy(), saved["val_labels"])
+    np.testing.assert_allclose(logits.numpy(), saved["val_logits"], atol=1e-5)
+
+
+def test_a_rank_that_fails_fails_the_cell_naming_its_log(tmp_path, use_plugin):
+    use_plugin("rank_one_fails", 'if __import__("torch").distributed.get_rank() == 1: raise RuntimeError("rank one")')
+    path = suite_file(tmp_path, 2, arch="bench:rank_one_fails")
+    summary = run_file(path, tmp_path / "r", options=RunOptions(threads=1),
+                       executor=make_executor("local", resources=Resources(processes=2)))
+    (cell, error), = summary.failed
+    assert "rank 1 of the cell ended" in error and "rank1.log" in error
+    assert "RuntimeError: rank one" in (summary.suite_dir / cell / "rank1.log").read_text()
 
 
 def test_gpus_above_one_are_whole_ranks():

@@ -32,6 +32,7 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
 
     dev = resolve_device(device)  # the same check, and message, as the runner's
     classes: dict[str, int] = {}  # data config -> classes curation keeps (for init keys and model shapes)
+    previews: dict[str, tuple[Any, np.ndarray]] = {}  # data config -> (its source's index, what curation keeps)
     files: dict[str, str] = {}  # data config -> its source's files, as bench.data.cache.files_key names them
     changed: list[Cell] = []
     done: set[str] = set()
@@ -56,9 +57,10 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
                 samples, keep, steps, files[data_key] = preview(d)
                 require_trainable(samples, keep, steps, d)
                 classes[data_key] = len(np.unique(samples.labels[keep]))
+                previews[data_key] = samples, keep
                 notes.extend(_carved(d, samples.given))
             if data and d.cache == "decoded" and d.source != "synthetic" and once("room", data_key, d.stored_size):
-                notes.extend(_room(d, samples, keep))
+                notes.extend(_room(d, *previews[data_key]))
             if data_key in files and results is not None and not force \
                     and _trained_on_other_files(Path(results) / suite.suite.name / cell.id, files[data_key]):
                 changed.append(cell)
