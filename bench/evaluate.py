@@ -29,7 +29,8 @@ def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | N
     """
     model.eval()
     start = time.perf_counter()
-    logits, labels = [], []
+    total = len(batches.sampler) if hasattr(batches, "sampler") else None
+    logits, labels, filled = [], [], 0
     for x, y in batches:
         x = prep(x)
         with autocast() if autocast is not None else contextlib.nullcontext():
@@ -38,9 +39,15 @@ def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | N
                 out = probs.clamp_min(1e-30).log()
             else:
                 out = model(x)
-        logits.append(out.float().cpu())
+        if total is not None:  # one array of the split's logits, filled batch by batch: no second copy to join
+            if not logits:
+                logits = [torch.empty(total, out.shape[1])]
+            logits[0][filled:filled + len(out)] = out.float()
+            filled += len(out)
+        else:
+            logits.append(out.float().cpu())
         labels.append(y)
-    logits = torch.cat(logits) if logits else torch.empty(0)
+    logits = (logits[0][:filled] if total is not None else torch.cat(logits)) if logits else torch.empty(0)
     labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)
     if distributed.world() > 1:  # each rank evaluated its shard of the split (bench.distributed)
         logits, labels = distributed.gather_rows(logits), distributed.gather_rows(labels)
@@ -77,8 +84,8 @@ def prediction_arrays(predictions: dict[str, tuple[Tensor, Tensor]]) -> dict[str
     entry, and "test_confusion" (int64; rows = true class, columns = predicted) when "test" is one."""
     arrays = {}
     for split, (logits, labels) in predictions.items():
-        arrays[f"{split}_logits"] = logits.numpy().astype(np.float32)
-        arrays[f"{split}_labels"] = labels.numpy().astype(np.int64)
+        arrays[f"{split}_logits"] = logits.numpy().astype(np.float32, copy=False)
+        arrays[f"{split}_labels"] = labels.numpy().astype(np.int64, copy=False)
     if "test" in predictions:
-        arrays["test_confusion"] = confusion_matrix(*predictions["test"]).numpy().astype(np.int64)
+        arrays["test_confusion"] = confusion_matrix(*predictions["test"]).numpy().astype(np.int64, copy=False)
     return arrays

@@ -10,28 +10,42 @@ importing this module for load_predictions should not cost.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bench.errors import UserError
 from bench.store import PREDICTIONS
 
+BLOCK = 2**24  # logits per block: what an evaluation takes beside its logits (64 MiB of float32)
+
+
+def _blocks(total: int, width: int) -> list[slice]:
+    """Slices of `total` rows (or columns) of `width` values each, a block's worth at a time."""
+    step = max(1, BLOCK // max(1, width))
+    return [slice(a, min(total, a + step)) for a in range(0, total, step)]
+
+
+def _scan(logits: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """One pass over the logits, a block of rows at a time: (top-1 and top-5 error and mean cross-entropy,
+    each row's log-sum-exp, each row's predicted class)."""
+    n, c = logits.shape
+    k, loss, right5 = min(5, c), 0.0, 0
+    lse, predicted = torch.empty(n), torch.empty(n, dtype=torch.long)
+    for rows in _blocks(n, c):
+        part, y = logits[rows].float(), labels[rows]
+        lse[rows], predicted[rows] = torch.logsumexp(part, 1), part.argmax(1)
+        loss += float((lse[rows] - part.gather(1, y[:, None]).squeeze(1)).double().sum())
+        right5 += int((part.topk(k, 1).indices == y[:, None]).any(1).sum())
+    right1 = int((predicted == labels).sum())
+    return {"loss": loss / n, "top1_error": 1.0 - right1 / n, "top5_error": 1.0 - right5 / n}, lse, predicted
+
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Top-1 and top-5 error (top-k capped at the class count) and mean cross-entropy."""
-    from torchmetrics.functional.classification import multiclass_accuracy
-
-    logits, labels = logits.float(), labels.long()
-    n = logits.shape[1]
-    out = {"loss": float(F.cross_entropy(logits, labels))}
-    for k in (1, 5):
-        acc = multiclass_accuracy(logits, labels, num_classes=n, top_k=min(k, n), average="micro")
-        out[f"top{k}_error"] = 1.0 - float(acc)
-    return out
+    """Top-1 and top-5 error (top-k capped at the class count) and mean cross-entropy, a block of rows at a
+    time: 100,000 x 10,000 logits need no second copy of themselves."""
+    return _scan(logits, torch.as_tensor(labels).long())[0]
 
 
 def _present_mean(per_class: torch.Tensor, labels: torch.Tensor) -> float:
@@ -42,25 +56,57 @@ def _present_mean(per_class: torch.Tensor, labels: torch.Tensor) -> float:
     return float(values.nanmean()) if values.numel() else float("nan")
 
 
+def auc_ap(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class's one-vs-rest ROC AUC and average precision of the softmax (nan for a class without an
+    image, and AUC for one without a negative), as torchmetrics' curves give them — AUC counting a tied
+    negative half, AP the mean over positives of the precision at each one's score, ties included — but from
+    counts: a class's softmax column ranks as its log-softmax, so a block of columns is computed, sorted and
+    searched at a time (numpy's sort: SIMD where the CPU has it), in seconds for 100,000 x 10,000 logits and
+    a block's memory beside them. `lse`: each row's log-sum-exp, when the caller has it."""
+    labels = torch.as_tensor(labels).long()
+    n, c = logits.shape
+    lse = _scan(logits, labels)[1] if lse is None else lse
+    count = torch.bincount(labels, minlength=c)
+    order = torch.argsort(labels, stable=True)  # images grouped by class
+    start = torch.cumsum(count, 0) - count
+    auc, ap = torch.full((c,), float("nan"), dtype=torch.float64), torch.full((c,), float("nan"), dtype=torch.float64)
+    for cols in _blocks(c, n):
+        scores = (logits[:, cols].float() - lse[:, None]).T.contiguous()  # (classes, images): log-softmax
+        width = int(count[cols].max()) if cols.stop > cols.start else 0
+        if width == 0:
+            continue
+        # each class's positives' scores, padded with +inf (which no count below includes)
+        k = torch.arange(width)
+        have = k[None, :] < count[cols, None]
+        rows = order[(start[cols, None] + k[None, :]).clamp_max(max(0, n - 1))]
+        pos = torch.where(have, scores.gather(1, rows), torch.tensor(float("inf")))
+        ranked = torch.from_numpy(np.sort(scores.numpy(), axis=1))
+        lt_all = torch.searchsorted(ranked, pos).double()
+        le_all = torch.searchsorted(ranked, pos, right=True).double()
+        pos_ranked = pos.sort(1).values
+        lt_pos = torch.searchsorted(pos_ranked, pos).double()
+        le_pos = torch.searchsorted(pos_ranked, pos, right=True).double()
+        p, negatives = count[cols].double(), n - count[cols].double()
+        below = (lt_all - lt_pos) + 0.5 * ((le_all - lt_all) - (le_pos - lt_pos))  # negatives under each positive
+        precision = torch.where(have, (p[:, None] - lt_pos) / (n - lt_all).clamp_min(1), 0.0)  # at each positive
+        auc[cols] = torch.where((p > 0) & (negatives > 0), torch.where(have, below, 0.0).sum(1) / (p * negatives),
+                                float("nan"))
+        ap[cols] = torch.where(p > 0, precision.sum(1) / p, float("nan"))
+    return auc, ap
+
+
 def full_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """classification_metrics plus macro and weighted F1, macro one-vs-rest ROC AUC and mean average
     precision (macro over the classes present in `labels`)."""
-    from torchmetrics.functional.classification import (
-        multiclass_auroc,
-        multiclass_average_precision,
-        multiclass_f1_score,
-    )
+    from torchmetrics.functional.classification import multiclass_f1_score
 
-    logits, labels = torch.as_tensor(logits).float(), torch.as_tensor(labels).long()
+    logits, labels = torch.as_tensor(logits), torch.as_tensor(labels).long()
     n = logits.shape[1]
-    out = classification_metrics(logits, labels)
+    out, lse, predicted = _scan(logits, labels)
     for average in ("macro", "weighted"):
-        out[f"f1_{average}"] = float(multiclass_f1_score(logits, labels, num_classes=n, average=average))
-    probs = logits.softmax(1)
-    with warnings.catch_warnings():  # "no positive samples" for absent classes: _present_mean leaves them out
-        warnings.filterwarnings("ignore", message="No positive samples")
-        auc = multiclass_auroc(probs, labels, num_classes=n, average="none")
-        ap = multiclass_average_precision(probs, labels, num_classes=n, average="none")
+        out[f"f1_{average}"] = float(multiclass_f1_score(predicted, labels, num_classes=n, average=average))
+    auc, ap = auc_ap(logits, labels, lse)
     out["auc_macro"], out["map"] = _present_mean(auc, labels), _present_mean(ap, labels)
     return out
 

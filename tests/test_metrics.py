@@ -39,6 +39,46 @@ def test_full_metrics_by_hand():
     assert set(m) >= {"loss", "top1_error", "top5_error"}
 
 
+@pytest.mark.parametrize("images, classes, tied, block", [(500, 7, False, None), (300, 12, True, None),
+                                                           (400, 30, False, 1000), (200, 9, True, 700)])
+def test_metrics_in_blocks_are_torchmetrics_figures(images, classes, tied, block, monkeypatch):
+    """Cross-entropy, top-k, F1, and AUC and AP from counts over blocks of log-softmax columns (the way a
+    10,000-class split fits in memory) give what torchmetrics computes from the softmax, with exact ties
+    (duplicated rows), a class without images, and blocks smaller than a row."""
+    import warnings
+
+    import torch.nn.functional as F
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_auroc,
+        multiclass_average_precision,
+        multiclass_f1_score,
+    )
+
+    from bench import metrics
+
+    if block is not None:
+        monkeypatch.setattr(metrics, "BLOCK", block)
+    g = torch.Generator().manual_seed(images)
+    logits = torch.randn(images, classes, generator=g) * 3
+    if tied:
+        logits[images // 2:] = logits[:images - images // 2]
+    labels = torch.randint(0, classes - 1, (images,), generator=g)  # the last class has no image
+    got = metrics.full_metrics(logits, labels)
+    probs = logits.softmax(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auc = multiclass_auroc(probs, labels, num_classes=classes, average="none")[:-1].mean()
+        ap = multiclass_average_precision(probs, labels, num_classes=classes, average="none")[:-1].mean()
+    expected = {"loss": F.cross_entropy(logits, labels), "auc_macro": auc, "map": ap,
+                **{f"top{k}_error": 1 - multiclass_accuracy(logits, labels, num_classes=classes, top_k=k,
+                                                           average="micro") for k in (1, 5)},
+                **{f"f1_{a}": multiclass_f1_score(logits, labels, num_classes=classes, average=a)
+                   for a in ("macro", "weighted")}}
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(float(value), abs=1e-6), key
+
+
 def test_perfect_and_binary_cases():
     from bench.metrics import full_metrics
 
