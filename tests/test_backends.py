@@ -87,3 +87,23 @@ def test_anonymous_peak_leaves_out_the_page_cache_of_a_mapped_file(tmp_path):
         time.sleep(0.1)
         del block
     assert anon.mb - start > 60
+
+
+def test_a_cells_process_keeps_mkls_thread_count(tmp_path, monkeypatch, use_plugin, write_suite):
+    """MKL_DYNAMIC is off in every cell's process (bench sets it as it is imported): with it on, a cell run
+    after another in one `bench run` trained to other bits than alone (the quickstart's MLP with crop_flip
+    picked another epoch)."""
+    import os
+
+    from bench import api
+    from bench.cell import RunOptions
+    from bench.progress import LogProgress
+
+    out = tmp_path / "mkl.txt"
+    monkeypatch.setenv("MKL_OUT", str(out))
+    use_plugin("mkl_env", 'open(os.environ["MKL_OUT"], "w").write(os.environ.get("MKL_DYNAMIC", "unset"))')
+    path = write_suite('[model]\narch = "bench:mkl_env"\n')
+    summary = api.run(api.plan(path, check=False), results=tmp_path / "r", device="cpu", options=RunOptions(),
+                      progress=LogProgress(open(os.devnull, "w")))
+    assert summary.ran and not summary.failed, summary.failed
+    assert out.read_text() == "FALSE"
