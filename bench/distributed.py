@@ -72,11 +72,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_sum(values: list[float], device: torch.device) -> list[float]:
+def all_sum(values: list[float]) -> list[float]:
     """Each value summed over the ranks (float64, so counts stay exact)."""
     if world() == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=_comm(device))
+    t = torch.tensor(values, dtype=torch.float64, device=_comm())
     dist.all_reduce(t)
     return t.tolist()
 
@@ -108,8 +108,7 @@ def same_buffers(*modules: nn.Module | None) -> None:
     for module in modules:
         for buffer in module.buffers() if module is not None else ():
             if buffer.is_floating_point() or buffer.dtype == torch.long:
-                comm = _comm(buffer.device)
-                moved = buffer.to(comm)
+                moved = buffer.to(_comm())
                 dist.broadcast(moved, src=0)
                 if moved is not buffer:
                     buffer.copy_(moved)
@@ -122,7 +121,7 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     shapes = gather_objects(tuple(t.shape))
     rows = max(s[0] for s in shapes)
     full = max(shapes, key=lambda s: s[0])  # an empty shard's tensor may have lost its other dimensions
-    comm = _comm(t.device)
+    comm = _comm()
     padded = torch.zeros((rows, *full[1:]), dtype=t.dtype, device=comm)
     padded[:len(t)] = t.reshape(len(t), *full[1:]).to(comm)
     parts = [torch.empty_like(padded) for _ in shapes]
@@ -130,14 +129,14 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:s[0]] for p, s in zip(parts, shapes, strict=True)]).to(t.device)
 
 
-def _comm(device: torch.device) -> torch.device:
+def _comm() -> torch.device:
     """Where a collective's tensors must be: NCCL's on the rank's GPU, gloo's on the CPU."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def require_splittable(batch_size: int, freeze: str, ranks: int) -> None:
-    """What a cell of several ranks cannot be, as a UserError naming the key: a global batch with fewer
-    images than ranks, or a head trained on cached features (one process's job)."""
+    """What a cell of several ranks cannot be, as a UserError naming the key: a global batch with fewer than
+    two images a rank, or a head trained on cached features (one process's job)."""
     from bench.errors import UserError
 
     if ranks > 1 and batch_size < 2 * ranks:

@@ -157,7 +157,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
             checkpoint.remove()
     distributed.barrier()  # no rank reads a checkpoint rank 0 is about to remove
     if not main:
-        _train_as_helper(cell, net, device, checkpoint, trial)
+        _fit_as_helper(cell, net, device, checkpoint, trial)
         return {}
     report = _pruning_reporter(trial, cfg.train)
 
@@ -202,7 +202,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         # what it trained with (loss, schedule, augmentation, model kwargs...): the record alone says it all
         "config": resolved_config(cell),
         # how batches came: data.workers resolved, pinned for an asynchronous copy to a GPU
-        "train": {**result.info, "loader_workers": net.workers, "pin_memory": device.type == "cuda"},
+        "train": {**result.info, "loader_workers": net.workers, "pin_memory": loaders["train"].pin_memory},
         "cost": {
             **result.timing,
             "wall_time_s": wall,
@@ -230,7 +230,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     return record
 
 
-def _train_as_helper(cell: Cell, net: Any, device: torch.device, checkpoint: Checkpoint | None,
+def _fit_as_helper(cell: Cell, net: Any, device: torch.device, checkpoint: Checkpoint | None,
                      trial: TrialSpec | None) -> None:
     """A rank other than 0: the same fit, its own draws for dropout and mixing (seed + rank, as timm's
     distributed training seeds them), no files written; rank 0 records what happened."""

@@ -77,9 +77,8 @@ def make_job(cell: Cell, index: int, total: int, suite_dir: Path, device: str, o
 def main_task(job: Job, token: str, host: str | None = None, *after: Any) -> Outcome:
     """Rank 0's task: the cell's usual attempt, its process told it is rank 0 of launch `token` (bench.ranks).
     Whatever became of it, the helpers hear: the address rank 0 published, or that there is nothing to train."""
-    at = Rank(0, job.options.ranks, 0)
     rendezvous = Rendezvous(job.suite_dir / job.cell.id, token)
-    env = {**job.env, **to_env(at, rendezvous), **({"BENCH_RANK0_HOST": host} if host else {})}
+    env = {**job.env, **to_env(rendezvous, host)}
     try:
         return run_job(replace(job, env=env), *after)
     finally:

@@ -75,24 +75,24 @@ def clear_stale(cell_dir: Path) -> None:
     """Rendezvous files of earlier launches (a killed rank 0's, or a word to helpers that nothing trained),
     removed by the rank 0 that holds the cell now."""
     launched = from_env()
-    own = launched[1].file.name if launched else None
+    own = launched.file.name if launched else None
     for file in Path(cell_dir).glob(".rendezvous-*.json"):
         if file.name != own:
             file.unlink(missing_ok=True)
 
 
-def to_env(at: Rank, rendezvous: Rendezvous) -> dict[str, str]:
-    """What a cell's process needs to know it is rank `at` of a launch (bench.worker passes it on)."""
-    return {"BENCH_RANK": str(at.rank), "BENCH_WORLD": str(at.world), "BENCH_LOCAL_RANK": str(at.local),
-            "BENCH_RENDEZVOUS": f"{rendezvous.cell_dir}|{rendezvous.token}"}
+def to_env(rendezvous: Rendezvous, host: str | None = None) -> dict[str, str]:
+    """What a cell's process needs to know it is rank 0 of a launch whose helpers started elsewhere, and
+    (`host`) the address they reach it at (bench.worker passes it on)."""
+    return {"BENCH_RENDEZVOUS": f"{rendezvous.cell_dir}|{rendezvous.token}", **({"BENCH_RANK0_HOST": host}
+                                                                                  if host else {})}
 
 
-def from_env() -> tuple[Rank, Rendezvous] | None:
+def from_env() -> Rendezvous | None:
     if "BENCH_RENDEZVOUS" not in os.environ:
         return None
     folder, token = os.environ["BENCH_RENDEZVOUS"].split("|", 1)
-    return (Rank(int(os.environ["BENCH_RANK"]), int(os.environ["BENCH_WORLD"]), int(os.environ["BENCH_LOCAL_RANK"])),
-            Rendezvous(Path(folder), token))
+    return Rendezvous(Path(folder), token)
 
 
 @contextlib.contextmanager
@@ -105,14 +105,14 @@ def ranks(ranks: int, device: torch.device, train: Callable[..., None], args: tu
         yield device
         return
     launched = from_env()
-    at = launched[0] if launched else Rank(0, ranks, 0)
+    at = Rank(0, ranks, 0)
     device = at.device(device)
     # where helpers on other nodes reach rank 0 (Ray's launcher names the node's address)
     host = (os.environ.get("BENCH_RANK0_HOST") or socket.gethostname()) if launched else "127.0.0.1"
     store = _store(host, 0, ranks, master=True)
     procs = []
     if launched:
-        launched[1].publish(host, store.port)
+        launched.publish(host, store.port)
     else:
         ctx, env = spawn_context(), dict(os.environ)
         for r in range(1, ranks):

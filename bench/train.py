@@ -19,7 +19,7 @@ from torch import nn
 
 from bench import distributed
 from bench.cell import Diverged, Pruned
-from bench.checkpoint import Checkpoint
+from bench.checkpoint import Checkpoint, rng_state
 from bench.config import TrainConfig
 from bench.data.loaders import Preprocess, set_epoch
 from bench.device import synchronize
@@ -118,7 +118,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     loss_total, right, first_loss = float(loss_sum), float(correct), float(first) if first is not None else float("nan")
     if distributed.world() > 1:  # the global batch's figures: every rank's sums
         loss_total, right, seen, first_sum, first_images = distributed.all_sum(
-            [loss_total, right, seen, first_loss * first_images, first_images], device)
+            [loss_total, right, seen, first_loss * first_images, first_images])
         seen, first_loss = int(seen), first_sum / first_images
     return {"loss": loss_total / max(1, seen), "accuracy": right / max(1, seen), "images": seen,
             "seconds": seconds, "first_loss": first_loss}
@@ -247,16 +247,14 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig, device: torch.device,
         row["epochs_since_best"] = loop.stopper.since_best
         loop.scheduler.epoch_end(selected)  # a plateau schedule hears what stopping reads
         progress.history.append(row)
-        state, stopped = None, None
-        if checkpoint is not None:
-            state = progress.checkpoint_state(loop)
-            if distributed.world() > 1:  # every rank's own draws, each resumed by its own rank
-                state["rng"] = distributed.gather_objects(state["rng"])
+        stopped, rngs = None, None
+        if checkpoint is not None and distributed.world() > 1:  # every rank's own draws, each resumed by its own
+            rngs = distributed.gather_objects(rng_state(loop.generators))
         try:  # what rank 0 alone does: no collective in here
             if on_epoch is not None:
                 on_epoch(progress.history)  # every row so far (a resumed cell's too): the new one last
-            if state is not None and distributed.is_main() and checkpoint.due():
-                checkpoint.save(epoch, state)
+            if checkpoint is not None and distributed.is_main() and checkpoint.due():
+                checkpoint.save(epoch, {**progress.checkpoint_state(loop), **({"rng": rngs} if rngs else {})})
         except Pruned as e:
             e.history, stopped = progress.history, e
         except Exception as e:  # a full disk, a tracker: rank 0's record says it, the other ranks stop
