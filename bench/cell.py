@@ -62,13 +62,14 @@ def identity(config: BaseModel) -> dict[str, Any]:
     results, as they were; changing a default's meaning is a SCHEMA_VERSION bump, not a silent new id.
     `data.workers` and `data.cache` are left out: each image's augmentation is drawn from its own seed
     (bench.data.loaders), so where the loading runs changes no number, and an image decoded from its file
-    has the pixels the cache holds."""
+    has the pixels the cache holds; so is `train.stored_logits`, how the predictions are kept after the
+    record's figures are computed."""
     spec = config.model_dump(mode="json", exclude_defaults=True)
-    if isinstance(spec.get("data"), dict):
-        spec["data"].pop("workers", None)
-        spec["data"].pop("cache", None)
-        if not spec["data"]:
-            del spec["data"]
+    for table, key in (("data", "workers"), ("data", "cache"), ("train", "stored_logits")):
+        if isinstance(spec.get(table), dict):
+            spec[table].pop(key, None)
+            if not spec[table]:
+                del spec[table]
     return spec
 
 

@@ -79,12 +79,15 @@ def evaluate(net: nn.Module, loader, prep: Callable, name: str, *, autocast: Cal
     return out
 
 
-def prediction_arrays(predictions: dict[str, tuple[Tensor, Tensor]]) -> dict[str, np.ndarray]:
-    """What a cell's predictions.npz holds: f"{split}_logits" (float32) and f"{split}_labels" (int64) of each
-    entry, and "test_confusion" (int64; rows = true class, columns = predicted) when "test" is one."""
+def prediction_arrays(predictions: dict[str, tuple[Tensor, Tensor]], dtype: str = "float32") -> dict[str, np.ndarray]:
+    """What a cell's predictions.npz holds: f"{split}_logits" (float32, or float16 by train.stored_logits) and
+    f"{split}_labels" (int64) of each entry, and "test_confusion" (int64; rows = true class, columns =
+    predicted, from the full-precision logits) when "test" is one."""
     arrays = {}
     for split, (logits, labels) in predictions.items():
-        arrays[f"{split}_logits"] = logits.numpy().astype(np.float32, copy=False)
+        if dtype == "float16":  # a diverging cell's huge logits stay the largest float16, not inf (NaN metrics)
+            logits = logits.to(torch.float16).clamp_(-65504, 65504)
+        arrays[f"{split}_logits"] = logits.numpy().astype(dtype, copy=False)
         arrays[f"{split}_labels"] = labels.numpy().astype(np.int64, copy=False)
     if "test" in predictions:
         arrays["test_confusion"] = confusion_matrix(*predictions["test"]).numpy().astype(np.int64, copy=False)

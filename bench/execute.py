@@ -190,7 +190,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     wall = time.perf_counter() - start
 
     write_history(cell_dir, result.history)
-    write_npz(cell_dir / PREDICTIONS, **prediction_arrays(result.predictions))
+    write_npz(cell_dir / PREDICTIONS, **prediction_arrays(result.predictions, cfg.train.stored_logits))
     save_best(model, cell_dir)  # fit leaves the model holding its best weights
     (params_total, params_trainable) = net.params
     record = {
@@ -294,7 +294,7 @@ def _test_look(cell: Cell, record: dict[str, Any], suite_dir: Path, device: torc
     tested = evaluate(net.model, net.loaders["test"], Preprocess(device, cfg.train.channels_last), "test",
                       autocast=autocast, views=build_tta(cfg.train.tta))
     seconds = time.perf_counter() - start
-    add_predictions(cell_dir, prediction_arrays(tested.predictions))
+    add_predictions(cell_dir, prediction_arrays(tested.predictions, cfg.train.stored_logits))
     record["metrics"].update(tested.metrics)
     record["test_evaluated"] = {"at": time.time(), "seconds": seconds, "env": environment(device)}
     write_result(cell_dir, record)

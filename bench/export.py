@@ -101,12 +101,12 @@ def unlabelled_images(images: Path, root: Path | None = None) -> list[tuple[str,
 def predict_unlabelled(record: Record, files: list[Path], device: str = "auto", batch_size: int = 64) -> torch.Tensor:
     """A finished cell's best weights (with its test-time views, at its precision) over images it has never
     seen: the logits, in the order of `files`. Each image is read as the cell's evaluation reads it: RGB,
-    shorter side to data.image_size, centre crop."""
-    import numpy as np
-
+    whole, shorter side to data.cache_size, then bench.data.views.evaluation (shorter side to image_size /
+    crop_pct, centre crop)."""
     from bench.config import CellConfig
     from bench.data.cache import load_image
     from bench.data.loaders import Preprocess
+    from bench.data.views import batch, evaluation
     from bench.device import resolve_device
     from bench.evaluate import predict
     from bench.store import INIT, load_best
@@ -124,16 +124,16 @@ def predict_unlabelled(record: Record, files: list[Path], device: str = "auto", 
     load_best(model, record.dir)
     model.to(dev)
     autocast, _ = precision_setup(cfg.train.precision, dev)
-    size = cfg.data.image_size
+    d = cfg.data
 
     def batches():
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
             try:
-                x = np.stack([load_image(f, size) for f in chunk])
+                x = batch([evaluation(load_image(f, d.stored_size), d.image_size, d.scale_size) for f in chunk])
             except OSError as e:
                 raise UserError(f"cannot read an image of {chunk[0].parent} ({e})", key="--images") from None
-            yield torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.zeros(len(chunk), dtype=torch.long)
+            yield x, torch.zeros(len(chunk), dtype=torch.long)
 
     logits, _, _ = predict(model, batches(), Preprocess(dev, cfg.train.channels_last), autocast=autocast,
                            views=build_tta(cfg.train.tta))

@@ -32,7 +32,7 @@ from bench.models.heads import head_module, head_name
 from bench.store import atomic_path
 from bench.techniques.precision import precision_setup
 
-VERSION = 1  # bump when what a cached file holds changes
+VERSION = 2  # bump when what a cached file holds changes (2: whole images, data.crop_pct)
 # Extraction batch on the CPU: larger batches only spill the caches. Per image, ResNet-18 at 64 px
 # (channels-last, 2 cores) ran 1.13x faster in batches of 64 than of 256 on an AMD EPYC, where 256 was
 # no faster than the loop's own forward (benchmarks/test_features.py).
@@ -81,7 +81,8 @@ def feature_key(cfg: CellConfig, model: nn.Module, data: Prepared, device: torch
              **({"deterministic": True} if cfg.train.deterministic else {})}
     return stable_hash({
         "version": VERSION, "arch": m.arch, "pool": m.pool, "weights": backbone_digest(model),
-        "split": data.split_key, "image_size": d.image_size, "stored_size": d.stored_size, **newer,
+        "split": data.split_key, "image_size": d.image_size, "stored_size": d.stored_size,
+        "scale_size": d.scale_size, **newer,
         "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
         # the same backbone gives features that differ in the last bits on another device type
         "device": device.type}, 16)

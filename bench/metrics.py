@@ -181,4 +181,5 @@ def load_predictions(cell_dir: Path, split: str = "test") -> tuple[torch.Tensor,
         if f"{split}_logits" not in npz:
             have = sorted(k.removesuffix("_logits") for k in npz.files if k.endswith("_logits"))
             raise UserError(f"'{path}' has no '{split}' predictions", hint=f"splits saved: {', '.join(have)}")
-        return torch.from_numpy(npz[f"{split}_logits"]), torch.from_numpy(npz[f"{split}_labels"])
+        # float16 (train.stored_logits) read back as float32, which every metric and plot computes in
+        return torch.from_numpy(npz[f"{split}_logits"]).float(), torch.from_numpy(npz[f"{split}_labels"])

@@ -42,6 +42,7 @@ name = "features-bench"
 
 [data]
 image_size = 64
+crop_pct = 1.0  # the generated 64 px images as they are: no upsampling to 73 px for the evaluation view
 
 [data.synthetic]
 classes = 10

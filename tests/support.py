@@ -192,3 +192,16 @@ def offline(monkeypatch, tmp_path) -> None:
 
     monkeypatch.setattr(factory.socket, "create_connection", unreachable)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+
+
+def packed(folder: Path, images) -> Path:
+    """H x W x 3 uint8 images written as the decoded cache lays them out (pixels back to back, an index of
+    offset, height, width), for an ArrayDataset over them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = [im.shape[0] * im.shape[1] * 3 for im in images]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    np.save(folder / "index.npy", np.array([[o, im.shape[0], im.shape[1]] for o, im in zip(offsets, images, strict=True)],
+                                           dtype=np.int64).reshape(-1, 3))
+    np.save(folder / "pixels.npy", np.concatenate([np.asarray(im, dtype=np.uint8).reshape(-1) for im in images]))
+    return folder
+

@@ -136,30 +136,35 @@ def _decoded_setup(tmp_path):
     return root, paths
 
 
+def _decoded(root, paths):
+    heads = cache.probe(root, paths)
+    return cache.decoded(root, paths, heads.width, heads.height, 8)
+
+
 def test_altered_decoded_pixels_are_noticed_and_rebuilt(tmp_path, capsys):
     root, paths = _decoded_setup(tmp_path)
-    original = np.array(cache.decoded(root, paths, 8).images)
-    folder = cache.decoded(root, paths, 8).folder
-    images = np.load(folder / "images.npy", mmap_mode="r+")
-    images[0, 0, 0, 0] ^= 0xFF  # one pixel, same size: only the seal can tell
-    images.flush()
-    del images
-    os.utime(folder / "images.npy")  # what any writer leaves behind
+    original = np.array(_decoded(root, paths).pixels)
+    folder = _decoded(root, paths).folder
+    pixels = np.load(folder / "pixels.npy", mmap_mode="r+")
+    pixels[0] ^= 0xFF  # one pixel, same size: only the seal can tell
+    pixels.flush()
+    del pixels
+    os.utime(folder / "pixels.npy")  # what any writer leaves behind
     capsys.readouterr()
-    again = cache.decoded(root, paths, 8)
-    assert np.array_equal(np.array(again.images), original)
+    again = _decoded(root, paths)
+    assert np.array_equal(np.array(again.pixels), original)
     assert "incomplete or altered; building it again" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("damage", ["meta.json", "images.npy", "seal"])
+@pytest.mark.parametrize("damage", ["meta.json", "pixels.npy", "index.npy", "seal"])
 def test_a_damaged_decoded_cache_is_rebuilt_not_trusted(tmp_path, damage):
     root, paths = _decoded_setup(tmp_path)
-    original = np.array(cache.decoded(root, paths, 8).images)
-    folder = cache.decoded(root, paths, 8).folder
-    target = {"meta.json": folder / "meta.json", "images.npy": folder / "images.npy",
-              "seal": folder / ".images.npy.sha256.json"}[damage]
-    target.write_bytes(b"\x93NUMPY garbage" if damage == "images.npy" else b"{not json")
-    assert np.array_equal(np.array(cache.decoded(root, paths, 8).images), original)
+    original = np.array(_decoded(root, paths).pixels)
+    folder = _decoded(root, paths).folder
+    target = {"meta.json": folder / "meta.json", "pixels.npy": folder / "pixels.npy",
+              "index.npy": folder / "index.npy", "seal": folder / ".pixels.npy.sha256.json"}[damage]
+    target.write_bytes(b"\x93NUMPY garbage" if damage.endswith(".npy") else b"{not json")
+    assert np.array_equal(np.array(_decoded(root, paths).pixels), original)
 
 
 def test_a_garbage_probe_cache_is_probed_again(tmp_path):
@@ -173,11 +178,11 @@ def test_a_garbage_probe_cache_is_probed_again(tmp_path):
 
 def test_leftovers_of_a_builder_that_died_are_removed(tmp_path):
     root, paths = _decoded_setup(tmp_path)
-    folder = cache.cache_root() / "decoded" / cache._key(root, paths, size=8, resize="short-side+centre-crop")
+    folder = cache.decoded_folder(root, paths, 8)
     stale = folder.with_name(folder.name + ".partial-dead")
     stale.mkdir(parents=True)
-    (stale / "images.npy").write_bytes(b"half")
-    cache.decoded(root, paths, 8)
+    (stale / "pixels.npy").write_bytes(b"half")
+    _decoded(root, paths)
     assert not stale.exists() and (folder / "meta.json").is_file()
 
 

@@ -15,6 +15,7 @@ from bench.data.sources import scan_folder
 from bench.data.split import load_or_make, stratified
 from bench.errors import UserError
 from bench.techniques import AUGMENTS
+from tests.support import packed
 
 
 def test_synthetic_is_deterministic_long_tailed_jpeg(tmp_path):
@@ -106,15 +107,17 @@ def test_prepare_gives_uint8_batches_and_train_only_augmentation(tmp_path):
 def test_decoded_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     root = synthetic.generate(SyntheticConfig(classes=2, images=20, size=16), tmp_path / "s")
     samples = scan_folder(root)
-    first = cache.decoded(root, samples.paths, 16)
+    side = np.full(len(samples.paths), 16)
+    first = cache.decoded(root, samples.paths, side, side, 16)
     calls = []
     monkeypatch.setattr(cache, "load_image", lambda *a: calls.append(a) or np.zeros((16, 16, 3), np.uint8))
-    again = cache.decoded(root, samples.paths, 16)
+    again = cache.decoded(root, samples.paths, side, side, 16)
     assert calls == [] and again.folder == first.folder  # second use: no decoding
     Image.new("RGB", (16, 16), (255, 0, 0)).save(root / samples.paths[0])  # a source changes
-    cache.decoded(root, samples.paths, 16)
+    cache.decoded(root, samples.paths, side, side, 16)
     assert len(calls) == len(samples.paths)
-    assert first.images.shape == (len(samples.paths), 16, 16, 3) and first.bad == {}
+    assert first.pixels.shape == (len(samples.paths) * 16 * 16 * 3,) and first.bad == {}
+    assert first.index.tolist() == [[i * 768, 16, 16] for i in range(len(samples.paths))]
 
 
 def test_missing_and_empty_folders_are_user_errors(tmp_path):
@@ -125,18 +128,22 @@ def test_missing_and_empty_folders_are_user_errors(tmp_path):
         scan_folder(tmp_path / "empty")
 
 
-def test_cache_margin_feeds_random_crops_and_centre_crops_for_evaluation(tmp_path):
+def test_a_larger_cache_feeds_random_crops_and_evaluation_resizes_then_centre_crops(tmp_path):
+    from torchvision.transforms.v2 import functional as F
+
     from bench.techniques.augment import build_augment
 
     cfg = DataConfig(image_size=16, cache_size=24, synthetic=SyntheticConfig(classes=3, images=60, size=32))
+    assert cfg.scale_size == 18  # floor(16 / 0.875)
     data = prepare(cfg, 0, tmp_path / "splits", build_augment([{"op": "rrc", "min_scale": 0.5}], 16))
-    stored = np.load(data.datasets["val"].file, mmap_mode="r")
-    assert stored.shape[1:] == (24, 24, 3)  # the margin is in the cache
+    val = data.datasets["val"]
+    stored = val.stored(val.rows[0])
+    assert stored.shape == (24, 24, 3)  # the cache keeps 24 px, more than evaluation needs
     x, _ = data.datasets["train"].__getitems__([0, 1, 2])
     assert tuple(x.shape) == (3, 3, 16, 16)
-    v, _ = data.datasets["val"].__getitems__([0])
-    row = data.datasets["val"].rows[0]
-    assert torch.equal(v[0], torch.from_numpy(np.ascontiguousarray(stored[row, 4:20, 4:20])).permute(2, 0, 1))
+    v, _ = val.__getitems__([0])
+    expected = F.center_crop(F.resize(torch.from_numpy(np.array(stored)).permute(2, 0, 1), 18, antialias=True), 16)
+    assert torch.equal(v[0], expected)
 
 
 def test_the_worker_count_changes_neither_a_cells_id_nor_a_bit_of_its_results(write_suite, tmp_path):
@@ -168,8 +175,8 @@ def test_an_image_drawn_twice_in_an_epoch_gets_two_augmentations(tmp_path):
     epoch, not by the image, so a repeat is augmented anew, and the same again in the next run."""
     from bench.data.loaders import ArrayDataset, make_loader
 
-    np.save(tmp_path / "images.npy", np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
-    ds = ArrayDataset(tmp_path / "images.npy", np.arange(2), np.arange(2), 16, AUGMENTS["crop_flip"](16))
+    images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    ds = ArrayDataset(packed(tmp_path / "cache", images), np.arange(2), np.arange(2), 16, 16, AUGMENTS["crop_flip"](16))
 
     def first_batch():
         x, y = next(iter(make_loader(ds, 4, train=True, seed=0, sampler=[0, 0, 1, 1])))

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from bench import features
 from bench.cell import RunOptions
 from bench.models import create_model
-from tests.support import run_file
+from tests.support import packed, run_file
 
 
 def run(path, results, **kw):  # in this process: a test counts feature extractions, which a child would hide
@@ -142,7 +142,6 @@ def test_a_model_that_does_more_after_its_classifier_is_refused(tmp_path):
         def forward(self, x):
             return 2 * self.head(self.body(x).mean((2, 3)))
 
-    np.save(tmp_path / "images.npy", np.zeros((4, 8, 8, 3), dtype=np.uint8))
-    ds = ArrayDataset(tmp_path / "images.npy", np.arange(4), np.zeros(4), 8)
+    ds = ArrayDataset(packed(tmp_path / "cache", np.zeros((4, 8, 8, 3), dtype=np.uint8)), np.arange(4), np.zeros(4), 8, 8)
     with pytest.raises(UserError, match="does more after its classifier"):
         features.extract(Scaled(), ds, torch.device("cpu"), 4)

@@ -27,6 +27,7 @@ from bench.suite import expand
 from bench.techniques import LOSSES, build_augment
 from bench.techniques.augment import TimmPolicy
 from bench.weights import init_key
+from tests.support import packed
 
 
 # ----------------------------------------------------------------------------------------- losses
@@ -69,8 +70,7 @@ def test_jsd_is_clean_cross_entropy_plus_alpha_times_the_views_divergence_from_t
 # ----------------------------------------------------------------------------------------- AugMix splits
 def test_aug_splits_put_each_image_clean_then_augmented_in_the_batch(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
-    np.save(tmp_path / "images.npy", images)
-    ds = ArrayDataset(tmp_path / "images.npy", np.arange(6), np.arange(6) % 2, 16,
+    ds = ArrayDataset(packed(tmp_path / "cache", images), np.arange(6), np.arange(6) % 2, 16, 16,
                       build_augment("augmix-m5-w3-d2", 16))
     ds.splits = 3
     torch.manual_seed(0), random.seed(0), np.random.seed(0)

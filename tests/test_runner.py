@@ -176,3 +176,28 @@ def test_smoke_runs_every_cell_of_a_folder_suite_without_its_data(write_suite, t
     assert all(r["data"]["source"] == "folder" for r in records)  # same source type as the suite
     cells = [json.loads(p.read_text()) for p in (tmp_path / "r" / "fold-smoke").glob("*/cell.json")]
     assert {c["config"]["data"]["image_size"] for c in cells} == {64}  # AlexNet's smallest accepted size
+
+
+def test_float16_logits_take_half_the_disk_and_change_neither_the_id_nor_a_figure(write_suite, tmp_path):
+    """train.stored_logits = "float16": the same cell (its id), trained to the same bits, its record's figures
+    from the full-precision logits; the stored copy half the bytes, and the figures recomputed from it agree
+    to 3 digits."""
+    import numpy as np
+
+    from bench.metrics import full_metrics, load_predictions
+
+    full = run_file(write_suite(), tmp_path / "a")
+    half = run_file(write_suite("stored_logits = \"float16\"\n", name="half.toml"), tmp_path / "b")
+    assert full.ran == half.ran
+    a, b = (s.suite_dir / s.ran[0] for s in (full, half))
+    record = json.loads((b / "result.json").read_text())
+    assert json.loads((a / "result.json").read_text())["metrics"] == record["metrics"]
+    with np.load(a / "predictions.npz") as wide, np.load(b / "predictions.npz") as narrow:
+        assert wide["test_logits"].dtype == np.float32 and narrow["test_logits"].dtype == np.float16
+        assert np.array_equal(wide["test_confusion"], narrow["test_confusion"])
+        assert narrow["test_logits"].nbytes * 2 == wide["test_logits"].nbytes
+    logits, labels = load_predictions(b, "test")
+    assert logits.dtype == torch.float32
+    again = full_metrics(logits, labels)
+    for name, value in record["metrics"]["test"].items():
+        assert again[name] == pytest.approx(value, abs=2e-3), name

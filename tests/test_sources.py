@@ -64,10 +64,10 @@ def test_folder_finds_bad_images_converts_modes_and_never_crashes(messy, tmp_pat
     x, y = prepare(DataConfig(source="folder", root=str(root), image_size=16), 0, tmp_path).datasets["train"].__getitems__([0, 1])
     assert x.shape == (2, 3, 16, 16)
     # every converted mode decodes to 3 channels
-    images = cur.decoded.images
     for i, p in enumerate(cur.samples.paths):
         if kinds[p] == "L":
-            assert images[cur.rows[i]].std(axis=2).max() == 0  # grey stays grey
+            offset, h, w = cur.decoded.index[cur.rows[i]]
+            assert cur.decoded.pixels[offset:offset + h * w * 3].reshape(h, w, 3).std(axis=2).max() == 0  # grey stays grey
 
 
 def test_modes_drop_removes_every_non_rgb_image(messy):
@@ -165,9 +165,13 @@ def test_inat_official_val_kept_test_carved_from_train(messy, tmp_path):
 
 def test_inspect_reports_the_census_and_the_majority_baseline(messy, tmp_path, cli):
     root, kinds = messy
-    info = describe(DataConfig(source="folder", root=str(root), min_per_class=5))
-    assert info["images"] == len(kinds) and sorted(info["bad_images"]) == sorted(p for p, k in kinds.items() if k == "bad")
+    info = describe(DataConfig(source="folder", root=str(root)))
+    assert info["images"] == info["probed"] == len(kinds)
+    assert sorted(info["bad_images"]) == sorted(p for p, k in kinds.items() if k == "bad")
     assert info["resolutions"]["top"][0] == ("40x30", 22)
+    info = describe(DataConfig(source="folder", root=str(root), min_per_class=5))
+    assert info["images"] == len(kinds) and info["probed"] == len(kinds) - 2  # dragonfly's 2 cannot reach 5
+    assert info["resolutions"]["top"][0] == ("40x30", 21)
     kept = info["kept"]
     assert kept["classes"] == 3 and kept["per_class"]["max"] == 16 and kept["per_class"]["min"] == 5
     assert kept["majority_baseline_accuracy"] == pytest.approx(16 / 29)
@@ -208,7 +212,7 @@ def test_preview_of_synthetic_data_is_what_generation_and_curation_give(keys):
     from bench.data.curate import preview
 
     cfg = DataConfig(synthetic={"classes": 4, "images": 120, "size": 16}, **keys)
-    samples, keep, steps, _ = preview(cfg)
+    samples, keep, steps, _, _ = preview(cfg)
     cur = curated(cfg)
     assert samples.classes == cur.source.classes and samples.paths == cur.source.paths
     assert [s["images"] for s in steps] == [s["images"] for s in cur.steps[:-1]]  # all but "undecodable"
@@ -288,7 +292,7 @@ def test_a_decoded_cache_the_disk_cannot_hold_is_refused_before_it_is_built(mess
     path = tmp_path / "messy.toml"
     path.write_text(MESSY_SUITE.format(root=root).replace("cache_size = 20", "cache_size = 64"))
     note = [n for n in api.plan(path, device="cpu").notes if "decoded cache" in n]
-    assert len(note) == 1 and "images at 64 px" in note[0] and "free under" in note[0]
+    assert len(note) == 1 and "whole images, shorter side 64 px" in note[0] and "free under" in note[0]
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
     with pytest.raises(UserError) as e:
@@ -296,3 +300,51 @@ def test_a_decoded_cache_the_disk_cannot_hold_is_refused_before_it_is_built(mess
     assert e.value.key == "data.cache" and 'data.cache = "none"' in str(e.value) and "data.cache_size" in str(e.value)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
     assert api.plan(path, device="cpu", overrides=["data.cache=none"]).cells
+
+
+@pytest.mark.parametrize("pruning", [{"top_classes": 2}, {"top_classes": 3}, {"min_per_class": 5},
+                                     {"min_per_class": 4, "top_classes": 2}, {"top_classes": 2, "modes": "drop"}])
+def test_class_pruning_reads_only_the_headers_it_needs_and_keeps_what_reading_every_one_keeps(tmp_path, monkeypatch,
+                                                                                             pruning):
+    """Listed: a 10, b 9 (5 of them unreadable), c 6 (2 of them greyscale), d 3. top_classes = 2 probes a and b
+    first; b keeps 4, so c (6 listed) must be read too, d (3) never: the top two are a and c, as when every
+    header is read."""
+    from bench.data import cache, curate
+    from bench.data.sources import read_source
+
+    rng = np.random.default_rng(0)
+    for cls, good, broken, grey in (("a", 10, 0, 0), ("b", 4, 5, 0), ("c", 4, 0, 2), ("d", 3, 0, 0)):
+        (tmp_path / cls).mkdir()
+        for i in range(good + grey):
+            arr = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(arr).convert("L" if i >= good else "RGB").save(tmp_path / cls / f"{i}.png")
+        for i in range(broken):
+            (tmp_path / cls / f"x{i}.png").write_bytes(b"not an image")
+    cfg = DataConfig(source="folder", root=str(tmp_path), **pruning)
+    samples = read_source(cfg)
+    every = cache.probe(samples.root, samples.paths)
+    expected, _, _ = curate.curate(samples, every, cfg)
+    read, probe_one = [], cache.probe_one
+    monkeypatch.setattr(cache, "probe_one", lambda path: read.append(path.parent.name) or probe_one(path))
+    probed, probe, steps = curate.probed(samples, cfg)
+    kept, _, _ = curate.curate(probed, probe, cfg)
+    assert sorted(np.asarray(probed.paths)[kept]) == sorted(np.asarray(samples.paths)[expected])
+    assert "d" not in read and steps[0]["step"] == "candidates"
+    if pruning == {"top_classes": 2}:
+        assert sorted(set(read)) == ["a", "b", "c"] and len(read) == 10 + 9 + 6  # each header read once
+
+
+@pytest.mark.parametrize("pruning,key", [({"top_classes": 2}, "data.top_classes"), ({"min_per_class": 1}, "data.min_per_class")])
+def test_pruning_that_leaves_one_class_is_blamed_even_when_headers_were_left_unread(tmp_path, pruning, key):
+    """b has validation images only: class pruning, which counts training images, cannot keep it."""
+    from bench.data.curate import preview, require_trainable
+
+    for split, cls, n in (("train", "a", 5), ("val", "a", 2), ("val", "b", 3)):
+        (tmp_path / split / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / split / cls / f"{i}.png")
+    cfg = DataConfig(source="folder", root=str(tmp_path), **pruning)
+    samples, keep, steps, _, _ = preview(cfg)
+    with pytest.raises(UserError) as e:
+        require_trainable(samples, keep, steps, cfg)
+    assert e.value.key == key and "curation leaves one class ('a')" in str(e.value) and "keeps 7 of 10" in str(e.value)

@@ -17,6 +17,7 @@ from bench.models.factory import create_model, skeleton
 from bench.models.freeze import apply_freeze, count_params, set_train_mode
 from bench.models.heads import build_head
 from bench.suite import expand
+from tests.support import packed
 
 SUITES = Path(__file__).parent.parent / "suites"
 
@@ -205,8 +206,7 @@ def test_offline_copies_flip_deterministically_then_augment_each_copy(tmp_path):
     from bench.techniques.offline import OfflineAugmented, copies
 
     images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
-    np.save(tmp_path / "images.npy", images)
-    base = ArrayDataset(tmp_path / "images.npy", np.arange(3), np.arange(3), 16)
+    base = ArrayDataset(packed(tmp_path / "cache", images), np.arange(3), np.arange(3), 16, 16)
     ds = OfflineAugmented(base, copies(["identity", "hflip", "vflip", "hvflip"], 1),
                           build_augment("rotate:15", 16), seed=0)
     assert len(ds) == 24 and ds.labels.tolist() == [0, 1, 2] * 8

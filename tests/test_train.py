@@ -23,7 +23,7 @@ from bench.techniques.precision import precision_setup
 from bench.techniques.regularise import head_penalty
 from bench.train import fit
 from tests.conftest import TINY
-from tests.support import CPU, run_file, scripted_val_errors, tiny_loaders
+from tests.support import CPU, packed, run_file, scripted_val_errors, tiny_loaders
 
 
 @pytest.mark.parametrize(("errors", "kw", "best", "run"), [
@@ -93,8 +93,7 @@ def test_tta_averages_softmax_over_views_and_identity_alone_is_plain():
 
 def array_dataset(tmp_path, n: int = 6, size: int = 20) -> ArrayDataset:
     images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    np.save(tmp_path / "images.npy", images)
-    return ArrayDataset(tmp_path / "images.npy", np.arange(n), np.arange(n) % 2, 16)
+    return ArrayDataset(packed(tmp_path / "cache", images), np.arange(n), np.arange(n) % 2, 16, size)
 
 
 def test_offline_augmentation_is_k_times_the_set_and_fixed(tmp_path):

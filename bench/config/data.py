@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, NonNegativeInt, field_validator, model_validator
@@ -37,14 +38,23 @@ class DataConfig(Strict):
     annotations: dict[Literal["train", "val", "test"], str] = Field(
         default_factory=dict, description="`inat`: split → JSON file relative to `root`, e.g. "
         '`{train = "train2019.json", val = "val2019.json"}`; `inat` needs `train`')
-    image_size: int = Field(32, ge=8, le=1024, description="pixels the model sees: the shorter side resized, "
-                            "centre-cropped")
-    cache_size: int | None = Field(None, ge=8, le=2048, description="side kept in the decoded cache, px; larger "
-                                   "than `image_size` leaves a margin that random crops can use (evaluation "
-                                   "centre-crops `image_size`); at least `image_size`; unset: `image_size`")
+    image_size: int = Field(32, ge=8, le=1024, description="pixels the model sees, a square: evaluation resizes "
+                            "the shorter side to `image_size / crop_pct` and centre-crops `image_size`; training "
+                            "crops as `train.augment` says")
+    crop_pct: float = Field(0.875, gt=0, le=1, description="evaluation's centre crop as a share of the resized "
+                            "shorter side, timm's `crop_pct`: the shorter side goes to floor(`image_size` / "
+                            "`crop_pct`) (0.875: 256 for 224), then `image_size` is cut from its centre; 1.0: "
+                            "resize to `image_size` and cut the centre square (bench before schema 4, and the "
+                            "studies, which resized whole images)")
+    cache_size: int | None = Field(None, ge=8, le=2048, description="shorter side of the whole images kept in "
+                                   "the decoded cache, px (a smaller image is kept as it is); `rrc` draws its "
+                                   "crops from them, so a larger cache keeps more detail in small crops; at least "
+                                   "`image_size` (below floor(`image_size` / `crop_pct`) evaluation enlarges the "
+                                   "stored image); unset: floor(`image_size` / `crop_pct`), the size evaluation "
+                                   "resizes to (then it only crops)")
     cache: Literal["decoded", "none"] = Field("decoded", description="`decoded`: every kept image decoded once "
-                                              "into the decoded-image cache (`cache_size`² × 3 bytes an image), a "
-                                              "batch then one memory copy; `none`: no cache, each image decoded "
+                                              "into the decoded-image cache, whole (height × width × 3 bytes an "
+                                              "image), reading one then a memory copy; `none`: no cache, each image decoded "
                                               "from its file whenever a batch needs it, to the same pixels (so "
                                               "neither the cell's id nor its numbers change), for data too big to "
                                               "cache: give it loader workers. `bench plan` says what the cache "
@@ -107,5 +117,11 @@ class DataConfig(Strict):
         return self
 
     @property
+    def scale_size(self) -> int:
+        """The shorter side evaluation resizes to before its centre crop (timm's rule: floor, not round)."""
+        return math.floor(self.image_size / self.crop_pct)
+
+    @property
     def stored_size(self) -> int:
-        return self.cache_size or self.image_size
+        """The shorter side of the images in the decoded cache."""
+        return self.cache_size or self.scale_size

@@ -198,6 +198,12 @@ class TrainConfig(Strict):
     tf32: bool | None = Field(None, description="TF32 on NVIDIA GPUs since Ampere: `true` for matrix products and "
                               "convolutions (timm's train.py), `false` for neither (full fp32); unset: torch's "
                               "own choice, TF32 convolutions and fp32 matrix products. Recorded in `result.json`")
+    stored_logits: Literal["float32", "float16"] = Field(
+        "float32", description="how `predictions.npz` keeps each split's logits: `float16` takes half the disk "
+        "(100,000 × 10,000 logits: 2 GB, not 4 GB) to 3 significant digits, enough for every figure bench reads "
+        "back (`bench compare`, `report --recompute`, plots, `export`; an argmax may differ where two logits "
+        "agree to 3 digits). `result.json`'s figures come from the full-precision logits either way. Not part "
+        "of the cell's id")
     max_steps: int | None = Field(None, ge=1, description="cap on training batches per epoch (what `--smoke` "
                                   "uses); unset: every batch")
 

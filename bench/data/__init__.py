@@ -27,28 +27,34 @@ __all__ = ["Curated", "Prepared", "curated", "prepare", "split_key"]
 @dataclass
 class Curated:
     source: Samples  # everything the source lists
-    probe: cache.Probe  # per source image: mode, size, why unreadable
+    probed: Samples  # the images whose headers were read: every one, or the classes pruning can keep
+    probe: cache.Probe  # per probed image: mode, size, why unreadable
     samples: Samples  # what is left after every curation step, decodable
     decoded: cache.Decoded
-    rows: np.ndarray  # row of each kept sample in decoded.images
+    rows: np.ndarray  # row of each kept sample in the decoded cache
     steps: list[dict]
     bad: dict[str, str]  # relative path -> why it was excluded
     files: str  # the source's files as they are on disk now (see files_key)
 
     @property
     def modes(self) -> dict[str, int]:
-        """Image modes among the source's readable images."""
+        """Image modes among the readable images whose headers were read (with class pruning, of the classes
+        it can keep)."""
         return dict(sorted(Counter(m for m in self.probe.modes.tolist() if m).items()))
 
 
 def curated(cfg: DataConfig) -> Curated:
     """Source -> probe -> curation -> decoded cache (undecodable images dropped), all cached on disk."""
-    samples = read_source(cfg)
-    probe = cache.probe(samples.root, samples.paths)
-    keep, steps, bad = curate.curate(samples, probe, cfg)
+    source = read_source(cfg)
+    samples, probe, steps = curate.probed(source, cfg)
+    keep, curation, bad = curate.curate(samples, probe, cfg)
+    steps += curation
     kept = samples.subset(keep)
     # the cache's images, or (data.cache = "none") the files and which of them cannot be decoded
-    dec = (cache.decoded if cfg.cache == "decoded" else cache.undecoded)(kept.root, kept.paths, cfg.stored_size)
+    if cfg.cache == "decoded":
+        dec = cache.decoded(kept.root, kept.paths, probe.width[keep], probe.height[keep], cfg.stored_size)
+    else:
+        dec = cache.undecoded(kept.root, kept.paths, cfg.stored_size)
     ok = np.ones(len(kept.paths), dtype=bool)
     ok[list(dec.bad)] = False
     before = (len(kept.paths), len(kept.classes))
@@ -57,7 +63,7 @@ def curated(cfg: DataConfig) -> Curated:
                   "classes": [before[1], len(final.classes)]})
     bad_paths = {samples.paths[i]: why for i, why in bad.items()}
     bad_paths.update({kept.paths[i]: why for i, why in dec.bad.items()})
-    return Curated(samples, probe, final, dec, np.flatnonzero(ok), steps, bad_paths, files_key(cfg, probe))
+    return Curated(source, samples, probe, final, dec, np.flatnonzero(ok), steps, bad_paths, files_key(cfg, probe))
 
 
 @dataclass
@@ -74,7 +80,8 @@ class Prepared:
 
 def split_key(cfg: DataConfig, seed: int, files: str) -> str:
     """Everything that decides which image lands in which split, and nothing else (not sizes or workers)."""
-    spec = cfg.model_dump(mode="json", exclude={"image_size", "cache_size", "cache", "workers", "prune_splits"})
+    spec = cfg.model_dump(mode="json", exclude={"image_size", "crop_pct", "cache_size", "cache", "workers",
+                                              "prune_splits"})
     if cfg.prune_splits is not None:  # pruned after the split: the split itself does not depend on it
         spec.pop("min_per_class"), spec.pop("top_classes")
     return stable_hash({**spec, "seed": seed, "files": files}, 16)
@@ -91,16 +98,14 @@ def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None)
     if cfg.prune_splits is not None:
         parts, pruned = curate.prune_after_split(s.labels, parts, cfg)
         steps = [*steps, *pruned]
-    if cfg.cache == "decoded":
-        file = cur.decoded.folder / "images.npy"
-        datasets = {name: ArrayDataset(file, cur.rows[idx], s.labels[idx], cfg.image_size,
-                                       augment_transform if name == "train" else None, seed=seed)
-                    for name, idx in parts.items()}
-    else:
-        files = cur.decoded.files
-        datasets = {name: FileDataset(files, cfg.stored_size, cur.rows[idx], s.labels[idx], cfg.image_size,
-                                      augment_transform if name == "train" else None, seed=seed)
-                    for name, idx in parts.items()}
+    def dataset(name: str, idx: np.ndarray) -> ArrayDataset:
+        common = (cur.rows[idx], s.labels[idx], cfg.image_size, cfg.scale_size,
+                  augment_transform if name == "train" else None)
+        if cfg.cache == "decoded":
+            return ArrayDataset(cur.decoded.folder, *common, seed=seed)
+        return FileDataset(cur.decoded.files, cfg.stored_size, *common, seed=seed)
+
+    datasets = {name: dataset(name, idx) for name, idx in parts.items()}
     info = {"source": cfg.source, "root": str(s.root), "files": cur.files, "images": {k: len(v) for k, v in parts.items()},
             "origin": split.origins(s.given, cfg.split),
             "classes": len(s.classes), "curation": steps, "modes": cur.modes,

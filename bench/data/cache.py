@@ -2,12 +2,14 @@
 
 * the probe: mode, width and height of every image from its header, or why the header cannot be read
   (a truncated JPEG still has a valid header: it is caught when the decoded cache is built);
-* the decoded cache: every kept image decoded once, shorter side resized to `size` and centre-cropped,
-  stored as one raw uint8 memmap (N, size, size, 3) that every cell and epoch of every suite reads;
+* the decoded cache: every kept image decoded once, whole (nothing cropped, its aspect kept), shrunk so that
+  its shorter side is `size` (a smaller image is kept as it is), packed into one raw uint8 buffer with an
+  index of each image's offset, height and width, that every cell and epoch of every suite reads; random
+  resized crops draw from the whole image, evaluation resizes and centre-crops it (bench.data.views);
   with data.cache = "none", only which files cannot be decoded (`undecoded`).
 
 Raw uint8 was chosen by measurement over re-encoded small JPEGs: a batch is a memcpy instead of N JPEG
-decodes (see docs/performance.md); the price is disk, size*size*3 bytes per image. Both caches are
+decodes (see docs/performance.md); the price is disk, h*w*3 bytes per image. Both caches are
 built in parallel over the cores; an image that fails to decode is recorded as bad, never raised.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from bench.artefacts import building, intact, reserve, seal
 from bench.data.cachedir import cache_root
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 PARALLEL_MIN = 256  # below this many images a process pool costs more than it saves
 VERSION = 1
+LAYOUT = 2  # bump when the stored pixels change, by layout or decoding (2: whole images packed, with an index)
 
 
 def _stats(root: Path, paths: list[str]) -> list[tuple[int, int]]:
@@ -141,26 +144,53 @@ def probe(root: Path, paths: list[str]) -> Probe:
 
 # ---- decoded images --------------------------------------------------------------------------------
 
-def load_image(path: Path, size: int) -> np.ndarray:
-    """Decode to RGB (any mode converted), shorter side to `size`, centre crop: (size, size, 3) uint8.
+def stored_shape(width: int, height: int, size: int) -> tuple[int, int]:
+    """(height, width) an image of this size is kept at: its shorter side `size` and the longer one in
+    proportion, truncated as torchvision's Resize truncates it; an image smaller than that is kept whole."""
+    short, long = min(width, height), max(width, height)
+    if short <= size:
+        return height, width
+    long = int(size * long / short)
+    return (size, long) if height <= width else (long, size)
 
-    JPEGs are decoded at a reduced scale first (libjpeg's DCT scaling through Pillow's draft mode), which
-    is most of the speed on 800 px photos.
+
+def load_image(path: Path, size: int) -> np.ndarray:
+    """Decode to RGB (any mode converted), whole, shorter side to `size` (stored_shape): (h, w, 3) uint8.
+
+    A JPEG larger than that is decoded at a reduced scale first (libjpeg's DCT scaling through Pillow's draft
+    mode), which is most of the speed on 800 px photos: to no less than twice the size kept where it can be
+    reduced that far (Pillow's bilinear resize, as torchvision's Resize runs it on a PIL image, then makes
+    the rest of the reduction), else to the size kept (half scale at most). On the photos of
+    tests/test_views.py at 48-224 px that differs from resizing the full decode by 0.71 grey levels on
+    average at most (measured), where reducing straight to the size kept from 4x or 8x larger gave up to 9. The draft's box maps the original's edges exactly,
+    though libjpeg rounds the reduced size up.
     """
     with Image.open(path) as im:
-        im.draft("RGB", (size, size))
+        height, width = stored_shape(*im.size, size)
+        box = None
+        if (height, width) != (im.size[1], im.size[0]):
+            margin = 2 if min(im.size[0] // (2 * width), im.size[1] // (2 * height)) >= 2 else 1
+            drafted = im.draft("RGB", (margin * width, margin * height))
+            box = drafted[1] if drafted else None
         im = im.convert("RGB")
-        return np.asarray(ImageOps.fit(im, (size, size), Image.Resampling.BILINEAR))
+        if im.size != (width, height):
+            im = im.resize((width, height), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(im)
 
 
-def _decode_job(job: tuple[str, str, int, int, list[str], range]) -> list[tuple[int, str]]:
-    """Decode rows into the shared memmap; returns (row, reason) for each image that failed."""
-    root, file, n, size, paths, rows = job
+def _decode_job(job: tuple[str, str, str, int, list[str], range]) -> list[tuple[int, str]]:
+    """Decode rows into the shared buffer at their index's places; returns (row, reason) for each failure."""
+    root, file, index_file, size, paths, rows = job
     out = np.lib.format.open_memmap(file, mode="r+")
+    index = np.load(index_file, mmap_mode="r")
     failed = []
     for i in rows:
+        offset, h, w = index[i]
         try:
-            out[i] = load_image(Path(root) / paths[i], size)
+            im = load_image(Path(root) / paths[i], size)
+            if im.shape != (h, w, 3):  # a header that lies about the size: not what the index promised
+                raise ValueError(f"decoded {im.shape[1]}x{im.shape[0]}, header said otherwise")
+            out[offset:offset + h * w * 3] = im.reshape(-1)
         except Exception as e:  # truncated, corrupt, unsupported: recorded, never raised
             failed.append((i, f"cannot decode ({type(e).__name__})"))
     out.flush()
@@ -169,15 +199,26 @@ def _decode_job(job: tuple[str, str, int, int, list[str], range]) -> list[tuple[
 
 @dataclass
 class Decoded:
-    images: np.ndarray | None  # (N, size, size, 3) uint8, read-only memmap; None: data.cache = "none"
+    pixels: np.ndarray | None  # every image's h*w*3 bytes, back to back: a read-only memmap; None: cache "none"
+    index: np.ndarray | None  # (N, 3) int64: each image's offset in `pixels`, its height and width
     bad: dict[int, str]  # row -> why it could not be decoded (its pixels are zeros)
     folder: Path | None
     files: list[str] = field(default_factory=list)  # data.cache = "none": every row's file, decoded per batch
 
 
-def cache_bytes(images: int, size: int) -> int:
-    """What the decoded cache of `images` images at `size` px takes on disk."""
-    return images * size * size * 3
+def stored_index(widths: np.ndarray, heights: np.ndarray, size: int) -> np.ndarray:
+    """(N, 3) int64: where each image (by its header's width and height) lies in the packed buffer, and its
+    stored height and width."""
+    shapes = np.array([stored_shape(int(w), int(h), size) for w, h in zip(widths, heights, strict=True)],
+                      dtype=np.int64).reshape(-1, 2)
+    sizes = shapes[:, 0] * shapes[:, 1] * 3
+    return np.column_stack([np.cumsum(sizes) - sizes, shapes])
+
+
+def cache_bytes(widths: np.ndarray, heights: np.ndarray, size: int) -> int:
+    """What the decoded cache of images of these header sizes at `size` px takes on disk."""
+    index = stored_index(widths, heights, size)
+    return int((index[:, 1] * index[:, 2] * 3).sum())
 
 
 def _check_job(job: tuple[str, list[str], range]) -> list[tuple[int, str]]:
@@ -212,67 +253,77 @@ def undecoded(root: Path, paths: list[str], size: int) -> Decoded:
             with atomic_path(file) as tmp:
                 tmp.write_text(json.dumps({str(k): v for k, v in bad.items()}))
             seal(file)
-    return Decoded(None, bad, None, [str(Path(root) / p) for p in paths])
+    return Decoded(None, None, bad, None, [str(Path(root) / p) for p in paths])
 
 
 def decoded_folder(root: Path, paths: list[str], size: int) -> Path:
     """Where the decoded cache of these files at this size is (or will be)."""
-    return cache_root() / "decoded" / _key(root, paths, size=size, resize="short-side+centre-crop")
+    return cache_root() / "decoded" / _key(root, paths, size=size, layout=LAYOUT)
 
 
-def room_for(root: Path, paths: list[str], size: int) -> tuple[int, int, Path] | None:
+def room_for(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarray,
+             size: int) -> tuple[int, int, Path] | None:
     """(bytes the decoded cache of these files at this size needs, bytes free, the disk's folder), or None
     when that cache is already built."""
     folder = decoded_folder(root, paths, size)
-    if _open_decoded(folder, len(paths), size) is not None:
+    if _open_decoded(folder, len(paths)) is not None:
         return None
     existing = folder
     while not existing.exists():  # the disk the cache will be on: its nearest existing folder's
         existing = existing.parent
-    return cache_bytes(len(paths), size), shutil.disk_usage(existing).free, existing
+    return cache_bytes(widths, heights, size), shutil.disk_usage(existing).free, existing
 
 
-def decoded(root: Path, paths: list[str], size: int) -> Decoded:
-    """The decoded cache for these files at this size; built on first use (by one process), reused after,
-    rebuilt when its images no longer match their seal."""
+def decoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarray, size: int) -> Decoded:
+    """The decoded cache for these files (of these header sizes) at this size; built on first use (by one
+    process), reused after, rebuilt when its images no longer match their seal."""
     folder = decoded_folder(root, paths, size)
     with building(folder):
-        found = _open_decoded(folder, len(paths), size)
+        found = _open_decoded(folder, len(paths))
         if found is not None:
             return found
         if folder.exists():
             print(f"[bench] decoded cache {folder} is incomplete or altered; building it again", file=sys.stderr)
             shutil.rmtree(folder)
         with atomic_dir(folder) as tmp:  # complete or absent: a crash mid-build leaves only a .partial folder
-            file = tmp / "images.npy"
-            shape = (len(paths), size, size, 3)
-            np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=shape)
+            index = stored_index(widths, heights, size)
+            np.save(tmp / "index.npy", index)
+            file = tmp / "pixels.npy"
+            total = int((index[:, 1] * index[:, 2] * 3).sum())
+            np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=(total,))
             reserve(file, file.stat().st_size, "the decoded-image cache")  # a full disk: one line, now
             workers = _workers(len(paths))
-            jobs = [(str(root), str(file), len(paths), size, paths, r) for r in _chunks(len(paths), 8 * workers)]
+            jobs = [(str(root), str(file), str(tmp / "index.npy"), size, paths, r)
+                    for r in _chunks(len(paths), 8 * workers)]
             failed = [f for part in _map(_decode_job, jobs, f"decoding images to {size}px", len(paths), workers)
                       for f in part]
             seal(file)
+            seal(tmp / "index.npy")
             (tmp / "meta.json").write_text(json.dumps({"size": size, "count": len(paths), "root": str(root),
+                                                       "layout": LAYOUT,
                                                        "bad": {str(k): v for k, v in dict(failed).items()}}))
-        found = _open_decoded(folder, len(paths), size)
+        found = _open_decoded(folder, len(paths))
         if found is None:  # verified before anyone else uses it
             raise RuntimeError(f"the decoded cache {folder} was built but does not verify")
         return found
 
 
-def _open_decoded(folder: Path, count: int, size: int) -> Decoded | None:
-    """The cache in `folder` if it is complete (its meta, its shape) and its images match their seal."""
+def _open_decoded(folder: Path, count: int) -> Decoded | None:
+    """The cache in `folder` if it is complete (its meta, its index, its buffer's length) and its images
+    match their seal."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        images = np.load(folder / "images.npy", mmap_mode="r")
+        index = np.load(folder / "index.npy")
+        pixels = np.load(folder / "pixels.npy", mmap_mode="r")
         bad = {int(k): str(v) for k, v in meta["bad"].items()}
     except Exception:  # missing, truncated, not JSON, not .npy: a derived cache is built again
         return None
-    if meta.get("count") != count or images.shape != (count, size, size, 3) or images.dtype != np.uint8 \
-            or not intact(folder / "images.npy", quick=True):
+    if meta.get("count") != count or meta.get("layout") != LAYOUT or index.shape != (count, 3) \
+            or pixels.dtype != np.uint8 or pixels.ndim != 1 \
+            or pixels.shape[0] != int((index[:, 1] * index[:, 2] * 3).sum()) \
+            or not intact(folder / "index.npy", quick=True) or not intact(folder / "pixels.npy", quick=True):
         return None
-    return Decoded(images, bad, folder)
+    return Decoded(pixels, index, bad, folder)
 
 
 def files_key(cfg: DataConfig, probe: Probe) -> str:

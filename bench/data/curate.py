@@ -1,5 +1,7 @@
 """Curation: the studies' data-cleaning steps as suite keys, applied in one fixed, documented order.
 
+    candidates  classes that class pruning cannot keep, by the source's counts  min_per_class / top_classes
+                (their headers are never read; not with prune_splits or modal_size)
     unreadable  files whose header cannot be read (zero bytes, not an image)   always
     modes       non-RGB images converted or dropped                            data.modes
     sizes       shorter side, aspect ratio, only the modal size                data.min_side / max_aspect / modal_size
@@ -79,6 +81,55 @@ def curate(samples: Samples, probe: Probe, cfg: DataConfig) -> tuple[np.ndarray,
     return keep, steps, {int(i): str(probe.bad[i]) for i in np.flatnonzero(bad)}
 
 
+def probed(samples: Samples, cfg: DataConfig) -> tuple[Samples, Probe, list[dict]]:
+    """(the images whose headers curation needs, their probe, the step that left the others) — with class
+    pruning before the split, only the classes it can keep: iNat 2021's 100 most frequent species are 3% of
+    its 2.7 M images. A step only drops images, so a class whose listed images are too few for
+    min_per_class cannot survive it; for top_classes the classes are probed from the most listed down until
+    no unprobed class lists as many images as the K-th largest probed one keeps (those below it cannot reach
+    the top K, not even tied), a few rounds at most. What curation then keeps is exactly what it would keep
+    of every image: the same images, classes and splits."""
+    from bench.data.cache import probe as probe_headers
+    from bench.hashing import stable_hash
+
+    pruning = cfg.min_per_class or cfg.top_classes is not None
+    # modal_size counts every image's size; generated data's headers are known without reading them (preview)
+    if not pruning or cfg.prune_splits is not None or cfg.modal_size or cfg.source == "synthetic":
+        return samples, probe_headers(samples.root, samples.paths), []
+    listed = _counts(samples, np.ones(len(samples.paths), dtype=bool))
+    floor = max(cfg.min_per_class, 1)
+    threshold = floor
+    if cfg.top_classes is not None and (listed >= floor).sum() > cfg.top_classes:
+        threshold = max(floor, int(np.sort(listed)[::-1][cfg.top_classes - 1]))
+    parts: dict[int, tuple[int, ...]] = {}  # image -> (mode, width, height, bad) of every round's probe
+    keys: list[str] = []
+    while True:
+        rows = np.flatnonzero((listed >= threshold)[samples.labels])
+        new = [int(i) for i in rows if int(i) not in parts]
+        if new:
+            got = probe_headers(samples.root, [samples.paths[i] for i in new])
+            keys.append(got.key)
+            parts.update(zip(new, zip(got.modes, got.width, got.height, got.bad, strict=True), strict=True))
+        candidates = samples.subset(rows)
+        heads = [parts[int(i)] for i in rows]
+        probe = Probe(np.array([h[0] for h in heads], dtype=object), np.array([h[1] for h in heads], dtype=np.int64),
+                      np.array([h[2] for h in heads], dtype=np.int64), np.array([h[3] for h in heads], dtype=object),
+                      keys[0] if len(keys) == 1 else stable_hash(keys, 16))
+        if cfg.top_classes is None or threshold == floor:
+            break
+        ranked = cfg.model_copy(update={"top_classes": None, "max_per_class": None, "fraction": 1.0})
+        kept, _, _ = curate(candidates, probe, ranked)  # what each probed class keeps before top_classes
+        kth = np.sort(_counts(candidates, kept))[::-1]
+        reach = max(floor, int(kth[cfg.top_classes - 1])) if len(kth) >= cfg.top_classes else floor
+        if not (listed[listed < threshold] >= reach).any():
+            break
+        threshold = reach
+    step = {"step": "candidates", "detail": "classes class pruning cannot keep, left unprobed",
+            "images": [len(samples.paths), len(candidates.paths)],
+            "classes": [len(np.unique(samples.labels)), len(candidates.classes)]}
+    return candidates, probe, [step]
+
+
 def class_pruning(counts, cfg: DataConfig):
     """(step, detail, kept classes mask) for min_per_class, then top_classes, each judged on `counts()`, the
     training images per class that the step before left."""
@@ -118,21 +169,21 @@ def prune_after_split(labels: np.ndarray, parts: dict[str, np.ndarray], cfg: Dat
 SOURCE_KEY = {"folder": "data.root", "synthetic": "data.synthetic", "csv": "data.manifest", "inat": "data.annotations"}
 
 
-def preview(cfg: DataConfig) -> tuple[Samples, np.ndarray, list[dict], str]:
-    """(the source's index, the mask curation keeps, its steps, bench.data.cache.files_key) from image headers
-    alone, nothing decoded: what `require_trainable` judges before a cell starts. Synthetic data is not generated for it: its class
-    sizes and image size follow from the config, as bench.data.synthetic.generate draws them."""
+def preview(cfg: DataConfig) -> tuple[Samples, np.ndarray, list[dict], str, Probe]:
+    """(the images whose headers were read (`probed`), the mask curation keeps, its steps,
+    bench.data.cache.files_key, their probe) from image headers alone, nothing decoded: what
+    `require_trainable` judges before a cell starts. Synthetic data is not generated for it: its class sizes
+    and image size follow from the config, as bench.data.synthetic.generate draws them."""
     from bench.data.cache import files_key
-    from bench.data.cache import probe as probe_headers
     from bench.data.sources import read_source
 
     if cfg.source == "synthetic":
         samples, probe = _synthetic_index(cfg.synthetic)
+        first = []
     else:
-        samples = read_source(cfg)
-        probe = probe_headers(samples.root, samples.paths)
+        samples, probe, first = probed(read_source(cfg), cfg)
     keep, steps, _ = curate(samples, probe, cfg)
-    return samples, keep, steps, files_key(cfg, probe)
+    return samples, keep, first + steps, files_key(cfg, probe), probe
 
 
 def _synthetic_index(sc: SyntheticConfig) -> tuple[Samples, Probe]:
@@ -163,9 +214,13 @@ def require_trainable(samples: Samples, keep: np.ndarray, steps: list[dict], cfg
                     raise UserError(f"{s['images'][0] - s['images'][1]} of {s['images'][0]} images cannot be read, "
                                     f"which leaves {left}", key=SOURCE_KEY[cfg.source],
                                     hint=f"`bench data inspect {samples.root}` says why, file by file")
-                setting = f"data.{s['step']}" + (f" ({s['detail']})" if s["detail"] else "")
+                name, detail = s["step"], s["detail"]
+                if name == "candidates":  # classes left unread: the class pruning's doing
+                    name, detail = ("min_per_class", f">= {cfg.min_per_class}") if cfg.min_per_class else \
+                        ("top_classes", f"{cfg.top_classes}")
+                setting = f"data.{name}" + (f" ({detail})" if detail else "")
                 raise UserError(f"curation leaves {left}: {setting} keeps {s['images'][1]} of {s['images'][0]} "
-                                "images", key=f"data.{s['step']}",
+                                "images", key=f"data.{name}",
                                 hint="a classifier needs two classes or more: relax it, or add images")
         raise UserError(f"the data has {left}", key=SOURCE_KEY[cfg.source],
                         hint="a classifier needs two classes or more: add images of another class")

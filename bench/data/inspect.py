@@ -26,6 +26,7 @@ def describe(cfg: DataConfig, head: int = 5) -> dict[str, Any]:
         "root": str(samples.root),
         "images": len(samples.paths),
         "classes": len(samples.classes),
+        "probed": len(cur.probed.paths),  # modes and resolutions are of these: the classes pruning can keep
         "modes": cur.modes,
         "bad_images": dict(sorted(cur.bad.items())),
         "resolutions": {"distinct": len(sizes), "top": [(f"{w}x{h}", n) for (w, h), n in sizes.most_common(head)]},
@@ -58,8 +59,8 @@ def curation_summary(cfg: DataConfig) -> str:
     from rich.filesize import decimal
 
     cur = curated(cfg)
-    store = (f"decoded cache: {decimal(cur.decoded.images.nbytes)} at {cfg.stored_size} px in {cur.decoded.folder}"
-             if cur.decoded.images is not None else "no decoded cache (data.cache = \"none\"): each image is "
+    store = (f"decoded cache: {decimal(cur.decoded.pixels.nbytes)}, whole images, shorter side {cfg.stored_size} px, "
+             f"in {cur.decoded.folder}" if cur.decoded.pixels is not None else "no decoded cache (data.cache = \"none\"): each image is "
              "decoded from its file per batch")
     return (f"data: {cfg.source} {cfg.root or ''} -> {len(cur.samples.paths):,} images, "
             f"{len(cur.samples.classes):,} classes, {len(cur.bad)} bad file(s)\n{store}\n{curation_table(cur.steps)}")
@@ -70,7 +71,9 @@ def render(info: dict[str, Any]) -> str:
 
     k = info["kept"]
     pc = k["per_class"]
-    lines = [f"{info['source']} data at {info['root']}: {info['images']:,} images, {info['classes']:,} classes",
+    probed = info.get("probed", info["images"])
+    lines = [f"{info['source']} data at {info['root']}: {info['images']:,} images, {info['classes']:,} classes"
+             + (f"; headers read of the {probed:,} in classes class pruning can keep" if probed < info["images"] else ""),
              "modes: " + ", ".join(f"{m} {n:,}" for m, n in info["modes"].items()),
              f"resolutions: {info['resolutions']['distinct']:,} distinct; most common: "
              + ", ".join(f"{s} ({n:,})" for s, n in info["resolutions"]["top"]),

@@ -1,4 +1,4 @@
-"""Batches straight from the decoded cache: a batch is one fancy-index into a uint8 memmap.
+"""Batches straight from the decoded cache: each image a slice of one uint8 memmap, cropped to its view.
 
 Datasets implement `__getitems__`, so the DataLoader asks for a whole batch at once instead of N single
 items plus a collate. Pixels stay uint8 until they reach the device, where Preprocess normalises them: 4x
@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from bench import distributed
+from bench.data import views
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _MASK = 2**63 - 1
@@ -98,61 +99,65 @@ def _places(items: list) -> tuple[list[int], list[int], list[int]]:
 
 
 class ArrayDataset(Dataset):
-    """A split's images from the decoded cache; a training split's `transform` draws each image's augmentation
-    from (seed, epoch, place in the epoch's draws, view) alone (a Numbered sampler gives the epoch and the
-    place), so neither the worker count nor a resume changes a bit of it."""
+    """A split's images from the decoded cache (whole images, bench.data.views says what a model sees of
+    them); a training split's `transform` draws each image's augmentation from (seed, epoch, place in the
+    epoch's draws, view) alone (a Numbered sampler gives the epoch and the place), so neither the worker
+    count nor a resume changes a bit of it."""
 
-    def __init__(self, file: Path, rows: np.ndarray, labels: np.ndarray, size: int, transform=None,
-                 seed: int = 0):
-        self.file, self.rows, self.size, self.transform = Path(file), np.asarray(rows), size, transform
+    def __init__(self, folder: Path | None, rows: np.ndarray, labels: np.ndarray, size: int, scale: int,
+                 transform=None, seed: int = 0):
+        self.folder, self.rows, self.size, self.scale = folder, np.asarray(rows), size, scale
+        self.transform, self.seed = transform, seed
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-        self._images = None
-        self.seed = seed
+        self._pixels = self._index = None
 
-    @property
-    def images(self) -> np.ndarray:
-        if self._images is None:  # opened lazily, so worker processes map the file instead of copying it
-            self._images = np.load(self.file, mmap_mode="r")
-        return self._images
+    def _open(self) -> None:
+        if self._pixels is None:  # opened lazily, so worker processes map the file instead of copying it
+            # a plain array over the mapped file: slicing a memmap object costs more than copying a small image
+            self._pixels = np.load(self.folder / "pixels.npy", mmap_mode="r").view(np.ndarray)
+            self._index = np.load(self.folder / "index.npy", mmap_mode="r")
 
     def __getstate__(self):
-        return {**self.__dict__, "_images": None}
+        return {**self.__dict__, "_pixels": None, "_index": None}
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def raw(self, idx) -> torch.Tensor:
-        """Images `idx` as stored: uint8, N x C x S x S, S = the cache's side."""
-        return torch.from_numpy(np.ascontiguousarray(self.images[self.rows[np.asarray(idx)]])).permute(0, 3, 1, 2)
+    def stored(self, row: int) -> np.ndarray:
+        """Cache row `row` as stored: H x W x 3 uint8, whole, a view into the cache."""
+        self._open()
+        offset, h, w = self._index[row]
+        return self._pixels[offset:offset + h * w * 3].reshape(h, w, 3)
 
-    def crop(self, x: torch.Tensor) -> torch.Tensor:
-        """Centre crop to the model's size whatever a transform left of a larger stored image (C x H x W or
-        N x C x H x W)."""
-        if x.shape[-1] > self.size:
-            o = (x.shape[-1] - self.size) // 2
-            x = x[..., o:o + self.size, o:o + self.size]
-        return x
+    def evaluated(self, image: np.ndarray) -> np.ndarray:
+        return views.evaluation(image, self.size, self.scale)
+
+    def trained(self, image: np.ndarray, transform) -> torch.Tensor:
+        """One training view: `transform` on the whole image when it opens with a random resized crop, on the
+        evaluation view otherwise; the global generators seeded by the caller."""
+        return transform(views.tensor(image if views.draws_whole(transform) else self.evaluated(image)))
 
     splits = 1  # > 1 (train.aug_splits): the batch holds each image clean, then splits - 1 augmented views
 
-    def augmented(self, x: torch.Tensor, places: list[int], epochs: list[int], view: int = 0) -> torch.Tensor:
+    def augmented(self, images: list[np.ndarray], places: list[int], epochs: list[int], view: int = 0) -> torch.Tensor:
         with own_draws() as seed:
             out = []
-            for im, place, epoch in zip(x, places, epochs, strict=True):
+            for im, place, epoch in zip(images, places, epochs, strict=True):
                 seed(draw_seed(self.seed, int(epoch), int(place), view))
-                out.append(self.transform(im))
+                out.append(self.trained(im, self.transform))
         return torch.stack(out)
 
     def __getitems__(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
         idx, places, epochs = _places(items)
-        x = self.raw(idx)
+        images = [self.stored(r) for r in self.rows[np.asarray(idx)]]
         y = self.labels[torch.as_tensor(idx)]
         if self.splits > 1:  # timm's AugMixDataset + fast_collate layout: [clean..., view 1..., view 2...]
-            views = [self.crop(x)] + [self.crop(self.augmented(x, places, epochs, v)) for v in range(1, self.splits)]
-            return torch.cat(views).contiguous(), y.repeat(self.splits)
+            views_ = [views.batch([self.evaluated(im) for im in images])]
+            views_ += [self.augmented(images, places, epochs, v) for v in range(1, self.splits)]
+            return torch.cat(views_).contiguous(), y.repeat(self.splits)
         if self.transform is not None:
-            x = self.augmented(x, places, epochs)
-        return self.crop(x).contiguous(), y
+            return self.augmented(images, places, epochs).contiguous(), y
+        return views.batch([self.evaluated(im) for im in images]), y
 
     def __getitem__(self, i: int):
         x, y = self.__getitems__([i])
@@ -161,19 +166,18 @@ class ArrayDataset(Dataset):
 
 class FileDataset(ArrayDataset):
     """data.cache = "none": a split's images decoded from their files whenever a batch needs them, to the
-    pixels the decoded cache would hold (bench.data.cache.load_image: reduced-scale JPEG decoding, the
-    shorter side to `stored`, centre crop); everything after is ArrayDataset's."""
+    pixels the decoded cache would hold (bench.data.cache.load_image: reduced-scale JPEG decoding, whole,
+    the shorter side to `stored`); everything after is ArrayDataset's."""
 
-    def __init__(self, files: list[str], stored: int, rows: np.ndarray, labels: np.ndarray, size: int,
+    def __init__(self, files: list[str], stored: int, rows: np.ndarray, labels: np.ndarray, size: int, scale: int,
                  transform=None, seed: int = 0):
-        super().__init__(Path(), rows, labels, size, transform, seed)
-        self.files, self.stored = files, stored
+        super().__init__(None, rows, labels, size, scale, transform, seed)
+        self.files, self.stored_size = files, stored
 
-    def raw(self, idx) -> torch.Tensor:
+    def stored(self, row: int) -> np.ndarray:
         from bench.data.cache import load_image
 
-        images = [load_image(Path(self.files[r]), self.stored) for r in self.rows[np.asarray(idx)]]
-        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+        return load_image(Path(self.files[row]), self.stored_size)
 
 
 def _whole_batch(batch):

@@ -32,7 +32,7 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
 
     dev = resolve_device(device)  # the same check, and message, as the runner's
     classes: dict[str, int] = {}  # data config -> classes curation keeps (for init keys and model shapes)
-    previews: dict[str, tuple[Any, np.ndarray]] = {}  # data config -> (its source's index, what curation keeps)
+    previews: dict[str, tuple[Any, np.ndarray, Any]] = {}  # data config -> (its probed images, what curation keeps, their headers)
     files: dict[str, str] = {}  # data config -> its source's files, as bench.data.cache.files_key names them
     changed: list[Cell] = []
     done: set[str] = set()
@@ -50,14 +50,14 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
         d, m, t = cell.config.data, cell.config.model, cell.config.train
         try:
             require_splittable(t.batch_size, m.freeze, suite.resources.ranks(dev.type))
-            data_key = d.model_dump_json(exclude={"workers", "image_size", "cache_size"})
+            data_key = d.model_dump_json(exclude={"workers", "image_size", "crop_pct", "cache_size"})
             if data and data_key not in classes:
                 from bench.data.curate import preview, require_trainable
 
-                samples, keep, steps, files[data_key] = preview(d)
+                samples, keep, steps, files[data_key], heads = preview(d)
                 require_trainable(samples, keep, steps, d)
                 classes[data_key] = len(np.unique(samples.labels[keep]))
-                previews[data_key] = samples, keep
+                previews[data_key] = samples, keep, heads
                 notes.extend(_carved(d, samples.given))
             if data and d.cache == "decoded" and d.source != "synthetic" and once("room", data_key, d.stored_size):
                 notes.extend(_room(d, *previews[data_key]))
@@ -96,23 +96,25 @@ def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bo
     return notes
 
 
-def _room(d: DataConfig, samples: Any, keep: np.ndarray) -> list[str]:
-    """A note on the decoded cache a data set will build, or a UserError when its disk cannot hold it."""
+def _room(d: DataConfig, samples: Any, keep: np.ndarray, heads: Any) -> list[str]:
+    """A note on the decoded cache a data set will build (from the headers the preview read), or a UserError
+    when its disk cannot hold it."""
     from rich.filesize import decimal as human_bytes
 
     from bench.data.cache import room_for
 
-    room = room_for(samples.root, [p for p, k in zip(samples.paths, keep, strict=True) if k], d.stored_size)
+    room = room_for(samples.root, [p for p, k in zip(samples.paths, keep, strict=True) if k],
+                    heads.width[keep], heads.height[keep], d.stored_size)
     if room is None:  # built already
         return []
     need, free, where = room
     if need > free:
-        raise UserError(f"the decoded cache of {d.root} ({int(keep.sum()):,} images at {d.stored_size} px) needs "
-                        f"{human_bytes(need)}, and {human_bytes(free)} are free under {where}", key="data.cache",
+        raise UserError(f"the decoded cache of {d.root} ({int(keep.sum()):,} whole images, shorter side "
+                        f"{d.stored_size} px) needs {human_bytes(need)}, and {human_bytes(free)} are free under {where}", key="data.cache",
                         hint='set data.cache = "none" (each image decoded from its file per batch), a smaller '
                              "data.cache_size, or BENCH_CACHE to a disk with room")
-    return [f"data {d.root}: its decoded cache will take {human_bytes(need)} ({int(keep.sum()):,} images at "
-            f"{d.stored_size} px; {human_bytes(free)} free under {where})"]
+    return [f"data {d.root}: its decoded cache will take {human_bytes(need)} ({int(keep.sum()):,} whole images, "
+            f"shorter side {d.stored_size} px; {human_bytes(free)} free under {where})"]
 
 
 def _carved(d: DataConfig, given: np.ndarray | None) -> list[str]:

@@ -5,7 +5,8 @@ each a string "name" / "name:value" (the value sets the op's first parameter) or
 {op = "rotate", degrees = 15} that can set any parameter, or one of timm's policy strings
 ("rand-m9-mstd0.5-inc1", "augmix-m5-w4-d2", "original", "v0", "3a"), built by timm's own factories as its
 train.py's --aa builds them. A transform takes one uint8 CHW tensor and
-returns one uint8 CHW tensor of its input's size or of image_size (ArrayDataset centre-crops the rest);
+returns one uint8 CHW tensor of image_size: a list that opens with `rrc` gets the whole stored image, any
+other the image_size evaluation view (bench.data.views);
 it runs on the training split only, after the split, so no augmented copy can leak into val or test.
 """
 

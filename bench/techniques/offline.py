@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
+from bench.data import views
 from bench.data.loaders import ArrayDataset, own_draws
 
-F = v2.functional
-COPIES = {  # the deterministic copies of an offline list
+COPIES = {  # the deterministic copies of an offline list, of a whole stored image (H x W x 3): views, no copy
     "identity": lambda im: im,
-    "hflip": F.horizontal_flip,
-    "vflip": F.vertical_flip,
-    "hvflip": lambda im: F.vertical_flip(F.horizontal_flip(im)),
-    "rot90": lambda im: torch.rot90(im, 1, (-2, -1)),
-    "rot180": lambda im: torch.rot90(im, 2, (-2, -1)),
-    "rot270": lambda im: torch.rot90(im, 3, (-2, -1)),
+    "hflip": lambda im: im[:, ::-1],
+    "vflip": lambda im: im[::-1],
+    "hvflip": lambda im: im[::-1, ::-1],
+    "rot90": lambda im: np.rot90(im, 1),
+    "rot180": lambda im: np.rot90(im, 2),
+    "rot270": lambda im: np.rot90(im, 3),
 }
 
 
@@ -48,13 +47,14 @@ class OfflineAugmented(torch.utils.data.Dataset):
         n = len(self.base)
         out = []
         with own_draws() as seed:
-            for i, im in zip(idx, self.base.raw(np.asarray(idx) % n), strict=True):
+            for i, row in zip(idx, self.base.rows[np.asarray(idx) % n], strict=True):
                 fixed, augmented = self.blocks[i // n]
-                im = COPIES[fixed](im)
+                im = COPIES[fixed](self.base.stored(row))
                 if augmented and self.transform is not None:  # augment = ["none"] leaves nothing to do
                     seed(self.seed * 1_000_003 + i)  # the same in every epoch: the set is fixed
-                    im = self.transform(im)
-                out.append(self.base.crop(im))
+                    out.append(self.base.trained(im, self.transform))
+                else:
+                    out.append(views.tensor(self.base.evaluated(im)))
         return torch.stack(out).contiguous(), self.labels[torch.as_tensor(idx)]
 
     def __getitem__(self, i: int):
