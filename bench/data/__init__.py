@@ -45,6 +45,11 @@ class Curated:
 
 def curated(cfg: DataConfig) -> Curated:
     """Source -> probe -> curation -> decoded cache (undecodable images dropped), all cached on disk."""
+    with cache.stat_once():  # the probe's key and the cache's name the same files
+        return _curated(cfg)
+
+
+def _curated(cfg: DataConfig) -> Curated:
     source = read_source(cfg)
     samples, probe, steps = curate.probed(source, cfg)
     keep, curation, bad = curate.curate(samples, probe, cfg)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 
 def _centre(h: int, w: int, size: int) -> tuple[int, int]:
@@ -30,8 +29,10 @@ def evaluation(image: np.ndarray, size: int, scale: int) -> np.ndarray:
     if min(h, w) == scale:
         top, left = _centre(h, w, size)
         return image[top:top + size, left:left + size]
-    resized = v2.functional.resize(tensor(image), scale, antialias=True)
-    return v2.functional.center_crop(resized, [size, size]).permute(1, 2, 0).numpy()
+    from torchvision.transforms.v2 import functional  # here: a process that only crops need not import it
+
+    resized = functional.resize(tensor(image), scale, antialias=True)
+    return functional.center_crop(resized, [size, size]).permute(1, 2, 0).numpy()
 
 
 def batch(images: list[np.ndarray]) -> torch.Tensor:
@@ -42,5 +43,7 @@ def batch(images: list[np.ndarray]) -> torch.Tensor:
 
 def draws_whole(transform) -> bool:
     """Whether a training transform opens with a random resized crop, which then draws from the whole image."""
+    from torchvision.transforms import v2
+
     first = transform.transforms[0] if isinstance(transform, v2.Compose) else transform
     return isinstance(first, v2.RandomResizedCrop)

@@ -18,6 +18,16 @@ from bench.suite.expansion import where_set
 
 def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bool = True,
               results: Path | None = None, force: bool = False) -> list[str]:
+    """_checks, with each data file stat'ed once (bench.data.cache.stat_once: the preview's probe and the
+    decoded cache's disk estimate name the same files)."""
+    from bench.data.cache import stat_once
+
+    with stat_once():
+        return _checks(suite, cells, device, data=data, results=results, force=force)
+
+
+def _checks(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bool = True,
+            results: Path | None = None, force: bool = False) -> list[str]:
     """Checks that need the file system, the network or the hardware, made before anything is written, so
     that a mistake is one line and exit 2 rather than a failed cell: the device; with `data`, each data
     config's files as its source reads them and what curation leaves of them (image headers only, cached);
