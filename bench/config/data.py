@@ -9,6 +9,10 @@ from pydantic import Field, NonNegativeInt, field_validator, model_validator
 
 from bench.config.base import Strict
 
+# how each image is shown to the model and kept in the cache, not which images there are: left out of what
+# names a split (bench.data.split_key) and a data set's files and curation (bench.suite.preflight)
+VIEW_KEYS = frozenset({"image_size", "crop_pct", "cache_size"})
+
 
 class SyntheticConfig(Strict):
     """The embedded generator: species-like classes that differ by shape and texture, long-tailed."""

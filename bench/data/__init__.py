@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from bench.config import DataConfig
+from bench.config.data import VIEW_KEYS
 from bench.data import cache, curate, split
 from bench.data.cache import files_key
 from bench.data.loaders import ArrayDataset, FileDataset
@@ -85,8 +86,7 @@ class Prepared:
 
 def split_key(cfg: DataConfig, seed: int, files: str) -> str:
     """Everything that decides which image lands in which split, and nothing else (not sizes or workers)."""
-    spec = cfg.model_dump(mode="json", exclude={"image_size", "crop_pct", "cache_size", "cache", "workers",
-                                              "prune_splits"})
+    spec = cfg.model_dump(mode="json", exclude={*VIEW_KEYS, "cache", "workers", "prune_splits"})
     if cfg.prune_splits is not None:  # pruned after the split: the split itself does not depend on it
         spec.pop("min_per_class"), spec.pop("top_classes")
     return stable_hash({**spec, "seed": seed, "files": files}, 16)

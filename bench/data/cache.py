@@ -244,10 +244,14 @@ def stored_index(widths: np.ndarray, heights: np.ndarray, size: int) -> np.ndarr
     return np.column_stack([np.cumsum(sizes) - sizes, shapes])
 
 
+def _nbytes(index: np.ndarray) -> int:
+    """The packed buffer's length for this index."""
+    return int((index[:, 1] * index[:, 2] * 3).sum())
+
+
 def cache_bytes(widths: np.ndarray, heights: np.ndarray, size: int) -> int:
     """What the decoded cache of images of these header sizes at `size` px takes on disk."""
-    index = stored_index(widths, heights, size)
-    return int((index[:, 1] * index[:, 2] * 3).sum())
+    return _nbytes(stored_index(widths, heights, size))
 
 
 def _check_job(job: tuple[str, list[str], range]) -> list[tuple[int, str]]:
@@ -318,8 +322,7 @@ def decoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarra
             index = stored_index(widths, heights, size)
             np.save(tmp / "index.npy", index)
             file = tmp / "pixels.npy"
-            total = int((index[:, 1] * index[:, 2] * 3).sum())
-            np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=(total,))
+            np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=(_nbytes(index),))
             reserve(file, file.stat().st_size, "the decoded-image cache")  # a full disk: one line, now
             workers = _workers(len(paths))
             jobs = [(str(root), str(file), str(tmp / "index.npy"), size, paths, r)
@@ -349,7 +352,7 @@ def _open_decoded(folder: Path, count: int) -> Decoded | None:
         return None
     if meta.get("count") != count or meta.get("layout") != LAYOUT or index.shape != (count, 3) \
             or pixels.dtype != np.uint8 or pixels.ndim != 1 \
-            or pixels.shape[0] != int((index[:, 1] * index[:, 2] * 3).sum()) \
+            or pixels.shape[0] != _nbytes(index) \
             or not intact(folder / "index.npy", quick=True) or not intact(folder / "pixels.npy", quick=True):
         return None
     return Decoded(pixels, index, bad, folder)

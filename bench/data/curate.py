@@ -101,19 +101,19 @@ def probed(samples: Samples, cfg: DataConfig) -> tuple[Samples, Probe, list[dict
     threshold = floor
     if cfg.top_classes is not None and (listed >= floor).sum() > cfg.top_classes:
         threshold = max(floor, int(np.sort(listed)[::-1][cfg.top_classes - 1]))
-    parts: dict[int, tuple[int, ...]] = {}  # image -> (mode, width, height, bad) of every round's probe
-    keys: list[str] = []
+    n = len(samples.paths)  # every image's header as the rounds read them; `read`: which were
+    heads = Probe(np.full(n, "", dtype=object), np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, "", dtype=object))
+    read, keys = np.zeros(n, dtype=bool), []
     while True:
         rows = np.flatnonzero((listed >= threshold)[samples.labels])
-        new = [int(i) for i in rows if int(i) not in parts]
-        if new:
+        new = rows[~read[rows]]
+        if len(new):
             got = probe_headers(samples.root, [samples.paths[i] for i in new])
             keys.append(got.key)
-            parts.update(zip(new, zip(got.modes, got.width, got.height, got.bad, strict=True), strict=True))
+            heads.modes[new], heads.width[new], heads.height[new], heads.bad[new] = got.modes, got.width, got.height, got.bad
+            read[new] = True
         candidates = samples.subset(rows)
-        heads = [parts[int(i)] for i in rows]
-        probe = Probe(np.array([h[0] for h in heads], dtype=object), np.array([h[1] for h in heads], dtype=np.int64),
-                      np.array([h[2] for h in heads], dtype=np.int64), np.array([h[3] for h in heads], dtype=object),
+        probe = Probe(heads.modes[rows], heads.width[rows], heads.height[rows], heads.bad[rows],
                       keys[0] if len(keys) == 1 else stable_hash(keys, 16))
         if cfg.top_classes is None or threshold == floor:
             break

@@ -71,7 +71,7 @@ def render(info: dict[str, Any]) -> str:
 
     k = info["kept"]
     pc = k["per_class"]
-    probed = info.get("probed", info["images"])
+    probed = info["probed"]
     lines = [f"{info['source']} data at {info['root']}: {info['images']:,} images, {info['classes']:,} classes"
              + (f"; headers read of the {probed:,} in classes class pruning can keep" if probed < info["images"] else ""),
              "modes: " + ", ".join(f"{m} {n:,}" for m, n in info["modes"].items()),

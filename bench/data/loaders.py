@@ -108,14 +108,15 @@ class ArrayDataset(Dataset):
                  transform=None, seed: int = 0):
         self.folder, self.rows, self.size, self.scale = folder, np.asarray(rows), size, scale
         self.transform, self.seed = transform, seed
+        self.whole = transform is not None and views.draws_whole(transform)  # decided once, not per image
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self._pixels = self._index = None
 
     def _open(self) -> None:
         if self._pixels is None:  # opened lazily, so worker processes map the file instead of copying it
-            # a plain array over the mapped file: slicing a memmap object costs more than copying a small image
+            # plain arrays over the mapped files: slicing a memmap object costs more than copying a small image
             self._pixels = np.load(self.folder / "pixels.npy", mmap_mode="r").view(np.ndarray)
-            self._index = np.load(self.folder / "index.npy", mmap_mode="r")
+            self._index = np.load(self.folder / "index.npy", mmap_mode="r").view(np.ndarray)
 
     def __getstate__(self):
         return {**self.__dict__, "_pixels": None, "_index": None}
@@ -132,10 +133,10 @@ class ArrayDataset(Dataset):
     def evaluated(self, image: np.ndarray) -> np.ndarray:
         return views.evaluation(image, self.size, self.scale)
 
-    def trained(self, image: np.ndarray, transform) -> torch.Tensor:
-        """One training view: `transform` on the whole image when it opens with a random resized crop, on the
-        evaluation view otherwise; the global generators seeded by the caller."""
-        return transform(views.tensor(image if views.draws_whole(transform) else self.evaluated(image)))
+    def trained(self, image: np.ndarray, transform, whole: bool) -> torch.Tensor:
+        """One training view: `transform` on the whole image when it opens with a random resized crop (`whole`,
+        views.draws_whole), on the evaluation view otherwise; the global generators seeded by the caller."""
+        return transform(views.tensor(image if whole else self.evaluated(image)))
 
     splits = 1  # > 1 (train.aug_splits): the batch holds each image clean, then splits - 1 augmented views
 
@@ -144,7 +145,7 @@ class ArrayDataset(Dataset):
             out = []
             for im, place, epoch in zip(images, places, epochs, strict=True):
                 seed(draw_seed(self.seed, int(epoch), int(place), view))
-                out.append(self.trained(im, self.transform))
+                out.append(self.trained(im, self.transform, self.whole))
         return torch.stack(out)
 
     def __getitems__(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:

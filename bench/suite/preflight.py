@@ -11,6 +11,7 @@ import numpy as np
 
 from bench.cell import Cell
 from bench.config import DataConfig, Suite
+from bench.config.data import VIEW_KEYS
 from bench.errors import UserError
 from bench.store import INIT, init_file, read_result
 from bench.suite.expansion import where_set
@@ -60,7 +61,7 @@ def _checks(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bool
         d, m, t = cell.config.data, cell.config.model, cell.config.train
         try:
             require_splittable(t.batch_size, m.freeze, suite.resources.ranks(dev.type))
-            data_key = d.model_dump_json(exclude={"workers", "image_size", "crop_pct", "cache_size"})
+            data_key = d.model_dump_json(exclude={*VIEW_KEYS, "workers"})
             if data and data_key not in classes:
                 from bench.data.curate import preview, require_trainable
 

@@ -38,6 +38,7 @@ def copies(offline: int | list[str], offline_random: int = 0) -> list[tuple[str,
 class OfflineAugmented(torch.utils.data.Dataset):
     def __init__(self, base: ArrayDataset, blocks: list[tuple[str, bool]], transform, seed: int):
         self.base, self.blocks, self.transform, self.seed = base, blocks, transform, seed
+        self.whole = transform is not None and views.draws_whole(transform)
         self.labels = base.labels.repeat(len(blocks))
 
     def __len__(self) -> int:
@@ -52,7 +53,7 @@ class OfflineAugmented(torch.utils.data.Dataset):
                 im = COPIES[fixed](self.base.stored(row))
                 if augmented and self.transform is not None:  # augment = ["none"] leaves nothing to do
                     seed(self.seed * 1_000_003 + i)  # the same in every epoch: the set is fixed
-                    out.append(self.base.trained(im, self.transform))
+                    out.append(self.base.trained(im, self.transform, self.whole))
                 else:
                     out.append(views.tensor(self.base.evaluated(im)))
         return torch.stack(out).contiguous(), self.labels[torch.as_tensor(idx)]
