@@ -38,12 +38,14 @@ def smoke(session: nox.Session) -> None:
 @nox.session
 def gpu(session: nox.Session) -> None:
     """The checks that need a CUDA device (skipped without one): cells on the GPU, their synchronised timings
-    and allocator figures, deterministic cells repeating bit for bit; then the loader benchmark."""
+    and allocator figures, deterministic cells repeating bit for bit, augmentation replayed on the GPU; then the
+    loader's and the device augmentation's benchmarks."""
     found = session.run("python", "-c", "import torch; print(torch.cuda.is_available())", silent=True)
     if "True" not in str(found):
         session.skip("no CUDA device here")
     session.run("pytest", "-m", "gpu", "-n", "0", "-p", "no:cacheprovider", *session.posargs)
-    session.run("pytest", "benchmarks/test_loader.py", "--benchmark-only", "-n", "0", "-p", "no:cacheprovider")
+    session.run("pytest", "benchmarks/test_loader.py", "benchmarks/test_device_augment.py", "--benchmark-only",
+                "-n", "0", "-p", "no:cacheprovider")
 
 
 @nox.session

@@ -110,7 +110,7 @@ def extract(model: nn.Module, dataset: ArrayDataset, device: torch.device, batch
         raise UserError(f'freeze = "features" needs a linear classifier, this model has a {type(head).__name__}',
                         key="model.freeze", hint='use "all_but_head" for this architecture')
     plain = copy.copy(dataset)  # the same images (from the cache or their files), never augmented
-    plain.transform, plain.splits = None, 1
+    plain.transform, plain.splits, plain.replay = None, 1, None
     grabbed: list[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda _module, args: grabbed.append(args[0]))
     prep = Preprocess(device, channels_last=True)

@@ -93,6 +93,8 @@ def make_loaders(datasets: dict, cfg: TrainConfig, seed: int, image_size: int, w
                                       build_augment(cfg.augment, image_size), seed)
             elif cfg.aug_splits > 1:
                 ds.splits = cfg.aug_splits
+            elif cfg.augment_on == "device":
+                ds.on_device()
             sampler = SAMPLERS[cfg.sampler](ds.labels, seed)
             loaders[split] = make_loader(ds, cfg.batch_size, train=True, seed=seed, workers=workers, sampler=sampler,
                                          pin=pin)

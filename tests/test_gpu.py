@@ -1,6 +1,6 @@
 """The checks that need a CUDA device (`nox -s gpu`; skipped without one, left out of the default run):
 a cell on the GPU records synchronised timings, the allocator's peak and reserve, and the fast backend
-switches; a deterministic cell repeats bit for bit."""
+switches; a deterministic cell repeats bit for bit; augmentation replayed on the GPU is the CPU's."""
 
 from __future__ import annotations
 
@@ -66,3 +66,25 @@ def test_a_cell_on_two_gpus_trains_as_one_gpu_does(write_suite, tmp_path):
     assert results[2]["env"]["world_size"] == 2 and results[2]["env"]["distributed_backend"] == "nccl"
     assert results[1]["train"]["train_images_per_epoch"] == results[2]["train"]["train_images_per_epoch"]
     assert abs(results[1]["metrics"]["val"]["loss"] - results[2]["metrics"]["val"]["loss"]) < 0.05
+
+
+@pytest.mark.parametrize("spec", ['["rrc", "hflip", "jitter"]', "randaugment", "crop_flip", "blur:1.0"])
+def test_augmentation_on_the_gpu_is_the_cpus_within_rounding(spec):
+    """The same draws replayed on the GPU, from pinned memory: CUDA resizes and blurs in floats where the CPU
+    has uint8 kernels, so the pixels may differ by rounding, never by the augmentation."""
+    from tests.test_device_augment import _both
+
+    _, on_cpu, draws = _both(spec)
+    pinned = draws.pin_memory()
+    assert pinned.pixels.is_pinned()
+    on_gpu = pinned.apply(torch.device("cuda"))
+    assert on_gpu.is_cuda and on_gpu.dtype == torch.uint8
+    diff = (on_gpu.cpu().int() - on_cpu.int()).abs().float()
+    assert diff.mean() < 1.0, float(diff.mean())
+
+
+def test_a_device_augmented_cell_trains_on_the_gpu(write_suite, tmp_path):
+    path = write_suite('augment = ["rrc", "hflip", "jitter"]\naugment_on = "device"\n\n'
+                       '[model]\narch = "bench:small_cnn"\n')  # TINY ends in [train]
+    summary = _run(path, tmp_path)
+    assert len(summary.ran) == 1 and not summary.failed, summary.failed

@@ -318,6 +318,7 @@ TECHNIQUES = {
     "balanced-sampler-cutmix-randaugment": 'sampler = "balanced"\nmix = "cutmix_mixup"\n'
                                            'augment = [{op = "randaugment", magnitude = 7}]\n',
     "accumulate-clip-warmup-onecycle": 'accumulate = 2\nclip_grad = 1.0\nschedule = "onecycle"\n',
+    "device-augment": 'augment = ["rrc", "hflip", "jitter"]\naugment_on = "device"\n',
 }
 
 

@@ -117,6 +117,11 @@ class TrainConfig(Strict):
         "`offline_random` augmented versions; 0: augment online")
     offline_random: int = Field(0, ge=0, description="with an `offline` list: each fixed copy is followed by this "
                                 "many versions of itself augmented by `augment` (study 004: 1, so ×8)")
+    augment_on: Literal["loader", "device"] = Field(
+        "loader", description='where `augment` changes pixels: `loader`, image by image in the DataLoader\'s '
+        'workers; `device`, the whole batch at once on the training device (a GPU), the loader only drawing each '
+        "image's parameters and shipping its crop window (see *Where augmentation runs*); the same draws either "
+        "way, and on a CPU the same pixels but for hue and blur (a grey level on a few), so a cell id of its own")
     aug_splits: int = Field(0, ge=0, description="K ≥ 2: every training image enters the batch K times, clean and "
                             "then K−1 views augmented by `augment` (timm's `--aug-splits`, for `loss = \"jsd\"`); "
                             "the batch holds K × `batch_size` images; it needs `augment` and excludes `mix` and "
@@ -242,6 +247,9 @@ class TrainConfig(Strict):
                     raise ValueError(f"aug_splits {'needs' if key == 'augment' else 'excludes'} train.{key}: "
                                      + ("the views are augmented by it" if key == "augment" else
                                         "the clean and augmented views of an image must stay together"))
+        if self.augment_on == "device" and (self.offline or self.aug_splits):
+            raise ValueError('augment_on = "device" augments the batches of online augmentation; offline copies '
+                             'and aug_splits views are made in the loader: set augment_on = "loader"')
         if isinstance(self.offline, int) and self.offline < 0:
             raise ValueError(f"offline must be 0, K >= 2, or a list of copies (got {self.offline})")
         if self.offline == 1 or self.offline == ["identity"] and not self.offline_random:

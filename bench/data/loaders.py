@@ -109,6 +109,7 @@ class ArrayDataset(Dataset):
         self.folder, self.rows, self.size, self.scale = folder, np.asarray(rows), size, scale
         self.transform, self.seed = transform, seed
         self.whole = transform is not None and views.draws_whole(transform)  # decided once, not per image
+        self.replay = None  # train.augment_on = "device": a device_augment.Replay of `transform` (on_device)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self._pixels = self._index = None
 
@@ -138,6 +139,12 @@ class ArrayDataset(Dataset):
         views.draws_whole), on the evaluation view otherwise; the global generators seeded by the caller."""
         return transform(views.tensor(image if whole else self.evaluated(image)))
 
+    def on_device(self) -> None:
+        """Leave the augmentation's pixels to the training device: batches become device_augment.Draws."""
+        from bench.data.device_augment import Replay
+
+        self.replay = Replay(self.transform) if self.transform is not None else None
+
     splits = 1  # > 1 (train.aug_splits): the batch holds each image clean, then splits - 1 augmented views
 
     def augmented(self, images: list[np.ndarray], places: list[int], epochs: list[int], view: int = 0) -> torch.Tensor:
@@ -156,6 +163,12 @@ class ArrayDataset(Dataset):
             views_ = [views.batch([self.evaluated(im) for im in images])]
             views_ += [self.augmented(images, places, epochs, v) for v in range(1, self.splits)]
             return torch.cat(views_).contiguous(), y.repeat(self.splits)
+        if self.replay is not None:
+            from bench.data.device_augment import gather
+
+            with own_draws() as seed:
+                seeds = [draw_seed(self.seed, int(e), int(p), 0) for p, e in zip(places, epochs, strict=True)]
+                return gather(self.replay, images, seeds, seed, self.evaluated), y
         if self.transform is not None:
             return self.augmented(images, places, epochs).contiguous(), y
         return views.batch([self.evaluated(im) for im in images]), y
@@ -208,14 +221,17 @@ def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int, workers
 
 class Preprocess:
     """uint8 NCHW batch -> normalised float on the device; done there so the loader ships 4x fewer bytes.
-    Float batches pass through to the device unchanged."""
+    Float batches pass through to the device unchanged; a batch whose augmentation the device applies
+    (device_augment.Draws) is augmented there first."""
 
     def __init__(self, device: torch.device, channels_last: bool = False):
         self.device, self.channels_last = device, channels_last
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = x.apply(self.device)
         if x.dtype != torch.uint8:  # already model inputs: cached features (model.freeze = "features")
             return x.to(self.device, non_blocking=True)
         x = (x.to(self.device, non_blocking=True).float() - self.mean) / self.std

@@ -48,6 +48,13 @@ def _registry_checks(cfg: CellConfig) -> list[tuple[str, Any, Callable[[], Any]]
             raise ValueError(f"layer-wise lr decay needs a timm: architecture (timm's group_matcher names its "
                              f"layers), not {cfg.model.arch}; use backbone_lr for one lower rate below the head")
 
+    def on_device() -> None:
+        from bench.data.device_augment import check
+        from bench.techniques import build_augment
+
+        if t.augment_on == "device":
+            check(build_augment(t.augment, 32))
+
     t = cfg.train
     return [("model.arch", cfg.model.arch, lambda: check_arch(cfg.model.arch)),
             *[(f"train.{f}", getattr(t, f), member(f, getattr(t, f)))
@@ -56,6 +63,7 @@ def _registry_checks(cfg: CellConfig) -> list[tuple[str, Any, Callable[[], Any]]
             ("train.layer_decay", [cfg.model.arch, t.layer_decay], layer_decay),
             ("model.kwargs", [cfg.model.arch, cfg.data.image_size, cfg.model.kwargs], model_kwargs),
             ("train.augment", t.augment, lambda: check_augment(t.augment)),
+            ("train.augment_on", [t.augment, t.augment_on], on_device),
             ("train.tta", t.tta, lambda: build_tta(t.tta))]
 
 

@@ -1,0 +1,290 @@
+"""train.augment_on = "device": each image's augmentation drawn in the loader, applied to the whole batch on
+the training device.
+
+The loader keeps only what needs the host. It draws each image's random parameters with the very torchvision
+transforms of `train.augment`, seeded by (seed, epoch, place) as the loader's own path seeds them, so both
+placements draw the same augmentations; the transforms run on a stand-in of the image's shape that holds no
+pixels, their kernels replaced by a recorder. A leading random resized crop cuts the bytes it ships: each
+image's crop window, packed back to back in one uint8 buffer (pinned on a GPU), with the draws beside it.
+
+The device then replays the draws as batched tensor operations (`APPLY`, one entry per transform class):
+torchvision's own kernels where images share a parameter (flips, grey, crops, the auto-augment ops grouped
+by op and magnitude), torchvision's arithmetic with one factor per image for brightness, contrast and
+saturation, kornia's kernels for hue and blur, and each crop resized alone (no two share a shape). Pixels stay uint8 between ops, as on the loader's path. timm's policy strings
+and the affine ops (rotate, translate, zoom, scale) have no entry: they stay in the loader.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from bench.data import views
+
+# transform class -> apply(leaf, x: uint8 N x C x H x W on the device, params: one per image, None if skipped)
+APPLY: dict[type, Callable[[Any, torch.Tensor, list], torch.Tensor]] = {}
+CHUNK = 16  # images per batched op on a CPU: a whole batch's float temporaries would leave the caches
+AUTO = (v2.RandAugment, v2.TrivialAugmentWide, v2.AutoAugment)  # whose draws are a list of (op, magnitude)
+
+
+def applies(*kinds: type):
+    def register(fn):
+        for kind in kinds:
+            APPLY[kind] = fn
+        return fn
+    return register
+
+
+def leaves(transform) -> list:
+    """The transforms that draw and change pixels, in the order they run: Compose and RandomApply opened
+    (a RandomApply's coin decides whether its leaves record a draw)."""
+    if isinstance(transform, v2.Compose | v2.RandomApply):
+        return [leaf for t in transform.transforms for leaf in leaves(t)]
+    return [transform]
+
+
+def check(transform) -> None:
+    """ValueError naming the first transform that has no batched form."""
+    for leaf in leaves(transform) if transform is not None else []:
+        if type(leaf) not in APPLY:
+            known = sorted({k.__name__ for k in APPLY})
+            raise ValueError(f"{leaf!r} has no batched form on the device (those that have: {', '.join(known)}); "
+                             'set train.augment_on = "loader", or drop it from train.augment')
+
+
+def _stand_in(c: int, h: int, w: int) -> torch.Tensor:
+    """A C x H x W uint8 tensor of no memory: every draw reads shapes only."""
+    return torch.zeros((), dtype=torch.uint8).expand(c, h, w)
+
+
+class Replay:
+    """`transform`'s draws for one image at a time (`draw`), its leaves to apply them to a batch. The
+    recording copy is built per process (a worker's own), not pickled."""
+
+    def __init__(self, transform):
+        check(transform)
+        self.transform, self.leaves = transform, leaves(transform)
+        self.whole = views.draws_whole(transform)  # the first leaf's crop window cuts what the loader ships
+        self._recorder = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_recorder": None}
+
+    def _record(self):
+        recorder = copy.deepcopy(self.transform)
+        slots: list = [None] * len(self.leaves)
+
+        def recording(i: int, leaf):
+            if isinstance(leaf, AUTO):
+                def kernel(image, transform_id, magnitude, **_):
+                    slots[i].append((transform_id, magnitude))
+                    return image
+                leaf._apply_image_or_video_transform = kernel
+            else:
+                size = getattr(leaf, "size", None) if isinstance(leaf, v2.RandomResizedCrop | v2.RandomCrop) else None
+
+                def kernel(image, params):
+                    # as arrays: a tensor per image would cross from a worker through a file descriptor of its own
+                    slots[i] = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in params.items()}
+                    return image if size is None else _stand_in(image.shape[0], *size)
+                leaf.transform = kernel
+
+        for i, leaf in enumerate(leaves(recorder)):
+            recording(i, leaf)
+        self._recorder = (recorder, slots)
+
+    def draw(self, shape: tuple[int, int, int]) -> list:
+        """One image's draws, per leaf (None where a coin skipped it), for an H x W x C image; the global
+        generator seeded by the caller."""
+        if self._recorder is None:
+            self._record()
+        recorder, slots = self._recorder
+        slots[:] = [[] if isinstance(leaf, AUTO) else None for leaf in self.leaves]
+        h, w, c = shape
+        recorder(_stand_in(c, h, w))
+        return list(slots)
+
+
+@dataclass
+class Draws:
+    """A training batch whose augmentation the device applies: `pixels` (N x C x H x W uint8, or with
+    `shapes` each image's crop packed flat, back to back) and each leaf's draws, one per image."""
+    pixels: torch.Tensor
+    shapes: np.ndarray | None  # N x 2 (height, width) of the packed crops; None for a stacked batch
+    draws: list[list]  # per leaf, per image
+    replay: Replay
+
+    def __len__(self) -> int:
+        return len(self.draws[0])
+
+    def pin_memory(self, device=None) -> Draws:  # the DataLoader's pinning thread calls it
+        return replace(self, pixels=self.pixels.pin_memory())
+
+    def apply(self, device: torch.device) -> torch.Tensor:
+        """The augmented batch on `device`, uint8 N x C x H x W."""
+        x = self.pixels.to(device, non_blocking=True)
+        todo = list(zip(self.replay.leaves, self.draws, strict=True))
+        if self.shapes is not None:  # the crop windows of a leading random resized crop, each resized alone
+            leaf = todo.pop(0)[0]
+            ends = np.cumsum(self.shapes.prod(1) * 3)
+            x = torch.stack([leaf.transform(x[end - h * w * 3:end].view(h, w, 3).permute(2, 0, 1),
+                                            {"top": 0, "left": 0, "height": h, "width": w})
+                             for end, (h, w) in zip(ends.tolist(), self.shapes.tolist(), strict=True)])
+        step = CHUNK if x.device.type == "cpu" else max(1, len(x))
+        parts = []
+        for at in range(0, len(x), step):
+            part = x[at:at + step]
+            for leaf, params in todo:
+                part = APPLY[type(leaf)](leaf, part, params[at:at + step])
+            parts.append(part)
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def gather(replay: Replay, images: list[np.ndarray], seeds: list[int], seed: Callable[[int], None],
+           evaluated: Callable[[np.ndarray], np.ndarray]) -> Draws:
+    """The loader's share: each image's draws (`seed(s)` seeds the generators), and its pixels: the crop
+    window of a leading random resized crop, else the evaluation view."""
+    starts = images if replay.whole else [evaluated(im) for im in images]
+    draws = []
+    for image, s in zip(starts, seeds, strict=True):
+        seed(s)
+        draws.append(replay.draw(image.shape))
+    per_leaf = [list(d) for d in zip(*draws, strict=True)]
+    if not replay.whole:
+        return Draws(views.batch(starts), None, per_leaf, replay)
+    windows = [(p["top"], p["left"], p["height"], p["width"]) for p in per_leaf[0]]
+    shapes = np.array([(h, w) for _, _, h, w in windows], dtype=np.int64).reshape(-1, 2)
+    flat = np.empty(int(shapes.prod(1).sum()) * 3, dtype=np.uint8)
+    at = 0
+    for image, (top, left, h, w) in zip(images, windows, strict=True):
+        flat[at:at + h * w * 3].reshape(h, w, 3)[...] = image[top:top + h, left:left + w]
+        at += h * w * 3
+    return Draws(torch.from_numpy(flat), shapes, per_leaf, replay)
+
+
+# ------------------------------------------------------------------------------------------ batched kernels
+def _chosen(x: torch.Tensor, params: list) -> torch.Tensor:
+    """Indices (on x's device) of the images whose coin applied the leaf."""
+    return torch.tensor([n for n, p in enumerate(params) if p is not None], dtype=torch.long, device=x.device)
+
+
+def _on(x: torch.Tensor, idx: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    if len(idx) == len(x):
+        return fn(x)
+    if len(idx):
+        x = x.clone()
+        x[idx] = fn(x[idx])
+    return x
+
+
+@applies(v2.RandomHorizontalFlip, v2.RandomVerticalFlip, v2.RandomGrayscale)
+def _shared(leaf, x, params):
+    """Ops whose parameters every image shares (a coin decides only whether): the leaf's own kernel, once,
+    on the images it applies to."""
+    drawn = next((p for p in params if p is not None), None)
+    return x if drawn is None else _on(x, _chosen(x, params), lambda im: leaf.transform(im, drawn))
+
+
+@applies(v2.RandomCrop)
+def _crop(leaf, x, params):
+    first = params[0]  # every image has the batch's size, so the padding is the same for all
+    x = leaf.transform(x, {**first, "needs_crop": False})  # the leaf's own padding, the batch at once
+    if not first["needs_crop"]:
+        return x
+    return torch.stack([x[n, :, p["top"]:p["top"] + p["height"], p["left"]:p["left"] + p["width"]]
+                        for n, p in enumerate(params)])
+
+
+@applies(v2.RandomResizedCrop, v2.RandomErasing)
+def _each(leaf, x, params):
+    """Ops that give every image its own window (a random resized crop that does not lead, erasing): the
+    leaf's own kernel, image by image."""
+    return torch.stack([im if p is None else leaf.transform(im, {k: torch.from_numpy(v) if isinstance(v, np.ndarray)
+                                                                 else v for k, v in p.items()})
+                        for im, p in zip(x, params, strict=True)])
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor | float, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's blend of uint8 images (factor x image + (1 - factor) x other, truncated back to uint8),
+    with one factor per image: its kernels take one per call."""
+    weight = factor.view(-1, 1, 1, 1)
+    out = x.mul(weight.float())
+    if not isinstance(other, float):  # one fused multiply-add, as torchvision's add_(other, alpha=1 - factor)
+        out = torch.addcmul(out, other, (1 - weight).float())
+    return out.clamp_(0, 255).to(torch.uint8)
+
+
+def _hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    import kornia.enhance
+
+    shifted = kornia.enhance.adjust_hue(F.to_dtype(x, torch.float32, scale=True), factor.float() * 2 * math.pi)
+    return F.to_dtype(shifted.clamp_(0, 1), torch.uint8, scale=True)  # kornia's hue is an angle, torchvision's a turn
+
+
+JITTER = [("brightness_factor", lambda x, f: _blend(x, 0.0, f)),
+          ("contrast_factor", lambda x, f: _blend(x, F.rgb_to_grayscale(x).float().mean((1, 2, 3), keepdim=True), f)),
+          ("saturation_factor", lambda x, f: _blend(x, F.rgb_to_grayscale(x).float(), f)),
+          ("hue_factor", _hue)]  # in the order of torchvision's fn_idx
+
+
+@applies(v2.ColorJitter)
+def _jitter(leaf, x, params):
+    """torchvision's draws (each image its own order of the four adjustments, and its own factors) and its
+    uint8 arithmetic (the grey of a uint8 image truncated, each adjustment truncated back to uint8), one
+    factor per image; the hue through kornia's, which takes one per image too."""
+    drawn = next((p for p in params if p is not None), None)
+    if drawn is None:
+        return x
+    # an image whose coin skipped the leaf (a RandomApply around it) takes part in no slot
+    order = np.stack([p["fn_idx"] if p is not None else np.full_like(drawn["fn_idx"], -1) for p in params])
+    x = x.clone()
+    for slot in range(order.shape[1]):
+        for fn_id, (key, kernel) in enumerate(JITTER):
+            members = np.flatnonzero(order[:, slot] == fn_id).tolist()
+            if drawn[key] is None or not members:
+                continue
+            factors = torch.tensor([params[n][key] for n in members], dtype=torch.float64, device=x.device)
+            idx = torch.tensor(members, device=x.device)
+            x[idx] = kernel(x[idx], factors)
+    return x
+
+
+@applies(v2.GaussianBlur)
+def _blur(leaf, x, params):
+    """Each image its own sigma (kornia's blur takes one per image), reflected edges and rounding as
+    torchvision's."""
+    from kornia.filters import gaussian_blur2d
+
+    idx = _chosen(x, params)
+    sigma = torch.tensor([p["sigma"] for p in params if p is not None], device=x.device)
+
+    def blur(im: torch.Tensor) -> torch.Tensor:
+        out = gaussian_blur2d(im.float(), tuple(leaf.kernel_size[::-1]), sigma.flip(1), border_type="reflect")
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+    return _on(x, idx, blur)
+
+
+@applies(*AUTO)
+def _auto(leaf, x, params):
+    """Round r applies each image's r-th op; images that drew the same op and magnitude go as one batch
+    through torchvision's own op."""
+    x = x.clone()
+    for r in range(max(map(len, params), default=0)):
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for n, ops in enumerate(params):
+            if r < len(ops):
+                groups[ops[r]].append(n)
+        for (transform_id, magnitude), members in groups.items():
+            idx = torch.tensor(members, device=x.device)
+            x[idx] = leaf._apply_image_or_video_transform(x[idx], transform_id, magnitude,
+                                                          interpolation=leaf.interpolation, fill=leaf._fill)
+    return x

@@ -1,0 +1,138 @@
+"""train.augment_on = "device": the loader draws, the device applies to the whole batch. The same draws as the
+loader's own path, and on a CPU the same pixels (but for hue and blur, kornia's kernels: under 1% of
+pixels, by a grey level or two); an op without a batched form is a
+one-line error; a cell is the same whatever the worker count."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from bench.data.device_augment import APPLY, Replay, check, leaves
+from bench.data.loaders import ArrayDataset
+from bench.errors import UserError
+from bench.techniques import build_augment
+
+SIZE, SCALE = 56, 64
+
+
+def _photo(rng, h: int, w: int) -> np.ndarray:
+    """Gradients and noise, so that every op (crops, flips, colour, blur, equalise) changes some pixels."""
+    y, x = np.mgrid[0:h, 0:w]
+    image = np.stack([x * 255 // w, y * 255 // h, (x + y) * 127 // (h + w)], -1).astype(np.int16)
+    return np.clip(image + rng.normal(0, 20, image.shape), 0, 255).astype(np.uint8)
+
+
+RNG = np.random.default_rng(0)
+IMAGES = [_photo(RNG, h, w) for h, w in [(64, 85), (73, 64), (64, 64), (90, 64), (64, 120), (64, 70)] * 4]
+
+
+class InMemory(ArrayDataset):
+    def stored(self, row: int) -> np.ndarray:
+        return IMAGES[row]
+
+
+# spec -> whether the device's pixels equal the loader's bit for bit (else: under 1% of them differ, by 2 at most)
+SPECS = {"flip": True, "vflip": True, "crop_flip": True, "grayscale:0.5": True, "erasing:1.0": True,
+         '["rrc", "hflip"]': True, '["hflip", "rrc"]': True, "randaugment": True, "trivialaugment": True,
+         "autoaugment": True, '["rrc", "brightness:0.5", "contrast:0.5"]': True,
+         '["rrc", "hflip", "jitter"]': True, '[{"op": "jitter", "strength": 0.4, "hue": 0.2}]': False,
+         "blur:1.0": False}
+
+
+def _spec(text: str):
+    return json.loads(text) if text.startswith("[") else text
+
+
+def _both(spec: str, epoch: int = 1) -> tuple[torch.Tensor, torch.Tensor, object]:
+    transform = build_augment(_spec(spec), SIZE)
+    n = len(IMAGES)
+    loader = InMemory(None, np.arange(n), np.zeros(n), SIZE, SCALE, transform, seed=3)
+    device = InMemory(None, np.arange(n), np.zeros(n), SIZE, SCALE, transform, seed=3)
+    device.on_device()
+    items = [(epoch, place, i) for place, i in enumerate(range(n))]
+    draws, _ = device.__getitems__(items)
+    return loader.__getitems__(items)[0], draws.apply(torch.device("cpu")), draws
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_the_device_applies_the_loaders_draws_to_the_same_pixels(spec):
+    on_loader, on_device, _ = _both(spec)
+    assert on_device.dtype == torch.uint8 and on_device.shape == on_loader.shape == (len(IMAGES), 3, SIZE, SIZE)
+    diff = (on_loader.int() - on_device.int()).abs()
+    if SPECS[spec]:
+        assert torch.equal(on_loader, on_device), f"{int((diff > 0).sum())} pixels differ"
+    else:
+        assert diff.max() <= 2 and (diff > 0).float().mean() < 0.01, (int(diff.max()), float(diff.float().mean()))
+    # and it augments: another epoch draws other augmentations
+    assert not torch.equal(on_device, _both(spec, epoch=2)[1])
+
+
+def test_every_batched_kernel_is_checked_against_the_loader():
+    tested = {type(leaf) for spec in SPECS for leaf in leaves(build_augment(_spec(spec), SIZE))}
+    assert tested == set(APPLY), set(APPLY) - tested
+
+
+def test_a_leading_random_resized_crop_ships_only_its_windows():
+    _, on_device, draws = _both('["rrc", "hflip"]')
+    windows = int(draws.shapes.prod(1).sum()) * 3
+    assert draws.pixels.numel() == windows < sum(im.size for im in IMAGES)
+    assert len(draws) == len(IMAGES)
+    # draws hold no tensors: from a worker, each tensor would cross through a file descriptor of its own
+    assert not [v for leaf in draws.draws for p in leaf if isinstance(p, dict) for v in p.values()
+                if isinstance(v, torch.Tensor)]
+
+
+def test_replay_is_picklable_without_its_recorder():
+    import pickle
+
+    replay = Replay(build_augment(["rrc", "jitter"], SIZE))
+    torch.manual_seed(0)
+    first = replay.draw((64, 80, 3))
+    copy = pickle.loads(pickle.dumps(replay))
+    torch.manual_seed(0)
+    again = copy.draw((64, 80, 3))
+    assert first[0] == again[0] and np.array_equal(first[1]["fn_idx"], again[1]["fn_idx"])
+
+
+@pytest.mark.parametrize("spec", ["rotate:15", '["hflip", "zoom"]', "rand-m9-mstd0.5"])
+def test_an_op_without_a_batched_form_is_named(spec):
+    with pytest.raises(ValueError, match="has no batched form on the device.*augment_on = \"loader\""):
+        check(build_augment(_spec(spec), 32))
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    ('augment = "rotate:15"\naugment_on = "device"', "RandomRotation"),
+    ('augment = "hflip"\naugment_on = "device"\noffline = 2', "offline copies"),
+    ('augment = "hflip"\naugment_on = "device"\naug_splits = 3\nloss = "jsd"', "aug_splits views"),
+])
+def test_bad_device_augment_settings_are_one_line_errors(write_suite, extra, fragment):
+    from bench.config import load_suite
+    from bench.suite import expand
+
+    with pytest.raises(UserError) as e:
+        expand(load_suite(write_suite(extra)))
+    assert fragment in str(e.value) and e.value.key.startswith("train") and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_device_augmented_cell_is_the_same_whatever_the_worker_count(write_suite, tmp_path):
+    from bench import api
+    from bench.cell import RunOptions
+    from bench.progress import LogProgress
+    from tests.support import outputs
+
+    path = write_suite('augment = ["rrc", "hflip", "jitter"]\naugment_on = "device"\n')
+    loader = api.plan(write_suite('augment = ["rrc", "hflip", "jitter"]\n', name="loader.toml"), check=False)
+    ids = {}
+    for workers in (0, 2):
+        planned = api.plan(path, check=False, overrides=[f"data.workers={workers}"])
+        ids[workers] = [c.id for c in planned.cells]
+        summary = api.run(planned, results=tmp_path / str(workers), device="cpu",
+                          options=RunOptions(isolate=False, threads=1), progress=LogProgress(open(os.devnull, "w")))
+        assert len(summary.ran) == 1 and not summary.failed, summary.failed
+    assert ids[0] == ids[2] != [c.id for c in loader.cells]  # its own cell: a GPU's kernels differ in the last bits
+    assert outputs(tmp_path / "0" / "tiny") == outputs(tmp_path / "2" / "tiny")
