@@ -27,19 +27,35 @@ def _blocks(total: int, width: int) -> list[slice]:
     return [slice(a, min(total, a + step)) for a in range(0, total, step)]
 
 
+def row_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of float logits -> ([cross-entropy summed, top-1 right, top-5 right, rows], each row's
+    log-sum-exp, each row's predicted class), the sums as one float64 tensor on the logits' device (counts
+    exact): what classification_metrics adds up, a block or a batch at a time."""
+    lse, predicted = torch.logsumexp(logits, 1), logits.argmax(1)
+    top = logits.topk(min(5, logits.shape[1]), 1).indices
+    sums = torch.stack([(lse - logits.gather(1, labels[:, None]).squeeze(1)).double().sum(),
+                        (predicted == labels).sum().double(), (top == labels[:, None]).any(1).sum().double(),
+                        torch.tensor(float(len(labels)), dtype=torch.float64, device=logits.device)])
+    return sums, lse, predicted
+
+
+def from_sums(sums: list[float]) -> dict[str, float]:
+    """Mean cross-entropy, top-1 and top-5 error from row_sums' four sums (added up over blocks, batches or
+    ranks)."""
+    loss, right1, right5, n = sums
+    return {"loss": loss / n, "top1_error": 1.0 - right1 / n, "top5_error": 1.0 - right5 / n}
+
+
 def _scan(logits: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """One pass over the logits, a block of rows at a time: (top-1 and top-5 error and mean cross-entropy,
     each row's log-sum-exp, each row's predicted class)."""
     n, c = logits.shape
-    k, loss, right5 = min(5, c), 0.0, 0
     lse, predicted = torch.empty(n), torch.empty(n, dtype=torch.long)
+    total = torch.zeros(4, dtype=torch.float64)
     for rows in _blocks(n, c):
-        part, y = logits[rows].float(), labels[rows]
-        lse[rows], predicted[rows] = torch.logsumexp(part, 1), part.argmax(1)
-        loss += float((lse[rows] - part.gather(1, y[:, None]).squeeze(1)).double().sum())
-        right5 += int((part.topk(k, 1).indices == y[:, None]).any(1).sum())
-    right1 = int((predicted == labels).sum())
-    return {"loss": loss / n, "top1_error": 1.0 - right1 / n, "top5_error": 1.0 - right5 / n}, lse, predicted
+        sums, lse[rows], predicted[rows] = row_sums(logits[rows].float(), labels[rows])
+        total += sums
+    return from_sums(total.tolist()), lse, predicted
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -23,9 +23,8 @@ from bench.checkpoint import Checkpoint, rng_state
 from bench.config import TrainConfig
 from bench.data.loaders import Preprocess, set_epoch
 from bench.device import synchronize
-from bench.evaluate import evaluate, predict
+from bench.evaluate import evaluate, score
 from bench.loop import Loop, Progress, info_record, timing_record
-from bench.metrics import classification_metrics
 from bench.models.freeze import set_train_mode
 from bench.techniques.precision import precision_setup
 from bench.techniques.stopping import as_selected
@@ -166,9 +165,9 @@ def _epoch_row(epoch: int, lr: float, tr: dict[str, float], loop: Loop, val_load
     """The epoch's history row: its training figures and its validation (cheap metrics), of the weights
     and, with EMA, of the averaged weights in columns of their own; validation counts as evaluation time."""
     def validate(net: nn.Module) -> tuple[dict[str, float], float]:
-        logits, labels, sec = predict(net, val_loader, loop.prep, autocast=loop.autocast)
-        progress.evaluated(sec, len(labels))
-        return classification_metrics(logits, labels), sec
+        metrics, images, sec = score(net, val_loader, loop.prep, autocast=loop.autocast)
+        progress.evaluated(sec, images)
+        return metrics, sec
 
     val, sec = validate(loop.eval_net)
     row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_error": 1 - tr["accuracy"],

@@ -86,3 +86,44 @@ def test_ten_thousand_classes(benchmark, tmp_path):
     assert seconds <= MAX_S and gb <= MAX_GB
     confusion_gb = CLASSES * CLASSES * 8 / 2**30  # int64 counts, 0.75 GiB at 10,000 classes, stored either way
     assert half_gb <= (size_gb - confusion_gb) / 2 + confusion_gb + 0.01
+
+
+def test_an_epochs_validation_at_ten_thousand_classes(benchmark):
+    """Every epoch's validation at iNat 2021's scale (100,000 images, 10,000 classes), through a linear
+    layer that stands in for a network: the figures summed batch by batch on the device (bench.evaluate.score)
+    against the split's logits gathered on the host first and reduced there (predict + classification_metrics,
+    bench's way before issue 19's item 5). On a CPU the device is the host, so only memory can differ; a GPU
+    also spares the 4 GB copy."""
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bench.data.loaders import Preprocess
+    from bench.evaluate import predict, score
+    from bench.metrics import classification_metrics
+
+    torch.manual_seed(0)
+    model = nn.Linear(16, CLASSES)
+    batches = DataLoader(TensorDataset(torch.randn(IMAGES, 16), torch.arange(IMAGES) % CLASSES), batch_size=1000)
+    prep = Preprocess(torch.device("cpu"))
+
+    def gathered():
+        with AnonPeak() as peak:
+            start = time.perf_counter()
+            figures = classification_metrics(*predict(model, batches, prep)[:2])
+        return figures, time.perf_counter() - start, peak.mb - before
+
+    def summed():
+        with AnonPeak() as peak:
+            start = time.perf_counter()
+            figures = score(model, batches, prep)[0]
+        return figures, time.perf_counter() - start, peak.mb - before
+
+    before = AnonPeak().mb
+    old, old_s, old_mb = gathered()
+    before = AnonPeak().mb
+    new, new_s, new_mb = benchmark.pedantic(summed, rounds=1, iterations=1)
+    benchmark.extra_info.update(gathered_s=old_s, gathered_mb=old_mb, summed_s=new_s, summed_mb=new_mb)
+    print(f"\nvalidation, {IMAGES:,} x {CLASSES:,}: gathered on the host {old_s:.1f} s, +{old_mb:.0f} MB; "
+          f"summed on the device {new_s:.1f} s, +{new_mb:.0f} MB")
+    assert new["top1_error"] == old["top1_error"] and abs(new["loss"] - old["loss"]) < 1e-9
+    assert new_mb < 0.1 * old_mb

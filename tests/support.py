@@ -47,18 +47,18 @@ def scripted_val_errors(monkeypatch, errors: list[float], loss: float | list[flo
     """Validation errors in the order the epochs see them (and `loss` as their validation loss, unless None:
     one for every epoch, or a list in the order of `errors`); later calls (the final evaluation) are real.
     Returns restart(errors): a new script from the next call on, as a tuning trial's training starts its own."""
-    real, state = train.classification_metrics, {"errors": list(errors), "i": 0}
+    real, state = train.score, {"errors": list(errors), "i": 0}
 
-    def fake(logits, labels):
-        out = real(logits, labels)
+    def fake(*args, **kwargs):
+        out, images, seconds = real(*args, **kwargs)
         if state["i"] < len(state["errors"]):
             epoch_loss = loss[state["i"]] if isinstance(loss, list) else loss
             out = {**out, "top1_error": state["errors"][state["i"]],
                    **({"loss": epoch_loss} if epoch_loss is not None else {})}
         state["i"] += 1
-        return out
+        return out, images, seconds
 
-    monkeypatch.setattr(train, "classification_metrics", fake)
+    monkeypatch.setattr(train, "score", fake)
     return lambda errors: state.update(errors=list(errors), i=0)
 
 

@@ -24,6 +24,29 @@ def test_classification_metrics_keeps_its_cheap_signature():
     assert m["loss"] == pytest.approx(expected, abs=1e-6)
 
 
+def test_an_epochs_validation_sums_on_the_device_what_classification_metrics_computes():
+    """bench.evaluate.score adds each batch's sums on the device; the figures are those of every logit at once
+    (counts exactly, the loss to rounding), and the model's logits never reach the host."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bench.data.loaders import Preprocess
+    from bench.evaluate import predict, score
+    from bench.metrics import classification_metrics
+
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 256, (203, 3, 8, 8), dtype=torch.uint8), torch.randint(0, 7, (203,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 7))
+    batches = DataLoader(TensorDataset(x, y), batch_size=32)
+    prep = Preprocess(torch.device("cpu"))
+    figures, images, seconds = score(model, batches, prep)
+    logits, labels, _ = predict(model, batches, prep)
+    expected = classification_metrics(logits, labels)
+    assert images == 203 and seconds > 0
+    assert figures["top1_error"] == expected["top1_error"] and figures["top5_error"] == expected["top5_error"]
+    assert 0 < expected["top1_error"] < 1 and 0 < expected["top5_error"] < expected["top1_error"]
+    assert figures["loss"] == pytest.approx(expected["loss"], rel=1e-12)
+
+
 def test_full_metrics_by_hand():
     from bench.metrics import full_metrics
 

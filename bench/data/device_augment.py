@@ -10,8 +10,9 @@ image's crop window, packed back to back in one uint8 buffer (pinned on a GPU), 
 The device then replays the draws as batched tensor operations (`APPLY`, one entry per transform class):
 torchvision's own kernels where images share a parameter (flips, grey, crops, the auto-augment ops grouped
 by op and magnitude), torchvision's arithmetic with one factor per image for brightness, contrast and
-saturation, kornia's kernels for hue and blur, and each crop resized alone (no two share a shape). Pixels stay uint8 between ops, as on the loader's path. timm's policy strings
-and the affine ops (rotate, translate, zoom, scale) have no entry: they stay in the loader.
+saturation, kornia's kernels for hue and blur; each crop resized alone (no two share a shape), and the
+affine warps (rotate, translate, zoom, scale) image by image. Pixels stay uint8 between ops, as on the
+loader's path. timm's policy strings are PIL code and have no entry: they stay in the loader.
 """
 
 from __future__ import annotations
@@ -204,30 +205,34 @@ def _crop(leaf, x, params):
                         for n, p in enumerate(params)])
 
 
-@applies(v2.RandomResizedCrop, v2.RandomErasing)
+@applies(v2.RandomResizedCrop, v2.RandomErasing, v2.RandomRotation, v2.RandomAffine)
 def _each(leaf, x, params):
-    """Ops that give every image its own window (a random resized crop that does not lead, erasing): the
-    leaf's own kernel, image by image."""
+    """Ops that give every image its own window or warp (a random resized crop that does not lead, erasing,
+    rotate, translate, zoom, scale): the leaf's own kernel, image by image, on the device."""
     return torch.stack([im if p is None else leaf.transform(im, {k: torch.from_numpy(v) if isinstance(v, np.ndarray)
                                                                  else v for k, v in p.items()})
                         for im, p in zip(x, params, strict=True)])
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor | float, factor: torch.Tensor) -> torch.Tensor:
+def _weights(x: torch.Tensor, factor: np.ndarray) -> torch.Tensor:
+    return torch.tensor(factor, dtype=torch.float32, device=x.device).view(-1, 1, 1, 1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor | float, factor: np.ndarray) -> torch.Tensor:
     """torchvision's blend of uint8 images (factor x image + (1 - factor) x other, truncated back to uint8),
-    with one factor per image: its kernels take one per call."""
-    weight = factor.view(-1, 1, 1, 1)
-    out = x.mul(weight.float())
+    with one factor per image: its kernels take one per call. 1 - factor in float64, as torchvision's."""
+    out = x.mul(_weights(x, factor))
     if not isinstance(other, float):  # one fused multiply-add, as torchvision's add_(other, alpha=1 - factor)
-        out = torch.addcmul(out, other, (1 - weight).float())
+        out = torch.addcmul(out, other, _weights(x, 1 - factor))
     return out.clamp_(0, 255).to(torch.uint8)
 
 
-def _hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _hue(x: torch.Tensor, factor: np.ndarray) -> torch.Tensor:
     import kornia.enhance
 
-    shifted = kornia.enhance.adjust_hue(F.to_dtype(x, torch.float32, scale=True), factor.float() * 2 * math.pi)
-    return F.to_dtype(shifted.clamp_(0, 1), torch.uint8, scale=True)  # kornia's hue is an angle, torchvision's a turn
+    turn = _weights(x, factor).flatten() * 2 * math.pi  # kornia's hue is an angle, torchvision's a turn
+    shifted = kornia.enhance.adjust_hue(F.to_dtype(x, torch.float32, scale=True), turn)
+    return F.to_dtype(shifted.clamp_(0, 1), torch.uint8, scale=True)
 
 
 JITTER = [("brightness_factor", lambda x, f: _blend(x, 0.0, f)),
@@ -252,7 +257,7 @@ def _jitter(leaf, x, params):
             members = np.flatnonzero(order[:, slot] == fn_id).tolist()
             if drawn[key] is None or not members:
                 continue
-            factors = torch.tensor([params[n][key] for n in members], dtype=torch.float64, device=x.device)
+            factors = np.array([params[n][key] for n in members], dtype=np.float64)
             idx = torch.tensor(members, device=x.device)
             x[idx] = kernel(x[idx], factors)
     return x
