@@ -78,7 +78,8 @@ def feature_key(cfg: CellConfig, model: nn.Module, data: Prepared, device: torch
              **({"prune": [d.prune_splits, d.min_per_class, d.top_classes]} if d.prune_splits else {}),
              # TF32 changes a GPU's convolutions' last bits, and deterministic kernels may (the device type is below)
              **({"tf32": cfg.train.tf32} if cfg.train.tf32 is not None else {}),
-             **({"deterministic": True} if cfg.train.deterministic else {})}
+             **({"deterministic": True} if cfg.train.deterministic else {}),
+             **({"decode": d.decode} if d.decode != "host" else {})}
     return stable_hash({
         "version": VERSION, "arch": m.arch, "pool": m.pool, "weights": backbone_digest(model),
         "split": data.split_key, "image_size": d.image_size, "stored_size": d.stored_size,

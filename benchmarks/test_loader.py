@@ -111,3 +111,37 @@ def test_no_cache_vs_imagefolder(benchmark, photos, tmp_path, monkeypatch):
     benchmark.extra_info.update(baseline_epoch_s=base, no_cache_epoch_s=ours, speedup=base / ours)
     print(f"\nbaseline epoch {base:.2f}s | data.cache = \"none\" epoch {ours:.2f}s = {base / ours:.2f}x faster")
     assert base / ours >= MIN_NO_CACHE_SPEEDUP
+
+
+def test_decode_on_the_device_leaves_the_loader_the_file_reads(benchmark, photos, tmp_path, monkeypatch):
+    """data.decode = "device" (with no cache): the loader reads each file's bytes, the training device
+    decodes and resizes them. The loader's share, one worker-less epoch on one core, against the loader
+    decoding them itself (data.decode = "host"); then the whole path on this machine's device."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    cur = curated(DataConfig(source="folder", root=str(photos), image_size=SIZE, cache="none", decode="device"))
+    common = (cur.decoded.files, SCALE, cur.rows, cur.samples.labels, SIZE, SCALE)
+    on_host = make_loader(FileDataset(*common), BATCH, train=False, seed=0)
+    on_device = make_loader(FileDataset(*common, shapes=cur.decoded.index[:, 1:]), BATCH, train=False, seed=0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def whole_epoch() -> float:
+        start = time.perf_counter()
+        for x, _ in on_device:
+            x.apply(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    _epoch(on_host), _epoch(on_device)
+    host = min(_epoch(on_host) for _ in range(2))
+    reads = benchmark.pedantic(lambda: min(_epoch(on_device) for _ in range(2)), rounds=1, iterations=1)
+    whole = min(whole_epoch() for _ in range(2))
+    benchmark.extra_info.update(host_decode_s=host, device_decode_loader_s=reads, device_decode_whole_s=whole,
+                                device=device.type)
+    print(f"\nloader on one core: decoding {IMAGES / host:.0f} img/s, reading for the device {IMAGES / reads:.0f} "
+          f"img/s ({host / reads:.0f}x); decoded and resized on the {device.type}: {IMAGES / whole:.0f} img/s")
+    assert host / reads >= MIN_READ_SPEEDUP
+
+
+MIN_READ_SPEEDUP = 10.0  # reading a 60-90 KB file from the page cache against decoding it

@@ -136,3 +136,75 @@ def test_a_device_augmented_cell_is_the_same_whatever_the_worker_count(write_sui
         assert len(summary.ran) == 1 and not summary.failed, summary.failed
     assert ids[0] == ids[2] != [c.id for c in loader.cells]  # its own cell: a GPU's kernels differ in the last bits
     assert outputs(tmp_path / "0" / "tiny") == outputs(tmp_path / "2" / "tiny")
+
+
+# ----------------------------------------------------------------------------- data.decode = "device"
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Photo-like JPEGs of several shapes, one PNG (decoded on the host, the same pixels), as files."""
+    from PIL import Image
+
+    root, rng, out = tmp_path_factory.mktemp("files"), np.random.default_rng(1), []
+    for i, (w, h) in enumerate([(200, 150), (150, 210), (64, 64), (300, 200), (180, 120), (90, 100)]):
+        path = root / (f"{i}.png" if i == 2 else f"{i}.jpg")
+        Image.fromarray(_photo(rng, h, w)).save(path, **({"quality": 90} if path.suffix == ".jpg" else {}))
+        out.append((str(path), w, h))
+    return out
+
+
+@pytest.mark.parametrize("spec", ["none", '["rrc", "hflip", "jitter"]', "crop_flip"])
+def test_files_decoded_on_the_device_are_the_host_decoders_pixels_within_a_grey_level(files, spec):
+    """libjpeg's reduced-scale decoding and Pillow's resize on the host, a full decode and torchvision's
+    resize on the device: the same images, the same draws, pixels a grey level apart on average."""
+    from bench.data.cache import stored_index
+    from bench.data.loaders import FileDataset
+
+    paths, widths, heights = map(list, zip(*files, strict=True))
+    shapes = stored_index(np.array(widths), np.array(heights), SCALE)[:, 1:]
+    transform = None if spec == "none" else build_augment(_spec(spec), SIZE)
+    n = len(paths)
+    host = FileDataset(paths, SCALE, np.arange(n), np.zeros(n), SIZE, SCALE, transform, seed=1)
+    device = FileDataset(paths, SCALE, np.arange(n), np.zeros(n), SIZE, SCALE, transform, seed=1, shapes=shapes)
+    if transform is not None:
+        device.on_device()
+    items = [(1, place, i) for place, i in enumerate(range(n))] if transform is not None else list(range(n))
+    draws = device.__getitems__(items)[0]
+    assert draws.pixels.numel() == sum(os.path.getsize(p) for p in paths)  # the files as read, nothing decoded
+    on_host, on_device = host.__getitems__(items)[0], draws.apply(torch.device("cpu"))
+    diff = (on_host.int() - on_device.int()).abs().float()
+    assert on_device.shape == on_host.shape and diff.mean() < 1.5 and diff.flatten().quantile(0.99) <= 8, \
+        (float(diff.mean()), float(diff.flatten().quantile(0.99)))
+    if spec == "none":  # the PNG, stored at its own size: one decoder's pixels, both sides
+        assert torch.equal(on_host[2], on_device[2])
+
+
+@pytest.mark.parametrize(("data", "train", "fragment"), [
+    ('decode = "device"', "", 'set cache = "none"'),
+    ('cache = "none"\ndecode = "device"', 'augment = "hflip"', 'train.augment_on = "device" too'),
+])
+def test_decoding_on_the_device_needs_no_cache_and_augmentation_there(write_suite, data, train, fragment):
+    from bench.config import load_suite
+    from bench.suite import expand
+    from tests.conftest import TINY
+
+    with pytest.raises(UserError) as e:
+        expand(load_suite(write_suite(train, base=TINY.replace("[data]\n", f"[data]\n{data}\n"))))
+    assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_cell_decoding_and_augmenting_on_the_device_trains_and_resumes_alike(write_suite, tmp_path):
+    """No cache, files decoded and augmented on the device: the worker count changes no bit of it."""
+    from bench import api
+    from bench.cell import RunOptions
+    from bench.progress import LogProgress
+    from tests.conftest import TINY
+    from tests.support import outputs
+
+    base = TINY.replace("[data]\n", '[data]\ncache = "none"\ndecode = "device"\n')
+    path = write_suite('augment = ["rrc", "hflip", "jitter"]\naugment_on = "device"\n', base=base)
+    for workers in (0, 2):
+        planned = api.plan(path, check=False, overrides=[f"data.workers={workers}"])
+        summary = api.run(planned, results=tmp_path / str(workers), device="cpu",
+                          options=RunOptions(isolate=False, threads=1), progress=LogProgress(open(os.devnull, "w")))
+        assert len(summary.ran) == 1 and not summary.failed, summary.failed
+    assert outputs(tmp_path / "0" / "tiny") == outputs(tmp_path / "2" / "tiny")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +89,23 @@ def test_a_device_augmented_cell_trains_on_the_gpu(write_suite, tmp_path):
                        '[model]\narch = "bench:small_cnn"\n')  # TINY ends in [train]
     summary = _run(path, tmp_path)
     assert len(summary.ran) == 1 and not summary.failed, summary.failed
+
+
+def test_files_decoded_by_nvjpeg_are_the_cpus_within_rounding(tmp_path):
+    """data.decode = "device": the GPU's decoder and resize against the CPU's, on the same files."""
+    from PIL import Image
+
+    from bench.data.cache import stored_index
+    from bench.data.loaders import FileDataset
+    from tests.test_device_augment import _photo
+
+    rng, paths, sizes = np.random.default_rng(0), [], [(200, 150), (150, 210), (64, 64), (300, 200)]
+    for i, (w, h) in enumerate(sizes):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Image.fromarray(_photo(rng, h, w)).save(paths[-1], quality=90)
+    widths, heights = np.array(sizes).T
+    ds = FileDataset(paths, 64, np.arange(4), np.zeros(4), 56, 64, shapes=stored_index(widths, heights, 64)[:, 1:])
+    draws = ds.__getitems__(list(range(4)))[0].pin_memory()
+    on_gpu, on_cpu = draws.apply(torch.device("cuda")), draws.apply(torch.device("cpu"))
+    assert on_gpu.is_cuda and on_gpu.shape == on_cpu.shape == (4, 3, 56, 56)
+    assert (on_gpu.cpu().int() - on_cpu.int()).abs().float().mean() < 1.0

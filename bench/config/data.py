@@ -11,7 +11,7 @@ from bench.config.base import Strict
 
 # how each image is shown to the model and kept in the cache, not which images there are: left out of what
 # names a split (bench.data.split_key) and a data set's files and curation (bench.suite.preflight)
-VIEW_KEYS = frozenset({"image_size", "crop_pct", "cache_size"})
+VIEW_KEYS = frozenset({"image_size", "crop_pct", "cache_size", "decode"})
 
 
 class SyntheticConfig(Strict):
@@ -63,6 +63,13 @@ class DataConfig(Strict):
                                               "neither the cell's id nor its numbers change), for data too big to "
                                               "cache: give it loader workers. `bench plan` says what the cache "
                                               "needs and refuses one that the disk cannot hold")
+    decode: Literal["host", "device"] = Field("host", description="with `cache = \"none\"`: `host` decodes each "
+                                             "file in the loader (reduced-scale JPEG decoding, the cache's very "
+                                             "pixels); `device` ships the file's bytes and decodes them on the "
+                                             "training device (nvJPEG on a GPU, libjpeg-turbo on a CPU) at full "
+                                             "scale, then resizes there, so pixels differ from the cache's by a "
+                                             "grey level or so; training augmentation then runs there too "
+                                             "(`train.augment_on = \"device\"`)")
     split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train/val/test ratios, stratified "
                                               "per class; a source's own splits win, and a missing split is "
                                               "carved from train with its ratio; each ≥ 0, train and val > 0, "
@@ -116,6 +123,9 @@ class DataConfig(Strict):
             raise ValueError('source "inat" needs data.annotations.train (e.g. "train2019.json") and usually .val')
         if self.prune_splits is not None and (not self.prune_splits or "train" not in self.prune_splits):
             raise ValueError('prune_splits lists the splits pruned classes leave, train among them, e.g. ["train"]')
+        if self.decode == "device" and self.cache != "none":
+            raise ValueError('decode = "device" decodes files per batch, which data.cache = "none" does: the decoded '
+                             'cache decodes each image once, on the host; set cache = "none" or decode = "host"')
         if self.cache_size is not None and self.cache_size < self.image_size:
             raise ValueError(f"cache_size ({self.cache_size}) must be >= image_size ({self.image_size})")
         return self

@@ -60,7 +60,7 @@ def _curated(cfg: DataConfig) -> Curated:
     if cfg.cache == "decoded":
         dec = cache.decoded(kept.root, kept.paths, probe.width[keep], probe.height[keep], cfg.stored_size)
     else:
-        dec = cache.undecoded(kept.root, kept.paths, cfg.stored_size)
+        dec = cache.undecoded(kept.root, kept.paths, probe.width[keep], probe.height[keep], cfg.stored_size)
     ok = np.ones(len(kept.paths), dtype=bool)
     ok[list(dec.bad)] = False
     before = (len(kept.paths), len(kept.classes))
@@ -108,7 +108,8 @@ def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None)
                   augment_transform if name == "train" else None)
         if cfg.cache == "decoded":
             return ArrayDataset(cur.decoded.folder, *common, seed=seed)
-        return FileDataset(cur.decoded.files, cfg.stored_size, *common, seed=seed)
+        return FileDataset(cur.decoded.files, cfg.stored_size, *common, seed=seed,
+                           shapes=cur.decoded.index[:, 1:] if cfg.decode == "device" else None)
 
     datasets = {name: dataset(name, idx) for name, idx in parts.items()}
     info = {"source": cfg.source, "root": str(s.root), "files": cur.files, "images": {k: len(v) for k, v in parts.items()},

@@ -269,9 +269,10 @@ def _check_job(job: tuple[str, list[str], range]) -> list[tuple[int, str]]:
     return failed
 
 
-def undecoded(root: Path, paths: list[str], size: int) -> Decoded:
+def undecoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarray, size: int) -> Decoded:
     """data.cache = "none": no cache, only which files cannot be decoded (so that the splits are those of the
-    decoded cache), found once by a pass over the files and kept under their key."""
+    decoded cache), found once by a pass over the files and kept under their key, and the index the cache
+    would have (each image's stored height and width)."""
     file = cache_root() / "checked" / f"{_key(root, paths, check='decode')}.json"
     with building(file):
         bad = None
@@ -286,7 +287,7 @@ def undecoded(root: Path, paths: list[str], size: int) -> Decoded:
             with atomic_path(file) as tmp:
                 tmp.write_text(json.dumps({str(k): v for k, v in bad.items()}))
             seal(file)
-    return Decoded(None, None, bad, None, [str(Path(root) / p) for p in paths])
+    return Decoded(None, stored_index(widths, heights, size), bad, None, [str(Path(root) / p) for p in paths])
 
 
 def decoded_folder(root: Path, paths: list[str], size: int) -> Path:

@@ -117,29 +117,46 @@ class Replay:
 
 @dataclass
 class Draws:
-    """A training batch whose augmentation the device applies: `pixels` (N x C x H x W uint8, or with
-    `shapes` each image's crop packed flat, back to back) and each leaf's draws, one per image."""
+    """A batch whose augmentation (or decoding) the device does: `pixels` (N x C x H x W uint8; with `shapes`,
+    each image's crop packed flat, back to back; with `lengths` too, each image's file as read, `shapes` its
+    stored size) and each leaf's draws, one per image (none without a `replay`)."""
     pixels: torch.Tensor
-    shapes: np.ndarray | None  # N x 2 (height, width) of the packed crops; None for a stacked batch
+    shapes: np.ndarray | None  # N x 2 (height, width) of the packed crops or stored images; None: stacked
     draws: list[list]  # per leaf, per image
-    replay: Replay
+    replay: Replay | None
+    lengths: np.ndarray | None = None  # each file's bytes (data.decode = "device")
+    view: tuple[int, int] = (0, 0)  # (image_size, its evaluation's scale), for decoded images
 
     def __len__(self) -> int:
-        return len(self.draws[0])
+        return len(self.shapes) if self.shapes is not None else len(self.pixels)
 
     def pin_memory(self, device=None) -> Draws:  # the DataLoader's pinning thread calls it
         return replace(self, pixels=self.pixels.pin_memory())
 
     def apply(self, device: torch.device) -> torch.Tensor:
         """The augmented batch on `device`, uint8 N x C x H x W."""
+        todo = list(zip(self.replay.leaves, self.draws, strict=True)) if self.replay is not None else []
+        if self.lengths is not None:  # files: decoded, shrunk to their stored size, then cut as from the cache
+            images = _decode(self.pixels, self.lengths, self.shapes, device)
+            if todo and self.replay.whole:
+                leaf, windows = todo.pop(0)
+                x = torch.stack([leaf.transform(im, p) for im, p in zip(images, windows, strict=True)])
+            else:
+                x = torch.stack([views.evaluated_tensor(im, *self.view) for im in images])
+            return self._replayed(x, todo)
         x = self.pixels.to(device, non_blocking=True)
-        todo = list(zip(self.replay.leaves, self.draws, strict=True))
         if self.shapes is not None:  # the crop windows of a leading random resized crop, each resized alone
             leaf = todo.pop(0)[0]
             ends = np.cumsum(self.shapes.prod(1) * 3)
             x = torch.stack([leaf.transform(x[end - h * w * 3:end].view(h, w, 3).permute(2, 0, 1),
                                             {"top": 0, "left": 0, "height": h, "width": w})
                              for end, (h, w) in zip(ends.tolist(), self.shapes.tolist(), strict=True)])
+        return self._replayed(x, todo)
+
+    @staticmethod
+    def _replayed(x: torch.Tensor, todo: list) -> torch.Tensor:
+        if not todo:
+            return x
         step = CHUNK if x.device.type == "cpu" else max(1, len(x))
         parts = []
         for at in range(0, len(x), step):
@@ -170,6 +187,44 @@ def gather(replay: Replay, images: list[np.ndarray], seeds: list[int], seed: Cal
         flat[at:at + h * w * 3].reshape(h, w, 3)[...] = image[top:top + h, left:left + w]
         at += h * w * 3
     return Draws(torch.from_numpy(flat), shapes, per_leaf, replay)
+
+
+def encoded(replay: Replay | None, files: list[np.ndarray], shapes: np.ndarray, seeds: list[int],
+            seed: Callable[[int], None], view: tuple[int, int]) -> Draws:
+    """data.decode = "device": each file's bytes as read, and (with a `replay`) each image's draws, taken on
+    its stored shape (a leading random resized crop) or the evaluation view's."""
+    draws = []
+    for (h, w), s in zip(shapes.tolist(), seeds, strict=True) if replay is not None else []:
+        seed(s)
+        draws.append(replay.draw((h, w, 3) if replay.whole else (view[0], view[0], 3)))
+    per_leaf = [list(d) for d in zip(*draws, strict=True)]
+    lengths = np.array([len(f) for f in files], dtype=np.int64)
+    flat = np.concatenate(files) if files else np.empty(0, dtype=np.uint8)
+    return Draws(torch.from_numpy(flat), np.asarray(shapes), per_leaf, replay, lengths, view)
+
+
+def _decode(data: torch.Tensor, lengths: np.ndarray, shapes: np.ndarray, device: torch.device) -> list[torch.Tensor]:
+    """Files' bytes -> each image, RGB, at its stored (height, width) on `device`: JPEGs through TorchCodec's
+    decode_jpeg on the device, as one batch (nvJPEG on a GPU), anything else (PNG, ...) and a JPEG that
+    decoder refuses through its decode_image on the host; then resized there (bilinear, antialiased).
+    TorchCodec, not torchvision.io, whose image decoders torchvision 0.29 deprecates in its favour."""
+    from torchcodec.decoders import decode_image, decode_jpeg
+
+    files = list(torch.split(data, lengths.tolist()))
+    jpeg = [i for i, f in enumerate(files) if f[:2].tolist() == [0xFF, 0xD8]]
+    images: list[torch.Tensor | None] = [None] * len(files)
+    try:
+        decoded = decode_jpeg([files[i] for i in jpeg], mode="RGB", device=device) if jpeg else []
+        for i, im in zip(jpeg, decoded, strict=True):
+            images[i] = im
+    except (RuntimeError, ValueError):  # one file the device's decoder refuses (a CMYK JPEG on nvJPEG)
+        pass  # fails the batch: each is decoded below
+    out = []
+    for im, f, (h, w) in zip(images, files, shapes.tolist(), strict=True):
+        if im is None:
+            im = decode_image(f, mode="RGB").to(device)
+        out.append(im if tuple(im.shape[-2:]) == (h, w) else F.resize(im, [h, w], antialias=True))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ batched kernels

@@ -181,17 +181,32 @@ class ArrayDataset(Dataset):
 class FileDataset(ArrayDataset):
     """data.cache = "none": a split's images decoded from their files whenever a batch needs them, to the
     pixels the decoded cache would hold (bench.data.cache.load_image: reduced-scale JPEG decoding, whole,
-    the shorter side to `stored`); everything after is ArrayDataset's."""
+    the shorter side to `stored`); everything after is ArrayDataset's. With `shapes` (data.decode =
+    "device": each row's stored height and width) a batch is its files' bytes, decoded on the training
+    device (device_augment.Draws)."""
 
     def __init__(self, files: list[str], stored: int, rows: np.ndarray, labels: np.ndarray, size: int, scale: int,
-                 transform=None, seed: int = 0):
+                 transform=None, seed: int = 0, shapes: np.ndarray | None = None):
         super().__init__(None, rows, labels, size, scale, transform, seed)
-        self.files, self.stored_size = files, stored
+        self.files, self.stored_size, self.shapes = files, stored, shapes
 
     def stored(self, row: int) -> np.ndarray:
         from bench.data.cache import load_image
 
         return load_image(Path(self.files[row]), self.stored_size)
+
+    def __getitems__(self, items: list):
+        if self.shapes is None:
+            return super().__getitems__(items)
+        from bench.data.device_augment import encoded
+
+        idx, places, epochs = _places(items)
+        rows = self.rows[np.asarray(idx)]
+        files = [np.fromfile(self.files[r], dtype=np.uint8) for r in rows]
+        with own_draws() as seed:
+            seeds = [draw_seed(self.seed, int(e), int(p), 0) for p, e in zip(places, epochs, strict=True)]
+            draws = encoded(self.replay, files, self.shapes[rows], seeds, seed, (self.size, self.scale))
+        return draws, self.labels[torch.as_tensor(idx)]
 
 
 def _whole_batch(batch):

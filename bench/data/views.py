@@ -29,10 +29,16 @@ def evaluation(image: np.ndarray, size: int, scale: int) -> np.ndarray:
     if min(h, w) == scale:
         top, left = _centre(h, w, size)
         return image[top:top + size, left:left + size]
+    return evaluated_tensor(tensor(image), size, scale).permute(1, 2, 0).numpy()
+
+
+def evaluated_tensor(image: torch.Tensor, size: int, scale: int) -> torch.Tensor:
+    """evaluation() of a C x H x W tensor, on its device."""
     from torchvision.transforms.v2 import functional  # here: a process that only crops need not import it
 
-    resized = functional.resize(tensor(image), scale, antialias=True)
-    return functional.center_crop(resized, [size, size]).permute(1, 2, 0).numpy()
+    if min(image.shape[-2:]) != scale:
+        image = functional.resize(image, scale, antialias=True)
+    return functional.center_crop(image, [size, size])
 
 
 def batch(images: list[np.ndarray]) -> torch.Tensor:

@@ -54,6 +54,9 @@ def _registry_checks(cfg: CellConfig) -> list[tuple[str, Any, Callable[[], Any]]
 
         if t.augment_on == "device":
             check(build_augment(t.augment, 32))
+        elif cfg.data.decode == "device" and build_augment(t.augment, 32) is not None:
+            raise ValueError('data.decode = "device" leaves the loader no pixels to augment: set '
+                             'train.augment_on = "device" too')
 
     t = cfg.train
     return [("model.arch", cfg.model.arch, lambda: check_arch(cfg.model.arch)),
@@ -63,7 +66,7 @@ def _registry_checks(cfg: CellConfig) -> list[tuple[str, Any, Callable[[], Any]]
             ("train.layer_decay", [cfg.model.arch, t.layer_decay], layer_decay),
             ("model.kwargs", [cfg.model.arch, cfg.data.image_size, cfg.model.kwargs], model_kwargs),
             ("train.augment", t.augment, lambda: check_augment(t.augment)),
-            ("train.augment_on", [t.augment, t.augment_on], on_device),
+            ("train.augment_on", [t.augment, t.augment_on, cfg.data.decode], on_device),
             ("train.tta", t.tta, lambda: build_tta(t.tta))]
 
 

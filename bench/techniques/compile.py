@@ -24,12 +24,13 @@ def compile_warm_up(net: nn.Module, model: nn.Module, loaders: dict, prep: Prepr
     the gradients, and the random generators (dropout draws), so the run trains as it would without it."""
     x, _ = next(iter(loaders["val"]))
     device = prep.device
+    x = prep(x)  # a batch the device decodes (data.decode = "device") is no tensor until then
     state = copy.deepcopy(model.state_dict())
     start = time.perf_counter()
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         for n in sorted({min(batch_size, len(x)), max(1, min(batch_size, len(x)) - 1)}, reverse=True):
-            batch = prep(x[:n])
+            batch = x[:n]
             set_train_mode(model)
             with autocast() if autocast is not None else contextlib.nullcontext():
                 out = net(batch)
