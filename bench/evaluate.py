@@ -66,13 +66,14 @@ def score(model: nn.Module, batches, prep: Callable, *, autocast: Callable | Non
     model.eval()
     device = prep.device
     start = time.perf_counter()
-    # float64 sums on the device, but on Apple's, which has no float64: there each batch's go to the host
-    total = torch.zeros(4, dtype=torch.float64, device=device if device.type != "mps" else "cpu")
+    # float64 sums on the device, but on Apple's, which has no float64: there each batch's logits go to the host
+    on = torch.device("cpu") if device.type == "mps" else device
+    total = torch.zeros(4, dtype=torch.float64, device=on)
     for x, y in batches:
         x = prep(x)
         with autocast() if autocast is not None else contextlib.nullcontext():
             out = model(x)
-        total += row_sums(out.float(), y.to(out.device, non_blocking=True))[0].to(total.device)
+        total += row_sums(out.float().to(on), y.to(on, non_blocking=True))[0]
     sums = distributed.all_sum(total.tolist())  # .tolist() waits for the device's work
     synchronize(device)
     return from_sums(sums), int(sums[3]), time.perf_counter() - start

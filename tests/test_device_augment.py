@@ -181,6 +181,7 @@ def test_files_decoded_on_the_device_are_the_host_decoders_pixels_within_a_grey_
 @pytest.mark.parametrize(("data", "train", "fragment"), [
     ('decode = "device"', "", 'set cache = "none"'),
     ('cache = "none"\ndecode = "device"', 'augment = "hflip"', 'train.augment_on = "device" too'),
+    ('cache = "none"\ndecode = "device"', 'augment = "hflip"\noffline = 2', "no pixels for offline copies"),
 ])
 def test_decoding_on_the_device_needs_no_cache_and_augmentation_there(write_suite, data, train, fragment):
     from bench.config import load_suite
@@ -208,3 +209,42 @@ def test_a_cell_decoding_and_augmenting_on_the_device_trains_and_resumes_alike(w
                           options=RunOptions(isolate=False, threads=1), progress=LogProgress(open(os.devnull, "w")))
         assert len(summary.ran) == 1 and not summary.failed, summary.failed
     assert outputs(tmp_path / "0" / "tiny") == outputs(tmp_path / "2" / "tiny")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_device_decodes_a_jpeg_as_stored_whatever_its_exif_orientation(tmp_path, orientation):
+    """TorchCodec turns an image as its EXIF orientation says; the host's decoding (Pillow) and the stored
+    sizes (the header's) do not, so the device undoes the turn."""
+    from PIL import Image
+
+    from bench.data.device_augment import _decode, _orientation
+
+    image = Image.fromarray(_photo(np.random.default_rng(orientation), 24, 40))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "turned.jpg"
+    image.save(path, quality=95, exif=exif.tobytes())
+    data = np.fromfile(path, dtype=np.uint8)
+    assert _orientation(data) == orientation
+    got = _decode(torch.from_numpy(data), np.array([data.size]), np.array([[24, 40]]), np.array([orientation]),
+                  torch.device("cpu"))[0]
+    with Image.open(path) as im:
+        expected = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    assert got.shape == expected.shape == (3, 24, 40)
+    assert (got.int() - expected.int()).abs().float().mean() < 1.0
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "GIF"])
+def test_formats_the_devices_decoder_lacks_are_decoded_by_pillow(tmp_path, fmt):
+    from PIL import Image
+
+    from bench.data.device_augment import _decode
+
+    frames = [Image.fromarray(_photo(np.random.default_rng(i), 20, 30)) for i in range(2)]
+    path = tmp_path / f"image.{fmt.lower()}"
+    frames[0].save(path, format=fmt, **({"save_all": True, "append_images": frames[1:]} if fmt == "GIF" else {}))
+    data = np.fromfile(path, dtype=np.uint8)
+    got = _decode(torch.from_numpy(data), np.array([data.size]), np.array([[20, 30]]), np.array([1]),
+                  torch.device("cpu"))[0]
+    with Image.open(path) as im:  # the first frame, as the host's decoding takes it
+        assert torch.equal(got, torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))

@@ -68,8 +68,9 @@ class DataConfig(Strict):
                                              "pixels); `device` ships the file's bytes and decodes them on the "
                                              "training device (nvJPEG on a GPU, libjpeg-turbo on a CPU) at full "
                                              "scale, then resizes there, so pixels differ from the cache's by a "
-                                             "grey level or so; training augmentation then runs there too "
-                                             "(`train.augment_on = \"device\"`)")
+                                             "grey level or so; training augmentation must then run there too "
+                                             "(`train.augment_on = \"device\"`, else the suite is refused), and "
+                                             "`train.offline` and `aug_splits` are refused")
     split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train/val/test ratios, stratified "
                                               "per class; a source's own splits win, and a missing split is "
                                               "carved from train with its ratio; each ≥ 0, train and val > 0, "

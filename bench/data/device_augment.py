@@ -18,6 +18,7 @@ loader's path. timm's policy strings are PIL code and have no entry: they stay i
 from __future__ import annotations
 
 import copy
+import io
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -126,6 +127,7 @@ class Draws:
     replay: Replay | None
     lengths: np.ndarray | None = None  # each file's bytes (data.decode = "device")
     view: tuple[int, int] = (0, 0)  # (image_size, its evaluation's scale), for decoded images
+    orientations: np.ndarray | None = None  # each file's EXIF orientation (1: as stored)
 
     def __len__(self) -> int:
         return len(self.shapes) if self.shapes is not None else len(self.pixels)
@@ -137,7 +139,7 @@ class Draws:
         """The augmented batch on `device`, uint8 N x C x H x W."""
         todo = list(zip(self.replay.leaves, self.draws, strict=True)) if self.replay is not None else []
         if self.lengths is not None:  # files: decoded, shrunk to their stored size, then cut as from the cache
-            images = _decode(self.pixels, self.lengths, self.shapes, device)
+            images = _decode(self.pixels, self.lengths, self.shapes, self.orientations, device)
             if todo and self.replay.whole:
                 leaf, windows = todo.pop(0)
                 x = torch.stack([leaf.transform(im, p) for im, p in zip(images, windows, strict=True)])
@@ -191,8 +193,8 @@ def gather(replay: Replay, images: list[np.ndarray], seeds: list[int], seed: Cal
 
 def encoded(replay: Replay | None, files: list[np.ndarray], shapes: np.ndarray, seeds: list[int],
             seed: Callable[[int], None], view: tuple[int, int]) -> Draws:
-    """data.decode = "device": each file's bytes as read, and (with a `replay`) each image's draws, taken on
-    its stored shape (a leading random resized crop) or the evaluation view's."""
+    """data.decode = "device": each file's bytes as read, its EXIF orientation, and (with a `replay`) each
+    image's draws, taken on its stored shape (a leading random resized crop) or the evaluation view's."""
     draws = []
     for (h, w), s in zip(shapes.tolist(), seeds, strict=True) if replay is not None else []:
         seed(s)
@@ -200,29 +202,68 @@ def encoded(replay: Replay | None, files: list[np.ndarray], shapes: np.ndarray, 
     per_leaf = [list(d) for d in zip(*draws, strict=True)]
     lengths = np.array([len(f) for f in files], dtype=np.int64)
     flat = np.concatenate(files) if files else np.empty(0, dtype=np.uint8)
-    return Draws(torch.from_numpy(flat), np.asarray(shapes), per_leaf, replay, lengths, view)
+    return Draws(torch.from_numpy(flat), np.asarray(shapes), per_leaf, replay, lengths, view,
+                 np.array([_orientation(f) for f in files], dtype=np.int64))
 
 
-def _decode(data: torch.Tensor, lengths: np.ndarray, shapes: np.ndarray, device: torch.device) -> list[torch.Tensor]:
+def _orientation(file: np.ndarray) -> int:
+    """A JPEG's EXIF orientation (1: as stored), read by Pillow where an APP1 segment among those that open
+    the file holds EXIF; walking the segments' lengths reads a few bytes, not the file."""
+    at = 2 if file[:2].tobytes() == b"\xff\xd8" else len(file)
+    while at + 10 <= len(file) and file[at] == 0xFF and 0xE0 <= file[at + 1] <= 0xEF:
+        if file[at + 1] == 0xE1 and file[at + 4:at + 10].tobytes() == b"Exif\x00\x00":
+            from PIL import Image
+
+            try:
+                with Image.open(io.BytesIO(file.tobytes())) as im:
+                    return int(im.getexif().get(0x0112, 1))
+            except Exception:  # an unreadable EXIF block: as stored, as the host's decoding reads it
+                return 1
+        at += 2 + (int(file[at + 2]) << 8 | int(file[at + 3]))
+    return 1
+
+
+# TorchCodec's decoders turn an image as its EXIF orientation says; the host's (Pillow without
+# exif_transpose) and the stored sizes (the header's) do not: each orientation's turn, undone
+UNTURN: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
+    2: lambda im: im.flip(-1), 3: lambda im: im.flip(-2, -1), 4: lambda im: im.flip(-2),
+    5: lambda im: im.transpose(-2, -1), 6: lambda im: torch.rot90(im, 1, (-2, -1)),
+    7: lambda im: im.transpose(-2, -1).flip(-2, -1), 8: lambda im: torch.rot90(im, -1, (-2, -1))}
+
+
+def _pillow(file: torch.Tensor) -> torch.Tensor:
+    """A file's bytes decoded by Pillow, as the host's decoding does (any format it reads, the first frame)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(file.numpy().tobytes())) as im:
+        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+
+
+def _decode(data: torch.Tensor, lengths: np.ndarray, shapes: np.ndarray, orientations: np.ndarray,
+            device: torch.device) -> list[torch.Tensor]:
     """Files' bytes -> each image, RGB, at its stored (height, width) on `device`: JPEGs through TorchCodec's
-    decode_jpeg on the device, as one batch (nvJPEG on a GPU), anything else (PNG, ...) and a JPEG that
-    decoder refuses through its decode_image on the host; then resized there (bilinear, antialiased).
-    TorchCodec, not torchvision.io, whose image decoders torchvision 0.29 deprecates in its favour."""
-    from torchcodec.decoders import decode_image, decode_jpeg
+    decode_jpeg on the device, as one batch (nvJPEG on a GPU; TorchCodec, whose image decoders torchvision
+    0.29 deprecates its own for), their EXIF turn undone; any other format, or every JPEG of a batch the
+    device's decoder refuses, through Pillow on the host; then resized there (bilinear, antialiased)."""
+    from torchcodec.decoders import decode_jpeg
 
     files = list(torch.split(data, lengths.tolist()))
     jpeg = [i for i, f in enumerate(files) if f[:2].tolist() == [0xFF, 0xD8]]
     images: list[torch.Tensor | None] = [None] * len(files)
+    where = device if device.type in ("cuda", "cpu") else torch.device("cpu")  # TorchCodec's devices
     try:
-        decoded = decode_jpeg([files[i] for i in jpeg], mode="RGB", device=device) if jpeg else []
+        decoded = decode_jpeg([files[i] for i in jpeg], mode="RGB", device=where) if jpeg else []
         for i, im in zip(jpeg, decoded, strict=True):
-            images[i] = im
-    except (RuntimeError, ValueError):  # one file the device's decoder refuses (a CMYK JPEG on nvJPEG)
-        pass  # fails the batch: each is decoded below
+            turn = UNTURN.get(int(orientations[i]))
+            images[i] = (im if turn is None else turn(im)).to(device)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError):  # a file the device's decoder refuses (a CMYK JPEG on nvJPEG) fails
+        pass  # the batch: each is decoded below
     out = []
     for im, f, (h, w) in zip(images, files, shapes.tolist(), strict=True):
         if im is None:
-            im = decode_image(f, mode="RGB").to(device)
+            im = _pillow(f).to(device)
         out.append(im if tuple(im.shape[-2:]) == (h, w) else F.resize(im, [h, w], antialias=True))
     return out
 

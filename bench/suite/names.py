@@ -52,6 +52,9 @@ def _registry_checks(cfg: CellConfig) -> list[tuple[str, Any, Callable[[], Any]]
         from bench.data.device_augment import check
         from bench.techniques import build_augment
 
+        if cfg.data.decode == "device" and (t.offline or t.aug_splits):
+            raise ValueError('data.decode = "device" leaves the loader no pixels for offline copies or aug_splits '
+                             'views: set data.decode = "host"')
         if t.augment_on == "device":
             check(build_augment(t.augment, 32))
         elif cfg.data.decode == "device" and build_augment(t.augment, 32) is not None:
@@ -66,7 +69,7 @@ def _registry_checks(cfg: CellConfig) -> list[tuple[str, Any, Callable[[], Any]]
             ("train.layer_decay", [cfg.model.arch, t.layer_decay], layer_decay),
             ("model.kwargs", [cfg.model.arch, cfg.data.image_size, cfg.model.kwargs], model_kwargs),
             ("train.augment", t.augment, lambda: check_augment(t.augment)),
-            ("train.augment_on", [t.augment, t.augment_on, cfg.data.decode], on_device),
+            ("train.augment_on", [t.augment, t.augment_on, cfg.data.decode, t.offline, t.aug_splits], on_device),
             ("train.tta", t.tta, lambda: build_tta(t.tta))]
 
 
