@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench import distributed
-from bench.device import synchronize
 from bench.metrics import confusion_matrix, from_sums, full_metrics, row_sums
 
 
@@ -74,8 +73,7 @@ def score(model: nn.Module, batches, prep: Callable, *, autocast: Callable | Non
         with autocast() if autocast is not None else contextlib.nullcontext():
             out = model(x)
         total += row_sums(out.float().to(on), y.to(on, non_blocking=True))[0]
-    sums = distributed.all_sum(total.tolist())  # .tolist() waits for the device's work
-    synchronize(device)
+    sums = distributed.all_sum(total.tolist())  # .tolist() waits for the device's work: the clock stops after it
     return from_sums(sums), int(sums[3]), time.perf_counter() - start
 
 

@@ -92,7 +92,8 @@ def test_the_cache_keeps_whole_images_and_plan_knows_their_size(photos):
     shapes = {tuple(cur.decoded.index[r, 1:]) for r in cur.rows}
     assert shapes == {(73, 97), (103, 73), (73, 109)}  # 800x600, 450x640, 500x333, shorter side 73, aspect kept
     heads = cache.probe(cur.samples.root, cur.samples.paths)
-    assert cache.cache_bytes(heads.width, heads.height, 73) == cur.decoded.pixels.nbytes
+    counted = 4 * 3 * (73 * 97 + 103 * 73 + 73 * 109)  # by hand: 4 photos of each shape, 3 bytes a pixel
+    assert cache.cache_bytes(heads.width, heads.height, 73) == cur.decoded.pixels.nbytes == counted
 
 
 def test_an_empty_cache_takes_no_bytes():

@@ -57,10 +57,8 @@ def _curated(cfg: DataConfig) -> Curated:
     steps += curation
     kept = samples.subset(keep)
     # the cache's images, or (data.cache = "none") the files and which of them cannot be decoded
-    if cfg.cache == "decoded":
-        dec = cache.decoded(kept.root, kept.paths, probe.width[keep], probe.height[keep], cfg.stored_size)
-    else:
-        dec = cache.undecoded(kept.root, kept.paths, probe.width[keep], probe.height[keep], cfg.stored_size)
+    build = cache.decoded if cfg.cache == "decoded" else cache.undecoded
+    dec = build(kept.root, kept.paths, probe.width[keep], probe.height[keep], cfg.stored_size)
     ok = np.ones(len(kept.paths), dtype=bool)
     ok[list(dec.bad)] = False
     before = (len(kept.paths), len(kept.classes))

@@ -92,7 +92,7 @@ class Replay:
                     return image
                 leaf._apply_image_or_video_transform = kernel
             else:
-                size = getattr(leaf, "size", None) if isinstance(leaf, v2.RandomResizedCrop | v2.RandomCrop) else None
+                size = leaf.size if isinstance(leaf, v2.RandomResizedCrop | v2.RandomCrop) else None
 
                 def kernel(image, params):
                     # as arrays: a tensor per image would cross from a worker through a file descriptor of its own
@@ -114,6 +114,15 @@ class Replay:
         h, w, c = shape
         recorder(_stand_in(c, h, w))
         return list(slots)
+
+    def draws(self, shapes: list[tuple[int, int, int]], seeds: list[int], seed: Callable[[int], None]) -> list[list]:
+        """Each image's draws for its H x W x C shape, `seed(s)` seeding the generators before each: per leaf,
+        per image."""
+        drawn = []
+        for shape, s in zip(shapes, seeds, strict=True):
+            seed(s)
+            drawn.append(self.draw(shape))
+        return [list(d) for d in zip(*drawn, strict=True)]
 
 
 @dataclass
@@ -174,11 +183,7 @@ def gather(replay: Replay, images: list[np.ndarray], seeds: list[int], seed: Cal
     """The loader's share: each image's draws (`seed(s)` seeds the generators), and its pixels: the crop
     window of a leading random resized crop, else the evaluation view."""
     starts = images if replay.whole else [evaluated(im) for im in images]
-    draws = []
-    for image, s in zip(starts, seeds, strict=True):
-        seed(s)
-        draws.append(replay.draw(image.shape))
-    per_leaf = [list(d) for d in zip(*draws, strict=True)]
+    per_leaf = replay.draws([im.shape for im in starts], seeds, seed)
     if not replay.whole:
         return Draws(views.batch(starts), None, per_leaf, replay)
     windows = [(p["top"], p["left"], p["height"], p["width"]) for p in per_leaf[0]]
@@ -195,14 +200,11 @@ def encoded(replay: Replay | None, files: list[np.ndarray], shapes: np.ndarray, 
             seed: Callable[[int], None], view: tuple[int, int]) -> Draws:
     """data.decode = "device": each file's bytes as read, its EXIF orientation, and (with a `replay`) each
     image's draws, taken on its stored shape (a leading random resized crop) or the evaluation view's."""
-    draws = []
-    for (h, w), s in zip(shapes.tolist(), seeds, strict=True) if replay is not None else []:
-        seed(s)
-        draws.append(replay.draw((h, w, 3) if replay.whole else (view[0], view[0], 3)))
-    per_leaf = [list(d) for d in zip(*draws, strict=True)]
+    per_leaf = [] if replay is None else replay.draws(
+        [(h, w, 3) if replay.whole else (view[0], view[0], 3) for h, w in shapes.tolist()], seeds, seed)
     lengths = np.array([len(f) for f in files], dtype=np.int64)
     flat = np.concatenate(files) if files else np.empty(0, dtype=np.uint8)
-    return Draws(torch.from_numpy(flat), np.asarray(shapes), per_leaf, replay, lengths, view,
+    return Draws(torch.from_numpy(flat), shapes, per_leaf, replay, lengths, view,
                  np.array([_orientation(f) for f in files], dtype=np.int64))
 
 
@@ -231,21 +233,16 @@ UNTURN: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
     7: lambda im: im.transpose(-2, -1).flip(-2, -1), 8: lambda im: torch.rot90(im, -1, (-2, -1))}
 
 
-def _pillow(file: torch.Tensor) -> torch.Tensor:
-    """A file's bytes decoded by Pillow, as the host's decoding does (any format it reads, the first frame)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(file.numpy().tobytes())) as im:
-        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-
-
 def _decode(data: torch.Tensor, lengths: np.ndarray, shapes: np.ndarray, orientations: np.ndarray,
             device: torch.device) -> list[torch.Tensor]:
     """Files' bytes -> each image, RGB, at its stored (height, width) on `device`: JPEGs through TorchCodec's
     decode_jpeg on the device, as one batch (nvJPEG on a GPU; TorchCodec, whose image decoders torchvision
     0.29 deprecates its own for), their EXIF turn undone; any other format, or every JPEG of a batch the
-    device's decoder refuses, through Pillow on the host; then resized there (bilinear, antialiased)."""
+    device's decoder refuses, by the host's own decoding (cache.load_image, its very pixels); the device's
+    JPEGs are then resized there to their stored size (bilinear, antialiased)."""
     from torchcodec.decoders import decode_jpeg
+
+    from bench.data.cache import load_image
 
     files = list(torch.split(data, lengths.tolist()))
     jpeg = [i for i, f in enumerate(files) if f[:2].tolist() == [0xFF, 0xD8]]
@@ -262,8 +259,8 @@ def _decode(data: torch.Tensor, lengths: np.ndarray, shapes: np.ndarray, orienta
         pass  # the batch: each is decoded below
     out = []
     for im, f, (h, w) in zip(images, files, shapes.tolist(), strict=True):
-        if im is None:
-            im = _pillow(f).to(device)
+        if im is None:  # the stored size's shorter side is the size load_image keeps (or the image's own)
+            im = views.tensor(load_image(io.BytesIO(f.numpy().tobytes()), min(h, w))).to(device)
         out.append(im if tuple(im.shape[-2:]) == (h, w) else F.resize(im, [h, w], antialias=True))
     return out
 
@@ -304,10 +301,11 @@ def _crop(leaf, x, params):
 @applies(v2.RandomResizedCrop, v2.RandomErasing, v2.RandomRotation, v2.RandomAffine)
 def _each(leaf, x, params):
     """Ops that give every image its own window or warp (a random resized crop that does not lead, erasing,
-    rotate, translate, zoom, scale): the leaf's own kernel, image by image, on the device."""
-    return torch.stack([im if p is None else leaf.transform(im, {k: torch.from_numpy(v) if isinstance(v, np.ndarray)
-                                                                 else v for k, v in p.items()})
-                        for im, p in zip(x, params, strict=True)])
+    rotate, translate, zoom, scale): the leaf's own kernel, image by image, on the device (erasing's value
+    back to the tensor the recorder made an array)."""
+    def own(p: dict) -> dict:
+        return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in p.items()}
+    return torch.stack([im if p is None else leaf.transform(im, own(p)) for im, p in zip(x, params, strict=True)])
 
 
 def _weights(x: torch.Tensor, factor: np.ndarray) -> torch.Tensor:

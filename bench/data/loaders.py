@@ -147,11 +147,15 @@ class ArrayDataset(Dataset):
 
     splits = 1  # > 1 (train.aug_splits): the batch holds each image clean, then splits - 1 augmented views
 
+    def seeds(self, places: list[int], epochs: list[int], view: int = 0) -> list[int]:
+        """Each draw's seed, from (seed, epoch, place in the epoch's draws, view) alone."""
+        return [draw_seed(self.seed, int(epoch), int(place), view) for place, epoch in zip(places, epochs, strict=True)]
+
     def augmented(self, images: list[np.ndarray], places: list[int], epochs: list[int], view: int = 0) -> torch.Tensor:
         with own_draws() as seed:
             out = []
-            for im, place, epoch in zip(images, places, epochs, strict=True):
-                seed(draw_seed(self.seed, int(epoch), int(place), view))
+            for im, s in zip(images, self.seeds(places, epochs, view), strict=True):
+                seed(s)
                 out.append(self.trained(im, self.transform, self.whole))
         return torch.stack(out)
 
@@ -167,8 +171,7 @@ class ArrayDataset(Dataset):
             from bench.data.device_augment import gather
 
             with own_draws() as seed:
-                seeds = [draw_seed(self.seed, int(e), int(p), 0) for p, e in zip(places, epochs, strict=True)]
-                return gather(self.replay, images, seeds, seed, self.evaluated), y
+                return gather(self.replay, images, self.seeds(places, epochs), seed, self.evaluated), y
         if self.transform is not None:
             return self.augmented(images, places, epochs).contiguous(), y
         return views.batch([self.evaluated(im) for im in images]), y
@@ -204,8 +207,8 @@ class FileDataset(ArrayDataset):
         rows = self.rows[np.asarray(idx)]
         files = [np.fromfile(self.files[r], dtype=np.uint8) for r in rows]
         with own_draws() as seed:
-            seeds = [draw_seed(self.seed, int(e), int(p), 0) for p, e in zip(places, epochs, strict=True)]
-            draws = encoded(self.replay, files, self.shapes[rows], seeds, seed, (self.size, self.scale))
+            draws = encoded(self.replay, files, self.shapes[rows], self.seeds(places, epochs), seed,
+                            (self.size, self.scale))
         return draws, self.labels[torch.as_tensor(idx)]
 
 
