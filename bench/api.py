@@ -7,7 +7,7 @@ through bench.runner, a suite with [tune] through bench.tune); and a suite's res
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,8 @@ class Plan:
     cells: list[Cell]  # in run order, parents first, with the ids `bench run` uses
     notes: list[str]  # what preflight says for the console (a split carved from the source's train part)
     overrides: tuple[Override, ...] = ()  # the command line's, set in `suite`; the results folder records them
+    # each data source as preflight listed it (bench.data.listing): the run hands its cells this listing
+    listed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def plan(path: Path | str, *, only: str | None = None, smoke: bool = False, device: str = "auto",
@@ -65,8 +67,9 @@ def _plan(path: Path, given: list[Override], *, only: str | None, smoke: bool, d
         from bench.trackers import check_installed, wanted
 
         check_installed(wanted(suite.log), file=path)
-    notes = preflight(suite, chosen, device, data=data, results=results, force=force) if check else []
-    return Plan(path, suite, chosen, notes, tuple(given))
+    listed: dict[str, Any] = {}
+    notes = preflight(suite, chosen, device, data=data, results=results, force=force, listed=listed) if check else []
+    return Plan(path, suite, chosen, notes, tuple(given), listed)
 
 
 def _matching(cells: list[Cell], pattern: str | None, option: str, path: Path) -> list[Cell]:
@@ -91,21 +94,25 @@ def run(planned: Plan, *, results: Path | str = Path("results"), device: str = "
         from bench.tune.waves import tune_suite
 
         return tune_suite(planned.suite, text, planned.cells, Path(results), device=device,
-                          progress=progress, options=options, executor=executor)
+                          progress=progress, options=options, executor=executor, listed=planned.listed)
     from bench.runner import run_suite
 
     return run_suite(text, planned.suite.suite.name, planned.cells, Path(results), device=device,
-                     progress=progress, options=options, executor=executor, log=planned.suite.log)
+                     progress=progress, options=options, executor=executor, log=planned.suite.log,
+                     listed=planned.listed)
 
 
 def prepare(planned: Plan, *, results: Path | str = Path("results"), say: Any = print) -> Prepared:
     """Every split, decoded cache and set of initial weights the plan's cells need (a tuned suite's: its
-    contenders'), built into results/<suite>/ before any cell runs, and each cell's estimated cost."""
+    contenders'), built into results/<suite>/ before any cell runs, and each cell's estimated cost; the data
+    listed once (bench.data.listing), as a run lists it."""
+    from bench.data.listing import run_listings
     from bench.prepare import prepare_cells
 
     suite_dir = Path(results).resolve() / planned.suite.suite.name
     suite_dir.mkdir(parents=True, exist_ok=True)
-    return prepare_cells(planned.cells, suite_dir, say)
+    with run_listings(suite_dir, [c.config.data for c in planned.cells], planned.listed) as listings:
+        return prepare_cells(planned.cells, suite_dir, say, str(listings))
 
 
 def status_rows(target: Path, overrides: Sequence[str], results: Path, smoke: bool) -> list[dict[str, Any]]:

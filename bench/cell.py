@@ -144,6 +144,7 @@ class RunOptions:
     cpus: int | None = None  # the cell's CPUs per rank, as its executor shares them (data.workers = "auto")
     # cell id -> its tuning trial (bench.tune): trained on validation only, its epochs reported to its study
     trials: Mapping[str, TrialSpec] = field(default_factory=dict)
+    listings: str | None = None  # the run's listing of its data (bench.data.listing): no cell lists it again
 
 
 @dataclass(frozen=True)

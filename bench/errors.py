@@ -31,9 +31,16 @@ def did_you_mean(word: str, choices: Iterable[str], *, limit: int = 12) -> str:
 
 def first_line(e: BaseException | object, *, typed: bool = False) -> str:
     """An exception as one line for a UserError or a record (parsers' and kernels' messages run over several);
-    its type name when it says nothing, or in front of the line with `typed`."""
+    its type name when it says nothing, or in front of the line with `typed`. An error a DataLoader worker
+    raised, which torch re-raises as "Caught X in DataLoader worker process N" and its traceback, is the
+    worker's own last line."""
     text = str(e).strip()
     name = type(e).__name__
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:  # re-raised from a DataLoader worker
+        last = text.splitlines()[-1]  # "module.Type: message", the worker's own exception
+        kind, sep, message = last.partition(": ")
+        if sep and kind.replace(".", "").replace("_", "").isalnum():
+            name, text = kind.rsplit(".", 1)[-1], message.strip()
     if not text:
         return name
     return f"{name}: {text.splitlines()[0]}" if typed else text.splitlines()[0]

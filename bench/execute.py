@@ -143,7 +143,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
         write_cell(cell_dir, cell_record(cell, trial, attempt))
     if options.threads:  # the executor's share of the cores (floating-point sums depend on it: recorded)
         torch.set_num_threads(options.threads)
-    net = build_network(cell, suite_dir, device, options.cpus)
+    net = build_network(cell, suite_dir, device, options.cpus, options.listings)
     data, loaders, model = net.data, net.loaders, net.model
 
     init_sha = sealed_digest(init_file(suite_dir / INIT, net.init_key))  # verified by initial_model
@@ -258,7 +258,8 @@ def withdraw_test(cell_dir: Path, record: dict[str, Any]) -> None:
     write_result(cell_dir, record)
 
 
-def evaluate_test(cell: Cell, suite_dir: Path, device: torch.device) -> dict[str, dict[str, float]]:
+def evaluate_test(cell: Cell, suite_dir: Path, device: torch.device,
+                  listings: str | None = None) -> dict[str, dict[str, float]]:
     """The test split, once, for a finished cell that trained without looking at it (the chosen trial of a
     tuning study): its best weights' test metrics (and TTA's), added to its result.json, and the test
     logits, labels and confusion matrix to its predictions.npz, as a cell trained with test has them."""
@@ -275,15 +276,15 @@ def evaluate_test(cell: Cell, suite_dir: Path, device: torch.device) -> dict[str
                         hint="run again once it has finished")
     try:
         with backend_flags(cell.config.train):
-            return _test_look(cell, record, suite_dir, device)
+            return _test_look(cell, record, suite_dir, device, listings)
     finally:
         claim.release()
 
 
-def _test_look(cell: Cell, record: dict[str, Any], suite_dir: Path, device: torch.device
-               ) -> dict[str, dict[str, float]]:
+def _test_look(cell: Cell, record: dict[str, Any], suite_dir: Path, device: torch.device,
+               listings: str | None) -> dict[str, dict[str, float]]:
     cell_dir, cfg = suite_dir / cell.id, cell.config
-    net = build_network(cell, suite_dir, device)
+    net = build_network(cell, suite_dir, device, listings=listings)
     if len(net.loaders["test"].dataset) == 0:
         return {}
     load_best(net.model, cell_dir)

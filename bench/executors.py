@@ -64,8 +64,9 @@ class Executor:
     name = ""
     parallel = False
 
-    def prepare(self, cells: list[Cell], suite_dir: Path, progress: LogProgress) -> Prepared:
-        return prepare_cells(cells, suite_dir, progress.say)
+    def prepare(self, cells: list[Cell], suite_dir: Path, progress: LogProgress,
+                listings: str | None = None) -> Prepared:
+        return prepare_cells(cells, suite_dir, progress.say, listings)
 
     def ranked(self, options: RunOptions, device: torch.device, cells_at_once: int = 1) -> RunOptions:
         """`options` with the ranks each cell trains as ([resources]), and on the CPU the threads of each:
@@ -195,12 +196,14 @@ class Ray(Executor):
             ray.shutdown()
             self.started = False
 
-    def prepare(self, cells: list[Cell], suite_dir: Path, progress: LogProgress) -> Prepared:
+    def prepare(self, cells: list[Cell], suite_dir: Path, progress: LogProgress,
+                listings: str | None = None) -> Prepared:
         """One CPU-only task, before any cell's task takes a GPU."""
         ray = self._ray()
         cpus = min(self.resources.cpus or 1.0, ray.cluster_resources().get("CPU", 1.0))
         ref = ray.remote(prepare_job).options(num_cpus=cpus, num_gpus=0).remote(cells, suite_dir,
-                                                                               worker_env(self.name), os.getcwd())
+                                                                               worker_env(self.name), os.getcwd(),
+                                                                               listings)
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as e:  # the cells build what they need themselves, as before
@@ -307,13 +310,14 @@ class Slurm(Executor):
             slurm_additional_parameters=dict(res.sbatch) or None)
         return ex, cpus
 
-    def prepare(self, cells: list[Cell], suite_dir: Path, progress: LogProgress) -> Prepared:
+    def prepare(self, cells: list[Cell], suite_dir: Path, progress: LogProgress,
+                listings: str | None = None) -> Prepared:
         """One job without GPUs, before the cells' arrays are submitted."""
         ex, _ = self._executor(suite_dir, torch.device("cpu"), 1)
         ex.update_parameters(gpus_per_node=0)
         job = None
         try:
-            job = ex.submit(prepare_job, cells, suite_dir, worker_env(self.name), os.getcwd())
+            job = ex.submit(prepare_job, cells, suite_dir, worker_env(self.name), os.getcwd(), listings)
             return job.result()
         except Exception as e:  # refused (a GPU-only partition), or died: FailedJobError, UncompletedJobError
             return _unprepared(progress, f"its job {getattr(job, 'job_id', '(not submitted)')} gave no result: "

@@ -50,10 +50,11 @@ def run_job(job: Job, *after: Any) -> Outcome:
                    job.options, job.env)
 
 
-def prepare_job(cells: list[Cell], suite_dir: Path, env: dict[str, str], cwd: str) -> Prepared:
+def prepare_job(cells: list[Cell], suite_dir: Path, env: dict[str, str], cwd: str,
+                listings: str | None = None) -> Prepared:
     """A worker's preparing task (bench.prepare), in the launching run's environment and folder."""
     adopt(env, cwd)
-    return prepare_cells(cells, suite_dir)
+    return prepare_cells(cells, suite_dir, listings=listings)
 
 
 class Quiet(LogProgress):

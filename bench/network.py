@@ -52,15 +52,17 @@ def loader_workers(workers: int | str, device: torch.device, cpus: int | None = 
     return max(0, min(8, cpus - 1))
 
 
-def build_network(cell: Cell, suite_dir: Path, device: torch.device, cpus: int | None = None) -> Network:
-    """`cpus`: the cell's share of the CPUs per rank, which `data.workers = "auto"` follows."""
+def build_network(cell: Cell, suite_dir: Path, device: torch.device, cpus: int | None = None,
+                  listings: str | None = None) -> Network:
+    """`cpus`: the cell's share of the CPUs per rank, which `data.workers = "auto"` follows; `listings`: the
+    run's listing of the data (bench.data.listing), else the cell lists it."""
     cfg = cell.config
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)  # timm's augmentation policies draw from Python's generator
 
     online = None if cfg.train.offline else build_augment(cfg.train.augment, cfg.data.image_size)
-    data = prepare(cfg.data, cfg.seed, suite_dir / SPLITS, online)
+    data = prepare(cfg.data, cfg.seed, suite_dir / SPLITS, online, listings)
     workers = loader_workers(cfg.data.workers, device, cpus)
     loaders = make_loaders(data.datasets, cfg.train, cfg.seed, cfg.data.image_size, workers, pin=device.type == "cuda")
     model, init_key = initial_model(cfg, data.num_classes, suite_dir / INIT)

@@ -36,9 +36,11 @@ class Prepared:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
-def prepare_cells(cells: list[Cell], suite_dir: Path, say: Callable[[str], None] = lambda _: None) -> Prepared:
+def prepare_cells(cells: list[Cell], suite_dir: Path, say: Callable[[str], None] = lambda _: None,
+                  listings: str | None = None) -> Prepared:
     """Build what `cells` share and estimate each one's cost: TRAIN_FLOPS_PER_FORWARD x its network's forward
-    GFLOPs x its training images x its epochs (bench's own FLOP counter, at its image size)."""
+    GFLOPs x its training images x its epochs (bench's own FLOP counter, at its image size); the data as the
+    run listed it (`listings`: bench.data.listing)."""
     start, out = time.perf_counter(), Prepared()
     data: dict[tuple[str, int], object] = {}
     gflops: dict[tuple[str, int], float] = {}  # (initial weights, image size): a timm net's key has no size
@@ -47,7 +49,7 @@ def prepare_cells(cells: list[Cell], suite_dir: Path, say: Callable[[str], None]
         try:
             key = (cfg.data.model_dump_json(), cfg.seed)
             if key not in data:  # a split and a decoded cache per data config and seed
-                data[key] = prepare_data(cfg.data, cfg.seed, suite_dir / SPLITS)
+                data[key] = prepare_data(cfg.data, cfg.seed, suite_dir / SPLITS, listings=listings)
             prepared = data[key]
             model, init = initial_model(cfg, prepared.num_classes, suite_dir / INIT)
             size = (init, cfg.data.image_size)

@@ -30,6 +30,28 @@ def run_file(path: Path, results: Path, *, options=None, executor=None, log=None
     return api.run(api.plan(path, check=False), results=results, device="cpu", options=options,
                    executor=executor, progress=LogProgress(log))
 
+# a suite over an image folder, `root`: one epoch of bench:mlp at 16 px ([[cells]] may follow)
+FOLDER_SUITE = """
+[suite]
+name = "files"
+seeds = [0]
+
+[data]
+source = "folder"
+root = "{root}"
+image_size = 16
+
+[train]
+epochs = 1
+batch_size = 8
+optimizer = "adam"
+lr = 0.003
+
+[model]
+arch = "bench:mlp"
+"""
+
+
 # ---------------------------------------------------------------- training, scripted
 CPU = torch.device("cpu")
 

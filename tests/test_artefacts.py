@@ -16,26 +16,7 @@ from PIL import Image
 from bench import artefacts
 from bench.config import SyntheticConfig
 from bench.data import cache, synthetic
-
-FOLDER_SUITE = """
-[suite]
-name = "files"
-seeds = [0]
-
-[data]
-source = "folder"
-root = "{root}"
-image_size = 16
-
-[train]
-epochs = 1
-batch_size = 8
-optimizer = "adam"
-lr = 0.003
-
-[model]
-arch = "bench:mlp"
-"""
+from tests.support import FOLDER_SUITE
 
 
 def _images(root: Path, per_class: int = 8, classes: int = 3) -> Path:
@@ -170,7 +151,7 @@ def test_a_damaged_decoded_cache_is_rebuilt_not_trusted(tmp_path, damage):
 def test_a_garbage_probe_cache_is_probed_again(tmp_path):
     root, paths = _decoded_setup(tmp_path)
     first = cache.probe(root, paths)
-    (file,) = (cache.cache_root() / "probe").glob(f"{cache._key(root, paths)}.npz")
+    (file,) = (cache.cache_root() / "probe").glob(f"{cache._key(root, paths, None)}.npz")
     file.write_bytes(b"PK\x03\x04 not a zip")
     again = cache.probe(root, paths)
     assert list(again.width) == list(first.width) == [20] * len(paths)

@@ -325,7 +325,7 @@ def test_class_pruning_reads_only_the_headers_it_needs_and_keeps_what_reading_ev
     every = cache.probe(samples.root, samples.paths)
     expected, _, _ = curate.curate(samples, every, cfg)
     read, probe_one = [], cache.probe_one
-    monkeypatch.setattr(cache, "probe_one", lambda path: read.append(path.parent.name) or probe_one(path))
+    monkeypatch.setattr(cache, "probe_one", lambda path, *a: read.append(path.parent.name) or probe_one(path, *a))
     probed, probe, steps = curate.probed(samples, cfg)
     kept, _, _ = curate.curate(probed, probe, cfg)
     assert sorted(np.asarray(probed.paths)[kept]) == sorted(np.asarray(samples.paths)[expected])

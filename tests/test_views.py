@@ -161,12 +161,3 @@ def test_training_crops_are_distributed_as_torchvisions_random_resized_crop_of_t
                        size, build_augment("rrc", size), seed=0)
     centred = _windows(old.augmented([old.stored(0)] * DRAWS, list(range(DRAWS)), [0] * DRAWS))
     assert ks_2samp(centred[:, 2], theirs[:, 2]).pvalue < 1e-6  # measured 3e-44; bench's own: 0.3
-
-
-def test_curating_stats_each_file_once(photos, monkeypatch):
-    """The probe's key and the decoded cache's both name the files by size and mtime: one stat each."""
-    calls = []
-    stat = cache._stat
-    monkeypatch.setattr(cache, "_stat", lambda path: calls.append(path) or stat(path))
-    cur = curated(_cfg(photos, image_size=40))
-    assert len(calls) == len(set(calls)) == len(cur.source.paths)

@@ -17,8 +17,9 @@ from bench.config import DataConfig
 from bench.config.data import VIEW_KEYS
 from bench.data import cache, curate, split
 from bench.data.cache import files_key
+from bench.data.listing import listed
 from bench.data.loaders import ArrayDataset, FileDataset
-from bench.data.sources import Samples, read_source
+from bench.data.sources import Samples
 from bench.hashing import stable_hash
 from bench.store import split_file
 
@@ -35,7 +36,7 @@ class Curated:
     rows: np.ndarray  # row of each kept sample in the decoded cache
     steps: list[dict]
     bad: dict[str, str]  # relative path -> why it was excluded
-    files: str  # the source's files as they are on disk now (see files_key)
+    files: str  # the source's files as listed (see files_key)
 
     @property
     def modes(self) -> dict[str, int]:
@@ -44,21 +45,17 @@ class Curated:
         return dict(sorted(Counter(m for m in self.probe.modes.tolist() if m).items()))
 
 
-def curated(cfg: DataConfig) -> Curated:
-    """Source -> probe -> curation -> decoded cache (undecodable images dropped), all cached on disk."""
-    with cache.stat_once():  # the probe's key and the cache's name the same files
-        return _curated(cfg)
-
-
-def _curated(cfg: DataConfig) -> Curated:
-    source = read_source(cfg)
+def curated(cfg: DataConfig, listings: Path | str | None = None) -> Curated:
+    """Source -> probe -> curation -> decoded cache (undecodable images dropped), all cached on disk; the
+    source as the run listed it (`listings`: bench.data.listing), or listed now."""
+    source = listed(cfg, listings)
     samples, probe, steps = curate.probed(source, cfg)
     keep, curation, bad = curate.curate(samples, probe, cfg)
     steps += curation
     kept = samples.subset(keep)
     # the cache's images, or (data.cache = "none") the files and which of them cannot be decoded
     build = cache.decoded if cfg.cache == "decoded" else cache.undecoded
-    dec = build(kept.root, kept.paths, probe.width[keep], probe.height[keep], cfg.stored_size)
+    dec = build(kept.root, kept.paths, probe.width[keep], probe.height[keep], cfg.stored_size, kept.stats)
     ok = np.ones(len(kept.paths), dtype=bool)
     ok[list(dec.bad)] = False
     before = (len(kept.paths), len(kept.classes))
@@ -90,8 +87,9 @@ def split_key(cfg: DataConfig, seed: int, files: str) -> str:
     return stable_hash({**spec, "seed": seed, "files": files}, 16)
 
 
-def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None) -> Prepared:
-    cur = curated(cfg)
+def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None,
+            listings: Path | str | None = None) -> Prepared:
+    cur = curated(cfg, listings)
     s = cur.samples
     key = split_key(cfg, seed, cur.files)
     if not cfg.source_split:  # study 001 pooled iNat's train and val, then split 90/10 itself
@@ -107,7 +105,8 @@ def prepare(cfg: DataConfig, seed: int, split_dir: Path, augment_transform=None)
         if cfg.cache == "decoded":
             return ArrayDataset(cur.decoded.folder, *common, seed=seed)
         return FileDataset(cur.decoded.files, cfg.stored_size, *common, seed=seed,
-                           shapes=cur.decoded.index[:, 1:] if cfg.decode == "device" else None)
+                           shapes=cur.decoded.index[:, 1:] if cfg.decode == "device" else None,
+                           stats=cur.decoded.stats)
 
     datasets = {name: dataset(name, idx) for name, idx in parts.items()}
     info = {"source": cfg.source, "root": str(s.root), "files": cur.files, "images": {k: len(v) for k, v in parts.items()},

@@ -20,8 +20,6 @@ import json
 import os
 import shutil
 import sys
-import threading
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,9 @@ from PIL import Image
 
 from bench.artefacts import building, intact, reserve, seal
 from bench.data.cachedir import cache_root
+from bench.data.listing import opened
+from bench.data.sources import file_stats
+from bench.errors import UserError
 from bench.hashing import stable_hash
 from bench.store import atomic_dir, atomic_path
 
@@ -43,47 +44,11 @@ VERSION = 1
 LAYOUT = 2  # bump when the stored pixels change, by layout or decoding (2: whole images packed, with an index)
 
 
-_stat_memo = threading.local()  # .seen within stat_once(): every file's (size, mtime) as first read
-
-
-@contextlib.contextmanager
-def stat_once() -> Iterator[None]:
-    """Each file stat'ed once while the block runs, in this thread (cells may run in threads of one
-    process): the probe's key and the decoded cache's both name the files by size and mtime, and on a
-    network file system a stat of iNat's 2.7 M files takes minutes. A nested block shares the outer one's."""
-    outer = getattr(_stat_memo, "seen", None)
-    _stat_memo.seen = {} if outer is None else outer
-    try:
-        yield
-    finally:
-        _stat_memo.seen = outer
-
-
-def _stat(path: str) -> tuple[int, int]:
-    try:
-        st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
-    except OSError:
-        return -1, 0
-
-
-def _stats(root: Path, paths: list[str]) -> list[tuple[int, int]]:
-    base = str(root)  # os.path.join, not pathlib: 10x faster over millions of paths
-    seen = getattr(_stat_memo, "seen", None)
-    if seen is None:
-        return [_stat(os.path.join(base, p)) for p in paths]
-    out = []
-    for p in paths:
-        path = os.path.join(base, p)
-        if path not in seen:
-            seen[path] = _stat(path)
-        out.append(seen[path])
-    return out
-
-
-def _key(root: Path, paths: list[str], **extra) -> str:
+def _key(root: Path, paths: list[str], stats: np.ndarray | None, **extra) -> str:
+    """The files by name, size and mtime (as listed: bench.data.listing; stat'ed now without `stats`)."""
+    stats = file_stats(root, paths) if stats is None else stats
     return stable_hash({"v": VERSION, "root": str(Path(root).resolve()), "paths": paths,
-                   "stats": _stats(root, paths), **extra}, 16)
+                        "stats": stats.tolist(), **extra}, 16)
 
 
 def _chunks(n: int, parts: int) -> list[range]:
@@ -123,20 +88,26 @@ def _map(fn, jobs: list, label: str, total: int, workers: int) -> list:
 
 # ---- probe -----------------------------------------------------------------------------------------
 
-def probe_one(path: Path) -> tuple[str, int, int, str]:
-    """(mode, width, height, '') from the header, or ('', 0, 0, why) when it cannot be read."""
+def probe_one(path: Path, expected: np.ndarray | None = None) -> tuple[str, int, int, str]:
+    """(mode, width, height, '') from the header, or ('', 0, 0, why) when it cannot be read; a file that is
+    not as listed (`expected`: its size and mtime) raises (bench.data.listing.opened)."""
     try:
-        if os.path.getsize(path) == 0:
-            return "", 0, 0, "empty file"
-        with Image.open(path) as im:
-            return im.mode, im.size[0], im.size[1], ""
-    except Exception as e:  # PIL raises many types for bad files; each becomes a recorded reason
+        f = opened(path, expected)
+    except OSError as e:
         return "", 0, 0, f"unreadable ({type(e).__name__}: {str(e)[:60]})"
+    with f:
+        try:
+            if os.fstat(f.fileno()).st_size == 0:
+                return "", 0, 0, "empty file"
+            with Image.open(f) as im:
+                return im.mode, im.size[0], im.size[1], ""
+        except Exception as e:  # PIL raises many types for bad files; each becomes a recorded reason
+            return "", 0, 0, f"unreadable ({type(e).__name__}: {str(e)[:60]})"
 
 
-def _probe_job(job: tuple[str, list[str], range]) -> list[tuple[str, int, int, str]]:
-    root, paths, rows = job
-    return [probe_one(Path(root) / paths[i]) for i in rows]
+def _probe_job(job: tuple[str, list[str], np.ndarray, range]) -> list[tuple[str, int, int, str]]:
+    root, paths, stats, rows = job  # stats: the rows' own
+    return [probe_one(Path(root) / paths[i], stats[i - rows.start]) for i in rows]
 
 
 @dataclass
@@ -148,8 +119,10 @@ class Probe:
     key: str = ""  # the source's files by name, size and mtime: what the probe was read from
 
 
-def probe(root: Path, paths: list[str]) -> Probe:
-    key = _key(root, paths)
+def probe(root: Path, paths: list[str], stats: np.ndarray | None = None) -> Probe:
+    """The headers of these files (`stats`: as listed, each file held to them; None: stat'ed now)."""
+    stats = file_stats(root, paths) if stats is None else stats
+    key = _key(root, paths, stats)
     file = cache_root() / "probe" / f"{key}.npz"
     with building(file):
         if intact(file):
@@ -158,7 +131,7 @@ def probe(root: Path, paths: list[str]) -> Probe:
                 return Probe(z["modes"].astype(object), z["width"], z["height"], z["bad"].astype(object), key)
             except Exception:  # sealed yet unreadable (another numpy?): a derived cache is simply made again
                 pass
-        jobs = [(str(root), paths, r) for r in _chunks(len(paths), 8 * _workers(len(paths)))]
+        jobs = [(str(root), paths, stats[r.start:r.stop], r) for r in _chunks(len(paths), 8 * _workers(len(paths)))]
         rows = [r for part in _map(_probe_job, jobs, "reading image headers", len(paths), _workers(len(paths)))
                 for r in part]
         modes, w, h, bad = (zip(*rows, strict=True) if rows else ((), (), (), ()))
@@ -215,19 +188,26 @@ def load_image(path: Path | BinaryIO, size: int) -> np.ndarray:
         return np.asarray(im)
 
 
-def _decode_job(job: tuple[str, str, str, int, list[str], range]) -> list[tuple[int, str]]:
-    """Decode rows into the shared buffer at their index's places; returns (row, reason) for each failure."""
-    root, file, index_file, size, paths, rows = job
+def _decode_job(job: tuple[str, str, str, int, list[str], np.ndarray, range]) -> list[tuple[int, str]]:
+    """Decode rows into the shared buffer at their index's places; returns (row, reason) for each failure.
+    A file not as listed raises (bench.data.listing.opened)."""
+    root, file, index_file, size, paths, stats, rows = job  # stats: the rows' own
     out = np.lib.format.open_memmap(file, mode="r+")
     index = np.load(index_file, mmap_mode="r")
     failed = []
     for i in rows:
         offset, h, w = index[i]
         try:
-            im = load_image(Path(root) / paths[i], size)
-            if im.shape != (h, w, 3):  # a header that lies about the size: not what the index promised
-                raise ValueError(f"decoded {im.shape[1]}x{im.shape[0]}, header said otherwise")
-            out[offset:offset + h * w * 3] = im.reshape(-1)
+            f = opened(Path(root) / paths[i], stats[i - rows.start])
+        except OSError as e:
+            failed.append((i, f"cannot decode ({type(e).__name__})"))
+            continue
+        try:
+            with f:
+                im = load_image(f, size)
+                if im.shape != (h, w, 3):  # a header that lies about the size: not what the index promised
+                    raise ValueError(f"decoded {im.shape[1]}x{im.shape[0]}, header said otherwise")
+                out[offset:offset + h * w * 3] = im.reshape(-1)
         except Exception as e:  # truncated, corrupt, unsupported: recorded, never raised
             failed.append((i, f"cannot decode ({type(e).__name__})"))
     out.flush()
@@ -241,6 +221,7 @@ class Decoded:
     bad: dict[int, str]  # row -> why it could not be decoded (its pixels are zeros)
     folder: Path | None
     files: list[str] = field(default_factory=list)  # data.cache = "none": every row's file, decoded per batch
+    stats: np.ndarray | None = None  # data.cache = "none": every row's file's size and mtime, as listed
 
 
 def stored_index(widths: np.ndarray, heights: np.ndarray, size: int) -> np.ndarray:
@@ -261,26 +242,31 @@ def cache_bytes(widths: np.ndarray, heights: np.ndarray, size: int) -> int:
     return _nbytes(stored_index(widths, heights, size))
 
 
-def _check_job(job: tuple[str, list[str], range]) -> list[tuple[int, str]]:
+def _check_job(job: tuple[str, list[str], np.ndarray, range]) -> list[tuple[int, str]]:
     """(row, reason) for each file that cannot be decoded, read at the smallest scale the decoder offers:
-    a truncated or corrupt image fails there as it fails at any size."""
-    root, paths, rows = job
+    a truncated or corrupt image fails there as it fails at any size. A file not as listed raises."""
+    root, paths, stats, rows = job  # stats: the rows' own
     failed = []
     for i in rows:
         try:
-            with Image.open(Path(root) / paths[i]) as im:
+            with opened(Path(root) / paths[i], stats[i - rows.start]) as f, Image.open(f) as im:
                 im.draft("RGB", (1, 1))
                 im.convert("RGB")
+        except UserError:
+            raise
         except Exception as e:  # as _decode_job words it: the same images leave the same splits
             failed.append((i, f"cannot decode ({type(e).__name__})"))
     return failed
 
 
-def undecoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarray, size: int) -> Decoded:
+def undecoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarray, size: int,
+              stats: np.ndarray | None = None) -> Decoded:
     """data.cache = "none": no cache, only which files cannot be decoded (so that the splits are those of the
     decoded cache), found once by a pass over the files and kept under their key, and the index the cache
-    would have (each image's stored height and width)."""
-    file = cache_root() / "checked" / f"{_key(root, paths, check='decode')}.json"
+    would have (each image's stored height and width). Each file is held to `stats` (as listed; None: as
+    stat'ed now) here and whenever a batch decodes it."""
+    stats = file_stats(root, paths) if stats is None else stats
+    file = cache_root() / "checked" / f"{_key(root, paths, stats, check='decode')}.json"
     with building(file):
         bad = None
         if intact(file):
@@ -288,25 +274,25 @@ def undecoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndar
                 bad = {int(k): str(v) for k, v in json.loads(file.read_text()).items()}
         if bad is None:
             workers = _workers(len(paths))
-            jobs = [(str(root), paths, r) for r in _chunks(len(paths), 8 * workers)]
+            jobs = [(str(root), paths, stats[r.start:r.stop], r) for r in _chunks(len(paths), 8 * workers)]
             bad = dict(f for part in _map(_check_job, jobs, "checking that images decode", len(paths), workers)
                        for f in part)
             with atomic_path(file) as tmp:
                 tmp.write_text(json.dumps({str(k): v for k, v in bad.items()}))
             seal(file)
-    return Decoded(None, stored_index(widths, heights, size), bad, None, [str(Path(root) / p) for p in paths])
+    return Decoded(None, stored_index(widths, heights, size), bad, None, [str(Path(root) / p) for p in paths], stats)
 
 
-def decoded_folder(root: Path, paths: list[str], size: int) -> Path:
-    """Where the decoded cache of these files at this size is (or will be)."""
-    return cache_root() / "decoded" / _key(root, paths, size=size, layout=LAYOUT)
+def decoded_folder(root: Path, paths: list[str], size: int, stats: np.ndarray | None = None) -> Path:
+    """Where the decoded cache of these files (of these stats) at this size is (or will be)."""
+    return cache_root() / "decoded" / _key(root, paths, stats, size=size, layout=LAYOUT)
 
 
 def room_for(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarray,
-             size: int) -> tuple[int, int, Path] | None:
+             size: int, stats: np.ndarray | None = None) -> tuple[int, int, Path] | None:
     """(bytes the decoded cache of these files at this size needs, bytes free, the disk's folder), or None
     when that cache is already built."""
-    folder = decoded_folder(root, paths, size)
+    folder = decoded_folder(root, paths, size, stats)
     if _open_decoded(folder, len(paths)) is not None:
         return None
     existing = folder
@@ -315,10 +301,13 @@ def room_for(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarr
     return cache_bytes(widths, heights, size), shutil.disk_usage(existing).free, existing
 
 
-def decoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarray, size: int) -> Decoded:
+def decoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarray, size: int,
+            stats: np.ndarray | None = None) -> Decoded:
     """The decoded cache for these files (of these header sizes) at this size; built on first use (by one
-    process), reused after, rebuilt when its images no longer match their seal."""
-    folder = decoded_folder(root, paths, size)
+    process), reused after, rebuilt when its images no longer match their seal. `stats`: the files' size and
+    mtime as listed, which the build holds each file to (None: stat'ed now)."""
+    stats = file_stats(root, paths) if stats is None else stats
+    folder = decoded_folder(root, paths, size, stats)
     with building(folder):
         found = _open_decoded(folder, len(paths))
         if found is not None:
@@ -333,7 +322,7 @@ def decoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarra
             np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=(_nbytes(index),))
             reserve(file, file.stat().st_size, "the decoded-image cache")  # a full disk: one line, now
             workers = _workers(len(paths))
-            jobs = [(str(root), str(file), str(tmp / "index.npy"), size, paths, r)
+            jobs = [(str(root), str(file), str(tmp / "index.npy"), size, paths, stats[r.start:r.stop], r)
                     for r in _chunks(len(paths), 8 * workers)]
             failed = [f for part in _map(_decode_job, jobs, f"decoding images to {size}px", len(paths), workers)
                       for f in part]

@@ -95,7 +95,7 @@ def probed(samples: Samples, cfg: DataConfig) -> tuple[Samples, Probe, list[dict
     pruning = cfg.min_per_class or cfg.top_classes is not None
     # modal_size counts every image's size; generated data's headers are known without reading them (preview)
     if not pruning or cfg.prune_splits is not None or cfg.modal_size or cfg.source == "synthetic":
-        return samples, probe_headers(samples.root, samples.paths), []
+        return samples, probe_headers(samples.root, samples.paths, samples.stats), []
     listed = _counts(samples, np.ones(len(samples.paths), dtype=bool))
     floor = max(cfg.min_per_class, 1)
     threshold = floor
@@ -108,7 +108,8 @@ def probed(samples: Samples, cfg: DataConfig) -> tuple[Samples, Probe, list[dict
         rows = np.flatnonzero((listed >= threshold)[samples.labels])
         new = rows[~read[rows]]
         if len(new):
-            got = probe_headers(samples.root, [samples.paths[i] for i in new])
+            got = probe_headers(samples.root, [samples.paths[i] for i in new],
+                                None if samples.stats is None else samples.stats[new])
             keys.append(got.key)
             heads.modes[new], heads.width[new], heads.height[new], heads.bad[new] = got.modes, got.width, got.height, got.bad
             read[new] = True
@@ -169,19 +170,20 @@ def prune_after_split(labels: np.ndarray, parts: dict[str, np.ndarray], cfg: Dat
 SOURCE_KEY = {"folder": "data.root", "synthetic": "data.synthetic", "csv": "data.manifest", "inat": "data.annotations"}
 
 
-def preview(cfg: DataConfig) -> tuple[Samples, np.ndarray, list[dict], str, Probe]:
+def preview(cfg: DataConfig, source: Samples | None = None) -> tuple[Samples, np.ndarray, list[dict], str, Probe]:
     """(the images whose headers were read (`probed`), the mask curation keeps, its steps,
     bench.data.cache.files_key, their probe) from image headers alone, nothing decoded: what
-    `require_trainable` judges before a cell starts. Synthetic data is not generated for it: its class sizes
-    and image size follow from the config, as bench.data.synthetic.generate draws them."""
+    `require_trainable` judges before a cell starts; `source`: the source as listed (else listed now).
+    Synthetic data is not generated for it: its class sizes and image size follow from the config, as
+    bench.data.synthetic.generate draws them."""
     from bench.data.cache import files_key
-    from bench.data.sources import read_source
+    from bench.data.listing import listed
 
     if cfg.source == "synthetic":
         samples, probe = _synthetic_index(cfg.synthetic)
         first = []
     else:
-        samples, probe, first = probed(read_source(cfg), cfg)
+        samples, probe, first = probed(source if source is not None else listed(cfg), cfg)
     keep, steps, _ = curate(samples, probe, cfg)
     return samples, keep, first + steps, files_key(cfg, probe), probe
 

@@ -186,17 +186,24 @@ class FileDataset(ArrayDataset):
     pixels the decoded cache would hold (bench.data.cache.load_image: reduced-scale JPEG decoding, whole,
     the shorter side to `stored`); everything after is ArrayDataset's. With `shapes` (data.decode =
     "device": each row's stored height and width) a batch is its files' bytes, decoded on the training
-    device (device_augment.Draws)."""
+    device (device_augment.Draws). With `stats` (each row's file's size and mtime, as listed) a file that
+    changed since is a one-line error (bench.data.listing.opened), not other pixels."""
 
     def __init__(self, files: list[str], stored: int, rows: np.ndarray, labels: np.ndarray, size: int, scale: int,
-                 transform=None, seed: int = 0, shapes: np.ndarray | None = None):
+                 transform=None, seed: int = 0, shapes: np.ndarray | None = None, stats: np.ndarray | None = None):
         super().__init__(None, rows, labels, size, scale, transform, seed)
-        self.files, self.stored_size, self.shapes = files, stored, shapes
+        self.files, self.stored_size, self.shapes, self.stats = files, stored, shapes, stats
+
+    def _opened(self, row: int):
+        from bench.data.listing import opened
+
+        return opened(self.files[row], None if self.stats is None else self.stats[row])
 
     def stored(self, row: int) -> np.ndarray:
         from bench.data.cache import load_image
 
-        return load_image(Path(self.files[row]), self.stored_size)
+        with self._opened(row) as f:
+            return load_image(f, self.stored_size)
 
     def __getitems__(self, items: list):
         if self.shapes is None:
@@ -205,7 +212,10 @@ class FileDataset(ArrayDataset):
 
         idx, places, epochs = _places(items)
         rows = self.rows[np.asarray(idx)]
-        files = [np.fromfile(self.files[r], dtype=np.uint8) for r in rows]
+        files = []
+        for r in rows:
+            with self._opened(r) as f:
+                files.append(np.frombuffer(f.read(), dtype=np.uint8))
         with own_draws() as seed:
             draws = encoded(self.replay, files, self.shapes[rows], self.seeds(places, epochs), seed,
                             (self.size, self.scale))

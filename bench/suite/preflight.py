@@ -18,17 +18,7 @@ from bench.suite.expansion import where_set
 
 
 def preflight(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bool = True,
-              results: Path | None = None, force: bool = False) -> list[str]:
-    """_checks, with each data file stat'ed once (bench.data.cache.stat_once: the preview's probe and the
-    decoded cache's disk estimate name the same files)."""
-    from bench.data.cache import stat_once
-
-    with stat_once():
-        return _checks(suite, cells, device, data=data, results=results, force=force)
-
-
-def _checks(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bool = True,
-            results: Path | None = None, force: bool = False) -> list[str]:
+              results: Path | None = None, force: bool = False, listed: dict[str, Any] | None = None) -> list[str]:
     """Checks that need the file system, the network or the hardware, made before anything is written, so
     that a mistake is one line and exit 2 rather than a failed cell: the device; with `data`, each data
     config's files as its source reads them and what curation leaves of them (image headers only, cached);
@@ -36,7 +26,8 @@ def _checks(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bool
     a cell whose initial weights `results`/<suite>/init already holds); the precision on this device; and,
     unless `force`, that the files under the cells `results` holds finished are still the files they were
     trained on; and what a cell of several ranks ([resources]) cannot be. Returns notes for the console: a
-    split carved from the source's train part, once per data."""
+    split carved from the source's train part, once per data. Each source is listed and its files stat'ed
+    once, into `listed` (bench.data.listing.source_key -> Samples), which the run then hands its cells."""
     from bench.device import resolve_device
     from bench.distributed import require_splittable
     from bench.techniques.precision import precision_setup
@@ -48,6 +39,7 @@ def _checks(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bool
     changed: list[Cell] = []
     done: set[str] = set()
     notes: list[str] = []
+    listed = {} if listed is None else listed
 
     def once(*what: Any) -> bool:
         """True the first time: a 1,000-cell grid reads each weights file and builds each network once."""
@@ -63,9 +55,15 @@ def _checks(suite: Suite, cells: list[Cell], device: str = "auto", *, data: bool
             require_splittable(t.batch_size, m.freeze, suite.resources.ranks(dev.type))
             data_key = d.model_dump_json(exclude={*VIEW_KEYS, "workers"})
             if data and data_key not in classes:
+                from bench.data import listing
                 from bench.data.curate import preview, require_trainable
 
-                samples, keep, steps, files[data_key], heads = preview(d)
+                source = None
+                if d.source != "synthetic":
+                    if (key := listing.source_key(d)) not in listed:
+                        listed[key] = listing.listed(d)
+                    source = listed[key]
+                samples, keep, steps, files[data_key], heads = preview(d, source)
                 require_trainable(samples, keep, steps, d)
                 classes[data_key] = len(np.unique(samples.labels[keep]))
                 previews[data_key] = samples, keep, heads
@@ -115,7 +113,8 @@ def _room(d: DataConfig, samples: Any, keep: np.ndarray, heads: Any) -> list[str
     from bench.data.cache import room_for
 
     room = room_for(samples.root, [p for p, k in zip(samples.paths, keep, strict=True) if k],
-                    heads.width[keep], heads.height[keep], d.stored_size)
+                    heads.width[keep], heads.height[keep], d.stored_size,
+                    None if samples.stats is None else samples.stats[keep])
     if room is None:  # built already
         return []
     need, free, where = room

@@ -208,8 +208,9 @@ class Contender:
         done = [t for t in self.counted() if t.state == TrialState.COMPLETE]
         return min(done, key=lambda t: (t.value, t.number), default=None)
 
-    def finish(self, suite_dir: Path, device: Any) -> None:
-        """Once the budget is spent: choose on validation, then evaluate that trial on test, once."""
+    def finish(self, suite_dir: Path, device: Any, listings: str | None = None) -> None:
+        """Once the budget is spent: choose on validation, then evaluate that trial on test, once (the data as
+        the run listed it: bench.data.listing)."""
         if not self.finished():
             with self.timed():
                 self.write()
@@ -225,7 +226,7 @@ class Contender:
         elif cell is not None:
             start = time.perf_counter()
             try:
-                self.test = evaluate_test(cell, suite_dir, device).get("test")
+                self.test = evaluate_test(cell, suite_dir, device, listings).get("test")
                 self.chosen, self.test_error = cell.id, None
             except Exception as e:  # recorded; the next run tries again
                 self.test_error = f"{type(e).__name__}: {e}"

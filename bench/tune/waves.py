@@ -10,6 +10,7 @@ from typing import Any
 
 from bench.cell import Cell, RunOptions, value_text
 from bench.config import Suite
+from bench.data.listing import run_listings
 from bench.executors import Local
 from bench.progress import LiveView, LogProgress
 from bench.session import open_session
@@ -122,18 +123,21 @@ def _settle(to_run: dict[str, Pending], later: list[Pending], outcomes: dict[str
 
 def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: Path, *, device: str = "auto",
                progress: LogProgress | None = None, options: RunOptions | None = None,
-               executor: Any = None) -> TuneSummary:
+               executor: Any = None, listed: dict[str, Any] | None = None) -> TuneSummary:
     """Tune every contender to its budget, in waves of trials through `executor`, then choose each one's trial
     on validation and evaluate it on test. Interrupted (Ctrl-C, SIGTERM), it leaves every study and checkpoint
     resumable: the same command goes on where it stopped. The [tune] space was checked against every
-    contender when the suite was planned (bench.api.plan)."""
+    contender when the suite was planned (bench.api.plan). The data is listed once for the run, as
+    bench.runner.run_suite lists it."""
     tune = suite.tune
     assert tune is not None, "tune_suite needs a suite with [tune]"
     options = options or RunOptions()
     progress = progress or LogProgress()
     executor = executor or Local()
-    with open_session(results, suite.suite.name, suite_text, device, executor.name) as session, executor, \
+    with open_session(results, suite.suite.name, suite_text, device, executor.name) as session, \
+            run_listings(session.dir, [c.config.data for c in contenders], listed) as listings, executor, \
             following(suite.log, session.dir, progress.say) as trackers:
+        options = replace(options, listings=str(listings))
         checked: dict = {}
         studies = [Contender(c, tune, session.dir / TUNE, checked) for c in contenders]
         summary = TuneSummary(session.dir)
@@ -153,7 +157,7 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
                     summary.busy.append(s.cell.id)
             costs: dict[str, float] = {}  # in parallel: what the trials share built first, the dearest started first
             if executor.parallel and opened:
-                prepared = executor.prepare([s.cell for s in opened], session.dir, progress)
+                prepared = executor.prepare([s.cell for s in opened], session.dir, progress, options.listings)
                 costs, noted["prepared"] = prepared.costs, prepared.note()
             session.note_run(planned, tune=tuned, **noted)
             width, total, count = _wave_width(executor, len(opened)), len(opened) * tune.trials, 0
@@ -175,7 +179,7 @@ def tune_suite(suite: Suite, suite_text: str, contenders: list[Cell], results: P
                     count = _run_wave(to_run, later, fresh, session, executor, progress, options, count, total,
                                       summary, costs)
             for s in opened:
-                s.finish(session.dir, session.device)
+                s.finish(session.dir, session.device, options.listings)
                 summary.contenders.append(_row(s))
                 if s.test_error:
                     summary.failed.append((s.cell.id, f"test evaluation of the chosen trial: {s.test_error}"))
