@@ -119,7 +119,12 @@ def test_every_reader_holds_the_files_to_their_listing(tmp_path, monkeypatch, re
             ds = FileDataset(none.files, 16, np.arange(len(s.paths)), s.labels, 16, 16,
                              shapes=none.index[:, 1:] if "device" in reader else None, stats=none.stats)
             if "worker" in reader:  # torch re-raises it as "Caught UserError in DataLoader worker process 0"
-                list(make_loader(ds, 8, train=False, seed=0, workers=1))
+                batches = iter(make_loader(ds, 8, train=False, seed=0, workers=1))
+                try:
+                    next(batches)
+                finally:  # else torch waits 5 s for the worker when the failed iterator is collected
+                    for worker in batches._workers:
+                        worker.terminate()
             ds.__getitems__([4, 5])
     line = first_line(e.value, typed=True)
     assert line.startswith("UserError: data.root: '") and s.paths[5] in line and "changed since" in line
@@ -181,3 +186,25 @@ def test_a_run_removes_the_listings_of_runs_that_died_and_keeps_live_ones(tmp_pa
         assert listing.listed(cfg, folder).paths == sources.read_source(cfg).paths
     assert sorted(p.name for p in base.iterdir()) == ["live", "live.lock"]
     live.release()
+
+
+def test_a_pool_of_processes_reads_what_one_process_reads(tmp_path, monkeypatch):
+    """Each job of the probe, the decoded cache's build and the decode check carries its own rows' names and
+    stats: the same headers, pixels and bad rows (a broken file among them) as one process gives."""
+    root = _photos(tmp_path / "data")
+    (root / "c2" / "5.jpg").write_bytes((root / "c2" / "5.jpg").read_bytes()[:200])  # truncated
+    s = listing.listed(DataConfig(source="folder", root=str(root)))
+    built = []
+    for parallel_min in (10**6, 2):  # one process; then a pool (2 cores: 16 jobs of 2 or 3 rows)
+        monkeypatch.setattr(cache, "PARALLEL_MIN", parallel_min)
+        monkeypatch.setenv("BENCH_CACHE", str(tmp_path / f"cache{parallel_min}"))
+        heads = cache.probe(s.root, s.paths, s.stats)
+        dec = cache.decoded(s.root, s.paths, heads.width, heads.height, 16, s.stats)
+        check = cache.undecoded(s.root, s.paths, heads.width, heads.height, 16, s.stats)
+        built.append((heads, dec, check))
+    (h1, d1, c1), (h2, d2, c2) = built
+    for field in ("modes", "width", "height", "bad"):
+        assert getattr(h1, field).tolist() == getattr(h2, field).tolist(), field
+    bad = s.paths.index("c2/5.jpg")
+    assert d1.bad == d2.bad == c1.bad == c2.bad and list(d1.bad) == [bad]
+    assert np.array_equal(d1.index, d2.index) and np.array_equal(np.asarray(d1.pixels), np.asarray(d2.pixels))

@@ -106,8 +106,8 @@ def probe_one(path: Path, expected: np.ndarray | None = None) -> tuple[str, int,
 
 
 def _probe_job(job: tuple[str, list[str], np.ndarray, range]) -> list[tuple[str, int, int, str]]:
-    root, paths, stats, rows = job  # stats: the rows' own
-    return [probe_one(Path(root) / paths[i], stats[i - rows.start]) for i in rows]
+    root, paths, stats, rows = job  # paths and stats: the rows' own (a job pickles its share, not every path)
+    return [probe_one(Path(root) / paths[i - rows.start], stats[i - rows.start]) for i in rows]
 
 
 @dataclass
@@ -131,7 +131,8 @@ def probe(root: Path, paths: list[str], stats: np.ndarray | None = None) -> Prob
                 return Probe(z["modes"].astype(object), z["width"], z["height"], z["bad"].astype(object), key)
             except Exception:  # sealed yet unreadable (another numpy?): a derived cache is simply made again
                 pass
-        jobs = [(str(root), paths, stats[r.start:r.stop], r) for r in _chunks(len(paths), 8 * _workers(len(paths)))]
+        jobs = [(str(root), paths[r.start:r.stop], stats[r.start:r.stop], r)
+                for r in _chunks(len(paths), 8 * _workers(len(paths)))]
         rows = [r for part in _map(_probe_job, jobs, "reading image headers", len(paths), _workers(len(paths)))
                 for r in part]
         modes, w, h, bad = (zip(*rows, strict=True) if rows else ((), (), (), ()))
@@ -191,14 +192,14 @@ def load_image(path: Path | BinaryIO, size: int) -> np.ndarray:
 def _decode_job(job: tuple[str, str, str, int, list[str], np.ndarray, range]) -> list[tuple[int, str]]:
     """Decode rows into the shared buffer at their index's places; returns (row, reason) for each failure.
     A file not as listed raises (bench.data.listing.opened)."""
-    root, file, index_file, size, paths, stats, rows = job  # stats: the rows' own
+    root, file, index_file, size, paths, stats, rows = job  # paths and stats: the rows' own
     out = np.lib.format.open_memmap(file, mode="r+")
     index = np.load(index_file, mmap_mode="r")
     failed = []
     for i in rows:
         offset, h, w = index[i]
         try:
-            f = opened(Path(root) / paths[i], stats[i - rows.start])
+            f = opened(Path(root) / paths[i - rows.start], stats[i - rows.start])
         except OSError as e:
             failed.append((i, f"cannot decode ({type(e).__name__})"))
             continue
@@ -245,11 +246,11 @@ def cache_bytes(widths: np.ndarray, heights: np.ndarray, size: int) -> int:
 def _check_job(job: tuple[str, list[str], np.ndarray, range]) -> list[tuple[int, str]]:
     """(row, reason) for each file that cannot be decoded, read at the smallest scale the decoder offers:
     a truncated or corrupt image fails there as it fails at any size. A file not as listed raises."""
-    root, paths, stats, rows = job  # stats: the rows' own
+    root, paths, stats, rows = job  # paths and stats: the rows' own (a job pickles its share, not every path)
     failed = []
     for i in rows:
         try:
-            with opened(Path(root) / paths[i], stats[i - rows.start]) as f, Image.open(f) as im:
+            with opened(Path(root) / paths[i - rows.start], stats[i - rows.start]) as f, Image.open(f) as im:
                 im.draft("RGB", (1, 1))
                 im.convert("RGB")
         except UserError:
@@ -274,7 +275,7 @@ def undecoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndar
                 bad = {int(k): str(v) for k, v in json.loads(file.read_text()).items()}
         if bad is None:
             workers = _workers(len(paths))
-            jobs = [(str(root), paths, stats[r.start:r.stop], r) for r in _chunks(len(paths), 8 * workers)]
+            jobs = [(str(root), paths[r.start:r.stop], stats[r.start:r.stop], r) for r in _chunks(len(paths), 8 * workers)]
             bad = dict(f for part in _map(_check_job, jobs, "checking that images decode", len(paths), workers)
                        for f in part)
             with atomic_path(file) as tmp:
@@ -322,7 +323,7 @@ def decoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarra
             np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=(_nbytes(index),))
             reserve(file, file.stat().st_size, "the decoded-image cache")  # a full disk: one line, now
             workers = _workers(len(paths))
-            jobs = [(str(root), str(file), str(tmp / "index.npy"), size, paths, stats[r.start:r.stop], r)
+            jobs = [(str(root), str(file), str(tmp / "index.npy"), size, paths[r.start:r.stop], stats[r.start:r.stop], r)
                     for r in _chunks(len(paths), 8 * workers)]
             failed = [f for part in _map(_decode_job, jobs, f"decoding images to {size}px", len(paths), workers)
                       for f in part]
