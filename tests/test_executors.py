@@ -94,11 +94,8 @@ def local_ray():
 # the Ray tests share one worker under pytest-xdist, and so one local Ray instance (local_ray, per module)
 BY_EXECUTOR = [pytest.param(name, marks=[pytest.mark.xdist_group("ray")] if name == "ray" else [])
                for name in sorted(EXECUTORS)]
-# Ray and Slurm start a fresh Python per task or job (about 20 s a test here): those of their proofs that are
-# not the bit-for-bit one run in the slow tier (`nox -s slow`, which CI runs too), and Slurm's bit-for-bit one
-# (33 s) as well: the default tier keeps it for the local executor and for Ray
-BIT_FOR_BIT = [pytest.param(*p.values, marks=[*p.marks, *([pytest.mark.slow] if p.values == ("slurm",) else [])])
-               for p in BY_EXECUTOR]
+# Ray and Slurm start a fresh Python per task or job (20-35 s a test here, Ray's instance besides): their proofs
+# run in the slow tier (`nox -s slow`, which CI runs too); the default tier keeps the local executor's
 BY_EXECUTOR_REMOTE_SLOW = [pytest.param(*p.values, marks=[*p.marks, *([pytest.mark.slow] if p.values != ("local",) else [])])
                            for p in BY_EXECUTOR]
 
@@ -113,7 +110,7 @@ def _executor(name: str, request) -> object:
     return make_executor(name, jobs=2)
 
 
-@pytest.mark.parametrize("name", BIT_FOR_BIT)
+@pytest.mark.parametrize("name", BY_EXECUTOR_REMOTE_SLOW)
 def test_every_executor_gives_the_sequential_numbers_bit_for_bit(name, suite_file, sequential, tmp_path, request):
     executor = _executor(name, request)
     summary = _run(suite_file, tmp_path, executor)
