@@ -1,8 +1,9 @@
 """What a cell of a run no longer spends on its data's files (issue 19): listing the source and stat'ing every
 file, against loading the run's listing (bench.data.listing).
 
-50,000 files in 100 class folders (empty: no image is read, only names and stats), on the local disk, warm
-in the page cache: the cheapest case for listing them again, which a network file system makes dearer.
+50,000 files in 100 class folders (empty: no image is read, only names and stats), under pytest's temporary
+folder (on this VM a local disk), warm in the page cache: the cheapest case for listing them again, which a
+network file system makes dearer.
 Also timed, and left per cell: the caches' key over the names and stats (hashed as JSON).
 Target: loading the listing at least MIN_SPEEDUP x faster than listing and stat'ing the files.
 """

@@ -92,8 +92,8 @@ def test_an_epochs_validation_at_ten_thousand_classes(benchmark):
     """Every epoch's validation at iNat 2021's scale (100,000 images, 10,000 classes), through a linear
     layer that stands in for a network: the figures summed batch by batch on the device (bench.evaluate.score)
     against the split's logits gathered on the host first and reduced there (predict + classification_metrics,
-    bench's way before issue 19's item 5). On a CPU the device is the host, so only memory can differ; a GPU
-    also spares the 4 GB copy."""
+    bench's way before issue 19's item 5). On a CPU the device is the host, so only memory can differ (what a
+    GPU spares, the 4 GB copy to the host, is not timed here)."""
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 

@@ -30,6 +30,13 @@ def run_file(path: Path, results: Path, *, options=None, executor=None, log=None
     return api.run(api.plan(path, check=False), results=results, device="cpu", options=options,
                    executor=executor, progress=LogProgress(log))
 
+def photo(rng, h: int, w: int) -> np.ndarray:
+    """Gradients and noise, so that every op (crops, flips, colour, blur, equalise) changes some pixels."""
+    y, x = np.mgrid[0:h, 0:w]
+    image = np.stack([x * 255 // w, y * 255 // h, (x + y) * 127 // (h + w)], -1).astype(np.int16)
+    return np.clip(image + rng.normal(0, 20, image.shape), 0, 255).astype(np.uint8)
+
+
 # a suite over an image folder, `root`: one epoch of bench:mlp at 16 px ([[cells]] may follow)
 FOLDER_SUITE = """
 [suite]

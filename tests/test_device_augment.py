@@ -16,19 +16,13 @@ from bench.data.device_augment import APPLY, Replay, check, leaves
 from bench.data.loaders import ArrayDataset
 from bench.errors import UserError
 from bench.techniques import build_augment
+from tests.support import photo
 
 SIZE, SCALE = 56, 64
 
 
-def _photo(rng, h: int, w: int) -> np.ndarray:
-    """Gradients and noise, so that every op (crops, flips, colour, blur, equalise) changes some pixels."""
-    y, x = np.mgrid[0:h, 0:w]
-    image = np.stack([x * 255 // w, y * 255 // h, (x + y) * 127 // (h + w)], -1).astype(np.int16)
-    return np.clip(image + rng.normal(0, 20, image.shape), 0, 255).astype(np.uint8)
-
-
 RNG = np.random.default_rng(0)
-IMAGES = [_photo(RNG, h, w) for h, w in [(64, 85), (73, 64), (64, 64), (90, 64), (64, 120), (64, 70)] * 4]
+IMAGES = [photo(RNG, h, w) for h, w in [(64, 85), (73, 64), (64, 64), (90, 64), (64, 120), (64, 70)] * 4]
 
 
 class InMemory(ArrayDataset):
@@ -147,7 +141,7 @@ def files(tmp_path_factory):
     root, rng, out = tmp_path_factory.mktemp("files"), np.random.default_rng(1), []
     for i, (w, h) in enumerate([(200, 150), (150, 210), (64, 64), (300, 200), (180, 120), (90, 100)]):
         path = root / (f"{i}.png" if i == 2 else f"{i}.jpg")
-        Image.fromarray(_photo(rng, h, w)).save(path, **({"quality": 90} if path.suffix == ".jpg" else {}))
+        Image.fromarray(photo(rng, h, w)).save(path, **({"quality": 90} if path.suffix == ".jpg" else {}))
         out.append((str(path), w, h))
     return out
 
@@ -193,7 +187,7 @@ def test_decoding_on_the_device_needs_no_cache_and_augmentation_there(write_suit
     assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
-def test_a_cell_decoding_and_augmenting_on_the_device_trains_and_resumes_alike(write_suite, tmp_path):
+def test_a_cell_decoding_and_augmenting_on_the_device_gives_the_same_bits_whatever_the_worker_count(write_suite, tmp_path):
     """No cache, files decoded and augmented on the device: the worker count changes no bit of it."""
     from bench import api
     from bench.cell import RunOptions
@@ -212,14 +206,17 @@ def test_a_cell_decoding_and_augmenting_on_the_device_trains_and_resumes_alike(w
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_the_device_decodes_a_jpeg_as_stored_whatever_its_exif_orientation(tmp_path, orientation):
+def test_the_device_decodes_a_jpeg_as_stored_whatever_its_exif_orientation(tmp_path, monkeypatch, orientation):
     """TorchCodec turns an image as its EXIF orientation says; the host's decoding (Pillow) and the stored
-    sizes (the header's) do not, so the device undoes the turn."""
+    sizes (the header's) do not, so the device undoes the turn (no falling back on the host's decoding)."""
     from PIL import Image
 
+    from bench.data import cache
     from bench.data.device_augment import _decode, _orientation
 
-    image = Image.fromarray(_photo(np.random.default_rng(orientation), 24, 40))
+    monkeypatch.setattr(cache, "load_image", lambda *a: pytest.fail("the device's decoder fell back on the host's"))
+
+    image = Image.fromarray(photo(np.random.default_rng(orientation), 24, 40))
     exif = Image.Exif()
     exif[0x0112] = orientation
     path = tmp_path / "turned.jpg"
@@ -240,7 +237,7 @@ def test_formats_the_devices_decoder_lacks_are_decoded_by_pillow(tmp_path, fmt):
 
     from bench.data.device_augment import _decode
 
-    frames = [Image.fromarray(_photo(np.random.default_rng(i), 20, 30)) for i in range(2)]
+    frames = [Image.fromarray(photo(np.random.default_rng(i), 20, 30)) for i in range(2)]
     path = tmp_path / f"image.{fmt.lower()}"
     frames[0].save(path, format=fmt, **({"save_all": True, "append_images": frames[1:]} if fmt == "GIF" else {}))
     data = np.fromfile(path, dtype=np.uint8)

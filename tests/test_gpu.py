@@ -97,12 +97,12 @@ def test_files_decoded_by_nvjpeg_are_the_cpus_within_rounding(tmp_path):
 
     from bench.data.cache import stored_index
     from bench.data.loaders import FileDataset
-    from tests.test_device_augment import _photo
+    from tests.support import photo
 
     rng, paths, sizes = np.random.default_rng(0), [], [(200, 150), (150, 210), (64, 64), (300, 200)]
     for i, (w, h) in enumerate(sizes):
         paths.append(str(tmp_path / f"{i}.jpg"))
-        Image.fromarray(_photo(rng, h, w)).save(paths[-1], quality=90)
+        Image.fromarray(photo(rng, h, w)).save(paths[-1], quality=90)
     widths, heights = np.array(sizes).T
     ds = FileDataset(paths, 64, np.arange(4), np.zeros(4), 56, 64, shapes=stored_index(widths, heights, 64)[:, 1:])
     draws = ds.__getitems__(list(range(4)))[0].pin_memory()

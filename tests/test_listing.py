@@ -70,6 +70,7 @@ def test_a_run_lists_and_stats_its_data_once_for_all_its_cells(tmp_path, monkeyp
     path = tmp_path / "suite.toml"
     path.write_text(SUITE.format(root=root))
     planned = api.plan(path, device="cpu", check=check)
+    assert bool(planned.listed) == check
     summary = api.run(planned, results=tmp_path / "r", device="cpu", options=RunOptions(isolate=False, threads=1),
                       progress=_quiet())
     assert len(summary.ran) == 3 and not summary.failed, summary.failed
@@ -100,8 +101,8 @@ def test_every_reader_holds_the_files_to_their_listing(tmp_path, monkeypatch, re
     """The header probe, the decoded cache's build (in a pool of processes, as over 256 images), data.cache =
     "none"'s check and its decoding per batch (bytes for the device, too; in a loader worker): a file not as
     listed is a one-line error naming it, and no cache is left half-built."""
-    if "pool" in reader:
-        monkeypatch.setattr(cache, "PARALLEL_MIN", 2)
+    if "pool" in reader:  # two processes, whatever the machine's cores
+        monkeypatch.setattr(cache, "_workers", lambda n: 2)
     root = _photos(tmp_path / "data")
     s = listing.listed(DataConfig(source="folder", root=str(root)))
     heads = None if reader.startswith("probe") else cache.probe(s.root, s.paths, s.stats)
@@ -125,7 +126,8 @@ def test_every_reader_holds_the_files_to_their_listing(tmp_path, monkeypatch, re
                 finally:  # else torch waits 5 s for the worker when the failed iterator is collected
                     for worker in batches._workers:
                         worker.terminate()
-            ds.__getitems__([4, 5])
+            else:
+                ds.__getitems__([4, 5])
     line = first_line(e.value, typed=True)
     assert line.startswith("UserError: data.root: '") and s.paths[5] in line and "changed since" in line
     if reader.startswith("decoded"):  # its folder, and no .partial of it, under the listed files' key
@@ -195,9 +197,9 @@ def test_a_pool_of_processes_reads_what_one_process_reads(tmp_path, monkeypatch)
     (root / "c2" / "5.jpg").write_bytes((root / "c2" / "5.jpg").read_bytes()[:200])  # truncated
     s = listing.listed(DataConfig(source="folder", root=str(root)))
     built = []
-    for parallel_min in (10**6, 2):  # one process; then a pool (2 cores: 16 jobs of 2 or 3 rows)
-        monkeypatch.setattr(cache, "PARALLEL_MIN", parallel_min)
-        monkeypatch.setenv("BENCH_CACHE", str(tmp_path / f"cache{parallel_min}"))
+    for workers in (1, 2):  # one process; then a pool of two (16 jobs of 2 or 3 rows)
+        monkeypatch.setattr(cache, "_workers", lambda n, workers=workers: workers)
+        monkeypatch.setenv("BENCH_CACHE", str(tmp_path / f"cache{workers}"))
         heads = cache.probe(s.root, s.paths, s.stats)
         dec = cache.decoded(s.root, s.paths, heads.width, heads.height, 16, s.stats)
         check = cache.undecoded(s.root, s.paths, heads.width, heads.height, 16, s.stats)

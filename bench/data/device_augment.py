@@ -209,19 +209,21 @@ def encoded(replay: Replay | None, files: list[np.ndarray], shapes: np.ndarray, 
 
 
 def _orientation(file: np.ndarray) -> int:
-    """A JPEG's EXIF orientation (1: as stored), read by Pillow where an APP1 segment among those that open
-    the file holds EXIF; walking the segments' lengths reads a few bytes, not the file."""
+    """A JPEG's EXIF orientation (1: as stored), read by Pillow from the APP1 segment that holds EXIF among
+    those that open the file; walking the segments' lengths reads a few bytes, and Pillow that segment alone."""
     at = 2 if file[:2].tobytes() == b"\xff\xd8" else len(file)
     while at + 10 <= len(file) and file[at] == 0xFF and 0xE0 <= file[at + 1] <= 0xEF:
+        end = at + 2 + (int(file[at + 2]) << 8 | int(file[at + 3]))
         if file[at + 1] == 0xE1 and file[at + 4:at + 10].tobytes() == b"Exif\x00\x00":
             from PIL import Image
 
+            exif = Image.Exif()
             try:
-                with Image.open(io.BytesIO(file.tobytes())) as im:
-                    return int(im.getexif().get(0x0112, 1))
+                exif.load(file[at + 4:end].tobytes())
+                return int(exif.get(0x0112, 1))
             except Exception:  # an unreadable EXIF block: as stored, as the host's decoding reads it
                 return 1
-        at += 2 + (int(file[at + 2]) << 8 | int(file[at + 3]))
+        at = end
     return 1
 
 

@@ -62,8 +62,8 @@ def _joined(items: Iterable[str]) -> np.ndarray:
     return np.frombuffer(SEP.join(items).encode("utf-8", "surrogateescape"), dtype=np.uint8)
 
 
-def _split(blob: np.ndarray, n: int) -> list[str]:
-    return blob.tobytes().decode("utf-8", "surrogateescape").split(SEP) if n else []
+def _split(blob: np.ndarray) -> list[str]:
+    return blob.tobytes().decode("utf-8", "surrogateescape").split(SEP) if blob.size else []
 
 
 def save(file: Path, samples: Samples) -> None:
@@ -72,18 +72,16 @@ def save(file: Path, samples: Samples) -> None:
         given = samples.given is not None
         np.savez(f, paths=_joined(samples.paths), labels=samples.labels, stats=samples.stats,
                  classes=_joined(samples.classes), given=_joined(samples.given.tolist() if given else []),
-                 head=np.frombuffer(json.dumps({"root": str(samples.root), "n": len(samples.paths), "given": given,
+                 head=np.frombuffer(json.dumps({"root": str(samples.root), "given": given,
                                                 "class_meta": samples.class_meta}).encode(), dtype=np.uint8))
 
 
 def load(file: Path) -> Samples:
     with np.load(file, allow_pickle=False) as z:
         head = json.loads(z["head"].tobytes())
-        n = head["n"]
-        classes = z["classes"]
-        given = np.array(_split(z["given"], n), dtype=object) if head["given"] else None
-        return Samples(Path(head["root"]), _split(z["paths"], n), z["labels"],
-                       _split(classes, classes.size), given, head["class_meta"], z["stats"])
+        given = np.array(_split(z["given"]), dtype=object) if head["given"] else None
+        return Samples(Path(head["root"]), _split(z["paths"]), z["labels"], _split(z["classes"]), given,
+                       head["class_meta"], z["stats"])
 
 
 @contextlib.contextmanager

@@ -109,7 +109,7 @@ def _data_root(root: str | Path) -> Path:
     return root
 
 
-def _missing_images(root: Path, paths: list[str], rows: list[str], key: str) -> np.ndarray:
+def _listed_stats(root: Path, paths: list[str], rows: list[str], key: str) -> np.ndarray:
     """The files' stats (file_stats); a listed image that is not on disk is a wrong root or a stale list:
     refused, naming the first, rather than dropped as a bad file and trained on silently without it."""
     stats = file_stats(root, paths)
@@ -209,7 +209,7 @@ def csv_manifest(cfg: DataConfig) -> Samples:
         given = df["split"].tolist()
     paths = [_inside(root, p, str(file)) for p in df["path"]]
     _duplicates(paths, rows, key)
-    stats = _missing_images(root, paths, rows, key)
+    stats = _listed_stats(root, paths, rows, key)
     return _from_names(root, paths, df["label"].tolist(), given, stats)
 
 
@@ -277,7 +277,7 @@ def inat(cfg: DataConfig) -> Samples:
             cat_ids.append(category)
             given.append(split)
             rows.append(f"{where} of '{file}'")
-        stats.append(_missing_images(root, paths[start:], rows[start:], key))
+        stats.append(_listed_stats(root, paths[start:], rows[start:], key))
     _duplicates(paths, rows, "data.annotations")
     ids = sorted(set(cat_ids), key=lambda i: (isinstance(i, str), i))
     names = {}
