@@ -101,3 +101,29 @@ def test_batched_augmentation_vs_the_per_image_loop(benchmark, images, spec):
         assert ratio >= MIN_SPEEDUP
     else:  # what the two sides time is the same augmentation: on a CPU, the same pixels
         assert torch.equal(loop.__getitems__(_items(1))[0], draws.apply(DEVICE))
+
+
+def test_crops_resized_as_one_batch_vs_image_by_image(benchmark, images, monkeypatch):
+    """The random resized crops' resize on the training device (bench.data.windows): the batch's windows as
+    two gathers, against torchvision's resize per window. A GPU pays per launch: the batched path must be
+    faster there (asserted on CUDA). On a CPU torchvision's uint8 kernel wins by far, which is why a CPU
+    keeps it: both figures are recorded, and what each path dispatches is counted on the meta device."""
+    from bench.data import windows
+
+    torch.set_num_threads(1)
+    _, batched = _datasets(images, ["rrc"])
+    draws, _ = batched.__getitems__(_items(1))
+    flat = draws.pixels.pin_memory().to(DEVICE) if DEVICE.type == "cuda" else draws.pixels
+
+    def resize(per_image: tuple) -> float:
+        monkeypatch.setattr(windows, "PER_IMAGE_ON", per_image)
+        return _best(lambda: windows.packed(flat, draws.shapes, (SIZE, SIZE)))
+
+    one_by_one = resize((DEVICE.type,))
+    together = benchmark.pedantic(lambda: resize(()), rounds=1, iterations=1)
+    ratio = one_by_one / together
+    benchmark.extra_info.update(per_image_s=one_by_one, batched_s=together, speedup=ratio, device=DEVICE.type)
+    print(f"\ncrops' resize to {SIZE} px, {BATCH} images on the {DEVICE.type}: image by image "
+          f"{BATCH / one_by_one:.0f} img/s, batched {BATCH / together:.0f} img/s: {ratio:.2f}x")
+    if DEVICE.type == "cuda":
+        assert ratio > 1.0

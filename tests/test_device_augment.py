@@ -146,11 +146,16 @@ def files(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("spec", ["none", '["rrc", "hflip", "jitter"]', "crop_flip"])
-def test_files_decoded_on_the_device_are_the_host_decoders_pixels_within_a_grey_level(files, spec):
+@pytest.mark.parametrize(("spec", "crops"), [("none", "cpu"), ('["rrc", "hflip", "jitter"]', "cpu"),
+                                             ('["rrc", "hflip", "jitter"]', "batched"), ("crop_flip", "cpu")])
+def test_files_decoded_on_the_device_are_the_host_decoders_pixels_within_a_grey_level(files, spec, crops, monkeypatch):
     """libjpeg's reduced-scale decoding and Pillow's resize on the host, a full decode and torchvision's
-    resize on the device: the same images, the same draws, pixels a grey level apart on average."""
+    resize on the device: the same images, the same draws, pixels a grey level apart on average (the crops
+    resized image by image, as on a CPU, or as one batch, as on an accelerator)."""
+    from bench.data import windows
     from bench.data.cache import stored_index
+
+    monkeypatch.setattr(windows, "PER_IMAGE_ON", ("cpu",) if crops == "cpu" else ())
     from bench.data.loaders import FileDataset
 
     paths, widths, heights = map(list, zip(*files, strict=True))
@@ -211,8 +216,7 @@ def test_the_device_decodes_a_jpeg_as_stored_whatever_its_exif_orientation(tmp_p
     sizes (the header's) do not, so the device undoes the turn (no falling back on the host's decoding)."""
     from PIL import Image
 
-    from bench.data import cache
-    from bench.data.device_augment import _decode, _orientation
+    from bench.data import cache, device_decode
 
     monkeypatch.setattr(cache, "load_image", lambda *a: pytest.fail("the device's decoder fell back on the host's"))
 
@@ -222,9 +226,9 @@ def test_the_device_decodes_a_jpeg_as_stored_whatever_its_exif_orientation(tmp_p
     path = tmp_path / "turned.jpg"
     image.save(path, quality=95, exif=exif.tobytes())
     data = np.fromfile(path, dtype=np.uint8)
-    assert _orientation(data) == orientation
-    got = _decode(torch.from_numpy(data), np.array([data.size]), np.array([[24, 40]]), np.array([orientation]),
-                  torch.device("cpu"))[0]
+    assert device_decode.orientation(data) == orientation
+    got = device_decode.decode(torch.from_numpy(data), np.array([data.size]), np.array([[24, 40]]), np.array([orientation]),
+                                torch.device("cpu"))[0]
     with Image.open(path) as im:
         expected = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
     assert got.shape == expected.shape == (3, 24, 40)
@@ -235,13 +239,13 @@ def test_the_device_decodes_a_jpeg_as_stored_whatever_its_exif_orientation(tmp_p
 def test_formats_the_devices_decoder_lacks_are_decoded_by_pillow(tmp_path, fmt):
     from PIL import Image
 
-    from bench.data.device_augment import _decode
+    from bench.data.device_decode import decode
 
     frames = [Image.fromarray(photo(np.random.default_rng(i), 20, 30)) for i in range(2)]
     path = tmp_path / f"image.{fmt.lower()}"
     frames[0].save(path, format=fmt, **({"save_all": True, "append_images": frames[1:]} if fmt == "GIF" else {}))
     data = np.fromfile(path, dtype=np.uint8)
-    got = _decode(torch.from_numpy(data), np.array([data.size]), np.array([[20, 30]]), np.array([1]),
-                  torch.device("cpu"))[0]
+    got = decode(torch.from_numpy(data), np.array([data.size]), np.array([[20, 30]]), np.array([1]),
+                 torch.device("cpu"))[0]
     with Image.open(path) as im:  # the first frame, as the host's decoding takes it
         assert torch.equal(got, torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))

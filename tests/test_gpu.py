@@ -84,6 +84,17 @@ def test_augmentation_on_the_gpu_is_the_cpus_within_rounding(spec):
     assert diff.mean() < 1.0, float(diff.mean())
 
 
+@pytest.mark.parametrize("arrival", ["files decoded, each its own size", "a stacked batch",
+                                     "crops packed by the loader"])
+def test_crops_resized_as_one_batch_on_the_gpu_are_torchvisions_within_rounding(arrival):
+    """bench.data.windows on CUDA (its batched path there) against torchvision's resize in floats."""
+    from tests.test_windows import ARRIVALS, _expected
+
+    got, images, boxes = ARRIVALS[arrival]("cuda")
+    diff = (got.cpu().int() - _expected(images, boxes, uint8=False).int()).abs()
+    assert got.is_cuda and diff.max() <= 1 and (diff > 0).float().mean() < 1e-3, (int(diff.max()), float(diff.float().mean()))
+
+
 def test_a_device_augmented_cell_trains_on_the_gpu(write_suite, tmp_path):
     path = write_suite('augment = ["rrc", "hflip", "jitter"]\naugment_on = "device"\n\n'
                        '[model]\narch = "bench:small_cnn"\n')  # TINY ends in [train]

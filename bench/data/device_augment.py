@@ -10,15 +10,15 @@ image's crop window, packed back to back in one uint8 buffer (pinned on a GPU), 
 The device then replays the draws as batched tensor operations (`APPLY`, one entry per transform class):
 torchvision's own kernels where images share a parameter (flips, grey, crops, the auto-augment ops grouped
 by op and magnitude), torchvision's arithmetic with one factor per image for brightness, contrast and
-saturation, kornia's kernels for hue and blur; each crop resized alone (no two share a shape), and the
-affine warps (rotate, translate, zoom, scale) image by image. Pixels stay uint8 between ops, as on the
+saturation, kornia's kernels for hue and blur, one masked write for erasing; the random resized crops'
+windows resized as one batch (`bench.data.windows`; image by image on a CPU, where that is faster), and
+the affine warps (rotate, translate, zoom, scale) image by image. Pixels stay uint8 between ops, as on the
 loader's path. timm's policy strings are PIL code and have no entry: they stay in the loader.
 """
 
 from __future__ import annotations
 
 import copy
-import io
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -30,7 +30,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from bench.data import views
+from bench.data import device_decode, views, windows
 
 # transform class -> apply(leaf, x: uint8 N x C x H x W on the device, params: one per image, None if skipped)
 APPLY: dict[type, Callable[[Any, torch.Tensor, list], torch.Tensor]] = {}
@@ -61,6 +61,10 @@ def check(transform) -> None:
             known = sorted({k.__name__ for k in APPLY})
             raise ValueError(f"{leaf!r} has no batched form on the device (those that have: {', '.join(known)}); "
                              'set train.augment_on = "loader", or drop it from train.augment')
+        if isinstance(leaf, v2.RandomResizedCrop) and (F.InterpolationMode(leaf.interpolation).value != "bilinear"
+                                                       or not leaf.antialias):  # all bench.data.windows does
+            raise ValueError(f"{leaf!r}: the device resizes crops bilinear and antialiased only; "
+                             'set train.augment_on = "loader"')
 
 
 def _stand_in(c: int, h: int, w: int) -> torch.Tensor:
@@ -148,20 +152,16 @@ class Draws:
         """The augmented batch on `device`, uint8 N x C x H x W."""
         todo = list(zip(self.replay.leaves, self.draws, strict=True)) if self.replay is not None else []
         if self.lengths is not None:  # files: decoded, shrunk to their stored size, then cut as from the cache
-            images = _decode(self.pixels, self.lengths, self.shapes, self.orientations, device)
+            images = device_decode.decode(self.pixels, self.lengths, self.shapes, self.orientations, device)
             if todo and self.replay.whole:
-                leaf, windows = todo.pop(0)
-                x = torch.stack([leaf.transform(im, p) for im, p in zip(images, windows, strict=True)])
+                leaf, drawn = todo.pop(0)
+                x = windows.cropped(images, _windows(drawn), _size(leaf))
             else:
                 x = torch.stack([views.evaluated_tensor(im, *self.view) for im in images])
             return self._replayed(x, todo)
         x = self.pixels.to(device, non_blocking=True)
-        if self.shapes is not None:  # the crop windows of a leading random resized crop, each resized alone
-            leaf = todo.pop(0)[0]
-            ends = np.cumsum(self.shapes.prod(1) * 3)
-            x = torch.stack([leaf.transform(x[end - h * w * 3:end].view(h, w, 3).permute(2, 0, 1),
-                                            {"top": 0, "left": 0, "height": h, "width": w})
-                             for end, (h, w) in zip(ends.tolist(), self.shapes.tolist(), strict=True)])
+        if self.shapes is not None:  # the crop windows of a leading random resized crop
+            x = windows.packed(x, self.shapes, _size(todo.pop(0)[0]))
         return self._replayed(x, todo)
 
     @staticmethod
@@ -205,66 +205,7 @@ def encoded(replay: Replay | None, files: list[np.ndarray], shapes: np.ndarray, 
     lengths = np.array([len(f) for f in files], dtype=np.int64)
     flat = np.concatenate(files) if files else np.empty(0, dtype=np.uint8)
     return Draws(torch.from_numpy(flat), shapes, per_leaf, replay, lengths, view,
-                 np.array([_orientation(f) for f in files], dtype=np.int64))
-
-
-def _orientation(file: np.ndarray) -> int:
-    """A JPEG's EXIF orientation (1: as stored), read by Pillow from the APP1 segment that holds EXIF among
-    those that open the file; walking the segments' lengths reads a few bytes, and Pillow that segment alone."""
-    at = 2 if file[:2].tobytes() == b"\xff\xd8" else len(file)
-    while at + 10 <= len(file) and file[at] == 0xFF and 0xE0 <= file[at + 1] <= 0xEF:
-        end = at + 2 + (int(file[at + 2]) << 8 | int(file[at + 3]))
-        if file[at + 1] == 0xE1 and file[at + 4:at + 10].tobytes() == b"Exif\x00\x00":
-            from PIL import Image
-
-            exif = Image.Exif()
-            try:
-                exif.load(file[at + 4:end].tobytes())
-                return int(exif.get(0x0112, 1))
-            except Exception:  # an unreadable EXIF block: as stored, as the host's decoding reads it
-                return 1
-        at = end
-    return 1
-
-
-# TorchCodec's decoders turn an image as its EXIF orientation says; the host's (Pillow without
-# exif_transpose) and the stored sizes (the header's) do not: each orientation's turn, undone
-UNTURN: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
-    2: lambda im: im.flip(-1), 3: lambda im: im.flip(-2, -1), 4: lambda im: im.flip(-2),
-    5: lambda im: im.transpose(-2, -1), 6: lambda im: torch.rot90(im, 1, (-2, -1)),
-    7: lambda im: im.transpose(-2, -1).flip(-2, -1), 8: lambda im: torch.rot90(im, -1, (-2, -1))}
-
-
-def _decode(data: torch.Tensor, lengths: np.ndarray, shapes: np.ndarray, orientations: np.ndarray,
-            device: torch.device) -> list[torch.Tensor]:
-    """Files' bytes -> each image, RGB, at its stored (height, width) on `device`: JPEGs through TorchCodec's
-    decode_jpeg on the device, as one batch (nvJPEG on a GPU; TorchCodec, whose image decoders torchvision
-    0.29 deprecates its own for), their EXIF turn undone; any other format, or every JPEG of a batch the
-    device's decoder refuses, by the host's own decoding (cache.load_image, its very pixels); the device's
-    JPEGs are then resized there to their stored size (bilinear, antialiased)."""
-    from torchcodec.decoders import decode_jpeg
-
-    from bench.data.cache import load_image
-
-    files = list(torch.split(data, lengths.tolist()))
-    jpeg = [i for i, f in enumerate(files) if f[:2].tolist() == [0xFF, 0xD8]]
-    images: list[torch.Tensor | None] = [None] * len(files)
-    where = device if device.type in ("cuda", "cpu") else torch.device("cpu")  # TorchCodec's devices
-    try:
-        decoded = decode_jpeg([files[i] for i in jpeg], mode="RGB", device=where) if jpeg else []
-        for i, im in zip(jpeg, decoded, strict=True):
-            turn = UNTURN.get(int(orientations[i]))
-            images[i] = (im if turn is None else turn(im)).to(device)
-    except torch.OutOfMemoryError:
-        raise
-    except (RuntimeError, ValueError):  # a file the device's decoder refuses (a CMYK JPEG on nvJPEG) fails
-        pass  # the batch: each is decoded below
-    out = []
-    for im, f, (h, w) in zip(images, files, shapes.tolist(), strict=True):
-        if im is None:  # the stored size's shorter side is the size load_image keeps (or the image's own)
-            im = views.tensor(load_image(io.BytesIO(f.numpy().tobytes()), min(h, w))).to(device)
-        out.append(im if tuple(im.shape[-2:]) == (h, w) else F.resize(im, [h, w], antialias=True))
-    return out
+                 np.array([device_decode.orientation(f) for f in files], dtype=np.int64))
 
 
 # ------------------------------------------------------------------------------------------ batched kernels
@@ -300,14 +241,49 @@ def _crop(leaf, x, params):
                         for n, p in enumerate(params)])
 
 
-@applies(v2.RandomResizedCrop, v2.RandomErasing, v2.RandomRotation, v2.RandomAffine)
+@applies(v2.RandomRotation, v2.RandomAffine)
 def _each(leaf, x, params):
-    """Ops that give every image its own window or warp (a random resized crop that does not lead, erasing,
-    rotate, translate, zoom, scale): the leaf's own kernel, image by image, on the device (erasing's value
-    back to the tensor the recorder made an array)."""
+    """Ops that warp every image its own way (rotate, translate, zoom, scale), and erasing with noise: the
+    leaf's own kernel, image by image, on the device (erasing's value back to the tensor the recorder made
+    an array)."""
     def own(p: dict) -> dict:
         return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in p.items()}
     return torch.stack([im if p is None else leaf.transform(im, own(p)) for im, p in zip(x, params, strict=True)])
+
+
+def _windows(params: list) -> np.ndarray:
+    """Random resized crops' draws as N x (top, left, height, width)."""
+    return np.array([(p["top"], p["left"], p["height"], p["width"]) for p in params], dtype=np.int64).reshape(-1, 4)
+
+
+def _size(leaf) -> tuple[int, int]:
+    return tuple(leaf.size)
+
+
+@applies(v2.RandomResizedCrop)
+def _resized_crop(leaf, x, params):
+    """A random resized crop that does not lead: each image's window, the batch resized at once."""
+    return windows.cropped(x, _windows(params), _size(leaf))
+
+
+@applies(v2.RandomErasing)
+def _erase(leaf, x, params):
+    """Each image its own rectangle set to one value per channel: one masked write for the batch (noise,
+    value = "random", has each rectangle's own shape: image by image)."""
+    if leaf.value is None:
+        return _each(leaf, x, params)
+    boxes = np.zeros((len(x), 4), dtype=np.int64)  # top, bottom, left, right: empty where nothing is erased
+    values = np.zeros((len(x), x.shape[1], 1, 1), dtype=np.float32)
+    for n, p in enumerate(params):
+        if p is not None and p["v"] is not None:
+            boxes[n] = p["i"], p["i"] + p["h"], p["j"], p["j"] + p["w"]
+            values[n] = p["v"]
+    box = torch.from_numpy(boxes).to(x.device)
+    rows, columns = (torch.arange(n, device=x.device) for n in x.shape[-2:])
+    inside = (((rows >= box[:, :1]) & (rows < box[:, 1:2]))[:, :, None]
+              & ((columns >= box[:, 2:3]) & (columns < box[:, 3:]))[:, None, :])
+    # the value cast to uint8 as torchvision's write into a uint8 image casts it
+    return torch.where(inside[:, None], torch.from_numpy(values).to(x.device).to(x.dtype), x)
 
 
 def _weights(x: torch.Tensor, factor: np.ndarray) -> torch.Tensor:
