@@ -1,7 +1,7 @@
 """train.augment_on = "device": the loader draws, the device applies to the whole batch. The same draws as the
 loader's own path, and on a CPU the same pixels (but for hue and blur, kornia's kernels: under 1% of
-pixels, by a grey level or two); an op without a batched form is a
-one-line error; a cell is the same whatever the worker count."""
+pixels, by a grey level or two; and a warp's rare sample on a pixel's edge); an op without a batched form
+is a one-line error; a cell is the same whatever the worker count."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from bench.data.device_augment import APPLY, Replay, check, leaves
 from bench.data.loaders import ArrayDataset
@@ -249,3 +250,38 @@ def test_formats_the_devices_decoder_lacks_are_decoded_by_pillow(tmp_path, fmt):
                  torch.device("cpu"))[0]
     with Image.open(path) as im:  # the first frame, as the host's decoding takes it
         assert torch.equal(got, torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
+
+
+WARPS = {"rotate": lambda: v2.RandomRotation(15), "translate, zoom": lambda: v2.RandomAffine(0, (0.1, 0.2), (0.7, 1.3)),
+         "all of them": lambda: v2.RandomAffine(10, (0.1, 0.1), (0.8, 1.2))}
+
+
+@pytest.mark.parametrize("warp", WARPS)
+def test_warps_sampled_as_one_batch_are_torchvisions_image_by_image(warp, monkeypatch):
+    """One grid for the batch (torch's affine_grid, in -1..1) where torchvision builds each image's in pixels:
+    the same nearest pixels but where a sample falls on a pixel's edge within float rounding."""
+    from bench.data import device_augment
+
+    torch.manual_seed(0)
+    leaf, x = WARPS[warp](), torch.randint(0, 256, (16, 3, 96, 128), dtype=torch.uint8)
+    params = [leaf.make_params([x[0]]) for _ in x]
+    params[3] = None  # a coin that skipped it (a RandomApply around it)
+    one_by_one = device_augment._each(leaf, x, params)
+    monkeypatch.setattr(device_augment, "_each", lambda *a: pytest.fail("image by image"))
+    batched = device_augment._warp(leaf, x, params)
+    assert torch.equal(batched[3], x[3])
+    assert (batched != one_by_one).float().mean() < 1e-4
+    assert not torch.equal(batched, x)
+
+
+@pytest.mark.parametrize("other", [{"interpolation": v2.InterpolationMode.BILINEAR}, {"fill": 128}, {"expand": True}])
+def test_a_warp_the_batch_does_not_take_goes_image_by_image(other, monkeypatch):
+    from bench.data import device_augment
+
+    leaf, x = v2.RandomRotation(15, **other), torch.randint(0, 256, (4, 3, 32, 40), dtype=torch.uint8)
+    params = [{"angle": 30.0 * (n + 1)} for n in range(len(x))]
+    if other.get("expand"):  # each image expanded to hold its turn: one angle, one size to stack
+        params = [{"angle": 30.0}] * len(x)
+    expected = device_augment._each(leaf, x, params)
+    monkeypatch.setattr(torch.nn.functional, "affine_grid", lambda *a, **k: pytest.fail("batched"))
+    assert torch.equal(device_augment._warp(leaf, x, params), expected)

@@ -69,7 +69,8 @@ def test_a_cell_on_two_gpus_trains_as_one_gpu_does(write_suite, tmp_path):
     assert abs(results[1]["metrics"]["val"]["loss"] - results[2]["metrics"]["val"]["loss"]) < 0.05
 
 
-@pytest.mark.parametrize("spec", ['["rrc", "hflip", "jitter"]', "randaugment", "crop_flip", "blur:1.0"])
+@pytest.mark.parametrize("spec", ['["rrc", "hflip", "jitter"]', "randaugment", "crop_flip", "blur:1.0", "rotate:15",
+                                  '["hflip", "zoom", "translate"]', "erasing:1.0"])
 def test_augmentation_on_the_gpu_is_the_cpus_within_rounding(spec):
     """The same draws replayed on the GPU, from pinned memory: CUDA resizes and blurs in floats where the CPU
     has uint8 kernels, so the pixels may differ by rounding, never by the augmentation."""

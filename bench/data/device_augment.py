@@ -10,10 +10,10 @@ image's crop window, packed back to back in one uint8 buffer (pinned on a GPU), 
 The device then replays the draws as batched tensor operations (`APPLY`, one entry per transform class):
 torchvision's own kernels where images share a parameter (flips, grey, crops, the auto-augment ops grouped
 by op and magnitude), torchvision's arithmetic with one factor per image for brightness, contrast and
-saturation, kornia's kernels for hue and blur, one masked write for erasing; the random resized crops'
-windows resized as one batch (`bench.data.windows`; image by image on a CPU, where that is faster), and
-the affine warps (rotate, translate, zoom, scale) image by image. Pixels stay uint8 between ops, as on the
-loader's path. timm's policy strings are PIL code and have no entry: they stay in the loader.
+saturation, kornia's kernels for hue and blur, one masked write for erasing, one grid and one sampling for
+the affine warps (rotate, translate, zoom, scale); the random resized crops' windows resized as one batch
+(`bench.data.windows`; image by image on a CPU, where that is faster). Pixels stay uint8 between ops, as
+on the loader's path. timm's policy strings are PIL code and have no entry: they stay in the loader.
 """
 
 from __future__ import annotations
@@ -241,14 +241,42 @@ def _crop(leaf, x, params):
                         for n, p in enumerate(params)])
 
 
-@applies(v2.RandomRotation, v2.RandomAffine)
 def _each(leaf, x, params):
-    """Ops that warp every image its own way (rotate, translate, zoom, scale), and erasing with noise: the
-    leaf's own kernel, image by image, on the device (erasing's value back to the tensor the recorder made
-    an array)."""
+    """The leaf's own kernel, image by image, on the device (erasing's noise back to the tensor the recorder
+    made an array): erasing with noise, and warps the batched form does not take."""
     def own(p: dict) -> dict:
         return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in p.items()}
     return torch.stack([im if p is None else leaf.transform(im, own(p)) for im, p in zip(x, params, strict=True)])
+
+
+@applies(v2.RandomRotation, v2.RandomAffine)
+def _warp(leaf, x, params):
+    """Each image its own rotation or affine map (rotate, translate, zoom, scale): torchvision's inverse
+    matrix per image, then one grid (torch's affine_grid) and one nearest-neighbour sampling for the batch,
+    black past the edges; torchvision builds the same grid in pixels, image by image. Other samplings, fills,
+    centres or an expanding rotation: image by image."""
+    from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
+
+    rotation = isinstance(leaf, v2.RandomRotation)
+    if (F.InterpolationMode(leaf.interpolation).value != "nearest" or leaf.center is not None
+            or any(leaf.fill.values() if isinstance(leaf.fill, dict) else [leaf.fill])
+            or getattr(leaf, "expand", False)):
+        return _each(leaf, x, params)
+    h, w = x.shape[-2:]
+    theta = np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (len(x), 1, 1))  # a skipped image stays
+    for n, p in enumerate(params):
+        if p is not None:
+            theta[n] = np.reshape(_get_inverse_affine_matrix(
+                [0.0, 0.0], -(p["angle"] % 360) if rotation else p["angle"], [0.0, 0.0] if rotation else
+                [float(t) for t in p["translate"]], 1.0 if rotation else p["scale"],
+                [0.0, 0.0] if rotation else list(p["shear"])), (2, 3))
+    # pixels about the centre -> torch's coordinates, -1..1 over the image
+    theta *= np.array([[1.0, h / w, 2 / w], [w / h, 1.0, 2 / h]])
+    grid = torch.nn.functional.affine_grid(torch.tensor(theta, dtype=torch.float32, device=x.device),
+                                           [len(x), x.shape[1], h, w], align_corners=False)
+    warped = torch.nn.functional.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros",
+                                             align_corners=False)
+    return warped.round_().to(torch.uint8)
 
 
 def _windows(params: list) -> np.ndarray:
