@@ -253,7 +253,7 @@ def test_formats_the_devices_decoder_lacks_are_decoded_by_pillow(tmp_path, fmt):
 
 
 WARPS = {"rotate": lambda: v2.RandomRotation(15), "translate, zoom": lambda: v2.RandomAffine(0, (0.1, 0.2), (0.7, 1.3)),
-         "all of them": lambda: v2.RandomAffine(10, (0.1, 0.1), (0.8, 1.2))}
+         "all of them, shear too": lambda: v2.RandomAffine(10, (0.1, 0.1), (0.8, 1.2), shear=(-20, 20, -10, 10))}
 
 
 @pytest.mark.parametrize("warp", WARPS)
@@ -285,3 +285,29 @@ def test_a_warp_the_batch_does_not_take_goes_image_by_image(other, monkeypatch):
     expected = device_augment._each(leaf, x, params)
     monkeypatch.setattr(torch.nn.functional, "affine_grid", lambda *a, **k: pytest.fail("batched"))
     assert torch.equal(device_augment._warp(leaf, x, params), expected)
+
+
+@pytest.mark.parametrize("value", [0, 127.7, (10.9, 200.2, 255.9)])
+def test_erasing_as_one_masked_write_is_torchvisions_image_by_image(value, monkeypatch):
+    from bench.data import device_augment
+
+    torch.manual_seed(0)
+    leaf, x = v2.RandomErasing(1.0, value=value), torch.randint(0, 256, (6, 3, 40, 50), dtype=torch.uint8)
+    params = [{k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in leaf.make_params([x[0]]).items()}
+              for _ in x]  # as the recorder ships them: arrays
+    params[2] = None
+    expected = device_augment._each(leaf, x, params)
+    monkeypatch.setattr(device_augment, "_each", lambda *a: pytest.fail("image by image"))
+    got = device_augment._erase(leaf, x, params)
+    assert torch.equal(got, expected) and not torch.equal(got, x) and torch.equal(got[2], x[2])
+
+
+def test_a_random_resized_crop_a_coin_skipped_keeps_the_image():
+    """A crop inside a RandomApply, after one that set the size: the images it skipped pass as they are."""
+    from bench.data import device_augment
+
+    leaf, x = v2.RandomResizedCrop(24, antialias=True), torch.randint(0, 256, (4, 3, 24, 24), dtype=torch.uint8)
+    params = [leaf.make_params([x[0]]) for _ in x]
+    params[1] = None
+    got = device_augment._resized_crop(leaf, x, params)
+    assert got.shape == x.shape and torch.equal(got[1], x[1]) and not torch.equal(got[0], x[0])

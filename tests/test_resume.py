@@ -97,6 +97,7 @@ def new_checkpoints(results: Path, after: float = 0.0):
     return seen
 
 
+@pytest.mark.slow  # 34 s: in the slow tier, which CI runs; the default tier keeps SIGINT/SIGTERM stops resumed
 def test_a_run_killed_at_any_moment_resumes_bitwise(suite, tmp_path, reference):
     path, env = suite
     results = tmp_path / "r"

@@ -211,7 +211,7 @@ def encoded(replay: Replay | None, files: list[np.ndarray], shapes: np.ndarray, 
 # ------------------------------------------------------------------------------------------ batched kernels
 def _chosen(x: torch.Tensor, params: list) -> torch.Tensor:
     """Indices (on x's device) of the images whose coin applied the leaf."""
-    return torch.tensor([n for n, p in enumerate(params) if p is not None], dtype=torch.long, device=x.device)
+    return windows.sent(np.array([n for n, p in enumerate(params) if p is not None], dtype=np.int64), x.device)
 
 
 def _on(x: torch.Tensor, idx: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -259,7 +259,7 @@ def _warp(leaf, x, params):
 
     rotation = isinstance(leaf, v2.RandomRotation)
     if (F.InterpolationMode(leaf.interpolation).value != "nearest" or leaf.center is not None
-            or any(leaf.fill.values() if isinstance(leaf.fill, dict) else [leaf.fill])
+            or any(np.any(v) for v in (leaf.fill.values() if isinstance(leaf.fill, dict) else [leaf.fill]))
             or getattr(leaf, "expand", False)):
         return _each(leaf, x, params)
     h, w = x.shape[-2:]
@@ -272,7 +272,7 @@ def _warp(leaf, x, params):
                 [0.0, 0.0] if rotation else list(p["shear"])), (2, 3))
     # pixels about the centre -> torch's coordinates, -1..1 over the image
     theta *= np.array([[1.0, h / w, 2 / w], [w / h, 1.0, 2 / h]])
-    grid = torch.nn.functional.affine_grid(torch.tensor(theta, dtype=torch.float32, device=x.device),
+    grid = torch.nn.functional.affine_grid(windows.sent(theta.astype(np.float32), x.device),
                                            [len(x), x.shape[1], h, w], align_corners=False)
     warped = torch.nn.functional.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros",
                                              align_corners=False)
@@ -290,7 +290,10 @@ def _size(leaf) -> tuple[int, int]:
 
 @applies(v2.RandomResizedCrop)
 def _resized_crop(leaf, x, params):
-    """A random resized crop that does not lead: each image's window, the batch resized at once."""
+    """A random resized crop that does not lead: each image's window, the batch resized at once (image by
+    image if a coin skipped it for some: those keep their size)."""
+    if any(p is None for p in params):
+        return _each(leaf, x, params)
     return windows.cropped(x, _windows(params), _size(leaf))
 
 
@@ -306,16 +309,16 @@ def _erase(leaf, x, params):
         if p is not None and p["v"] is not None:
             boxes[n] = p["i"], p["i"] + p["h"], p["j"], p["j"] + p["w"]
             values[n] = p["v"]
-    box = torch.from_numpy(boxes).to(x.device)
+    box = windows.sent(boxes, x.device)
     rows, columns = (torch.arange(n, device=x.device) for n in x.shape[-2:])
     inside = (((rows >= box[:, :1]) & (rows < box[:, 1:2]))[:, :, None]
               & ((columns >= box[:, 2:3]) & (columns < box[:, 3:]))[:, None, :])
     # the value cast to uint8 as torchvision's write into a uint8 image casts it
-    return torch.where(inside[:, None], torch.from_numpy(values).to(x.device).to(x.dtype), x)
+    return torch.where(inside[:, None], windows.sent(torch.from_numpy(values).to(x.dtype).numpy(), x.device), x)
 
 
 def _weights(x: torch.Tensor, factor: np.ndarray) -> torch.Tensor:
-    return torch.tensor(factor, dtype=torch.float32, device=x.device).view(-1, 1, 1, 1)
+    return windows.sent(np.asarray(factor, dtype=np.float32), x.device).view(-1, 1, 1, 1)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor | float, factor: np.ndarray) -> torch.Tensor:
@@ -358,7 +361,7 @@ def _jitter(leaf, x, params):
             if drawn[key] is None or not members:
                 continue
             factors = np.array([params[n][key] for n in members], dtype=np.float64)
-            idx = torch.tensor(members, device=x.device)
+            idx = windows.sent(np.array(members, dtype=np.int64), x.device)
             x[idx] = kernel(x[idx], factors)
     return x
 
@@ -370,7 +373,7 @@ def _blur(leaf, x, params):
     from kornia.filters import gaussian_blur2d
 
     idx = _chosen(x, params)
-    sigma = torch.tensor([p["sigma"] for p in params if p is not None], device=x.device)
+    sigma = windows.sent(np.array([p["sigma"] for p in params if p is not None], dtype=np.float32), x.device)
 
     def blur(im: torch.Tensor) -> torch.Tensor:
         out = gaussian_blur2d(im.float(), tuple(leaf.kernel_size[::-1]), sigma.flip(1), border_type="reflect")
@@ -389,7 +392,7 @@ def _auto(leaf, x, params):
             if r < len(ops):
                 groups[ops[r]].append(n)
         for (transform_id, magnitude), members in groups.items():
-            idx = torch.tensor(members, device=x.device)
+            idx = windows.sent(np.array(members, dtype=np.int64), x.device)
             x[idx] = leaf._apply_image_or_video_transform(x[idx], transform_id, magnitude,
                                                           interpolation=leaf.interpolation, fill=leaf._fill)
     return x
