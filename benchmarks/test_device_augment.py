@@ -107,7 +107,7 @@ def test_crops_resized_as_one_batch_vs_image_by_image(benchmark, images, monkeyp
     """The random resized crops' resize on the training device (bench.data.windows): the batch's windows as
     two gathers, against torchvision's resize per window. A GPU pays per launch: the batched path must be
     faster there (asserted on CUDA). On a CPU torchvision's uint8 kernel wins by far, which is why a CPU
-    keeps it: both figures are recorded, and what each path dispatches is counted on the meta device."""
+    keeps it: both figures are recorded (tests/test_windows.py counts what each path dispatches)."""
     from bench.data import windows
 
     torch.set_num_threads(1)

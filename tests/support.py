@@ -30,6 +30,7 @@ def run_file(path: Path, results: Path, *, options=None, executor=None, log=None
     return api.run(api.plan(path, check=False), results=results, device="cpu", options=options,
                    executor=executor, progress=LogProgress(log))
 
+
 def photo(rng, h: int, w: int) -> np.ndarray:
     """Gradients and noise, so that every op (crops, flips, colour, blur, equalise) changes some pixels."""
     y, x = np.mgrid[0:h, 0:w]

@@ -259,7 +259,7 @@ WARPS = {"rotate": lambda: v2.RandomRotation(15), "translate, zoom": lambda: v2.
 @pytest.mark.parametrize("warp", WARPS)
 def test_warps_sampled_as_one_batch_are_torchvisions_image_by_image(warp, monkeypatch):
     """One grid for the batch (torch's affine_grid, in -1..1) where torchvision builds each image's in pixels:
-    the same nearest pixels but where a sample falls on a pixel's edge within float rounding."""
+    the same nearest pixels (at larger sizes a sample on a pixel's edge may round to its neighbour: none here)."""
     from bench.data import device_augment
 
     torch.manual_seed(0)
@@ -270,7 +270,7 @@ def test_warps_sampled_as_one_batch_are_torchvisions_image_by_image(warp, monkey
     monkeypatch.setattr(device_augment, "_each", lambda *a: pytest.fail("image by image"))
     batched = device_augment._warp(leaf, x, params)
     assert torch.equal(batched[3], x[3])
-    assert (batched != one_by_one).float().mean() < 1e-4
+    assert torch.equal(batched, one_by_one)
     assert not torch.equal(batched, x)
 
 

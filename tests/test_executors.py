@@ -91,13 +91,12 @@ def local_ray():
     ray.shutdown()
 
 
-# the Ray tests share one worker under pytest-xdist, and so one local Ray instance (local_ray, per module)
-BY_EXECUTOR = [pytest.param(name, marks=[pytest.mark.xdist_group("ray")] if name == "ray" else [])
-               for name in sorted(EXECUTORS)]
+# the Ray tests share one worker under pytest-xdist, and so one local Ray instance (local_ray, per module);
 # Ray and Slurm start a fresh Python per task or job (20-35 s a test here, Ray's instance besides): their proofs
 # run in the slow tier (`nox -s slow`, which CI runs too); the default tier keeps the local executor's
-BY_EXECUTOR_REMOTE_SLOW = [pytest.param(*p.values, marks=[*p.marks, *([pytest.mark.slow] if p.values != ("local",) else [])])
-                           for p in BY_EXECUTOR]
+BY_EXECUTOR_REMOTE_SLOW = [pytest.param(name, marks=[*([pytest.mark.xdist_group("ray")] if name == "ray" else []),
+                                                     *([pytest.mark.slow] if name != "local" else [])])
+                           for name in sorted(EXECUTORS)]
 
 
 def _executor(name: str, request) -> object:

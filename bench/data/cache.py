@@ -51,9 +51,12 @@ def _key(root: Path, paths: list[str], stats: np.ndarray | None, **extra) -> str
                         "stats": stats.tolist(), **extra}, 16)
 
 
-def _chunks(n: int, parts: int) -> list[range]:
-    step = max(1, -(-n // parts))
-    return [range(i, min(n, i + step)) for i in range(0, n, step)]
+def _shares(paths: list[str], stats: np.ndarray, workers: int) -> list[tuple[list[str], np.ndarray, range]]:
+    """The rows cut into 8 jobs per worker, each with its own rows' paths and stats (a job pickles its
+    share, not every path)."""
+    step = max(1, -(-len(paths) // (8 * workers)))
+    return [(paths[i:i + step], stats[i:i + step], range(i, min(len(paths), i + step)))
+            for i in range(0, len(paths), step)]
 
 
 def _workers(n: int) -> int:
@@ -106,8 +109,8 @@ def probe_one(path: Path, expected: np.ndarray | None = None) -> tuple[str, int,
 
 
 def _probe_job(job: tuple[str, list[str], np.ndarray, range]) -> list[tuple[str, int, int, str]]:
-    root, paths, stats, rows = job  # paths and stats: the rows' own (a job pickles its share, not every path)
-    return [probe_one(Path(root) / paths[i - rows.start], stats[i - rows.start]) for i in rows]
+    root, paths, stats, _ = job  # paths and stats: the rows' own (_shares)
+    return [probe_one(Path(root) / path, stat) for path, stat in zip(paths, stats, strict=True)]
 
 
 @dataclass
@@ -131,10 +134,9 @@ def probe(root: Path, paths: list[str], stats: np.ndarray | None = None) -> Prob
                 return Probe(z["modes"].astype(object), z["width"], z["height"], z["bad"].astype(object), key)
             except Exception:  # sealed yet unreadable (another numpy?): a derived cache is simply made again
                 pass
-        jobs = [(str(root), paths[r.start:r.stop], stats[r.start:r.stop], r)
-                for r in _chunks(len(paths), 8 * _workers(len(paths)))]
-        rows = [r for part in _map(_probe_job, jobs, "reading image headers", len(paths), _workers(len(paths)))
-                for r in part]
+        workers = _workers(len(paths))
+        jobs = [(str(root), *share) for share in _shares(paths, stats, workers)]
+        rows = [r for part in _map(_probe_job, jobs, "reading image headers", len(paths), workers) for r in part]
         modes, w, h, bad = (zip(*rows, strict=True) if rows else ((), (), (), ()))
         result = Probe(np.array(modes, dtype=object), np.array(w, dtype=np.int64), np.array(h, dtype=np.int64),
                        np.array(bad, dtype=object), key)
@@ -192,14 +194,14 @@ def load_image(path: Path | BinaryIO, size: int) -> np.ndarray:
 def _decode_job(job: tuple[str, str, str, int, list[str], np.ndarray, range]) -> list[tuple[int, str]]:
     """Decode rows into the shared buffer at their index's places; returns (row, reason) for each failure.
     A file not as listed raises (bench.data.listing.opened)."""
-    root, file, index_file, size, paths, stats, rows = job  # paths and stats: the rows' own
+    root, file, index_file, size, paths, stats, rows = job  # paths and stats: the rows' own (_shares)
     out = np.lib.format.open_memmap(file, mode="r+")
     index = np.load(index_file, mmap_mode="r")
     failed = []
-    for i in rows:
+    for i, path, stat in zip(rows, paths, stats, strict=True):
         offset, h, w = index[i]
         try:
-            f = opened(Path(root) / paths[i - rows.start], stats[i - rows.start])
+            f = opened(Path(root) / path, stat)
         except OSError as e:
             failed.append((i, f"cannot decode ({type(e).__name__})"))
             continue
@@ -246,11 +248,11 @@ def cache_bytes(widths: np.ndarray, heights: np.ndarray, size: int) -> int:
 def _check_job(job: tuple[str, list[str], np.ndarray, range]) -> list[tuple[int, str]]:
     """(row, reason) for each file that cannot be decoded, read at the smallest scale the decoder offers:
     a truncated or corrupt image fails there as it fails at any size. A file not as listed raises."""
-    root, paths, stats, rows = job  # paths and stats: the rows' own (a job pickles its share, not every path)
+    root, paths, stats, rows = job  # paths and stats: the rows' own (_shares)
     failed = []
-    for i in rows:
+    for i, path, stat in zip(rows, paths, stats, strict=True):
         try:
-            with opened(Path(root) / paths[i - rows.start], stats[i - rows.start]) as f, Image.open(f) as im:
+            with opened(Path(root) / path, stat) as f, Image.open(f) as im:
                 im.draft("RGB", (1, 1))
                 im.convert("RGB")
         except UserError:
@@ -275,7 +277,7 @@ def undecoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndar
                 bad = {int(k): str(v) for k, v in json.loads(file.read_text()).items()}
         if bad is None:
             workers = _workers(len(paths))
-            jobs = [(str(root), paths[r.start:r.stop], stats[r.start:r.stop], r) for r in _chunks(len(paths), 8 * workers)]
+            jobs = [(str(root), *share) for share in _shares(paths, stats, workers)]
             bad = dict(f for part in _map(_check_job, jobs, "checking that images decode", len(paths), workers)
                        for f in part)
             with atomic_path(file) as tmp:
@@ -323,8 +325,8 @@ def decoded(root: Path, paths: list[str], widths: np.ndarray, heights: np.ndarra
             np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=(_nbytes(index),))
             reserve(file, file.stat().st_size, "the decoded-image cache")  # a full disk: one line, now
             workers = _workers(len(paths))
-            jobs = [(str(root), str(file), str(tmp / "index.npy"), size, paths[r.start:r.stop], stats[r.start:r.stop], r)
-                    for r in _chunks(len(paths), 8 * workers)]
+            jobs = [(str(root), str(file), str(tmp / "index.npy"), size, *share)
+                    for share in _shares(paths, stats, workers)]
             failed = [f for part in _map(_decode_job, jobs, f"decoding images to {size}px", len(paths), workers)
                       for f in part]
             seal(file)

@@ -186,11 +186,11 @@ def gather(replay: Replay, images: list[np.ndarray], seeds: list[int], seed: Cal
     per_leaf = replay.draws([im.shape for im in starts], seeds, seed)
     if not replay.whole:
         return Draws(views.batch(starts), None, per_leaf, replay)
-    windows = [(p["top"], p["left"], p["height"], p["width"]) for p in per_leaf[0]]
-    shapes = np.array([(h, w) for _, _, h, w in windows], dtype=np.int64).reshape(-1, 2)
+    boxes = _windows(per_leaf[0])
+    shapes = boxes[:, 2:]
     flat = np.empty(int(shapes.prod(1).sum()) * 3, dtype=np.uint8)
     at = 0
-    for image, (top, left, h, w) in zip(images, windows, strict=True):
+    for image, (top, left, h, w) in zip(images, boxes.tolist(), strict=True):
         flat[at:at + h * w * 3].reshape(h, w, 3)[...] = image[top:top + h, left:left + w]
         at += h * w * 3
     return Draws(torch.from_numpy(flat), shapes, per_leaf, replay)
@@ -265,18 +265,17 @@ def _warp(leaf, x, params):
     h, w = x.shape[-2:]
     theta = np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (len(x), 1, 1))  # a skipped image stays
     for n, p in enumerate(params):
-        if p is not None:
-            theta[n] = np.reshape(_get_inverse_affine_matrix(
-                [0.0, 0.0], -(p["angle"] % 360) if rotation else p["angle"], [0.0, 0.0] if rotation else
-                [float(t) for t in p["translate"]], 1.0 if rotation else p["scale"],
-                [0.0, 0.0] if rotation else list(p["shear"])), (2, 3))
+        if p is not None:  # a rotation is torchvision's affine map of the opposite turn
+            m = {"angle": -(p["angle"] % 360), "translate": (0, 0), "scale": 1.0, "shear": (0, 0)} if rotation else p
+            theta[n] = np.reshape(_get_inverse_affine_matrix([0.0, 0.0], m["angle"], [float(t) for t in m["translate"]],
+                                                             m["scale"], [float(s) for s in m["shear"]]), (2, 3))
     # pixels about the centre -> torch's coordinates, -1..1 over the image
     theta *= np.array([[1.0, h / w, 2 / w], [w / h, 1.0, 2 / h]])
     grid = torch.nn.functional.affine_grid(windows.sent(theta.astype(np.float32), x.device),
                                            [len(x), x.shape[1], h, w], align_corners=False)
     warped = torch.nn.functional.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros",
                                              align_corners=False)
-    return warped.round_().to(torch.uint8)
+    return warped.to(torch.uint8)  # nearest: each value a pixel's own, whole
 
 
 def _windows(params: list) -> np.ndarray:
@@ -290,11 +289,10 @@ def _size(leaf) -> tuple[int, int]:
 
 @applies(v2.RandomResizedCrop)
 def _resized_crop(leaf, x, params):
-    """A random resized crop that does not lead: each image's window, the batch resized at once (image by
-    image if a coin skipped it for some: those keep their size)."""
-    if any(p is None for p in params):
-        return _each(leaf, x, params)
-    return windows.cropped(x, _windows(params), _size(leaf))
+    """A random resized crop that does not lead: each image's window, the batch resized at once (an image a
+    coin skipped keeps its size, which must be the crop's)."""
+    return _on(x, _chosen(x, params),
+               lambda chosen: windows.cropped(chosen, _windows([p for p in params if p is not None]), _size(leaf)))
 
 
 @applies(v2.RandomErasing)
@@ -314,7 +312,7 @@ def _erase(leaf, x, params):
     inside = (((rows >= box[:, :1]) & (rows < box[:, 1:2]))[:, :, None]
               & ((columns >= box[:, 2:3]) & (columns < box[:, 3:]))[:, None, :])
     # the value cast to uint8 as torchvision's write into a uint8 image casts it
-    return torch.where(inside[:, None], windows.sent(torch.from_numpy(values).to(x.dtype).numpy(), x.device), x)
+    return torch.where(inside[:, None], windows.sent(torch.from_numpy(values).to(x.dtype), x.device), x)
 
 
 def _weights(x: torch.Tensor, factor: np.ndarray) -> torch.Tensor:

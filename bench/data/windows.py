@@ -24,10 +24,11 @@ PER_IMAGE_ON = ("cpu",)  # device types where each window is resized alone, by t
 BUDGET = 1 << 24
 
 
-def sent(array: np.ndarray, device: torch.device) -> torch.Tensor:
+def sent(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """A small host array on `device`, the host not waiting for the work queued there: CUDA stages pageable
     memory before the call returns, so the copy need not be blocking (elsewhere it is)."""
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=device.type == "cuda")
+    tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.to(device, non_blocking=device.type == "cuda")
 
 
 def taps(length: torch.Tensor, out: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,21 +55,25 @@ def _count(longest: int, out: int) -> int:
 
 def packed(flat: torch.Tensor, shapes: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """Windows packed back to back, each H x W x 3, in a flat uint8 buffer: resized, N x 3 x H x W."""
-    pixels = flat.view(-1, 3)
-    return _resized(pixels, _starts(shapes), shapes[:, 1], shapes, size)
+    starts = _starts(shapes)
+    if flat.device.type in PER_IMAGE_ON:
+        images = [flat[3 * at:3 * (at + h * w)].view(h, w, 3).permute(2, 0, 1)
+                  for at, (h, w) in zip(starts.tolist(), shapes.tolist(), strict=True)]
+        return cropped(images, np.concatenate([np.zeros_like(shapes), shapes], axis=1), size)
+    return _resized(flat.view(-1, 3), starts, shapes[:, 1], shapes, size)
 
 
 def cropped(images: torch.Tensor | list[torch.Tensor], boxes: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """Each C x H x W image's window (`boxes`: N x (top, left, height, width)) resized: N x C x H x W.
     `images` a batch (N x C x H x W) or a list of images each of its own size."""
+    if images[0].device.type in PER_IMAGE_ON:
+        return torch.stack([F.resized_crop(im, *box, list(size))
+                            for im, box in zip(images, boxes.tolist(), strict=True)])
     if isinstance(images, list):
-        if images and images[0].device.type in PER_IMAGE_ON:  # their windows as they are, no copy first
-            return torch.stack([F.resized_crop(im, *box, list(size))
-                                for im, box in zip(images, boxes.tolist(), strict=True)])
-        widths = np.array([im.shape[-1] for im in images], dtype=np.int64)
+        shapes = np.array([im.shape[-2:] for im in images], dtype=np.int64)
+        widths, starts = shapes[:, 1], _starts(shapes)
         # every image's channel planes end to end, one copy for the batch: pixel p's channel c at p + c x P
         pixels = torch.cat([im.flatten(1) for im in images], dim=1).T
-        starts = _starts(np.array([im.shape[-2:] for im in images], dtype=np.int64).reshape(-1, 2))
     else:
         n, c, h, w = images.shape
         widths = np.full(n, w, dtype=np.int64)
@@ -84,14 +89,9 @@ def _starts(shapes: np.ndarray) -> np.ndarray:
 
 def _resized(pixels: torch.Tensor, base: np.ndarray, row: np.ndarray, shapes: np.ndarray,
              size: tuple[int, int]) -> torch.Tensor:
-    """N windows resized to `size`, N x C x H x W uint8 on pixels' device. `pixels` is a P x C view of
-    the images; window n starts at pixel `base[n]`, its image's rows are `row[n]` pixels apart, and it is
-    `shapes[n]` (height, width)."""
-    if pixels.device.type in PER_IMAGE_ON:
-        c, (step, channel), at = pixels.shape[1], pixels.stride(), pixels.storage_offset()
-        return torch.stack([F.resize(pixels.as_strided((c, h, w), (channel, r * step, step), at + b * step),
-                                     list(size))
-                            for b, r, (h, w) in zip(base.tolist(), row.tolist(), shapes.tolist(), strict=True)])
+    """N windows resized to `size` on an accelerator, N x C x H x W uint8, in chunks of BUDGET. `pixels`
+    is a P x C view of the images; window n starts at pixel `base[n]`, its image's rows are `row[n]` pixels
+    apart, and it is `shapes[n]` (height, width)."""
     step = max(1, BUDGET // max(1, int(shapes[:, 0].max()) * size[1]))
     return torch.cat([_gathered(pixels, base[at:at + step], row[at:at + step], shapes[at:at + step], size)
                       for at in range(0, len(base), step)])
