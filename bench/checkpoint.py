@@ -46,7 +46,8 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
         "generators": {name: g.get_state() for name, g in generators.items()},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # the training device's alone: the resumed process may see fewer GPUs (one per cell, Slurm's binding)
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -60,7 +61,10 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator])
     for name, g in generators.items():
         g.set_state(state["generators"][name])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, list):  # a checkpoint of a bench that saved every visible GPU's state
+            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda)
 
 
 # Writing checkpoints may take at most 5% of a cell's training time; half of it is aimed at, since the time

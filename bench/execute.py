@@ -175,6 +175,7 @@ def run_cell(cell: Cell, suite_dir: Path, device: torch.device, progress: LogPro
     torch.manual_seed(cfg.seed)  # training randomness (shuffling, augmentation) starts from the seed alone
     exact_rss = reset_peak_rss()
     if device.type == "cuda":
+        torch.cuda.empty_cache()  # the reserve then counts from the cell's own blocks, not a feature extraction's
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     try:

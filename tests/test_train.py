@@ -125,6 +125,17 @@ def test_precision_fp16_needs_cuda_and_bf16_needs_native_support():
             precision_setup("bf16", CPU)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_gpu_needs_it_natively_not_emulated(monkeypatch, native):
+    """torch.cuda.is_bf16_supported() says yes on a V100 or T4 (it counts emulation): bench asks for native."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    if native:
+        assert precision_setup("bf16", torch.device("cuda"))[0] is not None
+    else:
+        with pytest.raises(UserError, match="this cuda has no native bf16"):
+            precision_setup("bf16", torch.device("cuda"))
+
+
 def test_channels_last_trains_the_same_model():
     results = []
     for channels_last in (False, True):

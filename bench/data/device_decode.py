@@ -54,7 +54,9 @@ def decode(data: torch.Tensor, lengths: np.ndarray, shapes: np.ndarray, orientat
     files = list(torch.split(data, lengths.tolist()))
     jpeg = [i for i, f in enumerate(files) if f[:2].tolist() == [0xFF, 0xD8]]
     images: list[torch.Tensor | None] = [None] * len(files)
-    where = device if device.type in ("cuda", "cpu") else torch.device("cpu")  # TorchCodec's devices
+    where = torch.device("cpu")  # TorchCodec's devices: the CPU, or a GPU named by its index
+    if device.type == "cuda":
+        where = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
     try:
         decoded = decode_jpeg([files[i] for i in jpeg], mode="RGB", device=where) if jpeg else []
         for i, im in zip(jpeg, decoded, strict=True):

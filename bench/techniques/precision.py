@@ -21,7 +21,7 @@ def precision_setup(precision: str, device: torch.device) -> tuple[Callable | No
                             hint="use bf16 or fp32")
         return partial(torch.autocast, "cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
     supported = {
-        "cuda": lambda: torch.cuda.is_bf16_supported(),
+        "cuda": lambda: torch.cuda.is_bf16_supported(including_emulation=False),  # Ampere on
         "cpu": lambda: torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported(),
     }.get(device.type, lambda: False)()
     if not supported:
