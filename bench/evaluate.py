@@ -17,6 +17,9 @@ from torch import Tensor, nn
 from bench import distributed
 from bench.metrics import confusion_matrix, from_sums, full_metrics, row_sums
 
+HELD_BYTES = 256 << 20  # an accelerator's logits held there between two copies to the host
+ON_THE_HOST = ("cpu",)  # devices whose logits are host memory already: taken batch by batch
+
 
 @torch.no_grad()
 def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | None = None,
@@ -30,7 +33,20 @@ def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | N
     model.eval()
     start = time.perf_counter()
     total = len(batches.sampler) if hasattr(batches, "sampler") else None
-    logits, labels, filled = [], [], 0
+    logits, labels, filled, held, held_bytes = [], [], 0, [], 0
+
+    def to_host() -> None:
+        nonlocal filled
+        for out in held:  # the first copy waits for the device; the others find their logits ready
+            if total is not None:  # one array of the split's logits, filled as it comes: no second copy to join
+                if not logits:
+                    logits.append(torch.empty(total, out.shape[1]))
+                logits[0][filled:filled + len(out)] = out
+                filled += len(out)
+            else:
+                logits.append(out.cpu())
+        held.clear()
+
     for x, y in batches:
         x = prep(x)
         with autocast() if autocast is not None else contextlib.nullcontext():
@@ -39,14 +55,15 @@ def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | N
                 out = probs.clamp_min(1e-30).log()
             else:
                 out = model(x)
-        if total is not None:  # one array of the split's logits, filled batch by batch: no second copy to join
-            if not logits:
-                logits = [torch.empty(total, out.shape[1])]
-            logits[0][filled:filled + len(out)] = out.float()
-            filled += len(out)
-        else:
-            logits.append(out.float().cpu())
+        held.append(out.float())
         labels.append(y)
+        held_bytes += held[-1].numel() * 4
+        # an accelerator's logits wait there, a few batches' worth, so that copying them does not stall it
+        # every batch while the host fetches the next one
+        if out.device.type in ON_THE_HOST or held_bytes >= HELD_BYTES:
+            to_host()
+            held_bytes = 0
+    to_host()
     logits = (logits[0][:filled] if total is not None else torch.cat(logits)) if logits else torch.empty(0)
     labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)
     if distributed.world() > 1:  # each rank evaluated its shard of the split (bench.distributed)

@@ -163,6 +163,54 @@ def test_a_rank_that_fails_fails_the_cell_naming_its_log(tmp_path, use_plugin):
     assert "RuntimeError: rank one" in (summary.suite_dir / cell / "rank1.log").read_text()
 
 
+SHARDS = [(5, 3), (0, 3), (3, 0), (4, 4)]  # each rank's rows of a split: uneven, empty, even
+BUDGETS = [64 << 20, 12, 30]  # bytes a rank sends a round: all at once, a row (3 floats), two rows
+
+
+def _shard(rank: int, rows: int) -> torch.Tensor:
+    # an empty shard's logits as evaluation may leave them: without their class dimension
+    return torch.arange(rows * 3, dtype=torch.float32).reshape(rows, 3) + 1000 * rank if rows else torch.empty(0)
+
+
+def _gather_every_case(rank: int, store_file: str, out) -> None:
+    """One of two gloo ranks: gather_rows over every case, each result sent to the parent."""
+    import torch.distributed as dist
+
+    from bench import distributed
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_file, 2), rank=rank, world_size=2)
+    try:
+        for budget in BUDGETS:
+            distributed.GATHER_BYTES = budget
+            for shards in SHARDS:
+                labels = torch.full((shards[rank],), rank, dtype=torch.int64)
+                out.put((rank, budget, shards, distributed.gather_rows(_shard(rank, shards[rank])),
+                         distributed.gather_rows(labels)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluation_gathers_the_ranks_rows_in_order_a_budget_at_a_time(tmp_path):
+    """What a split's logits and labels become on every rank, gathered in rounds of GATHER_BYTES (so that a
+    10,000-class split's logits never sit whole on a GPU): every rank's rows, in rank order, whatever the
+    budget and however the shards fall."""
+    from bench.processes import spawn_context
+
+    ctx = spawn_context()
+    out = ctx.Queue()
+    ranks = [ctx.Process(target=_gather_every_case, args=(r, str(tmp_path / "store"), out)) for r in range(2)]
+    for p in ranks:
+        p.start()
+    got = [out.get(timeout=120) for _ in range(2 * len(BUDGETS) * len(SHARDS))]
+    for p in ranks:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for rank, budget, shards, logits, labels in got:
+        expected = torch.cat([_shard(r, n).reshape(n, 3) for r, n in enumerate(shards)])
+        assert torch.equal(logits, expected), (rank, budget, shards)
+        assert labels.tolist() == [r for r, n in enumerate(shards) for _ in range(n)], (rank, budget, shards)
+
+
 def test_gpus_above_one_are_whole_ranks():
     with pytest.raises(ValueError, match="a whole number"):
         Resources(gpus=1.5)

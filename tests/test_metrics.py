@@ -47,6 +47,32 @@ def test_an_epochs_validation_sums_on_the_device_what_classification_metrics_com
     assert figures["loss"] == pytest.approx(expected["loss"], rel=1e-12)
 
 
+@pytest.mark.parametrize("held", [0, 7 * 4 * 32, 7 * 4 * 70, 1 << 30])  # bytes: each batch, 1, 3, all
+@pytest.mark.parametrize("sampled", [True, False])
+def test_logits_held_on_an_accelerator_between_copies_reach_the_host_as_taken_batch_by_batch(
+        monkeypatch, held, sampled):
+    """bench.evaluate.predict leaves an accelerator's logits there a few batches at a time (one wait a copy,
+    not one a batch): the host gets the same logits and labels, in order, whatever the hold, with the split's
+    one array (a loader with a sampler) or the list of batches joined."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bench import evaluate
+    from bench.data.loaders import Preprocess
+
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 256, (203, 3, 8, 8), dtype=torch.uint8), torch.randint(0, 7, (203,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 7))
+    batches = DataLoader(TensorDataset(x, y), batch_size=32)
+    if not sampled:
+        batches = list(batches)
+    prep = Preprocess(torch.device("cpu"))
+    expected = evaluate.predict(model, batches, prep)
+    monkeypatch.setattr(evaluate, "ON_THE_HOST", ())  # the CPU held as an accelerator is
+    monkeypatch.setattr(evaluate, "HELD_BYTES", held)
+    got = evaluate.predict(model, batches, prep)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]) and got[0].shape == (203, 7)
+
+
 def test_full_metrics_by_hand():
     from bench.metrics import full_metrics
 

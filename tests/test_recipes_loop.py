@@ -307,3 +307,16 @@ def test_compile_time_is_measured_apart_and_the_warm_up_changes_no_number(monkey
     for a, b in zip(compiled.best_state.values(), plain.best_state.values(), strict=True):
         assert torch.equal(a, b)  # the warm-up put every state back
     assert compiled.metrics == plain.metrics
+
+
+@pytest.mark.parametrize("other_rank, sizes", [(32, {8, 7}), (3, {3, 2}), (1, {1}), (0, set())])
+def test_the_ranks_warm_up_on_the_batch_sizes_they_agree_on(monkeypatch, other_rank, sizes):
+    """A SyncBatchNorm's training passes are collectives: every rank warms up on the batch sizes of the
+    smallest rank's first validation batch (here the other rank's), and none when a rank has no batch."""
+    from bench import distributed
+    from bench.techniques.compile import compile_warm_up
+
+    monkeypatch.setattr(distributed, "gather_objects", lambda mine: [mine, other_rank])
+    net = FirstCallCost(cnn(), 0.0)
+    compile_warm_up(net, net.model, loaders(dataset()), Preprocess(CPU), None, batch_size=8)
+    assert {shape[0] for shape, _ in net.seen} == sizes

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from bench import distributed
 from bench.data.loaders import Preprocess
 from bench.models.freeze import set_train_mode
 
@@ -21,15 +22,22 @@ def compile_warm_up(net: nn.Module, model: nn.Module, loaders: dict, prep: Prepr
     validation batch at the training batch size and one image less (which makes the shape dynamic, as the
     last, shorter batch would), forward and backward in training mode and forward in eval mode, and timed
     apart (cost.compile_time_s). Every state it touches is put back: the weights and running statistics,
-    the gradients, and the random generators (dropout draws), so the run trains as it would without it."""
-    x, _ = next(iter(loaders["val"]))
+    the gradients, and the random generators (dropout draws), so the run trains as it would without it.
+
+    The ranks of a cell warm up on the same batch sizes (the smallest rank's first validation batch): a
+    SyncBatchNorm's training forward and backward are collectives, which ranks must make alike or wait for
+    each other forever."""
+    first = next(iter(loaders["val"]), None)
     device = prep.device
-    x = prep(x)  # a batch the device decodes (data.decode = "device") is no tensor until then
+    x = prep(first[0]) if first is not None else None  # a batch the device decodes is no tensor until then
+    size = min(distributed.gather_objects(0 if x is None else min(batch_size, len(x))))
+    if size == 0:  # a rank without validation images: the graphs are built as training starts
+        return 0.0
     state = copy.deepcopy(model.state_dict())
     start = time.perf_counter()
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        for n in sorted({min(batch_size, len(x)), max(1, min(batch_size, len(x)) - 1)}, reverse=True):
+        for n in sorted({size, max(1, size - 1)}, reverse=True):
             batch = x[:n]
             set_train_mode(model)
             with autocast() if autocast is not None else contextlib.nullcontext():
