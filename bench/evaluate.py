@@ -33,7 +33,7 @@ def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | N
     model.eval()
     start = time.perf_counter()
     total = len(batches.sampler) if hasattr(batches, "sampler") else None
-    logits, labels, filled, held, held_bytes = [], [], 0, [], 0
+    logits, labels, filled, held = [], [], 0, []
 
     def to_host() -> None:
         nonlocal filled
@@ -57,12 +57,10 @@ def predict(model: nn.Module, batches, prep: Callable, *, autocast: Callable | N
                 out = model(x)
         held.append(out.float())
         labels.append(y)
-        held_bytes += held[-1].numel() * 4
         # an accelerator's logits wait there, a few batches' worth, so that copying them does not stall it
         # every batch while the host fetches the next one
-        if out.device.type in ON_THE_HOST or held_bytes >= HELD_BYTES:
+        if out.device.type in ON_THE_HOST or sum(h.numel() for h in held) * 4 >= HELD_BYTES:
             to_host()
-            held_bytes = 0
     to_host()
     logits = (logits[0][:filled] if total is not None else torch.cat(logits)) if logits else torch.empty(0)
     labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)

@@ -218,8 +218,8 @@ def test_the_device_decodes_a_jpeg_as_stored_whatever_its_exif_orientation(tmp_p
                                                                           device):
     """TorchCodec turns an image as its EXIF orientation says; the host's decoding (Pillow) and the stored
     sizes (the header's) do not, so the device undoes the turn (no falling back on the host's decoding). A
-    wrong turn is tens of grey levels off; nvJPEG's IDCT and chroma upsampling, at most 2 on average
-    (torchvision's own bound for it)."""
+    wrong flip of these photos is 59-102 grey levels off on average, a wrong transpose of the wrong shape;
+    nvJPEG's IDCT and chroma upsampling, at most 2 (torchvision's own bound for it)."""
     from PIL import Image
 
     from bench.data import cache, device_decode

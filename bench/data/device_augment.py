@@ -155,13 +155,13 @@ class Draws:
             images = device_decode.decode(self.pixels, self.lengths, self.shapes, self.orientations, device)
             if todo and self.replay.whole:
                 leaf, drawn = todo.pop(0)
-                x = windows.cropped(images, _windows(drawn), _size(leaf))
+                x = windows.cropped(images, _windows(drawn), tuple(leaf.size))
             else:
                 x = torch.stack([views.evaluated_tensor(im, *self.view) for im in images])
             return self._replayed(x, todo)
         x = self.pixels.to(device, non_blocking=True)
         if self.shapes is not None:  # the crop windows of a leading random resized crop
-            x = windows.packed(x, self.shapes, _size(todo.pop(0)[0]))
+            x = windows.packed(x, self.shapes, tuple(todo.pop(0)[0].size))
         return self._replayed(x, todo)
 
     @staticmethod
@@ -209,9 +209,14 @@ def encoded(replay: Replay | None, files: list[np.ndarray], shapes: np.ndarray, 
 
 
 # ------------------------------------------------------------------------------------------ batched kernels
+def _index(members: list[int], x: torch.Tensor) -> torch.Tensor:
+    """These images' indices, on x's device."""
+    return windows.sent(np.array(members, dtype=np.int64), x.device)
+
+
 def _chosen(x: torch.Tensor, params: list) -> torch.Tensor:
     """Indices (on x's device) of the images whose coin applied the leaf."""
-    return windows.sent(np.array([n for n, p in enumerate(params) if p is not None], dtype=np.int64), x.device)
+    return _index([n for n, p in enumerate(params) if p is not None], x)
 
 
 def _on(x: torch.Tensor, idx: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -283,16 +288,12 @@ def _windows(params: list) -> np.ndarray:
     return np.array([(p["top"], p["left"], p["height"], p["width"]) for p in params], dtype=np.int64).reshape(-1, 4)
 
 
-def _size(leaf) -> tuple[int, int]:
-    return tuple(leaf.size)
-
-
 @applies(v2.RandomResizedCrop)
 def _resized_crop(leaf, x, params):
     """A random resized crop that does not lead: each image's window, the batch resized at once (an image a
     coin skipped keeps its size, which must be the crop's)."""
-    return _on(x, _chosen(x, params),
-               lambda chosen: windows.cropped(chosen, _windows([p for p in params if p is not None]), _size(leaf)))
+    boxes = _windows([p for p in params if p is not None])
+    return _on(x, _chosen(x, params), lambda chosen: windows.cropped(chosen, boxes, tuple(leaf.size)))
 
 
 @applies(v2.RandomErasing)
@@ -359,7 +360,7 @@ def _jitter(leaf, x, params):
             if drawn[key] is None or not members:
                 continue
             factors = np.array([params[n][key] for n in members], dtype=np.float64)
-            idx = windows.sent(np.array(members, dtype=np.int64), x.device)
+            idx = _index(members, x)
             x[idx] = kernel(x[idx], factors)
     return x
 
@@ -390,7 +391,7 @@ def _auto(leaf, x, params):
             if r < len(ops):
                 groups[ops[r]].append(n)
         for (transform_id, magnitude), members in groups.items():
-            idx = windows.sent(np.array(members, dtype=np.int64), x.device)
+            idx = _index(members, x)
             x[idx] = leaf._apply_image_or_video_transform(x[idx], transform_id, magnitude,
                                                           interpolation=leaf.interpolation, fill=leaf._fill)
     return x
