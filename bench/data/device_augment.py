@@ -264,7 +264,7 @@ def _warp(leaf, x, params):
 
     rotation = isinstance(leaf, v2.RandomRotation)
     if (F.InterpolationMode(leaf.interpolation).value != "nearest" or leaf.center is not None
-            or any(np.any(v) for v in (leaf.fill.values() if isinstance(leaf.fill, dict) else [leaf.fill]))
+            or any(np.any(v) for v in leaf._fill.values())
             or getattr(leaf, "expand", False)):
         return _each(leaf, x, params)
     h, w = x.shape[-2:]
